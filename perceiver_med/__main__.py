@@ -1,0 +1,3 @@
+from perceiver_med.cli import main
+
+main()

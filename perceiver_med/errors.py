@@ -1,0 +1,9 @@
+"""The one exception type for mistakes the user can fix; the CLI turns it into one line and exit 2."""
+
+
+class UserError(Exception):
+    """Bad input: a missing folder, an unreadable CSV, impossible options."""
+
+
+class ScanError(Exception):
+    """One scan cannot be read or preprocessed; callers skip it and report the reason."""
