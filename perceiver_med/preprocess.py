@@ -111,7 +111,8 @@ def make_grid(volume: np.ndarray, config: PreprocessConfig, center: int | None =
 
 
 def _channels(image: np.ndarray, channels: int) -> np.ndarray:
-    return np.repeat(image[None], channels, axis=0).astype(np.float32)
+    # antialiasing weights can overshoot [0, 1] by rounding; inputs stay in range
+    return np.repeat(np.clip(image, 0.0, 1.0)[None], channels, axis=0).astype(np.float32)
 
 
 def model_input(array: np.ndarray, meta: dict, config: PreprocessConfig, center: int | None = None) -> np.ndarray:

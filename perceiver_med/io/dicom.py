@@ -6,8 +6,10 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
+from pydicom.dataset import FileMetaDataset
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_modality_lut
+from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from perceiver_med.errors import ScanError
 
@@ -31,11 +33,23 @@ def read_dataset(path: Path, pixels: bool = False) -> pydicom.Dataset:
         if not _looks_like_raw_dicom(path):
             raise ScanError("not a DICOM file") from None
         try:
-            return pydicom.dcmread(path, stop_before_pixels=not pixels, force=True)
+            ds = pydicom.dcmread(path, stop_before_pixels=not pixels, force=True)
         except Exception as exc:  # pydicom raises many types on corrupt input
             raise ScanError(f"corrupt DICOM: {_short(exc)}") from None
+        _set_transfer_syntax(ds)
+        return ds
     except Exception as exc:
         raise ScanError(f"corrupt or truncated DICOM: {_short(exc)}") from None
+
+
+def _set_transfer_syntax(ds: pydicom.Dataset) -> None:
+    """A file without meta header has no transfer syntax element: record the encoding pydicom detected."""
+    if "TransferSyntaxUID" in getattr(ds, "file_meta", {}):
+        return
+    implicit, little = ds.original_encoding
+    ds.file_meta = getattr(ds, "file_meta", None) or FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = (ImplicitVRLittleEndian if implicit else
+                                      ExplicitVRLittleEndian if little else ExplicitVRBigEndian)
 
 
 def _short(exc: Exception) -> str:

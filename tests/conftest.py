@@ -1,0 +1,83 @@
+"""Shared helpers: real DICOM series written by the tests, and the CLI run in-process."""
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+from perceiver_med import cli
+
+
+def ct_slice(pixels_hu: np.ndarray, position_z: float, series_uid: str, instance: int | None = None,
+             orientation=(1, 0, 0, 0, 1, 0), position_xy=(-100.0, -100.0), photometric="MONOCHROME2",
+             patient_id="P001", modality="CT") -> Dataset:
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID
+    ds.SOPInstanceUID = generate_uid()
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.Modality = modality
+    ds.PatientID = patient_id
+    ds.PatientName = "DOE^JANE"
+    ds.SeriesInstanceUID = series_uid
+    ds.StudyInstanceUID = "1.2.3.4"
+    if orientation is not None:
+        ds.ImageOrientationPatient = list(orientation)
+    if position_z is not None:
+        ds.ImagePositionPatient = [position_xy[0], position_xy[1], position_z]
+    if instance is not None:
+        ds.InstanceNumber = instance
+    ds.PixelSpacing = [0.8, 0.8]
+    ds.Rows, ds.Columns = pixels_hu.shape
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = photometric
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+    ds.RescaleIntercept, ds.RescaleSlope = -1024, 1
+    ds.PixelData = (np.round(pixels_hu) + 1024).astype(np.uint16).tobytes()
+    return ds
+
+
+def write_series(folder, volume_hu: np.ndarray, order=None, spacing=2.0, name=lambda k: f"{k:08x}",
+                 positions=True, instances=True, series_uid=None, **kwargs) -> str:
+    """Write volume_hu[k] as slice k (z = k * spacing) in the given file order; returns the series UID."""
+    folder.mkdir(parents=True, exist_ok=True)
+    series_uid = series_uid or generate_uid()
+    order = range(len(volume_hu)) if order is None else order
+    for number, k in enumerate(order):
+        ds = ct_slice(volume_hu[k], k * spacing if positions else None, series_uid,
+                      instance=k + 1 if instances else None, **kwargs)
+        ds.save_as(folder / name(number * 7919 + k), enforce_file_format=True)
+    return series_uid
+
+
+def index_volume(slices=12, rows=16, cols=16) -> np.ndarray:
+    """Slice k holds the value 100 * k HU, so order survives any resizing."""
+    return (np.arange(slices, dtype=np.float32)[:, None, None] * 100 - 1000) * np.ones((1, rows, cols), np.float32)
+
+
+@pytest.fixture
+def run_cli(capsys, monkeypatch):
+    """Run `perceiver-med ARGS` in-process; returns (exit code, stdout, stderr)."""
+
+    def run(*args):
+        monkeypatch.setattr(sys, "argv", ["perceiver-med", *map(str, args)])
+        code = 0
+        try:
+            cli.main()
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+
+    return run
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("PERCEIVER_MED_CACHE", str(tmp_path_factory.mktemp("cache")))
+    monkeypatch.setenv("COLUMNS", "200")
