@@ -1,0 +1,46 @@
+"""ViT + attention rollout + CNN: the ViT's rollout map is stacked onto the input for a CNN."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from perceiver_med.models.cnn import ConvNet
+from perceiver_med.models.rollout import attention_rollout, rollout_map
+from perceiver_med.models.vit import ViT
+
+
+class ViTRolloutCNN(nn.Module):
+    """Stage 1: `vit` classifies the input. Stage 2: `cnn` classifies [input, rollout map of the frozen ViT].
+
+    Args:
+        vit: keyword arguments of the ViT.
+        cnn: keyword arguments of the ConvNet (its in_channels is set to image channels + 1).
+        head_fusion, discard_ratio: attention rollout options.
+    """
+
+    def __init__(self, *, vit: dict | None = None, cnn: dict | None = None, head_fusion: str = "mean",
+                 discard_ratio: float = 0.0):
+        super().__init__()
+        vit = dict(vit or {})
+        self.vit = ViT(**vit)
+        cnn = dict(cnn or {})
+        cnn["in_channels"] = vit.get("in_channels", 1) + 1
+        cnn.setdefault("num_classes", vit.get("num_classes", 2))
+        self.cnn = ConvNet(**cnn)
+        self.head_fusion, self.discard_ratio = head_fusion, discard_ratio
+
+    @torch.no_grad()
+    def rollout(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 1, H, W) rollout map of the ViT, max 1 per image; computed without gradients."""
+        _, attentions = self.vit(x, return_attention=True)
+        weights = attention_rollout(attentions, self.head_fusion, self.discard_ratio)
+        return rollout_map(weights, x.shape[-2:]).to(x.dtype)
+
+    def stage_one(self, x: torch.Tensor) -> torch.Tensor:
+        return self.vit(x)
+
+    def stage_two_input(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([x, self.rollout(x)], dim=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.cnn(self.stage_two_input(x))

@@ -1,0 +1,224 @@
+"""Perceiver (Jaegle et al. 2021) for 2D images: latents cross-attend to every pixel, O(M*N).
+
+The byte array is each pixel's channels plus Fourier features of its position. The position
+features are the same for every image, so their share of the key/value projection is computed
+once per forward pass, not once per image: LayerNorm(x) @ W is expanded into a per-pixel part
+(C channels) and a cached position part, which is exact, not an approximation.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+
+def fourier_features(height: int, width: int, num_bands: int, max_freq: float,
+                     device=None, dtype=torch.float32) -> torch.Tensor:
+    """(H*W, 2*(2*num_bands+1)) features: sin and cos at num_bands frequencies, plus the raw position."""
+    axes = [torch.linspace(-1.0, 1.0, n, device=device, dtype=torch.float32) for n in (height, width)]
+    grid = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1)  # (H, W, 2)
+    scales = torch.linspace(1.0, max_freq / 2, num_bands, device=device, dtype=torch.float32)
+    angles = grid[..., None] * scales * math.pi  # (H, W, 2, bands)
+    features = torch.cat([angles.sin(), angles.cos(), grid[..., None]], dim=-1)  # (H, W, 2, 2*bands+1)
+    return features.reshape(height * width, -1).to(dtype)
+
+
+class GEGLU(nn.Module):
+    def forward(self, x):
+        x, gates = x.chunk(2, dim=-1)
+        return x * F.gelu(gates)
+
+
+class FeedForward(nn.Module):
+    """Pre-norm GEGLU MLP."""
+
+    def __init__(self, dim: int, mult: int = 4, dropout: float = 0.0):
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+        self.net = nn.Sequential(nn.Linear(dim, dim * mult * 2), GEGLU(), nn.Dropout(dropout),
+                                 nn.Linear(dim * mult, dim))
+
+    def forward(self, x):
+        return self.net(self.norm(x))
+
+
+def attend(q, k, v, heads: int, dropout: float, training: bool, return_weights: bool):
+    """Multi-head attention: fused SDPA, or an explicit softmax when the weights are wanted."""
+    q, k, v = (rearrange(t, "b n (h d) -> b h n d", h=heads) for t in (q, k, v))
+    if return_weights:
+        weights = torch.softmax((q @ k.transpose(-1, -2)) * q.shape[-1] ** -0.5, dim=-1)  # (B, h, Nq, Nk)
+        out = F.dropout(weights, dropout, training) @ v
+    else:
+        weights = None
+        out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout if training else 0.0)
+    return rearrange(out, "b h n d -> b n (h d)"), weights
+
+
+class SelfAttention(nn.Module):
+    """Pre-norm latent self-attention with one fused QKV projection."""
+
+    def __init__(self, dim: int, heads: int = 8, dim_head: int = 64, dropout: float = 0.0):
+        super().__init__()
+        inner = heads * dim_head
+        self.heads, self.dropout = heads, dropout
+        self.norm = nn.LayerNorm(dim)
+        self.to_qkv = nn.Linear(dim, inner * 3, bias=False)
+        self.to_out = nn.Linear(inner, dim)
+
+    def forward(self, x):
+        q, k, v = self.to_qkv(self.norm(x)).chunk(3, dim=-1)
+        out, _ = attend(q, k, v, self.heads, self.dropout, self.training, False)
+        return self.to_out(out)
+
+
+class CrossAttention(nn.Module):
+    """Latents (queries) attend to the byte array [pixel channels | position features].
+
+    The byte array is never materialised: LayerNorm over [p, f] followed by the K/V projection W
+    equals ((p @ Wp' + f @ Wf') - mean * colsum(W')) / std + beta @ W, with W' = diag(gamma) W.
+    f @ Wf' is the same for every image of a batch and is computed once.
+    """
+
+    def __init__(self, latent_dim: int, pixel_dim: int, position_dim: int, heads: int = 1,
+                 dim_head: int = 64, dropout: float = 0.0, eps: float = 1e-5):
+        super().__init__()
+        inner = heads * dim_head
+        self.heads, self.dropout, self.eps = heads, dropout, eps
+        self.pixel_dim, self.context_dim = pixel_dim, pixel_dim + position_dim
+        self.norm = nn.LayerNorm(latent_dim)
+        self.norm_context = nn.LayerNorm(self.context_dim)
+        self.to_q = nn.Linear(latent_dim, inner, bias=False)
+        self.to_kv = nn.Linear(self.context_dim, inner * 2, bias=False)
+        self.to_out = nn.Linear(inner, latent_dim)
+
+    def project_context(self, pixels: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """K and V of the byte array: pixels (B, N, C), positions (N, P) -> (B, N, 2*inner)."""
+        weight = self.to_kv.weight.t() * self.norm_context.weight[:, None]  # (D, 2*inner), gamma folded in
+        w_pixel, w_position = weight[: self.pixel_dim], weight[self.pixel_dim:]
+        position_term = positions @ w_position  # (N, 2*inner): once per batch, not per image
+        count = self.context_dim
+        sum_p, sumsq_p = pixels.sum(-1, keepdim=True), (pixels * pixels).sum(-1, keepdim=True)
+        sum_f, sumsq_f = positions.sum(-1, keepdim=True), (positions * positions).sum(-1, keepdim=True)
+        mean = (sum_p + sum_f) / count  # (B, N, 1)
+        var = (sumsq_p + sumsq_f) / count - mean * mean
+        inv_std = torch.rsqrt(var.clamp_min(0) + self.eps)
+        mixed = pixels @ w_pixel if self.pixel_dim > 1 else pixels * w_pixel  # (B, N, 2*inner)
+        shift = self.norm_context.bias @ self.to_kv.weight.t()  # beta @ W
+        return (mixed + position_term - mean * weight.sum(0)) * inv_std + shift
+
+    def forward(self, latents, pixels, positions, return_attention: bool = False):
+        q = self.to_q(self.norm(latents))
+        k, v = self.project_context(pixels, positions).chunk(2, dim=-1)
+        out, weights = attend(q, k, v, self.heads, self.dropout, self.training, return_attention)
+        return self.to_out(out), weights
+
+
+class PerceiverLayer(nn.Module):
+    """One iteration: cross-attention + feed-forward, then `self_per_cross_attn` latent blocks."""
+
+    def __init__(self, latent_dim, pixel_dim, position_dim, cross_heads, cross_dim_head, latent_heads,
+                 latent_dim_head, self_per_cross_attn, attn_dropout, ff_dropout):
+        super().__init__()
+        self.cross_attn = CrossAttention(latent_dim, pixel_dim, position_dim, cross_heads, cross_dim_head,
+                                         attn_dropout)
+        self.cross_ff = FeedForward(latent_dim, dropout=ff_dropout)
+        self.self_attns = nn.ModuleList([
+            nn.ModuleList([SelfAttention(latent_dim, latent_heads, latent_dim_head, attn_dropout),
+                           FeedForward(latent_dim, dropout=ff_dropout)])
+            for _ in range(self_per_cross_attn)])
+
+    def forward(self, latents, pixels, positions, return_attention=False):
+        attended, weights = self.cross_attn(latents, pixels, positions, return_attention)
+        latents = latents + attended
+        latents = latents + self.cross_ff(latents)
+        for attn, ff in self.self_attns:
+            latents = latents + attn(latents)
+            latents = latents + ff(latents)
+        return latents, weights
+
+
+class Perceiver(nn.Module):
+    """Perceiver classifier for (B, C, H, W) images.
+
+    Args:
+        in_channels: image channels C.
+        image_size: side of the (square) input; used for the position features.
+        num_classes: output logits.
+        num_freq_bands: Fourier frequency bands per axis.
+        max_freq: highest frequency; defaults to the input resolution.
+        num_latents, latent_dim: the latent array.
+        cross_heads, cross_dim_head: cross-attention heads.
+        latent_heads, latent_dim_head: latent self-attention heads.
+        self_per_cross_attn: latent blocks after each cross-attention.
+        num_iterations: cross-attend + process repetitions.
+        weight_sharing: "after_first" (iterations 2.. share weights), "all", or "none".
+        patch_size: 1 for pixels; p > 1 feeds p x p patches (C*p*p values per element).
+        attn_dropout, ff_dropout: dropout rates.
+    """
+
+    def __init__(self, *, in_channels: int = 1, image_size: int = 64, num_classes: int = 2,
+                 num_freq_bands: int = 6, max_freq: float | None = None, num_latents: int = 128,
+                 latent_dim: int = 256, cross_heads: int = 1, cross_dim_head: int = 64, latent_heads: int = 8,
+                 latent_dim_head: int = 64, self_per_cross_attn: int = 2, num_iterations: int = 2,
+                 weight_sharing: str = "after_first", patch_size: int = 1, attn_dropout: float = 0.0,
+                 ff_dropout: float = 0.0):
+        super().__init__()
+        if weight_sharing not in ("after_first", "all", "none"):
+            raise ValueError("weight_sharing must be after_first, all or none")
+        if image_size % patch_size:
+            raise ValueError("image_size must be a multiple of patch_size")
+        self.image_size, self.patch_size = image_size, patch_size
+        self.num_freq_bands = num_freq_bands
+        self.max_freq = float(max_freq if max_freq is not None else image_size)
+        self.num_iterations = num_iterations
+        pixel_dim = in_channels * patch_size * patch_size
+        position_dim = 2 * (2 * num_freq_bands + 1)
+        self.latents = nn.Parameter(torch.randn(num_latents, latent_dim))
+
+        def layer():
+            return PerceiverLayer(latent_dim, pixel_dim, position_dim, cross_heads, cross_dim_head, latent_heads,
+                                  latent_dim_head, self_per_cross_attn, attn_dropout, ff_dropout)
+
+        distinct = {"none": num_iterations, "after_first": min(num_iterations, 2), "all": 1}[weight_sharing]
+        self.layers = nn.ModuleList([layer() for _ in range(distinct)])
+        self.norm = nn.LayerNorm(latent_dim)
+        self.head = nn.Linear(latent_dim, num_classes)
+        self._positions: tuple | None = None
+
+    def positions(self, height: int, width: int, device, dtype) -> torch.Tensor:
+        key = (height, width, device, dtype)
+        if self._positions is None or self._positions[0] != key:
+            self._positions = (key, fourier_features(height, width, self.num_freq_bands, self.max_freq, device,
+                                                     dtype))
+        return self._positions[1]
+
+    def _layer(self, iteration: int) -> PerceiverLayer:
+        return self.layers[min(iteration, len(self.layers) - 1)]
+
+    def to_elements(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> (B, N, C*p*p): pixels, or p x p patches, in row-major order."""
+        p = self.patch_size
+        return rearrange(x, "b c (h p1) (w p2) -> b (h w) (c p1 p2)", p1=p, p2=p)
+
+    def forward_features(self, x: torch.Tensor, return_attention: bool = False):
+        batch, _, height, width = x.shape
+        pixels = self.to_elements(x)
+        positions = self.positions(height // self.patch_size, width // self.patch_size, x.device, pixels.dtype)
+        latents = self.latents.expand(batch, -1, -1)
+        attentions = []
+        for iteration in range(self.num_iterations):
+            latents, weights = self._layer(iteration)(latents, pixels, positions, return_attention)
+            attentions.append(weights)
+        return latents, attentions
+
+    def forward_head(self, latents: torch.Tensor) -> torch.Tensor:
+        return self.head(self.norm(latents.mean(dim=1)))
+
+    def forward(self, x: torch.Tensor, return_attention: bool = False):
+        """Logits (B, classes); with return_attention, also the cross-attention per iteration (B, h, M, N)."""
+        latents, attentions = self.forward_features(x, return_attention)
+        logits = self.forward_head(latents)
+        return (logits, attentions) if return_attention else logits

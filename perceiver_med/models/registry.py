@@ -1,0 +1,52 @@
+"""build_model(config): rebuild any model from the JSON-able dict a run stores."""
+from __future__ import annotations
+
+from torch import nn
+
+from perceiver_med.models.cnn import ConvNet
+from perceiver_med.models.hybrid import ViTRolloutCNN
+from perceiver_med.models.perceiver import Perceiver
+from perceiver_med.models.vit import ViT
+
+MODELS = {"perceiver": Perceiver, "vit": ViT, "cnn": ConvNet, "vit-rollout-cnn": ViTRolloutCNN}
+
+
+def build_model(config: dict) -> nn.Module:
+    """{"name": "perceiver" | "vit" | "cnn" | "vit-rollout-cnn", **keyword arguments} -> model.
+
+    The model's `num_parameters` attribute holds its parameter count.
+    """
+    config = dict(config)
+    name = config.pop("name", None)
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
+    config.pop("parameters", None)
+    model = MODELS[name](**config)
+    model.num_parameters = count_parameters(model)
+    return model
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def default_config(name: str, input_shape: tuple[int, int, int], num_classes: int) -> dict:
+    """Sensible sizes for each model and input kind (64x64 images, 192x192 slice grids)."""
+    channels, side, _ = input_shape
+    if name == "perceiver":
+        patch = 1 if side <= 64 else 4  # a 192x192 grid as 4x4 patches keeps N = 2304
+        return {"name": name, "in_channels": channels, "image_size": side, "num_classes": num_classes,
+                "num_freq_bands": 6, "max_freq": float(side // patch), "num_latents": 64, "latent_dim": 128,
+                "cross_heads": 1, "cross_dim_head": 64, "latent_heads": 4, "latent_dim_head": 32,
+                "self_per_cross_attn": 2, "num_iterations": 2, "weight_sharing": "after_first",
+                "patch_size": patch, "attn_dropout": 0.0, "ff_dropout": 0.1}
+    if name in ("vit", "vit-rollout-cnn"):
+        vit = {"in_channels": channels, "image_size": side, "patch_size": 8 if side <= 64 else 16,
+               "num_classes": num_classes, "dim": 128, "depth": 4, "heads": 4, "dropout": 0.1}
+        if name == "vit":
+            return {"name": name, **vit}
+        return {"name": name, "vit": vit, "cnn": {"num_classes": num_classes, "widths": [16, 32, 64, 128],
+                                                   "dropout": 0.1}, "head_fusion": "mean", "discard_ratio": 0.0}
+    if name == "cnn":
+        return {"name": name, "in_channels": channels, "num_classes": num_classes, "widths": [16, 32, 64, 128]}
+    raise ValueError(f"unknown model {name!r}")

@@ -1,0 +1,91 @@
+"""Vision Transformer with an explicit-softmax path that returns every layer's attention weights."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from perceiver_med.models.perceiver import attend
+
+
+class MLP(nn.Module):
+    def __init__(self, dim: int, hidden: int, dropout: float = 0.0):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, dim),
+                                 nn.Dropout(dropout))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+class Attention(nn.Module):
+    def __init__(self, dim: int, heads: int, dropout: float = 0.0):
+        super().__init__()
+        self.heads, self.dropout = heads, dropout
+        self.qkv = nn.Linear(dim, dim * 3)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x, return_attention: bool = False):
+        q, k, v = self.qkv(x).chunk(3, dim=-1)
+        out, weights = attend(q, k, v, self.heads, self.dropout, self.training, return_attention)
+        return self.proj(out), weights
+
+
+class Block(nn.Module):
+    def __init__(self, dim: int, heads: int, mlp_ratio: float = 4.0, dropout: float = 0.0):
+        super().__init__()
+        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.attn = Attention(dim, heads, dropout)
+        self.mlp = MLP(dim, int(dim * mlp_ratio), dropout)
+
+    def forward(self, x, return_attention: bool = False):
+        attended, weights = self.attn(self.norm1(x), return_attention)
+        x = x + attended
+        return x + self.mlp(self.norm2(x)), weights
+
+
+class ViT(nn.Module):
+    """ViT classifier for (B, C, H, W) images.
+
+    Args:
+        in_channels: image channels.
+        image_size: side of the square input.
+        patch_size: side of a patch; image_size must be a multiple of it.
+        num_classes: output logits.
+        dim: token width.
+        depth: transformer blocks.
+        heads: attention heads.
+        mlp_ratio: hidden width of the MLP relative to dim.
+        dropout: dropout rate.
+    """
+
+    def __init__(self, *, in_channels: int = 1, image_size: int = 64, patch_size: int = 8, num_classes: int = 2,
+                 dim: int = 128, depth: int = 4, heads: int = 4, mlp_ratio: float = 4.0, dropout: float = 0.0):
+        super().__init__()
+        if image_size % patch_size:
+            raise ValueError("image_size must be a multiple of patch_size")
+        self.image_size, self.patch_size = image_size, patch_size
+        self.grid = image_size // patch_size
+        self.patch_embed = nn.Conv2d(in_channels, dim, kernel_size=patch_size, stride=patch_size)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.pos_embed = nn.Parameter(torch.randn(1, self.grid * self.grid + 1, dim) * 0.02)
+        self.blocks = nn.ModuleList([Block(dim, heads, mlp_ratio, dropout) for _ in range(depth)])
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, num_classes)
+
+    def forward_features(self, x: torch.Tensor, return_attention: bool = False):
+        tokens = self.patch_embed(x).flatten(2).transpose(1, 2)  # (B, N, D)
+        tokens = torch.cat([self.cls_token.expand(len(x), -1, -1), tokens], dim=1) + self.pos_embed
+        attentions = []
+        for block in self.blocks:
+            tokens, weights = block(tokens, return_attention)
+            attentions.append(weights)
+        return self.norm(tokens), attentions
+
+    def forward_head(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.head(tokens[:, 0])
+
+    def forward(self, x: torch.Tensor, return_attention: bool = False):
+        """Logits; with return_attention also each block's weights (B, heads, T, T), T = patches + 1."""
+        tokens, attentions = self.forward_features(x, return_attention)
+        logits = self.forward_head(tokens)
+        return (logits, attentions) if return_attention else logits

@@ -1,0 +1,157 @@
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from perceiver_med.models import (ConvNet, Perceiver, ViT, ViTRolloutCNN, attention_rollout, build_model,
+                                  default_config, rollout_map)
+
+TINY = {
+    "perceiver": {"name": "perceiver", "in_channels": 1, "image_size": 16, "num_classes": 3, "num_freq_bands": 4,
+                  "num_latents": 8, "latent_dim": 32, "cross_dim_head": 16, "latent_heads": 2,
+                  "latent_dim_head": 16, "self_per_cross_attn": 1, "num_iterations": 3},
+    "perceiver-patches": {"name": "perceiver", "in_channels": 3, "image_size": 16, "num_classes": 3,
+                          "patch_size": 4, "num_latents": 8, "latent_dim": 32, "cross_heads": 2,
+                          "cross_dim_head": 8, "latent_heads": 2, "latent_dim_head": 16, "num_iterations": 2},
+    "vit": {"name": "vit", "in_channels": 1, "image_size": 16, "patch_size": 4, "num_classes": 3, "dim": 32,
+            "depth": 2, "heads": 2},
+    "cnn": {"name": "cnn", "in_channels": 1, "num_classes": 3, "widths": [8, 16]},
+    "vit-rollout-cnn": {"name": "vit-rollout-cnn", "vit": {"in_channels": 1, "image_size": 16, "patch_size": 4,
+                                                           "num_classes": 3, "dim": 32, "depth": 2, "heads": 2},
+                        "cnn": {"widths": [8, 16]}},
+}
+
+
+def _input(name, batch=4):
+    channels = 3 if name == "perceiver-patches" else 1
+    return torch.rand(batch, channels, 16, 16, generator=torch.Generator().manual_seed(0))
+
+
+@pytest.mark.parametrize("name", list(TINY))
+def test_shape_finite_and_every_parameter_gets_a_gradient(name):
+    torch.manual_seed(0)
+    model = build_model(TINY[name])
+    assert model.num_parameters == sum(p.numel() for p in model.parameters())
+    x = _input(name)
+    if name == "vit-rollout-cnn":  # each stage trains its own part
+        model.stage_one(x).sum().backward()
+        model(x).sum().backward()
+    else:
+        logits = model(x)
+        assert logits.shape == (4, 3) and torch.isfinite(logits).all()
+        logits.pow(2).sum().backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None or not torch.any(p.grad != 0)]
+    assert missing == []
+
+
+@pytest.mark.parametrize("name", list(TINY))
+def test_eval_is_deterministic_and_weights_round_trip_through_safetensors(name, tmp_path):
+    model = build_model(TINY[name]).eval()
+    x = _input(name)
+    with torch.no_grad():
+        first, second = model(x), model(x)
+    torch.testing.assert_close(first, second, rtol=0, atol=0)
+    save_file(model.state_dict(), tmp_path / "w.safetensors")
+    clone = build_model(TINY[name]).eval()
+    clone.load_state_dict(load_file(tmp_path / "w.safetensors"))
+    with torch.no_grad():
+        torch.testing.assert_close(clone(x), first)
+
+
+def test_perceiver_tells_an_image_from_its_mirror_image():
+    torch.manual_seed(0)
+    model = build_model(TINY["perceiver"]).eval()
+    x = _input("perceiver")
+    with torch.no_grad():
+        assert (model(x) - model(x.flip(-1))).abs().max() > 1e-4
+
+
+def test_perceiver_weight_sharing_counts():
+    def count(sharing):
+        return build_model({**TINY["perceiver"], "weight_sharing": sharing}).num_parameters
+    assert count("all") < count("after_first") < count("none")
+
+
+def test_perceiver_folded_context_projection_equals_layernorm_then_linear():
+    torch.manual_seed(0)
+    model = Perceiver(in_channels=3, image_size=8, num_latents=4, latent_dim=16, cross_dim_head=8,
+                      latent_heads=2, latent_dim_head=8, patch_size=2)
+    attn = model.layers[0].cross_attn
+    with torch.no_grad():
+        attn.norm_context.weight.normal_()
+        attn.norm_context.bias.normal_()
+    x = torch.rand(2, 3, 8, 8)
+    pixels = model.to_elements(x)
+    positions = model.positions(4, 4, x.device, x.dtype)
+    reference = attn.to_kv(attn.norm_context(torch.cat([pixels, positions.expand(2, -1, -1)], dim=-1)))
+    torch.testing.assert_close(attn.project_context(pixels, positions), reference, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["perceiver", "vit"])
+def test_fused_and_explicit_attention_agree_and_weights_have_the_documented_shape(name):
+    torch.manual_seed(0)
+    model = build_model(TINY[name]).eval()
+    x = _input(name)
+    with torch.no_grad():
+        fused = model(x)
+        explicit, attentions = model(x, return_attention=True)
+    torch.testing.assert_close(fused, explicit, rtol=1e-5, atol=1e-5)
+    if name == "perceiver":
+        assert len(attentions) == 3 and attentions[0].shape == (4, 1, 8, 256)
+    else:
+        assert len(attentions) == 2 and attentions[0].shape == (4, 2, 17, 17)
+    torch.testing.assert_close(attentions[0].sum(-1), torch.ones(attentions[0].shape[:-1]))
+
+
+def _numpy_rollout(attentions, head_fusion, discard_ratio):
+    """The same formula, written plainly, one image at a time."""
+    out = []
+    for b in range(attentions[0].shape[0]):
+        tokens = attentions[0].shape[-1]
+        result = np.eye(tokens)
+        for layer in attentions:
+            fused = getattr(np, {"mean": "mean", "max": "max", "min": "min"}[head_fusion])(layer[b], axis=0)
+            flat = fused.flatten().copy()
+            count = int(flat.size * discard_ratio)
+            if count:
+                candidates = np.argsort(np.where(np.arange(flat.size) == 0, np.inf, flat), kind="stable")[:count]
+                flat[candidates] = 0
+            fused = flat.reshape(tokens, tokens)
+            mixed = (fused + np.eye(tokens)) / 2
+            mixed = mixed / mixed.sum(axis=-1, keepdims=True)
+            result = mixed @ result
+        row = result[0, 1:]
+        out.append(row / row.max())
+    return np.stack(out)
+
+
+@pytest.mark.parametrize("head_fusion", ["mean", "max", "min"])
+@pytest.mark.parametrize("discard_ratio", [0.0, 0.3])
+def test_rollout_matches_a_plain_numpy_implementation(head_fusion, discard_ratio):
+    rng = np.random.default_rng(0)
+    attentions = []
+    for _ in range(3):
+        raw = rng.random((5, 2, 10, 10))
+        attentions.append(raw / raw.sum(-1, keepdims=True))
+    ours = attention_rollout([torch.tensor(a) for a in attentions], head_fusion, discard_ratio).numpy()
+    np.testing.assert_allclose(ours, _numpy_rollout(attentions, head_fusion, discard_ratio), rtol=1e-5)
+    assert ours.shape == (5, 9) and np.allclose(ours.max(1), 1)
+
+
+def test_rollout_map_at_input_resolution():
+    weights = torch.rand(3, 16)
+    image = rollout_map(weights, 32)
+    assert image.shape == (3, 1, 32, 32) and torch.allclose(image.amax(dim=(2, 3)), torch.ones(3, 1))
+
+
+def test_hybrid_stage_two_sees_input_and_rollout():
+    model = ViTRolloutCNN(**{k: v for k, v in TINY["vit-rollout-cnn"].items() if k != "name"})
+    stacked = model.stage_two_input(_input("vit"))
+    assert stacked.shape == (4, 2, 16, 16) and not stacked.requires_grad
+
+
+@pytest.mark.parametrize("name", ["perceiver", "vit-rollout-cnn", "vit", "cnn"])
+def test_default_configs_build_for_images_and_grids(name):
+    for shape in ((1, 64, 64), (1, 192, 192)):
+        model = build_model(default_config(name, shape, 2))
+        assert model.num_parameters > 1000
