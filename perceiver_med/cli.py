@@ -10,7 +10,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from perceiver_med import __version__
 from perceiver_med.errors import UserError
-from perceiver_med.report import console, counts_table, err_console, scans_table, skipped_table, summary_line
+from perceiver_med.report import (console, counts_table, err_console, metrics_table, scans_table, skipped_table,
+                                  summary_line)
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Turn folders of medical scans into trained, explainable classifiers.")
@@ -153,6 +154,182 @@ def prepare(splits: Annotated[Path, typer.Argument(help="splits CSV")],
     _print_skips(loaded.skipped)
     console.print(summary_line(len(loaded.rows), len(loaded.skipped), f"scan(s) ready as {config.input} "
                                f"{config.output_shape}") + f"; cache in {cache_root()}")
+
+
+class RichReporter:
+    """Draws training progress: a bar per epoch with the running loss, a table row per epoch."""
+
+    def __init__(self, quiet: bool = False):
+        self.quiet, self.bar, self.task, self.epochs, self.running = quiet, None, None, 0, []
+
+    def stage_start(self, stage, epochs, steps):
+        self.epochs, self.steps = epochs, steps
+        if not self.quiet:
+            console.print(f"[bold]stage {stage}[/]: up to {epochs} epochs of {steps} steps")
+            console.print(f"{'epoch':>7}  {'train loss':>10} {'train acc':>9}  {'val loss':>9} {'val acc':>8}"
+                          f"  {'lr':>8} {'time':>6}")
+
+    def step(self, loss):
+        if self.quiet:
+            return
+        if self.bar is None:
+            self.bar = progress_bar()
+            self.bar.start()
+            self.task = self.bar.add_task("epoch", total=self.steps)
+            self.running = []
+        self.running.append(loss)
+        self.bar.update(self.task, advance=1, description=f"loss {sum(self.running) / len(self.running):.4f}")
+
+    def epoch_end(self, row):
+        if self.bar is not None:
+            self.bar.stop()
+            self.bar = None
+        if self.quiet:
+            return
+        val = (f"{row['val_loss']:>9.4f} {row['val_accuracy']:>8.4f}" if "val_loss" in row else f"{'':>18}")
+        console.print(f"{row['epoch']:>3}/{self.epochs:<3}  {row['train_loss']:>10.4f} {row['train_accuracy']:>9.4f}"
+                      f"  {val}  {row['lr']:>8.2e} {row['seconds']:>5.1f}s" + ("  [green]best[/]" if row["best"]
+                                                                                  else ""))
+
+    def message(self, text):
+        if not self.quiet:
+            console.print(text)
+
+
+def _is_main_process() -> bool:
+    import os
+
+    return os.environ.get("RANK", "0") == "0"
+
+
+@app.command()
+def train(splits: Annotated[Path, typer.Argument(help="splits CSV from `perceiver-med split`")],
+          out: Annotated[Path, typer.Option(help="run directory to create")],
+          model: Annotated[str, typer.Option(help="perceiver or vit-rollout-cnn")] = "perceiver",
+          epochs: Annotated[Optional[int], typer.Option(help="maximum epochs (per stage for the hybrid)")] = None,
+          batch_size: Annotated[Optional[int], typer.Option(help="samples per step and process")] = None,
+          lr: Annotated[Optional[float], typer.Option(help="peak learning rate")] = None,
+          weight_decay: Annotated[Optional[float], typer.Option(help="AdamW weight decay")] = None,
+          patience: Annotated[Optional[int], typer.Option(help="early-stopping patience in epochs (0: off)")] = None,
+          seed: Annotated[int, typer.Option(help="random seed")] = 0,
+          device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps")] = "auto",
+          input: Annotated[str, typer.Option(help="auto, image or grid")] = "auto",
+          size: Annotated[Optional[int], typer.Option(help="image side, or tile side of a grid")] = None,
+          channels: Annotated[int, typer.Option(help="1 or 3")] = 1,
+          grid_pad: Annotated[bool, typer.Option(help="pad volumes with < 9 slices")] = False,
+          flip: Annotated[Optional[bool], typer.Option("--flip/--no-flip", help="horizontal flip augmentation "
+                                                       "(default: off for laterality labels, else on)")] = None,
+          class_weights: Annotated[str, typer.Option(help="none or auto")] = "none",
+          num_latents: Annotated[Optional[int], typer.Option(help="Perceiver latents")] = None,
+          latent_dim: Annotated[Optional[int], typer.Option(help="Perceiver latent width")] = None,
+          num_iterations: Annotated[Optional[int], typer.Option(help="Perceiver iterations")] = None,
+          depth: Annotated[Optional[int], typer.Option(help="ViT blocks")] = None,
+          dim: Annotated[Optional[int], typer.Option(help="ViT width")] = None,
+          num_workers: Annotated[int, typer.Option(help="preprocessing processes (0: one per core)")] = 0,
+          resume: Annotated[bool, typer.Option(help="continue an interrupted run in --out")] = False,
+          quiet: Annotated[bool, typer.Option(help="no per-epoch output")] = False):
+    """Train a model; writes config, weights, metrics, history, curves and predictions to --out."""
+    from perceiver_med.config import TrainConfig
+    from perceiver_med.runs import train_run, with_epochs
+
+    if class_weights not in ("none", "auto"):
+        raise UserError("--class-weights must be none or auto")
+    config = with_epochs(TrainConfig(seed=seed, device=device, num_workers=num_workers, class_weights=class_weights),
+                         epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, patience=patience)
+    main_process = _is_main_process()
+    options = {"num_latents": num_latents, "latent_dim": latent_dim, "num_iterations": num_iterations,
+               "depth": depth, "dim": dim}
+    with progress_bar() as bar:
+        task = bar.add_task("preprocessing", total=None)
+        reporter = RichReporter(quiet or not main_process)
+        result = train_run(splits, model, out, input=input, size=size, channels=channels, grid_pad=grid_pad,
+                           train=config, flip=flip, model_options=options, resume=resume,
+                           reporter=_AfterBar(reporter, bar), on_prepared=lambda: bar.advance(task))
+    if not main_process:
+        return
+    _print_skips(result.skipped)
+    if "vit" in result.metrics:
+        console.print(metrics_table(result.metrics["vit"], "stage 1: ViT alone"))
+    console.print(metrics_table(result.metrics, f"best checkpoint of {model}"))
+    console.print(f"run written to [bold]{out}[/] (metrics.json, curves.png, predictions_<split>.csv)")
+
+
+class _AfterBar:
+    """Stops the preprocessing bar before the first training output."""
+
+    def __init__(self, reporter, bar):
+        self.reporter, self.bar = reporter, bar
+
+    def __getattr__(self, name):
+        if self.bar is not None:
+            self.bar.stop()
+            self.bar = None
+        return getattr(self.reporter, name)
+
+
+@app.command()
+def evaluate(run: Annotated[Path, typer.Argument(help="run directory")],
+             splits: Annotated[Optional[Path], typer.Option(help="splits CSV (default: the run's own)")] = None,
+             split: Annotated[str, typer.Option(help="train, val, test or all")] = "all",
+             device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps")] = "auto"):
+    """Metrics of a trained run on the chosen splits."""
+    from perceiver_med.runs import evaluate_run
+
+    metrics = evaluate_run(run, splits, split, device)
+    console.print(metrics_table(metrics, f"{run}"))
+
+
+@app.command()
+def predict(run: Annotated[Path, typer.Argument(help="run directory")],
+            scans: Annotated[Path, typer.Argument(help="folder of scans, or one file")],
+            out: Annotated[Path, typer.Option(help="predictions CSV to write")],
+            device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps")] = "auto"):
+    """Predict every scan found in a folder with the run's preprocessing."""
+    from rich.table import Table
+
+    from perceiver_med.runs import predict_run
+
+    with progress_bar() as bar:
+        task = bar.add_task("predicting", total=None)
+        predictions, skipped, classes = predict_run(run, scans, out, device, on_done=lambda: bar.advance(task))
+    table = Table(title=f"{len(predictions)} prediction(s)")
+    for column in ("scan", "label", "pred", *(f"p({c})" for c in classes)):
+        table.add_column(column)
+    for p in predictions[:30]:
+        table.add_row(p.path.name, p.label or "", classes[int(p.probs.argmax())], *(f"{v:.4f}" for v in p.probs))
+    if len(predictions) > 30:
+        table.caption = f"... and {len(predictions) - 30} more in {out}"
+    console.print(table)
+    known = [p for p in predictions if p.label is not None]
+    if known and len(known) == len(predictions):
+        accuracy = sum(classes[int(p.probs.argmax())] == p.label for p in known) / len(known)
+        console.print(f"accuracy against the class folders: [bold]{accuracy:.4f}[/]")
+    _print_skips(skipped)
+    console.print(summary_line(len(predictions), len(skipped), "scan(s) predicted") + f"; written to [bold]{out}[/]")
+
+
+@app.command()
+def explain(run: Annotated[Path, typer.Argument(help="run directory")],
+            scans: Annotated[list[Path], typer.Argument(help="scan files (or series folders)")],
+            out: Annotated[Path, typer.Option(help="folder for the overlay PNGs")]):
+    """Overlay PNGs: attention rollout for the hybrid, cross-attention over the pixels for the Perceiver."""
+    from perceiver_med.explain import explain_run
+
+    written, skipped = explain_run(run, scans, out)
+    for path in written:
+        console.print(f"wrote [bold]{path}[/]")
+    _print_skips(skipped)
+
+
+@app.command()
+def demo(out: Annotated[Path, typer.Option(help="folder for everything the demo writes")] = Path("demo-output"),
+         patients: Annotated[int, typer.Option(help="synthetic patients")] = 40,
+         epochs: Annotated[int, typer.Option(help="maximum training epochs")] = 25,
+         seed: Annotated[int, typer.Option(help="random seed")] = 0):
+    """synth knee -> split -> train a Perceiver -> evaluate -> predict -> explain, on the CPU in minutes."""
+    from perceiver_med.demo import run_demo
+
+    run_demo(out, patients, epochs, seed, RichReporter(), console.print)
 
 
 def main() -> None:

@@ -55,3 +55,77 @@ def counts_table(counts: dict[str, dict[str, tuple[int, int]]]) -> Table:
         scans = sum(v[0] for v in per_label.values())
         table.add_row(split, *[f"{per_label[label][0]} ({per_label[label][1]})" for label in labels], str(scans))
     return table
+
+
+# ---------------------------------------------------------------- figures
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_curves(history: list[dict], path) -> None:
+    """Loss and accuracy per split per epoch, one column of plots per stage."""
+    from perceiver_med.files import atomic_path
+
+    plt = _pyplot()
+    stages = list(dict.fromkeys(row["stage"] for row in history)) or ["(none)"]
+    figure, axes = plt.subplots(2, len(stages), figsize=(4.5 * len(stages), 6), squeeze=False)
+    for column, stage in enumerate(stages):
+        rows = [row for row in history if row["stage"] == stage]
+        epochs = [row["epoch"] for row in rows]
+        for line, metric in enumerate(("loss", "accuracy")):
+            axis = axes[line][column]
+            for split, style in (("train", "-"), ("val", "--")):
+                values = [row.get(f"{split}_{metric}") for row in rows]
+                if values and all(v is not None for v in values):
+                    axis.plot(epochs, values, style, marker="o", markersize=3, label=split)
+            axis.set_title(f"{stage}: {metric}")
+            axis.set_xlabel("epoch")
+            axis.grid(alpha=0.3)
+            axis.legend()
+    figure.tight_layout()
+    with atomic_path(path, suffix=".png") as temp:
+        figure.savefig(temp, dpi=100, format="png")
+    plt.close(figure)
+
+
+def save_confusion(matrix: list[list[int]], classes: list[str], split: str, path) -> None:
+    from perceiver_med.files import atomic_path
+
+    plt = _pyplot()
+    figure, axis = plt.subplots(figsize=(1.2 * len(classes) + 2.5, 1.2 * len(classes) + 2))
+    axis.imshow(matrix, cmap="Blues")
+    for i, row in enumerate(matrix):
+        for j, value in enumerate(row):
+            axis.text(j, i, str(value), ha="center", va="center")
+    axis.set_xticks(range(len(classes)), classes)
+    axis.set_yticks(range(len(classes)), classes)
+    axis.set_xlabel("predicted")
+    axis.set_ylabel("true")
+    axis.set_title(f"{split} (n={sum(map(sum, matrix))})")
+    figure.tight_layout()
+    with atomic_path(path, suffix=".png") as temp:
+        figure.savefig(temp, dpi=100, format="png")
+    plt.close(figure)
+
+
+def metrics_table(metrics: dict, title: str = "metrics") -> Table:
+    columns = ("n", "loss", "accuracy", "balanced_accuracy", "roc_auc", "f1_macro", "sensitivity", "specificity")
+    table = Table(title=title)
+    table.add_column("split")
+    for column in columns:
+        table.add_column(column.replace("_", " "), justify="right")
+    for split in ("train", "val", "test"):
+        if split not in metrics:
+            continue
+        values = metrics[split]
+        cells = []
+        for column in columns:
+            value = values.get(column)
+            cells.append("" if value is None else str(value) if column == "n" else f"{value:.4f}")
+        table.add_row(split, *cells)
+    return table

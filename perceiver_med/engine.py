@@ -1,0 +1,317 @@
+"""Training and evaluation loops: fit, evaluate, checkpoint, resume, DistributedDataParallel.
+
+A run directory holds everything; a run is only ever read back through safetensors (weights),
+JSON (configuration) and torch.load(weights_only=True) (the resumable checkpoint).
+"""
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from perceiver_med.datasets import AugmentConfig, augment_batch
+from perceiver_med.errors import UserError
+from perceiver_med.files import atomic_path
+from perceiver_med.metrics import split_metrics
+
+SPLITS = ("train", "val", "test")
+
+
+# ---------------------------------------------------------------- devices and processes
+def pick_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda asked for, but no CUDA GPU is available")
+    if name == "cuda":
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    if name not in ("cpu", "mps"):
+        raise UserError("--device must be auto, cpu, cuda or mps")
+    return torch.device(name)
+
+
+@dataclass
+class Processes:
+    """This process's place among torchrun's processes (rank 0 of 1 without torchrun)."""
+
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @classmethod
+    def start(cls, device: torch.device) -> "Processes":
+        world = int(os.environ.get("WORLD_SIZE", 1))
+        if world > 1 and not dist.is_initialized():
+            if device.type == "cuda":
+                torch.cuda.set_device(device)
+            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        return cls(dist.get_rank() if world > 1 else 0, world)
+
+    def gather(self, value):
+        if self.world == 1:
+            return [value]
+        out = [None] * self.world
+        dist.all_gather_object(out, value)
+        return out
+
+    def broadcast(self, value):
+        if self.world == 1:
+            return value
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+
+def autocast(device: torch.device):
+    """bf16 autocast on CUDA (the fused attention kernels run in bf16); full precision elsewhere."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
+# ---------------------------------------------------------------- stages
+def _identity(x):
+    return x
+
+
+@dataclass
+class Stage:
+    """One fit: `module` trains on prepare(batch); `frozen` stays in eval mode without gradients."""
+
+    name: str
+    module: nn.Module
+    prepare: Callable[[torch.Tensor], torch.Tensor] = _identity
+    frozen: nn.Module | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.module(self.prepare(x))
+
+
+def stages_for(model: nn.Module, model_name: str) -> list[Stage]:
+    if model_name == "vit-rollout-cnn":  # the ViT first, then the CNN on [input, rollout of the frozen ViT]
+        return [Stage("vit", model.vit), Stage("cnn", model.cnn, model.stage_two_input, model.vit)]
+    return [Stage(model_name, model)]
+
+
+# ---------------------------------------------------------------- evaluation
+@torch.no_grad()
+def predict_probs(forward: Callable, inputs: torch.Tensor, device: torch.device, batch_size: int = 64,
+                  processes: Processes | None = None) -> np.ndarray:
+    """Softmax probabilities (N, K) in float64; under torchrun each process takes every world-th sample."""
+    processes = processes or Processes()
+    indices = np.arange(processes.rank, len(inputs), processes.world)
+    outputs = []
+    for start in range(0, len(indices), batch_size):
+        batch = inputs[indices[start:start + batch_size]].to(device, non_blocking=True)
+        with autocast(device):
+            logits = forward(batch)
+        outputs.append(torch.softmax(logits.float(), dim=1).double().cpu())
+    local = torch.cat(outputs).numpy() if outputs else np.zeros((0, 0))
+    parts = processes.gather((indices, local))
+    probs = None
+    for part_indices, part in parts:
+        if len(part_indices) == 0:
+            continue
+        if probs is None:
+            probs = np.zeros((len(inputs), part.shape[1]))
+        probs[part_indices] = part
+    return probs if probs is not None else np.zeros((0, 0))
+
+
+def evaluate_forward(forward: Callable, data: dict, classes: list[str], device, batch_size=64,
+                     processes: Processes | None = None, splits=SPLITS) -> tuple[dict, dict]:
+    """Metrics and probabilities of each split in `data` ({split: (inputs, labels)})."""
+    metrics, probs = {}, {}
+    for split in splits:
+        if split not in data or len(data[split][1]) == 0:
+            continue
+        inputs, labels = data[split]
+        probs[split] = predict_probs(forward, inputs, device, batch_size, processes)
+        metrics[split] = split_metrics(labels.numpy(), probs[split], classes)
+    return metrics, probs
+
+
+# ---------------------------------------------------------------- training
+class Reporter:
+    """Progress callbacks; the CLI draws them with rich. The default is silent."""
+
+    def stage_start(self, stage: str, epochs: int, steps: int) -> None: ...
+    def step(self, loss: float) -> None: ...
+    def epoch_end(self, row: dict) -> None: ...
+    def message(self, text: str) -> None: ...
+
+
+@dataclass
+class FitState:
+    """What the resumable checkpoint holds besides tensors of the model and optimiser."""
+
+    stage_index: int = 0
+    epoch: int = 0
+    best_loss: float = math.inf
+    bad_epochs: int = 0
+    history: list = field(default_factory=list)
+
+
+def lr_lambda(warmup_steps: int, total_steps: int):
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+def save_weights(model: nn.Module, path: Path) -> None:
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    with atomic_path(path, suffix=".safetensors") as temp:
+        save_file(state, str(temp))
+
+
+def load_weights(model: nn.Module, path: Path) -> None:
+    try:
+        state = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise UserError(f"{path} is damaged or not a safetensors file: {str(exc).splitlines()[0]}") from None
+    try:
+        model.load_state_dict(state)
+    except RuntimeError:
+        raise UserError(f"{path} does not match the model in config.json (foreign or damaged weights)") from None
+
+
+def load_checkpoint(path: Path) -> dict:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickle errors of many kinds: the file is refused, never executed
+        raise UserError(f"{path} is damaged or not a perceiver-med checkpoint: {str(exc).splitlines()[0][:100]}"
+                        ) from None
+
+
+def fit(model: nn.Module, model_name: str, data: dict, classes: list[str], train_cfg, augment: AugmentConfig,
+        run: Path, device: torch.device, processes: Processes, reporter: Reporter, resume: bool = False) -> FitState:
+    """Fit every stage of the model; the best weights (by validation loss) end up in the model and on disk."""
+    model.to(device)
+    stages = stages_for(model, model_name)
+    checkpoint_path, best_path = run / "checkpoint.pt", run / "model.safetensors"
+    state, saved = FitState(), None
+    if resume and checkpoint_path.exists():
+        saved = load_checkpoint(checkpoint_path)
+        state = FitState(**saved["state"])
+        model.load_state_dict(saved["model"])
+        reporter.message(f"resuming at stage {stages[min(state.stage_index, len(stages) - 1)].name}, "
+                         f"epoch {state.epoch + 1}")
+    train_inputs, train_labels = data["train"]
+    weights = None
+    if train_cfg.class_weights == "auto":
+        counts = torch.bincount(train_labels, minlength=len(classes)).float().clamp_min(1)
+        weights = (counts.sum() / counts / len(classes)).to(device)
+    monitor = "val" if "val" in data and len(data["val"][1]) else "train"
+    for stage_index, stage in enumerate(stages):
+        if stage_index < state.stage_index:
+            continue
+        for earlier in stages[:stage_index]:
+            earlier.module.requires_grad_(False)
+        if stage.frozen is not None:
+            stage.frozen.eval()
+        trainable = [p for p in stage.module.parameters() if p.requires_grad]
+        wrapped = stage.module
+        if processes.world > 1:
+            wrapped = nn.parallel.DistributedDataParallel(stage.module, device_ids=[device.index]
+                                                          if device.type == "cuda" else None)
+        optimizer = torch.optim.AdamW(trainable, lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
+        per_step = train_cfg.batch_size * processes.world
+        steps = math.ceil(len(train_labels) / per_step)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lr_lambda(int(train_cfg.warmup_epochs * steps), train_cfg.epochs * steps))
+        if saved is not None and stage_index == state.stage_index and "optimizer" in saved:
+            optimizer.load_state_dict(saved["optimizer"])
+            scheduler.load_state_dict(saved["scheduler"])
+        reporter.stage_start(stage.name, train_cfg.epochs, steps)
+        def forward(x, wrapped=wrapped, stage=stage):
+            return wrapped(stage.prepare(x))
+
+        while state.epoch < train_cfg.epochs and not (train_cfg.patience and state.bad_epochs >= train_cfg.patience):
+            started = time.perf_counter()
+            generator = torch.Generator().manual_seed(train_cfg.seed * 1000 + stage_index * 100 + state.epoch)
+            order = torch.randperm(len(train_labels), generator=generator)
+            order = order[processes.rank::processes.world]
+            stage.module.train()
+            if stage.frozen is not None:
+                stage.frozen.eval()
+            total_loss, correct, seen = 0.0, 0, 0
+            for start in range(0, steps * train_cfg.batch_size, train_cfg.batch_size):
+                index = order[start:start + train_cfg.batch_size]
+                if len(index) == 0:
+                    index = order[:1]  # keep every process stepping together under DDP
+                x = train_inputs[index].to(device, non_blocking=True)
+                y = train_labels[index].to(device, non_blocking=True)
+                x = augment_batch(x, augment, generator)
+                with autocast(device):
+                    logits = forward(x)
+                loss = F.cross_entropy(logits.float(), y, weight=weights, label_smoothing=train_cfg.label_smoothing)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(trainable, train_cfg.grad_clip)
+                optimizer.step()
+                scheduler.step()
+                total_loss += loss.item() * len(y)
+                correct += int((logits.argmax(1) == y).sum())
+                seen += len(y)
+                reporter.step(loss.item())
+            stage.module.eval()
+            evaluated, _ = evaluate_forward(stage.forward, data, classes, device,
+                                            processes=processes, splits=(monitor,) if monitor == "val" else ())
+            sums = processes.gather((total_loss, correct, seen))
+            total_loss, correct, seen = (sum(s[i] for s in sums) for i in range(3))
+            row = {"stage": stage.name, "epoch": state.epoch + 1, "train_loss": total_loss / seen,
+                   "train_accuracy": correct / seen, "lr": scheduler.get_last_lr()[0],
+                   "seconds": round(time.perf_counter() - started, 3)}
+            if monitor == "val":
+                row.update(val_loss=evaluated["val"]["loss"], val_accuracy=evaluated["val"]["accuracy"])
+            current = row[f"{monitor}_loss"]
+            improved = current < state.best_loss - 1e-6
+            state.best_loss = current if improved else state.best_loss
+            state.bad_epochs = 0 if improved else state.bad_epochs + 1
+            state.epoch += 1
+            state.history.append(row)
+            if processes.main:
+                if improved:
+                    save_weights(model, best_path)
+                _save_checkpoint(checkpoint_path, model, optimizer, scheduler, state)
+            reporter.epoch_end({**row, "best": improved})
+        if processes.world > 1:
+            dist.barrier()
+        load_weights(model, best_path)  # the next stage (and the final evaluation) use the best weights
+        model.to(device)
+        state.stage_index, state.epoch, state.best_loss, state.bad_epochs = stage_index + 1, 0, math.inf, 0
+        saved = None
+        if processes.main:
+            _save_checkpoint(checkpoint_path, model, None, None, state)
+    return state
+
+
+def _save_checkpoint(path: Path, model, optimizer, scheduler, state: FitState) -> None:
+    payload = {"model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+               "state": {"stage_index": state.stage_index, "epoch": state.epoch, "best_loss": state.best_loss,
+                         "bad_epochs": state.bad_epochs, "history": state.history}}
+    if optimizer is not None:
+        payload["optimizer"] = optimizer.state_dict()
+        payload["scheduler"] = scheduler.state_dict()
+    with atomic_path(path, suffix=".pt") as temp:
+        torch.save(payload, temp)

@@ -1,0 +1,46 @@
+"""Split metrics with scikit-learn. Each split's loss is the mean per-sample cross-entropy over its own samples."""
+from __future__ import annotations
+
+import numpy as np
+from sklearn.metrics import balanced_accuracy_score, confusion_matrix, f1_score, roc_auc_score
+
+
+def split_metrics(labels: np.ndarray, probs: np.ndarray, classes: list[str]) -> dict:
+    """labels (N,) ints, probs (N, K) -> loss, accuracy, balanced accuracy, ROC AUC, macro F1, confusion, n.
+
+    The loss is mean(-log p(true class)) over these N samples: no label smoothing, no class
+    weights, and no division by any other split's size.
+    """
+    labels = np.asarray(labels, dtype=np.int64)
+    probs = np.asarray(probs, dtype=np.float64)
+    n = len(labels)
+    if n == 0:
+        return {"n": 0}
+    picked = np.clip(probs[np.arange(n), labels], 1e-12, None)
+    preds = probs.argmax(axis=1)
+    indices = list(range(len(classes)))
+    matrix = confusion_matrix(labels, preds, labels=indices)
+    result = {
+        "loss": float(-np.log(picked).mean()),
+        "accuracy": float((preds == labels).mean()),
+        "balanced_accuracy": float(balanced_accuracy_score(labels, preds)) if len(set(labels)) > 1 else None,
+        "roc_auc": _roc_auc(labels, probs, indices),
+        "f1_macro": float(f1_score(labels, preds, labels=indices, average="macro", zero_division=0)),
+        "confusion_matrix": matrix.tolist(),
+        "n": int(n),
+    }
+    if len(classes) == 2:  # the second class is the positive one
+        tn, fp, fn, tp = matrix.ravel()
+        result["sensitivity"] = float(tp / (tp + fn)) if tp + fn else None
+        result["specificity"] = float(tn / (tn + fp)) if tn + fp else None
+    return result
+
+
+def _roc_auc(labels, probs, indices):
+    if len(set(labels.tolist())) < 2:
+        return None  # undefined with one class present
+    if len(indices) == 2:
+        return float(roc_auc_score(labels, probs[:, 1]))
+    if len(set(labels.tolist())) < len(indices):
+        return None
+    return float(roc_auc_score(labels, probs, multi_class="ovr", average="macro", labels=indices))
