@@ -157,12 +157,13 @@ def prepare(splits: Annotated[Path, typer.Argument(help="splits CSV")],
 
 
 class RichReporter:
-    """Draws training progress: a bar per epoch with the running loss, a table row per epoch."""
+    """Draws training progress: one bar per stage with the running loss, a table row per epoch above it."""
 
     def __init__(self, quiet: bool = False):
-        self.quiet, self.bar, self.task, self.epochs, self.running = quiet, None, None, 0, []
+        self.quiet, self.bar, self.task, self.epochs, self.steps, self.running = quiet, None, None, 0, 0, []
 
     def stage_start(self, stage, epochs, steps):
+        self.close()
         self.epochs, self.steps = epochs, steps
         if not self.quiet:
             console.print(f"[bold]stage {stage}[/]: up to {epochs} epochs of {steps} steps")
@@ -176,24 +177,29 @@ class RichReporter:
             self.bar = progress_bar()
             self.bar.start()
             self.task = self.bar.add_task("epoch", total=self.steps)
-            self.running = []
         self.running.append(loss)
         self.bar.update(self.task, advance=1, description=f"loss {sum(self.running) / len(self.running):.4f}")
 
     def epoch_end(self, row):
-        if self.bar is not None:
-            self.bar.stop()
-            self.bar = None
+        self.running = []
         if self.quiet:
             return
         val = (f"{row['val_loss']:>9.4f} {row['val_accuracy']:>8.4f}" if "val_loss" in row else f"{'':>18}")
-        console.print(f"{row['epoch']:>3}/{self.epochs:<3}  {row['train_loss']:>10.4f} {row['train_accuracy']:>9.4f}"
-                      f"  {val}  {row['lr']:>8.2e} {row['seconds']:>5.1f}s" + ("  [green]best[/]" if row["best"]
-                                                                                  else ""))
+        line = (f"{row['epoch']:>3}/{self.epochs:<3}  {row['train_loss']:>10.4f} {row['train_accuracy']:>9.4f}"
+                f"  {val}  {row['lr']:>8.2e} {row['seconds']:>5.1f}s" + ("  [green]best[/]" if row["best"] else ""))
+        console.print(line)
+        if self.bar is not None:
+            self.bar.reset(self.task, total=self.steps)
 
     def message(self, text):
+        self.close()
         if not self.quiet:
             console.print(text)
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.stop()
+            self.bar = None
 
 
 def _is_main_process() -> bool:
@@ -245,6 +251,7 @@ def train(splits: Annotated[Path, typer.Argument(help="splits CSV from `perceive
         result = train_run(splits, model, out, input=input, size=size, channels=channels, grid_pad=grid_pad,
                            train=config, flip=flip, model_options=options, resume=resume,
                            reporter=_AfterBar(reporter, bar), on_prepared=lambda: bar.advance(task))
+    reporter.close()
     if not main_process:
         return
     _print_skips(result.skipped)
@@ -323,13 +330,17 @@ def explain(run: Annotated[Path, typer.Argument(help="run directory")],
 
 @app.command()
 def demo(out: Annotated[Path, typer.Option(help="folder for everything the demo writes")] = Path("demo-output"),
-         patients: Annotated[int, typer.Option(help="synthetic patients")] = 40,
-         epochs: Annotated[int, typer.Option(help="maximum training epochs")] = 25,
+         patients: Annotated[int, typer.Option(help="synthetic patients")] = 60,
+         epochs: Annotated[int, typer.Option(help="maximum training epochs")] = 40,
          seed: Annotated[int, typer.Option(help="random seed")] = 0):
     """synth knee -> split -> train a Perceiver -> evaluate -> predict -> explain, on the CPU in minutes."""
     from perceiver_med.demo import run_demo
 
-    run_demo(out, patients, epochs, seed, RichReporter(), console.print)
+    reporter = RichReporter()
+    try:
+        run_demo(out, patients, epochs, seed, reporter, console.print)
+    finally:
+        reporter.close()
 
 
 def main() -> None:

@@ -34,8 +34,8 @@ class TrainConfig:
     """
 
     epochs: int = 30
-    batch_size: int = 32
-    lr: float = 1e-3
+    batch_size: int = 16
+    lr: float = 2e-3
     weight_decay: float = 0.05
     warmup_epochs: float = 2.0
     patience: int = 8

@@ -14,7 +14,7 @@ from perceiver_med.runs import evaluate_run, predict_run, train_run
 from perceiver_med.synth import synth
 
 
-def run_demo(out: Path, patients: int = 40, epochs: int = 25, seed: int = 0, reporter: Reporter | None = None,
+def run_demo(out: Path, patients: int = 60, epochs: int = 40, seed: int = 0, reporter: Reporter | None = None,
              say: Callable[[str], None] = print) -> dict:
     """Run the whole pipeline on phantom knees; returns the test metrics."""
     out = Path(out)

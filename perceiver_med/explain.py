@@ -63,9 +63,21 @@ def explain_run(run: Path, scans: list[Path], out: Path) -> tuple[list[Path], li
         axis.set_title(f"{config.classes[predicted]} ({float(probs[predicted]):.3f}) - {kind}", fontsize=9)
         axis.axis("off")
         figure.tight_layout()
-        target = out / f"{scan.name.split('.')[0] or scan.name}_explain.png"
+        target = out / f"{_stem(scan)}_explain.png"
+        if target in written:
+            target = out / f"{_stem(scan)}_{len(written)}_explain.png"
         with atomic_path(target, suffix=".png") as temp:
             figure.savefig(temp, dpi=100, format="png")
         plt.close(figure)
         written.append(target)
     return written, skipped
+
+
+def _stem(scan: Path) -> str:
+    """A file-name-safe stem: AKOA names hold several dots (..._LEFT.nii.gz_0.png)."""
+    name = scan.name
+    for suffix in (".nii.gz", ".nii", ".png", ".jpg", ".jpeg", ".dcm"):
+        if name.lower().endswith(suffix):
+            name = name[: -len(suffix)]
+            break
+    return name.replace(".", "_") or "scan"

@@ -79,10 +79,10 @@ def save_curves(history: list[dict], path) -> None:
         epochs = [row["epoch"] for row in rows]
         for line, metric in enumerate(("loss", "accuracy")):
             axis = axes[line][column]
-            for split, style in (("train", "-"), ("val", "--")):
+            for split, style, name in (("train", "-", "train (running, augmented)"), ("val", "--", "val")):
                 values = [row.get(f"{split}_{metric}") for row in rows]
                 if values and all(v is not None for v in values):
-                    axis.plot(epochs, values, style, marker="o", markersize=3, label=split)
+                    axis.plot(epochs, values, style, marker="o", markersize=3, label=name)
             axis.set_title(f"{stage}: {metric}")
             axis.set_xlabel("epoch")
             axis.grid(alpha=0.3)
