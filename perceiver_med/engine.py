@@ -121,7 +121,7 @@ def predict_probs(forward: Callable, inputs: torch.Tensor, device: torch.device,
         batch = inputs[indices[start:start + batch_size]].to(device, non_blocking=True)
         with autocast(device):
             logits = forward(batch)
-        outputs.append(torch.softmax(logits.float(), dim=1).double().cpu())
+        outputs.append(torch.softmax(logits.double(), dim=1).cpu())  # float64: probabilities sum to 1
     local = torch.cat(outputs).numpy() if outputs else np.zeros((0, 0))
     parts = processes.gather((indices, local))
     probs = None
