@@ -24,7 +24,7 @@ from perceiver_med.io.orientation import from_display
 FORMATS = ("dicom", "nifti", "png")
 KNEE_SIZE = 128
 LUNG_SHAPE = (20, 80, 80)  # slices, rows, cols
-LUNG_SPACING = (2.5, 4.0, 4.0)  # mm: slice, row, col
+LUNG_SPACING = (2.5, 2.0, 2.0)  # mm: slice, row, col (a 160 mm field of view: the phantom is small)
 DX_SOP = "1.2.840.10008.5.1.4.1.1.1.1"  # Digital X-Ray Image Storage - For Presentation
 CT_SOP = "1.2.840.10008.5.1.4.1.1.2"
 
@@ -135,12 +135,12 @@ def lung_volume(label: str, rng: np.random.Generator, shape=LUNG_SHAPE) -> np.nd
     radius = np.sqrt(dz ** 2 + dy ** 2 + dx ** 2)
     theta, phi = np.arctan2(dy, dx), np.arctan2(dz, np.sqrt(dx ** 2 + dy ** 2))
     if label == "benign":
-        r0 = rng.uniform(5, 8)
+        r0 = rng.uniform(6, 10)
         nodule = radius <= r0
         volume[nodule] = 60.0
         volume[radius <= r0 * 0.55] = 700.0  # calcified core: a benign sign
     else:
-        r0 = rng.uniform(9, 13)
+        r0 = rng.uniform(12, 17)
         lobes = int(rng.integers(4, 7))
         edge = r0 * (1 + 0.25 * np.sin(lobes * theta + rng.uniform(0, 6)) * np.cos(phi) + 0.1 * np.sin(3 * phi))
         nodule = radius <= edge
@@ -149,7 +149,7 @@ def lung_volume(label: str, rng: np.random.Generator, shape=LUNG_SHAPE) -> np.nd
             a = rng.uniform(-np.pi, np.pi)
             along = dx * np.cos(a) + dy * np.sin(a)
             across = np.abs(-dx * np.sin(a) + dy * np.cos(a))
-            spicule = (along > 0) & (along < r0 * 2.3) & (across < 1.6) & (np.abs(dz) < 3.5)
+            spicule = (along > 0) & (along < r0 * 2.0) & (across < 1.5) & (np.abs(dz) < 4.0)
             volume[spicule & body] = 10.0
     volume = volume + rng.normal(0, 15, shape)
     return volume.astype(np.float32)
@@ -178,7 +178,7 @@ def write_lung(out: Path, patients: int = 100, fmt: str = "dicom", seed: int = 0
         for k in order:
             ds = _dicom_base(CT_SOP, "CT", patient, n, series_uid, seed, f"slice{k}")
             ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
-            ds.ImagePositionPatient = [-160.0, -160.0, round(float(k * LUNG_SPACING[0]), 3)]
+            ds.ImagePositionPatient = [-80.0, -80.0, round(float(k * LUNG_SPACING[0]), 3)]
             ds.PixelSpacing = [LUNG_SPACING[1], LUNG_SPACING[2]]
             ds.SliceThickness = LUNG_SPACING[0]
             ds.InstanceNumber = int(k) + 1

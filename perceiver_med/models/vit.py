@@ -7,6 +7,21 @@ from torch import nn
 from perceiver_med.models.perceiver import attend
 
 
+def sincos_embedding(grid: int, dim: int) -> torch.Tensor:
+    """(grid*grid + 1, dim) fixed 2D sine-cosine position embedding; row 0 (the CLS token) is zero."""
+    quarter = dim // 4
+    omega = 1.0 / 10000 ** (torch.arange(quarter, dtype=torch.float32) / max(quarter, 1))
+    ys, xs = torch.meshgrid(torch.arange(grid, dtype=torch.float32), torch.arange(grid, dtype=torch.float32),
+                            indexing="ij")
+    parts = []
+    for coordinate in (ys.flatten(), xs.flatten()):
+        angles = coordinate[:, None] * omega[None]
+        parts += [angles.sin(), angles.cos()]
+    table = torch.cat(parts, dim=1)
+    table = torch.cat([table, torch.zeros(len(table), dim - table.shape[1])], dim=1)
+    return torch.cat([torch.zeros(1, dim), table])
+
+
 class MLP(nn.Module):
     def __init__(self, dim: int, hidden: int, dropout: float = 0.0):
         super().__init__()
@@ -67,7 +82,9 @@ class ViT(nn.Module):
         self.grid = image_size // patch_size
         self.patch_embed = nn.Conv2d(in_channels, dim, kernel_size=patch_size, stride=patch_size)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
-        self.pos_embed = nn.Parameter(torch.randn(1, self.grid * self.grid + 1, dim) * 0.02)
+        # learned, but started from 2D sin-cos (as in MAE): with small random starts a ViT on a few hundred
+        # images sits position-blind at chance for a long time, and laterality is all about position
+        self.pos_embed = nn.Parameter(sincos_embedding(self.grid, dim)[None])
         self.blocks = nn.ModuleList([Block(dim, heads, mlp_ratio, dropout) for _ in range(depth)])
         self.norm = nn.LayerNorm(dim)
         self.head = nn.Linear(dim, num_classes)
