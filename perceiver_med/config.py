@@ -19,7 +19,8 @@ class TrainConfig:
     """Optimisation settings.
 
     Args:
-        epochs: maximum epochs (per stage for the hybrid).
+        epochs: maximum epochs (per stage for the hybrid); 0 picks enough for about 600 optimiser steps,
+            between 30 and 150 epochs: small sets need many epochs before attention finds the signal.
         batch_size: samples per step (per process under torchrun).
         lr: peak learning rate of AdamW after warm-up.
         weight_decay: AdamW weight decay.
@@ -33,12 +34,12 @@ class TrainConfig:
         device: "auto", "cpu", "cuda" or "mps".
     """
 
-    epochs: int = 30
+    epochs: int = 0
     batch_size: int = 16
     lr: float = 2e-3
     weight_decay: float = 0.05
     warmup_epochs: float = 2.0
-    patience: int = 8
+    patience: int = 20
     grad_clip: float = 1.0
     seed: int = 0
     num_workers: int = 0
@@ -95,3 +96,10 @@ def versions() -> dict:
 def is_laterality(classes: list[str]) -> bool:
     """Labels that name sides: a horizontal flip would swap them, so augmentation must not flip."""
     return bool(classes) and all(c.strip().lower() in LATERALITY_LABELS for c in classes)
+
+
+def resolve_epochs(epochs: int, steps_per_epoch: int, target_steps: int = 600) -> int:
+    """The epoch count to run: as given, or for 0 enough for about `target_steps` steps (30..150 epochs)."""
+    if epochs > 0:
+        return epochs
+    return int(min(150, max(30, -(-target_steps // max(1, steps_per_epoch)))))

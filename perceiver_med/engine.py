@@ -20,6 +20,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from perceiver_med.config import resolve_epochs
 from perceiver_med.datasets import AugmentConfig, augment_batch
 from perceiver_med.errors import UserError
 from perceiver_med.files import atomic_path
@@ -237,16 +238,17 @@ def fit(model: nn.Module, model_name: str, data: dict, classes: list[str], train
         optimizer = torch.optim.AdamW(trainable, lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
         per_step = train_cfg.batch_size * processes.world
         steps = math.ceil(len(train_labels) / per_step)
+        epochs = resolve_epochs(train_cfg.epochs, steps)
         scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lr_lambda(int(train_cfg.warmup_epochs * steps), train_cfg.epochs * steps))
+            optimizer, lr_lambda(int(train_cfg.warmup_epochs * steps), epochs * steps))
         if saved is not None and stage_index == state.stage_index and "optimizer" in saved:
             optimizer.load_state_dict(saved["optimizer"])
             scheduler.load_state_dict(saved["scheduler"])
-        reporter.stage_start(stage.name, train_cfg.epochs, steps)
+        reporter.stage_start(stage.name, epochs, steps)
         def forward(x, wrapped=wrapped, stage=stage):
             return wrapped(stage.prepare(x))
 
-        while state.epoch < train_cfg.epochs and not (train_cfg.patience and state.bad_epochs >= train_cfg.patience):
+        while state.epoch < epochs and not (train_cfg.patience and state.bad_epochs >= train_cfg.patience):
             started = time.perf_counter()
             generator = torch.Generator().manual_seed(train_cfg.seed * 1000 + stage_index * 100 + state.epoch)
             order = torch.randperm(len(train_labels), generator=generator)

@@ -1,0 +1,318 @@
+"""Model benchmarks: our Perceiver against perceiver-pytorch, time to accuracy, and scaling with pixels.
+
+    pip install -e '.[bench]'
+    python benchmarks/bench_models.py --json models.json [--sections throughput,accuracy,scaling]
+
+throughput: identical configuration (64x64x1, 6 bands, max_freq 10, 128 latents x 256, 1 cross head,
+  8 latent heads x 64, 2 self-attention blocks per cross-attention, 2 iterations tied after the first,
+  GEGLU, no dropout, 2 classes, batch 32), both models in one process, training steps (forward,
+  backward, AdamW) measured alternately after warm-up, in fp32 and bf16 autocast. Also model FLOPs
+  per image (torch's FlopCounterMode) and the fraction of this machine's own measured matmul peak.
+accuracy: seconds of training on phantom knees until test accuracy first reaches 0.95.
+scaling: time and peak memory per training sample at 32^2..256^2 pixels, Perceiver vs a transformer
+  with self-attention over all pixels; exponents fitted to cost ~ pixels^k.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import resource
+import sys
+import tempfile
+import time
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
+
+SAME = dict(num_freq_bands=6, max_freq=10.0, num_latents=128, latent_dim=256, cross_heads=1, latent_heads=8,
+            cross_dim_head=64, latent_dim_head=64, num_classes=2, attn_dropout=0.0, ff_dropout=0.0,
+            self_per_cross_attn=2)
+
+
+def build_pair(device):
+    from perceiver_pytorch import Perceiver as ReferencePerceiver
+
+    from perceiver_med.models import Perceiver
+
+    torch.manual_seed(0)
+    reference = ReferencePerceiver(input_channels=1, input_axis=2, depth=2, weight_tie_layers=True,
+                                   fourier_encode_data=True, **SAME).to(device)
+    ours = Perceiver(in_channels=1, image_size=64, num_iterations=2, weight_sharing="after_first", **SAME).to(device)
+    return {"perceiver-pytorch": (reference, True), "perceiver-med": (ours, False)}
+
+
+def train_step(model, optimizer, x, y, channels_last, bf16, device):
+    inputs = x.permute(0, 2, 3, 1) if channels_last else x  # perceiver-pytorch takes (B, H, W, C)
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+        loss = F.cross_entropy(model(inputs).float(), y)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def matmul_peak(device, dtype, size=2048, repeats=5) -> float:
+    """This machine's own dense matmul rate in FLOP/s, same threads and dtype."""
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    a @ b
+    sync(device)
+    best = math.inf
+    for _ in range(repeats):
+        started = time.perf_counter()
+        a @ b
+        sync(device)
+        best = min(best, time.perf_counter() - started)
+    return 2 * size ** 3 / best
+
+
+def step_flops(model, channels_last, batch, device) -> float:
+    x = torch.rand(batch, 1, 64, 64, device=device)
+    y = torch.randint(0, 2, (batch,), device=device)
+    inputs = x.permute(0, 2, 3, 1) if channels_last else x
+    with FlopCounterMode(display=False) as counter:
+        F.cross_entropy(model(inputs), y).backward()
+    model.zero_grad(set_to_none=True)
+    return counter.get_total_flops() / batch
+
+
+def _memory_child(name, bf16, batch, queue):
+    device = torch.device("cpu")
+    model, channels_last = build_pair(device)[name]
+    optimizer = torch.optim.AdamW(model.parameters())
+    x, y = torch.rand(batch, 1, 64, 64), torch.randint(0, 2, (batch,))
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    train_step(model, optimizer, x, y, channels_last, bf16, device)
+    queue.put((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024)
+
+
+def peak_memory_mb(name, bf16, batch, device) -> float:
+    """Peak memory of one training step: CUDA allocator peak, or resident-set growth in a fresh process."""
+    if device.type == "cuda":
+        model, channels_last = build_pair(device)[name]
+        optimizer = torch.optim.AdamW(model.parameters())
+        x = torch.rand(batch, 1, 64, 64, device=device)
+        y = torch.randint(0, 2, (batch,), device=device)
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        train_step(model, optimizer, x, y, channels_last, bf16, device)
+        return (torch.cuda.max_memory_allocated() - base) / 2 ** 20
+    context = get_context("spawn")
+    queue = context.Queue()
+    process = context.Process(target=_memory_child, args=(name, bf16, batch, queue))
+    process.start()
+    value = queue.get()
+    process.join()
+    return value
+
+
+def throughput(device, batch=32, warmup=2, measured=4, bf16_measured=None) -> dict:
+    out = {"batch": batch, "threads": torch.get_num_threads(), "device": str(device)}
+    models = build_pair(device)
+    out["parameters"] = {name: sum(p.numel() for p in m.parameters()) for name, (m, _) in models.items()}
+    counts = list(out["parameters"].values())
+    out["parameter_ratio"] = counts[1] / counts[0]
+    flops = {name: step_flops(m, cl, 4, device) for name, (m, cl) in models.items()}
+    out["train_flops_per_image"] = flops
+    for precision, bf16 in (("fp32", False), ("bf16", True)):
+        steps = measured if not bf16 or bf16_measured is None else bf16_measured
+        optimizers = {name: torch.optim.AdamW(m.parameters()) for name, (m, _) in models.items()}
+        x = torch.rand(batch, 1, 64, 64, device=device)
+        y = torch.randint(0, 2, (batch,), device=device)
+        for _ in range(warmup if not bf16 or bf16_measured is None else 1):
+            for name, (model, channels_last) in models.items():
+                train_step(model, optimizers[name], x, y, channels_last, bf16, device)
+        seconds = {name: 0.0 for name in models}
+        for _ in range(steps):  # alternate, so drifts in machine speed hit both alike
+            for name, (model, channels_last) in models.items():
+                sync(device)
+                started = time.perf_counter()
+                train_step(model, optimizers[name], x, y, channels_last, bf16, device)
+                sync(device)
+                seconds[name] += time.perf_counter() - started
+        peak = matmul_peak(device, torch.bfloat16 if bf16 else torch.float32)
+        rates = {name: batch * steps / s for name, s in seconds.items()}
+        out[precision] = {
+            "images_per_second": rates,
+            "speedup": rates["perceiver-med"] / rates["perceiver-pytorch"],
+            "matmul_peak_tflops": peak / 1e12,
+            "fraction_of_peak": {name: rates[name] * flops[name] / peak for name in models},
+            "peak_memory_mb": {name: peak_memory_mb(name, bf16, batch, device) for name in models},
+            "measured_steps": steps,
+        }
+    return out
+
+
+def time_to_accuracy(device, budget_seconds=240.0, target=0.95) -> dict:
+    """Seconds of training until test accuracy first reaches `target` on phantom knees (evaluation time excluded)."""
+    from perceiver_pytorch import Perceiver as ReferencePerceiver
+
+    from perceiver_med.datasets import AugmentConfig, augment_batch, load_split_inputs
+    from perceiver_med.dataset_ops import split_folder
+    from perceiver_med.models import build_model, default_config
+    from perceiver_med.preprocess import PreprocessConfig
+    from perceiver_med.splits import read_splits
+    from perceiver_med.synth import synth
+
+    with tempfile.TemporaryDirectory() as temp:
+        os.environ["PERCEIVER_MED_CACHE"] = str(Path(temp) / "cache")
+        synth("knee", Path(temp) / "knee", 60, "png", 0)
+        split_folder(Path(temp) / "knee", Path(temp) / "splits.csv", seed=0)
+        rows = read_splits(Path(temp) / "splits.csv")
+        loaded = load_split_inputs(rows, PreprocessConfig())
+    x = torch.from_numpy(loaded.inputs)
+    y = torch.tensor([row.label == "right" for row in loaded.rows]).long()
+    train = torch.tensor([row.split == "train" for row in loaded.rows])
+    test = torch.tensor([row.split == "test" for row in loaded.rows])
+
+    def run(model, lr, channels_last, batch=16):
+        torch.manual_seed(0)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
+        generator = torch.Generator().manual_seed(0)
+        xt, yt = x[train], y[train]
+        elapsed, curve = 0.0, []
+        while elapsed < budget_seconds:
+            order = torch.randperm(len(yt), generator=generator)
+            started = time.perf_counter()
+            model.train()
+            for i in range(0, len(yt), batch):
+                index = order[i:i + batch]
+                inputs = augment_batch(xt[index], AugmentConfig(), generator)
+                train_step(model, optimizer, inputs, yt[index], channels_last, False, device)
+            elapsed += time.perf_counter() - started
+            model.eval()
+            with torch.no_grad():
+                inputs = x[test].permute(0, 2, 3, 1) if channels_last else x[test]
+                accuracy = float((model(inputs).argmax(1) == y[test]).float().mean())
+            curve.append((round(elapsed, 2), accuracy))
+            if accuracy >= target:
+                return {"seconds": round(elapsed, 2), "reached": True, "curve": curve}
+        return {"seconds": None, "reached": False, "curve": curve}
+
+    results = {"target": target, "budget_seconds": budget_seconds, "test_images": int(test.sum()),
+               "train_images": int(train.sum())}
+    torch.manual_seed(0)
+    results["perceiver-med (defaults: 8x8 patches)"] = run(build_model(default_config("perceiver", (1, 64, 64), 2)),
+                                                            2e-3, False)
+    best = None
+    for lr in (1e-3, 3e-3):  # perceiver-pytorch is pixel-level only; its best learning rate of these
+        torch.manual_seed(0)
+        reference = ReferencePerceiver(input_channels=1, input_axis=2, depth=2, weight_tie_layers=True,
+                                       fourier_encode_data=True, **{**SAME, "num_latents": 64, "latent_dim": 128,
+                                                                   "latent_heads": 4, "latent_dim_head": 32,
+                                                                   "max_freq": 64.0})
+        outcome = {"lr": lr, **run(reference, lr, True)}
+        if best is None or (outcome["reached"] and (not best["reached"] or outcome["seconds"] < best["seconds"])):
+            best = outcome
+    results["perceiver-pytorch (pixels, best lr)"] = best
+    return results
+
+
+class PixelTransformer(torch.nn.Module):
+    """Self-attention over every pixel: the quadratic baseline."""
+
+    def __init__(self, pixels, dim=64, heads=4, depth=2):
+        super().__init__()
+        from perceiver_med.models.vit import Block
+
+        self.embed = torch.nn.Linear(1, dim)
+        self.pos = torch.nn.Parameter(torch.randn(1, pixels, dim) * 0.02)
+        self.blocks = torch.nn.ModuleList([Block(dim, heads) for _ in range(depth)])
+        self.head = torch.nn.Linear(dim, 2)
+
+    def forward(self, x):
+        tokens = self.embed(x.flatten(2).transpose(1, 2)) + self.pos
+        for block in self.blocks:
+            tokens, _ = block(tokens)
+        return self.head(tokens.mean(1))
+
+
+def _scaling_child(kind, side, batch, queue):
+    from perceiver_med.models import Perceiver
+
+    torch.manual_seed(0)
+    if kind == "perceiver":
+        model = Perceiver(in_channels=1, image_size=side, num_latents=64, latent_dim=128, latent_heads=4,
+                          latent_dim_head=32, max_freq=float(side))
+    else:
+        model = PixelTransformer(side * side)
+    optimizer = torch.optim.AdamW(model.parameters())
+    x, y = torch.rand(batch, 1, side, side), torch.randint(0, 2, (batch,))
+    device = torch.device("cpu")
+    train_step(model, optimizer, x, y, False, False, device)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    times = []
+    for _ in range(3):
+        started = time.perf_counter()
+        train_step(model, optimizer, x, y, False, False, device)
+        times.append(time.perf_counter() - started)
+    memory = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before, 0) / 1024
+    queue.put({"seconds_per_sample": min(times) / batch, "peak_memory_mb_growth": memory})
+
+
+def scaling(sides=(32, 64, 128, 256), transformer_limit=64, batch=4) -> dict:
+    context = get_context("spawn")
+    results = {"batch": batch, "perceiver": {}, "pixel_transformer": {}}
+    for kind, limit in (("perceiver", max(sides)), ("pixel_transformer", transformer_limit)):
+        for side in sides:
+            if side > limit:
+                results[kind][str(side)] = "not run: self-attention over all pixels is too large here"
+                continue
+            queue = context.Queue()
+            process = context.Process(target=_scaling_child, args=(kind, side, batch, queue))
+            process.start()
+            results[kind][str(side)] = queue.get()
+            process.join()
+    for kind in ("perceiver", "pixel_transformer"):
+        points = [(int(s) ** 2, v["seconds_per_sample"]) for s, v in results[kind].items() if isinstance(v, dict)]
+        if len(points) >= 2:
+            pixels, seconds = np.log([p for p, _ in points]), np.log([t for _, t in points])
+            results[kind + "_time_exponent"] = float(np.polyfit(pixels, seconds, 1)[0])
+        big = [(int(s) ** 2, v["seconds_per_sample"]) for s, v in results[kind].items()
+               if isinstance(v, dict) and int(s) >= 64]
+        if len(big) >= 2:  # the asymptotic regime, where fixed per-sample costs no longer dominate
+            pixels, seconds = np.log([p for p, _ in big]), np.log([t for _, t in big])
+            results[kind + "_time_exponent_from_64"] = float(np.polyfit(pixels, seconds, 1)[0])
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", type=Path)
+    parser.add_argument("--sections", default="throughput,accuracy,scaling")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--bf16-steps", type=int, default=None,
+                        help="measured bf16 steps (CPUs without native bf16 are very slow)")
+    parser.add_argument("--accuracy-budget", type=float, default=240.0)
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    result = {"machine": {"cpus": os.cpu_count(), "threads": torch.get_num_threads(), "torch": torch.__version__,
+                          "python": platform.python_version(), "processor": platform.processor(),
+                          "gpu": torch.cuda.get_device_name() if device.type == "cuda" else None}}
+    sections = args.sections.split(",")
+    if "throughput" in sections:
+        result["throughput"] = throughput(device, bf16_measured=args.bf16_steps)
+        print(json.dumps(result["throughput"], indent=2), flush=True)
+    if "accuracy" in sections:
+        result["time_to_accuracy"] = time_to_accuracy(device, args.accuracy_budget)
+        print(json.dumps(result["time_to_accuracy"], indent=2), flush=True)
+    if "scaling" in sections:
+        result["scaling"] = scaling()
+        print(json.dumps(result["scaling"], indent=2), flush=True)
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
