@@ -73,13 +73,6 @@ class Processes:
         dist.all_gather_object(out, value)
         return out
 
-    def broadcast(self, value):
-        if self.world == 1:
-            return value
-        box = [value]
-        dist.broadcast_object_list(box, src=0)
-        return box[0]
-
 
 def autocast(device: torch.device):
     """bf16 autocast on CUDA (the fused attention kernels run in bf16); full precision elsewhere."""

@@ -13,7 +13,8 @@ import torch
 from perceiver_med.cache import InputRequest, prepare_many
 from perceiver_med.config import RunConfig, TrainConfig, is_laterality, load_run_config, versions
 from perceiver_med.datasets import AugmentConfig, LoadedInputs, detect_input, load_split_inputs
-from perceiver_med.engine import (SPLITS, Processes, Reporter, evaluate_forward, fit, load_weights, pick_device)
+from perceiver_med.engine import (SPLITS, Processes, Reporter, evaluate_forward, fit, load_weights, pick_device,
+                                  predict_probs)
 from perceiver_med.errors import UserError
 from perceiver_med.files import atomic_text, refuse_inside
 from perceiver_med.io import discover
@@ -222,8 +223,6 @@ def predict_run(run: Path, scans: Path, out: Path, device: str = "auto", workers
     if not kept:
         raise UserError(f"no scan in {scans} could be prepared ({skipped[0].reason})")
     inputs = torch.from_numpy(np.stack([a for _, a in kept]))
-    from perceiver_med.engine import predict_probs
-
     probs = predict_probs(model.forward, inputs, torch_device)
     labels = [_class_folder(scan.path, found.root, config.classes) for scan, _ in kept]
     known = labels if all(label is not None for label in labels) else None

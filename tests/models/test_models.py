@@ -3,7 +3,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from perceiver_med.models import (ConvNet, Perceiver, ViT, ViTRolloutCNN, attention_rollout, build_model,
+from perceiver_med.models import (Perceiver, ViTRolloutCNN, attention_rollout, build_model,
                                   default_config, rollout_map)
 
 TINY = {
