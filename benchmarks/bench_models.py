@@ -19,7 +19,6 @@ import json
 import math
 import os
 import platform
-import resource
 import sys
 import tempfile
 import time
@@ -87,37 +86,44 @@ def step_flops(model, channels_last, batch, device) -> float:
     return counter.get_total_flops() / batch
 
 
-def _memory_child(name, bf16, batch, queue):
-    device = torch.device("cpu")
-    model, channels_last = build_pair(device)[name]
+def _peak_rss_mb() -> float:
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmHWM")) / 1024
+
+
+def _reset_peak_rss() -> bool:
+    """Linux resets the resident-set high-water mark when 5 is written to clear_refs."""
+    try:
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_memory_mb(model, channels_last, bf16, batch, device) -> float | None:
+    """Peak memory of one training step above what was held before it: CUDA allocator peak, or resident set."""
     optimizer = torch.optim.AdamW(model.parameters())
-    x, y = torch.rand(batch, 1, 64, 64), torch.randint(0, 2, (batch,))
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    train_step(model, optimizer, x, y, channels_last, bf16, device)
-    queue.put((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024)
-
-
-def peak_memory_mb(name, bf16, batch, device) -> float:
-    """Peak memory of one training step: CUDA allocator peak, or resident-set growth in a fresh process."""
+    x = torch.rand(batch, 1, 64, 64, device=device)
+    y = torch.randint(0, 2, (batch,), device=device)
+    train_step(model, optimizer, x, y, channels_last, bf16, device)  # optimiser state exists from here on
     if device.type == "cuda":
-        model, channels_last = build_pair(device)[name]
-        optimizer = torch.optim.AdamW(model.parameters())
-        x = torch.rand(batch, 1, 64, 64, device=device)
-        y = torch.randint(0, 2, (batch,), device=device)
+        torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
         train_step(model, optimizer, x, y, channels_last, bf16, device)
         return (torch.cuda.max_memory_allocated() - base) / 2 ** 20
-    context = get_context("spawn")
-    queue = context.Queue()
-    process = context.Process(target=_memory_child, args=(name, bf16, batch, queue))
-    process.start()
-    value = queue.get()
-    process.join()
-    return value
+    import gc
+
+    gc.collect()
+    if not _reset_peak_rss():
+        return None
+    base = _peak_rss_mb()
+    train_step(model, optimizer, x, y, channels_last, bf16, device)
+    return _peak_rss_mb() - base
 
 
-def throughput(device, batch=32, warmup=2, measured=4, bf16_measured=None) -> dict:
+def throughput(device, batch=32, warmup=2, measured=4, bf16_measured=None, precisions=("fp32", "bf16")) -> dict:
     out = {"batch": batch, "threads": torch.get_num_threads(), "device": str(device)}
     models = build_pair(device)
     out["parameters"] = {name: sum(p.numel() for p in m.parameters()) for name, (m, _) in models.items()}
@@ -126,6 +132,8 @@ def throughput(device, batch=32, warmup=2, measured=4, bf16_measured=None) -> di
     flops = {name: step_flops(m, cl, 4, device) for name, (m, cl) in models.items()}
     out["train_flops_per_image"] = flops
     for precision, bf16 in (("fp32", False), ("bf16", True)):
+        if precision not in precisions:
+            continue
         steps = measured if not bf16 or bf16_measured is None else bf16_measured
         optimizers = {name: torch.optim.AdamW(m.parameters()) for name, (m, _) in models.items()}
         x = torch.rand(batch, 1, 64, 64, device=device)
@@ -141,14 +149,16 @@ def throughput(device, batch=32, warmup=2, measured=4, bf16_measured=None) -> di
                 train_step(model, optimizers[name], x, y, channels_last, bf16, device)
                 sync(device)
                 seconds[name] += time.perf_counter() - started
-        peak = matmul_peak(device, torch.bfloat16 if bf16 else torch.float32)
+        # bf16 peak measured on a smaller matmul: CPUs without bf16 units take minutes on 2048^3
+        peak = matmul_peak(device, torch.bfloat16 if bf16 else torch.float32, size=2048 if not bf16 or
+                           device.type == "cuda" else 512)
         rates = {name: batch * steps / s for name, s in seconds.items()}
         out[precision] = {
             "images_per_second": rates,
             "speedup": rates["perceiver-med"] / rates["perceiver-pytorch"],
             "matmul_peak_tflops": peak / 1e12,
             "fraction_of_peak": {name: rates[name] * flops[name] / peak for name in models},
-            "peak_memory_mb": {name: peak_memory_mb(name, bf16, batch, device) for name in models},
+            "peak_memory_mb": {name: peak_memory_mb(m, cl, bf16, batch, device) for name, (m, cl) in models.items()},
             "measured_steps": steps,
         }
     return out
@@ -238,7 +248,7 @@ class PixelTransformer(torch.nn.Module):
         return self.head(tokens.mean(1))
 
 
-def _scaling_child(kind, side, batch, queue):
+def _scaling_child(kind, side, batch, queue):  # a fresh process, so one size's memory never hides another's
     from perceiver_med.models import Perceiver
 
     torch.manual_seed(0)
@@ -251,14 +261,14 @@ def _scaling_child(kind, side, batch, queue):
     x, y = torch.rand(batch, 1, side, side), torch.randint(0, 2, (batch,))
     device = torch.device("cpu")
     train_step(model, optimizer, x, y, False, False, device)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    _reset_peak_rss()
+    before = _peak_rss_mb()
     times = []
     for _ in range(3):
         started = time.perf_counter()
         train_step(model, optimizer, x, y, False, False, device)
         times.append(time.perf_counter() - started)
-    memory = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before, 0) / 1024
-    queue.put({"seconds_per_sample": min(times) / batch, "peak_memory_mb_growth": memory})
+    queue.put({"seconds_per_sample": min(times) / batch, "peak_memory_mb_per_sample": (_peak_rss_mb() - before) / batch})
 
 
 def scaling(sides=(32, 64, 128, 256), transformer_limit=64, batch=4) -> dict:
@@ -295,6 +305,7 @@ def main() -> None:
     parser.add_argument("--bf16-steps", type=int, default=None,
                         help="measured bf16 steps (CPUs without native bf16 are very slow)")
     parser.add_argument("--accuracy-budget", type=float, default=240.0)
+    parser.add_argument("--precisions", default="fp32,bf16")
     args = parser.parse_args()
     device = torch.device(args.device)
     result = {"machine": {"cpus": os.cpu_count(), "threads": torch.get_num_threads(), "torch": torch.__version__,
@@ -302,7 +313,8 @@ def main() -> None:
                           "gpu": torch.cuda.get_device_name() if device.type == "cuda" else None}}
     sections = args.sections.split(",")
     if "throughput" in sections:
-        result["throughput"] = throughput(device, bf16_measured=args.bf16_steps)
+        result["throughput"] = throughput(device, bf16_measured=args.bf16_steps,
+                                          precisions=args.precisions.split(","))
         print(json.dumps(result["throughput"], indent=2), flush=True)
     if "accuracy" in sections:
         result["time_to_accuracy"] = time_to_accuracy(device, args.accuracy_budget)
