@@ -21,8 +21,18 @@ INSPECT_COLUMNS = ["file", "scan", "status", "reason", "kind", "modality", "shap
 
 
 def inspect_folder(data: Path, out: Path | None = None) -> Discovery:
-    """Discover every scan under `data`; optionally write one CSV row per file."""
+    """Discover every scan under `data`; optionally write one CSV row per file.
+
+    The labels `split --label-from auto` would use are attached as `discovery.labels` and
+    `discovery.patients` ({scan id: label or patient id}).
+    """
     discovery = discover(data)
+    try:
+        labelled = label_scans(discovery)
+        discovery.labels = {item.scan.id: item.label for item in labelled.items}
+        discovery.patients = {item.scan.id: item.patient_id for item in labelled.items}
+    except UserError:  # no label source: inspect still lists the scans
+        discovery.labels = {}
     if out is not None:
         refuse_inside(out, data)
 

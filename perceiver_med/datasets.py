@@ -3,12 +3,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
 
 from perceiver_med.cache import InputRequest, find_scan, prepare_many
 from perceiver_med.errors import ScanError, UserError
@@ -95,24 +93,3 @@ def augment_batch(batch: torch.Tensor, config: AugmentConfig, generator: torch.G
     contrast = (1 + uniform(config.intensity)).view(-1, 1, 1, 1).to(batch)
     brightness = uniform(config.intensity / 2).view(-1, 1, 1, 1).to(batch)
     return (warped * contrast + brightness).clamp(0, 1)
-
-
-class InputDataset(Dataset):
-    """Preprocessed inputs and integer labels of one split."""
-
-    def __init__(self, inputs: np.ndarray, labels: np.ndarray):
-        self.inputs = torch.from_numpy(inputs)
-        self.labels = torch.from_numpy(labels.astype(np.int64))
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, index):
-        return self.inputs[index], self.labels[index]
-
-
-def relative_to(path: Path, folder: Path) -> str:
-    try:
-        return path.relative_to(folder).as_posix()
-    except ValueError:
-        return str(path)

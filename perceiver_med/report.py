@@ -16,11 +16,11 @@ def scans_table(discovery: Discovery, limit: int = 40) -> Table:
     table = Table(title=f"{len(discovery.scans)} scan(s) in {discovery.root}")
     for column in ("scan", "kind", "format", "modality", "shape", "spacing", "patient", "label"):
         table.add_column(column)
-    labels = getattr(discovery, "labels", {})
+    labels = discovery.labels
     for scan in discovery.scans[:limit]:
         spacing = "x".join(f"{s:g}" for s in scan.spacing) if scan.spacing else ""
         table.add_row(scan.id, scan.kind, scan.format, scan.modality, "x".join(map(str, scan.shape)),
-                      spacing, scan.patient_id, labels.get(scan.id, ""))
+                      spacing, discovery.patients.get(scan.id, scan.patient_id), labels.get(scan.id, ""))
     if len(discovery.scans) > limit:
         table.caption = f"... and {len(discovery.scans) - limit} more (the CSV from --out lists them all)"
     return table

@@ -46,6 +46,8 @@ class Discovery:
     root: Path
     scans: list[Scan]
     skipped: list[Skip]
+    labels: dict[str, str] = field(default_factory=dict)  # filled by `inspect` when labels can be told
+    patients: dict[str, str] = field(default_factory=dict)
 
     def records(self) -> list[dict]:
         """One row per file, as `inspect --out` writes them."""
