@@ -84,10 +84,11 @@ def split(data: Annotated[Optional[Path], typer.Argument(help="folder of scans")
           patient_regex: Annotated[Optional[str], typer.Option(help="regex for patient ids in paths")] = None):
     """Stratified, patient-grouped train/val/test split (or --check an existing one)."""
     from perceiver_med import dataset_ops
+    from perceiver_med.splits import count_table
 
     if check is not None:
         rows = dataset_ops.check_splits_file(check)
-        console.print(counts_table(dataset_ops.counts(rows)))
+        console.print(counts_table(count_table(rows)))
         console.print(f"[green]ok[/]: {len(rows)} scans, no patient in two splits, every file present")
         return
     if data is None or out is None:
@@ -97,7 +98,7 @@ def split(data: Annotated[Optional[Path], typer.Argument(help="folder of scans")
     except ValueError:
         raise UserError(f"--ratios must be three numbers like 0.6,0.2,0.2, got {ratios!r}") from None
     result = dataset_ops.split_folder(data, out, parsed, seed, label_from, labels, patient_regex)
-    console.print(counts_table(dataset_ops.counts(result.rows)))
+    console.print(counts_table(count_table(result.rows)))
     _print_skips(result.discovery.skipped + result.labelled.skipped)
     for note in result.labelled.notes:
         console.print(f"[yellow]note[/]: {note}")

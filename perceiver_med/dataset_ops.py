@@ -14,7 +14,7 @@ from perceiver_med.files import atomic_path, atomic_text, refuse_inside
 from perceiver_med.io import Discovery, discover
 from perceiver_med.io.labels import LabelledSet, label_scans
 from perceiver_med.preprocess import PreprocessConfig
-from perceiver_med.splits import (SplitRow, assign_splits, check_ratios, count_table, find_problems, read_splits,
+from perceiver_med.splits import (SplitRow, assign_splits, check_ratios, find_problems, read_splits,
                                   rows_from_items, write_splits)
 
 INSPECT_COLUMNS = ["file", "scan", "status", "reason", "kind", "modality", "shape"]
@@ -73,10 +73,6 @@ def check_splits_file(csv_path: Path) -> list[SplitRow]:
     if problems:
         raise UserError(f"{csv_path}: " + "; ".join(problems))
     return rows
-
-
-def counts(rows: list[SplitRow]):
-    return count_table(rows)
 
 
 def preview_scan(scan: Path, prefix: Path, config: PreprocessConfig, series_uid: str = "",

@@ -221,8 +221,6 @@ def fit(model: nn.Module, model_name: str, data: dict, classes: list[str], train
             continue
         for earlier in stages[:stage_index]:
             earlier.module.requires_grad_(False)
-        if stage.frozen is not None:
-            stage.frozen.eval()
         trainable = [p for p in stage.module.parameters() if p.requires_grad]
         wrapped = stage.module
         if processes.world > 1:

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from perceiver_med.cache import InputRequest, prepare
 from perceiver_med.errors import ScanError, UserError
-from perceiver_med.files import atomic_path, refuse_inside
+from perceiver_med.files import refuse_inside
 from perceiver_med.io.discover import Skip
 from perceiver_med.models import Perceiver, ViTRolloutCNN
 from perceiver_med.runs import load_model
@@ -35,7 +35,7 @@ def heat_map(model, x: torch.Tensor) -> torch.Tensor:
 
 def explain_run(run: Path, scans: list[Path], out: Path) -> tuple[list[Path], list[Skip]]:
     """One overlay PNG per scan: the model input in grey, the heat map in colour, the prediction in the title."""
-    from perceiver_med.report import _pyplot
+    from perceiver_med.report import _pyplot, save_figure
 
     config, model = load_model(run)
     for scan in scans:
@@ -66,9 +66,7 @@ def explain_run(run: Path, scans: list[Path], out: Path) -> tuple[list[Path], li
         target = out / f"{_stem(scan)}_explain.png"
         if target in written:
             target = out / f"{_stem(scan)}_{len(written)}_explain.png"
-        with atomic_path(target, suffix=".png") as temp:
-            figure.savefig(temp, dpi=100, format="png")
-        plt.close(figure)
+        save_figure(figure, target)
         written.append(target)
     return written, skipped
 

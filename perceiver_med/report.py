@@ -67,10 +67,17 @@ def _pyplot():
     return plt
 
 
-def save_curves(history: list[dict], path) -> None:
-    """Loss and accuracy per split per epoch, one column of plots per stage."""
+def save_figure(figure, path) -> None:
+    """Write a figure as PNG under a temporary name, rename it into place, and free it."""
     from perceiver_med.files import atomic_path
 
+    with atomic_path(path, suffix=".png") as temp:
+        figure.savefig(temp, dpi=100, format="png")
+    _pyplot().close(figure)
+
+
+def save_curves(history: list[dict], path) -> None:
+    """Loss and accuracy per split per epoch, one column of plots per stage."""
     plt = _pyplot()
     stages = list(dict.fromkeys(row["stage"] for row in history)) or ["(none)"]
     figure, axes = plt.subplots(2, len(stages), figsize=(4.5 * len(stages), 6), squeeze=False)
@@ -88,14 +95,10 @@ def save_curves(history: list[dict], path) -> None:
             axis.grid(alpha=0.3)
             axis.legend()
     figure.tight_layout()
-    with atomic_path(path, suffix=".png") as temp:
-        figure.savefig(temp, dpi=100, format="png")
-    plt.close(figure)
+    save_figure(figure, path)
 
 
 def save_confusion(matrix: list[list[int]], classes: list[str], split: str, path) -> None:
-    from perceiver_med.files import atomic_path
-
     plt = _pyplot()
     figure, axis = plt.subplots(figsize=(1.2 * len(classes) + 2.5, 1.2 * len(classes) + 2))
     axis.imshow(matrix, cmap="Blues")
@@ -108,9 +111,7 @@ def save_confusion(matrix: list[list[int]], classes: list[str], split: str, path
     axis.set_ylabel("true")
     axis.set_title(f"{split} (n={sum(map(sum, matrix))})")
     figure.tight_layout()
-    with atomic_path(path, suffix=".png") as temp:
-        figure.savefig(temp, dpi=100, format="png")
-    plt.close(figure)
+    save_figure(figure, path)
 
 
 def metrics_table(metrics: dict, title: str = "metrics") -> Table:

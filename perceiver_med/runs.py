@@ -19,6 +19,7 @@ from perceiver_med.errors import UserError
 from perceiver_med.files import atomic_text, refuse_inside
 from perceiver_med.io import discover
 from perceiver_med.io.discover import Skip
+from perceiver_med.io.labels import folder_label
 from perceiver_med.models import build_model, default_config
 from perceiver_med.preprocess import PreprocessConfig
 from perceiver_med.splits import find_problems, read_splits
@@ -36,6 +37,10 @@ class TrainResult:
 
 
 def _tensors(loaded: LoadedInputs, classes: list[str]) -> dict:
+    """{split: (inputs, label indices)}; labels the run does not know are a user error."""
+    unknown = sorted({row.label for row in loaded.rows} - set(classes))
+    if unknown:
+        raise UserError(f"labels {unknown} are not among the run's classes {classes}")
     index = {name: k for k, name in enumerate(classes)}
     data = {}
     for split in SPLITS:
@@ -89,9 +94,6 @@ def train_run(splits: Path, model_name: str, out: Path, *, input: str = "auto", 
     device = pick_device(train.device)
     processes = Processes.start(device)
     loaded = load_split_inputs(rows, config.preprocess, train.num_workers, on_done=on_prepared)
-    unknown = sorted({row.label for row in loaded.rows} - set(config.classes))
-    if unknown:
-        raise UserError(f"labels {unknown} are not among the run's classes {config.classes}")
     data = _tensors(loaded, config.classes)
     if len(data["train"][1]) == 0:
         raise UserError("the splits file has no readable training scans")
@@ -193,9 +195,6 @@ def evaluate_run(run: Path, splits: Path | None = None, split: str = "all", devi
     if not rows:
         raise UserError(f"{splits} has no {split} scans")
     loaded = load_split_inputs(rows, config.preprocess, workers)
-    unknown = sorted({row.label for row in loaded.rows} - set(config.classes))
-    if unknown:
-        raise UserError(f"labels {unknown} are not among the run's classes {config.classes}")
     metrics, _ = evaluate_forward(model.forward, _tensors(loaded, config.classes), config.classes, torch_device)
     return metrics
 
@@ -224,19 +223,15 @@ def predict_run(run: Path, scans: Path, out: Path, device: str = "auto", workers
         raise UserError(f"no scan in {scans} could be prepared ({skipped[0].reason})")
     inputs = torch.from_numpy(np.stack([a for _, a in kept]))
     probs = predict_probs(model.forward, inputs, torch_device)
-    labels = [_class_folder(scan.path, found.root, config.classes) for scan, _ in kept]
+    labels = [_known(folder_label(scan, found.root), config.classes) for scan, _ in kept]
     known = labels if all(label is not None for label in labels) else None
     write_predictions(out, [str(scan.path) for scan, _ in kept], known, probs, config.classes)
     predictions = [Prediction(scan.path, label, p) for (scan, _), label, p in zip(kept, labels, probs)]
     return predictions, skipped, config.classes
 
 
-def _class_folder(path: Path, root: Path, classes: list[str]) -> str | None:
-    try:
-        parts = path.relative_to(root).parts
-    except ValueError:
-        return None
-    return parts[0] if len(parts) > 1 and parts[0] in classes else None
+def _known(label: str | None, classes: list[str]) -> str | None:
+    return label if label in classes else None
 
 
 def with_epochs(train: TrainConfig, **changes) -> TrainConfig:

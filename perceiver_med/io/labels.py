@@ -45,7 +45,7 @@ def laterality_of(scan: Scan) -> str | None:
     return tokens.pop() if len(tokens) == 1 else None
 
 
-def _folder_label(scan: Scan, root: Path) -> str | None:
+def folder_label(scan: Scan, root: Path) -> str | None:
     try:
         parts = scan.path.relative_to(root).parts
     except ValueError:
@@ -86,7 +86,7 @@ def _pick_source(discovery: Discovery, label_from: str, labels_csv: Path | None)
         return "csv"
     if discovery.scans and all(laterality_of(scan) for scan in discovery.scans):
         return "laterality"
-    folders = {_folder_label(scan, discovery.root) for scan in discovery.scans}
+    folders = {folder_label(scan, discovery.root) for scan in discovery.scans}
     if None not in folders and len(folders) >= 2:
         return "folder"
     raise UserError("cannot tell the labels: put scans in class folders DATA/<label>/..., "
@@ -111,7 +111,7 @@ def label_scans(discovery: Discovery, label_from: str = "auto", labels_csv: Path
         elif source == "laterality":
             label = laterality_of(scan)
         else:
-            label = _folder_label(scan, discovery.root)
+            label = folder_label(scan, discovery.root)
         if not label:
             skipped.append(Skip(scan.path, f"no label ({_reason(source)})"))
             continue
