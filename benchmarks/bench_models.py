@@ -1,13 +1,16 @@
 """Model benchmarks: our Perceiver against perceiver-pytorch, time to accuracy, and scaling with pixels.
 
     pip install -e '.[bench]'
-    python benchmarks/bench_models.py --json models.json [--sections throughput,accuracy,scaling]
+    python benchmarks/bench_models.py --json models.json [--sections equivalence,throughput,accuracy,scaling]
 
+equivalence: perceiver-pytorch's weights loaded into ours; the losses of a few AdamW steps on the same batches.
 throughput: identical configuration (64x64x1, 6 bands, max_freq 10, 128 latents x 256, 1 cross head,
   8 latent heads x 64, 2 self-attention blocks per cross-attention, 2 iterations tied after the first,
   GEGLU, no dropout, 2 classes, batch 32), both models in one process, training steps (forward,
   backward, AdamW) measured alternately after warm-up, in fp32 and bf16 autocast. Also model FLOPs
   per image (torch's FlopCounterMode) and the fraction of this machine's own measured matmul peak.
+  On a CPU without bf16 units, bf16 also runs perceiver-pytorch with its nn.Linear swapped for ours,
+  to show what the model design gains apart from the GEMM layout (see perceiver_med/models/layers.py).
 accuracy: seconds of training on phantom knees until test accuracy first reaches 0.95.
 scaling: time and peak memory per training sample at 32^2..256^2 pixels, Perceiver vs a transformer
   with self-attention over all pixels; exponents fitted to cost ~ pixels^k.
@@ -28,23 +31,104 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import (FlopCounterMode, register_flop_formula, sdpa_backward_flop_count,
+                                      sdpa_flop_count)
+
+try:  # torch counts the CUDA fused attention kernels but not the CPU one; same formula
+    register_flop_formula(torch.ops.aten._scaled_dot_product_flash_attention_for_cpu)(
+        lambda q, k, v, *args, out_shape=None, **kwargs: sdpa_flop_count(q, k, v))
+    register_flop_formula(torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward)(
+        lambda grad, q, k, v, *args, out_shape=None, **kwargs: sdpa_backward_flop_count(grad, q, k, v))
+except RuntimeError:  # a later torch counts it itself
+    pass
 
 SAME = dict(num_freq_bands=6, max_freq=10.0, num_latents=128, latent_dim=256, cross_heads=1, latent_heads=8,
             cross_dim_head=64, latent_dim_head=64, num_classes=2, attn_dropout=0.0, ff_dropout=0.0,
             self_per_cross_attn=2)
 
 
-def build_pair(device):
+LINEAR_VARIANT = "perceiver-pytorch, its nn.Linear run as perceiver-med's Linear"
+
+
+def build_pair(device, linear_variant=False):
+    """The two models (model, takes channels-last input); optionally perceiver-pytorch with our Linear too."""
     from perceiver_pytorch import Perceiver as ReferencePerceiver
 
     from perceiver_med.models import Perceiver
+    from perceiver_med.models.layers import Linear
+
+    def reference():
+        return ReferencePerceiver(input_channels=1, input_axis=2, depth=2, weight_tie_layers=True,
+                                  fourier_encode_data=True, **SAME).to(device)
 
     torch.manual_seed(0)
-    reference = ReferencePerceiver(input_channels=1, input_axis=2, depth=2, weight_tie_layers=True,
-                                   fourier_encode_data=True, **SAME).to(device)
-    ours = Perceiver(in_channels=1, image_size=64, num_iterations=2, weight_sharing="after_first", **SAME).to(device)
-    return {"perceiver-pytorch": (reference, True), "perceiver-med": (ours, False)}
+    models = {"perceiver-pytorch": (reference(), True),
+              "perceiver-med": (Perceiver(in_channels=1, image_size=64, num_iterations=2,
+                                          weight_sharing="after_first", **SAME).to(device), False)}
+    if linear_variant:  # separates what the model design gains from what the bf16 GEMM layout gains
+        variant = reference()
+        for module in variant.modules():
+            if type(module) is torch.nn.Linear:
+                module.__class__ = Linear
+        models[LINEAR_VARIANT] = (variant, True)
+    return models
+
+
+def copy_reference_weights(reference, ours) -> None:
+    """Load perceiver-pytorch's weights into our Perceiver, module by module (their q and kv make our qkv)."""
+    pairs = [(ours.latents, reference.latents), (ours.norm.weight, reference.to_logits[1].weight),
+             (ours.norm.bias, reference.to_logits[1].bias), (ours.head.weight, reference.to_logits[2].weight),
+             (ours.head.bias, reference.to_logits[2].bias)]
+
+    def linear(mine, theirs):
+        pairs.extend([(mine.weight, theirs.weight)] + ([(mine.bias, theirs.bias)] if mine.bias is not None else []))
+
+    def norm(mine, theirs):
+        pairs.extend([(mine.weight, theirs.weight), (mine.bias, theirs.bias)])
+
+    def feed_forward(mine, theirs):
+        norm(mine.norm, theirs.norm)
+        linear(mine.net[0], theirs.fn.net[0])
+        linear(mine.net[-1], theirs.fn.net[2])
+
+    for layer, block in zip(ours.layers, reference.layers):  # their tied blocks are one module, as ours are
+        attn, theirs = layer.cross_attn, block.cross_attn
+        norm(attn.norm, theirs.norm)
+        norm(attn.norm_context, theirs.norm_context)
+        for name in ("to_q", "to_kv", "to_out"):
+            linear(getattr(attn, name), getattr(theirs.fn, name))
+        feed_forward(layer.cross_ff, block.cross_ff)
+        for (self_attn, ff), (their_attn, their_ff) in zip(layer.self_attns, block.self_attns):
+            norm(self_attn.norm, their_attn.norm)
+            pairs.append((self_attn.to_qkv.weight, torch.cat([their_attn.fn.to_q.weight, their_attn.fn.to_kv.weight])))
+            linear(self_attn.to_out, their_attn.fn.to_out)
+            feed_forward(ff, their_ff)
+    assert len({id(mine) for mine, _ in pairs}) == len(list(ours.parameters())), "every parameter is copied once"
+    with torch.no_grad():
+        for mine, theirs in pairs:
+            mine.copy_(theirs)
+
+
+def equivalence(device, steps=3, batch=8) -> dict:
+    """Same weights, same batches: do the two models compute the same losses, step after step?"""
+    models = build_pair(device)
+    (reference, _), (ours, _) = models["perceiver-pytorch"], models["perceiver-med"]
+    copy_reference_weights(reference, ours)
+    generator = torch.Generator().manual_seed(0)
+    losses = {name: [] for name in models}
+    for name, (model, channels_last) in models.items():
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        for step in range(steps):
+            x = torch.rand(batch, 1, 64, 64, generator=generator.manual_seed(step)).to(device)
+            y = torch.arange(batch, device=device) % 2
+            inputs = x.permute(0, 2, 3, 1) if channels_last else x
+            loss = F.cross_entropy(model(inputs), y)
+            losses[name].append(loss.item())
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+    difference = max(abs(a - b) for a, b in zip(*losses.values()))
+    return {"losses": losses, "max_abs_loss_difference": difference, "steps": steps, "batch": batch}
 
 
 def train_step(model, optimizer, x, y, channels_last, bf16, device):
@@ -62,17 +146,21 @@ def sync(device):
 
 
 def matmul_peak(device, dtype, size=2048, repeats=5) -> float:
-    """This machine's own dense matmul rate in FLOP/s, same threads and dtype."""
+    """This machine's own dense matmul rate in FLOP/s, same threads and dtype, best of two operand layouts
+
+    (a @ b and a @ b.T: torch's fallback bf16 GEMM on CPUs without bf16 units is ~15x slower on the first).
+    """
     a = torch.randn(size, size, device=device, dtype=dtype)
     b = torch.randn(size, size, device=device, dtype=dtype)
-    a @ b
-    sync(device)
     best = math.inf
-    for _ in range(repeats):
-        started = time.perf_counter()
-        a @ b
+    for right in (b, b.t()):
+        a @ right
         sync(device)
-        best = min(best, time.perf_counter() - started)
+        for _ in range(repeats):
+            started = time.perf_counter()
+            a @ right
+            sync(device)
+            best = min(best, time.perf_counter() - started)
     return 2 * size ** 3 / best
 
 
@@ -101,66 +189,107 @@ def _reset_peak_rss() -> bool:
         return False
 
 
-def peak_memory_mb(model, channels_last, bf16, batch, device) -> float | None:
+def in_fresh_process(target, *args):
+    """Run target(*args, queue) in a new process and return what it puts on the queue.
+
+    Each measurement gets a clean heap, and glibc is told to map every block over 64 KiB on its own:
+    without a fixed threshold it keeps freed blocks for reuse, and a step's peak would not show in the
+    resident set at all.
+    """
+    context = get_context("spawn")
+    previous = os.environ.get("MALLOC_MMAP_THRESHOLD_")
+    os.environ["MALLOC_MMAP_THRESHOLD_"] = "65536"
+    try:
+        queue = context.Queue()
+        process = context.Process(target=target, args=(*args, queue))
+        process.start()
+        result = queue.get()
+        process.join()
+    finally:
+        if previous is None:
+            del os.environ["MALLOC_MMAP_THRESHOLD_"]
+        else:
+            os.environ["MALLOC_MMAP_THRESHOLD_"] = previous
+    return result
+
+
+def _memory_child(name, bf16, batch, queue):
+    device = torch.device("cpu")
+    model, channels_last = build_pair(device, linear_variant=True)[name]
+    optimizer = torch.optim.AdamW(model.parameters())
+    x = torch.rand(batch, 1, 64, 64)
+    y = torch.randint(0, 2, (batch,))
+    train_step(model, optimizer, x, y, channels_last, bf16, device)  # optimiser state exists from here on
+    if not _reset_peak_rss():
+        queue.put(None)
+        return
+    base = _peak_rss_mb()
+    train_step(model, optimizer, x, y, channels_last, bf16, device)
+    queue.put(_peak_rss_mb() - base)
+
+
+def peak_memory_mb(name, bf16, batch, device) -> float | None:
     """Peak memory of one training step above what was held before it: CUDA allocator peak, or resident set."""
+    if device.type != "cuda":
+        return in_fresh_process(_memory_child, name, bf16, batch)
+    model, channels_last = build_pair(device, linear_variant=True)[name]
     optimizer = torch.optim.AdamW(model.parameters())
     x = torch.rand(batch, 1, 64, 64, device=device)
     y = torch.randint(0, 2, (batch,), device=device)
-    train_step(model, optimizer, x, y, channels_last, bf16, device)  # optimiser state exists from here on
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-        train_step(model, optimizer, x, y, channels_last, bf16, device)
-        return (torch.cuda.max_memory_allocated() - base) / 2 ** 20
-    import gc
-
-    gc.collect()
-    if not _reset_peak_rss():
-        return None
-    base = _peak_rss_mb()
     train_step(model, optimizer, x, y, channels_last, bf16, device)
-    return _peak_rss_mb() - base
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    train_step(model, optimizer, x, y, channels_last, bf16, device)
+    return (torch.cuda.max_memory_allocated() - base) / 2 ** 20
 
 
 def throughput(device, batch=32, warmup=2, measured=4, bf16_measured=None, precisions=("fp32", "bf16")) -> dict:
+    from perceiver_med.models.layers import cpu_has_native_bf16
+
     out = {"batch": batch, "threads": torch.get_num_threads(), "device": str(device)}
-    models = build_pair(device)
-    out["parameters"] = {name: sum(p.numel() for p in m.parameters()) for name, (m, _) in models.items()}
+    fallback_bf16 = device.type == "cpu" and not cpu_has_native_bf16()
+    everything = build_pair(device, linear_variant=fallback_bf16)
+    pair = {name: everything[name] for name in ("perceiver-pytorch", "perceiver-med")}
+    out["parameters"] = {name: sum(p.numel() for p in m.parameters()) for name, (m, _) in pair.items()}
     counts = list(out["parameters"].values())
     out["parameter_ratio"] = counts[1] / counts[0]
-    flops = {name: step_flops(m, cl, 4, device) for name, (m, cl) in models.items()}
-    out["train_flops_per_image"] = flops
+    flops = {name: step_flops(m, cl, 4, device) for name, (m, cl) in everything.items()}
+    out["train_flops_per_image"] = {name: flops[name] for name in pair}
+    out["cpu_native_bf16"] = None if device.type == "cuda" else not fallback_bf16
     for precision, bf16 in (("fp32", False), ("bf16", True)):
         if precision not in precisions:
             continue
-        steps = measured if not bf16 or bf16_measured is None else bf16_measured
+        models = everything if bf16 else pair  # the Linear variant differs only under bf16 without bf16 units
+        slow = bf16 and bf16_measured is not None
+        steps = bf16_measured if slow else measured
         optimizers = {name: torch.optim.AdamW(m.parameters()) for name, (m, _) in models.items()}
         x = torch.rand(batch, 1, 64, 64, device=device)
         y = torch.randint(0, 2, (batch,), device=device)
-        for _ in range(warmup if not bf16 or bf16_measured is None else 1):
+        for _ in range(1 if slow else warmup):
             for name, (model, channels_last) in models.items():
                 train_step(model, optimizers[name], x, y, channels_last, bf16, device)
         seconds = {name: 0.0 for name in models}
-        for _ in range(steps):  # alternate, so drifts in machine speed hit both alike
+        for _ in range(steps):  # alternate, so drifts in machine speed hit every model alike
             for name, (model, channels_last) in models.items():
                 sync(device)
                 started = time.perf_counter()
                 train_step(model, optimizers[name], x, y, channels_last, bf16, device)
                 sync(device)
                 seconds[name] += time.perf_counter() - started
-        # bf16 peak measured on a smaller matmul: CPUs without bf16 units take minutes on 2048^3
-        peak = matmul_peak(device, torch.bfloat16 if bf16 else torch.float32, size=2048 if not bf16 or
-                           device.type == "cuda" else 512)
+        peak = matmul_peak(device, torch.bfloat16 if bf16 else torch.float32,
+                           size=1024 if bf16 and device.type == "cpu" else 2048)
         rates = {name: batch * steps / s for name, s in seconds.items()}
         out[precision] = {
             "images_per_second": rates,
             "speedup": rates["perceiver-med"] / rates["perceiver-pytorch"],
             "matmul_peak_tflops": peak / 1e12,
             "fraction_of_peak": {name: rates[name] * flops[name] / peak for name in models},
-            "peak_memory_mb": {name: peak_memory_mb(m, cl, bf16, batch, device) for name, (m, cl) in models.items()},
+            "peak_memory_mb": {name: peak_memory_mb(name, bf16, batch, device) for name in models},
             "measured_steps": steps,
         }
+        if LINEAR_VARIANT in rates:
+            out[precision]["speedup_over_variant"] = rates["perceiver-med"] / rates[LINEAR_VARIANT]
     return out
 
 
@@ -272,18 +401,13 @@ def _scaling_child(kind, side, batch, queue):  # a fresh process, so one size's 
 
 
 def scaling(sides=(32, 64, 128, 256), transformer_limit=64, batch=4) -> dict:
-    context = get_context("spawn")
     results = {"batch": batch, "perceiver": {}, "pixel_transformer": {}}
     for kind, limit in (("perceiver", max(sides)), ("pixel_transformer", transformer_limit)):
         for side in sides:
             if side > limit:
                 results[kind][str(side)] = "not run: self-attention over all pixels is too large here"
                 continue
-            queue = context.Queue()
-            process = context.Process(target=_scaling_child, args=(kind, side, batch, queue))
-            process.start()
-            results[kind][str(side)] = queue.get()
-            process.join()
+            results[kind][str(side)] = in_fresh_process(_scaling_child, kind, side, batch)
     for kind in ("perceiver", "pixel_transformer"):
         points = [(int(s) ** 2, v["seconds_per_sample"]) for s, v in results[kind].items() if isinstance(v, dict)]
         if len(points) >= 2:
@@ -300,7 +424,7 @@ def scaling(sides=(32, 64, 128, 256), transformer_limit=64, batch=4) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", type=Path)
-    parser.add_argument("--sections", default="throughput,accuracy,scaling")
+    parser.add_argument("--sections", default="equivalence,throughput,accuracy,scaling")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--bf16-steps", type=int, default=None,
                         help="measured bf16 steps (CPUs without native bf16 are very slow)")
@@ -312,6 +436,9 @@ def main() -> None:
                           "python": platform.python_version(), "processor": platform.processor(),
                           "gpu": torch.cuda.get_device_name() if device.type == "cuda" else None}}
     sections = args.sections.split(",")
+    if "equivalence" in sections:
+        result["equivalence"] = equivalence(device)
+        print(json.dumps(result["equivalence"], indent=2), flush=True)
     if "throughput" in sections:
         result["throughput"] = throughput(device, bf16_measured=args.bf16_steps,
                                           precisions=args.precisions.split(","))

@@ -1,9 +1,9 @@
 """Perceiver (Jaegle et al. 2021) for 2D images: latents cross-attend to every pixel, O(M*N).
 
-The byte array is each pixel's channels plus Fourier features of its position. The position
-features are the same for every image, so their share of the key/value projection is computed
-once per forward pass, not once per image: LayerNorm(x) @ W is expanded into a per-pixel part
-(C channels) and a cached position part, which is exact, not an approximation.
+The byte array is each pixel's channels plus Fourier features of its position (computed once and
+cached). With one channel it is 27 wide, narrower than an attention head, so the cross-attention runs
+in the byte array's own space rather than forming keys and values (see CrossAttention): exact, and
+the largest saving over a textbook implementation.
 """
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
+
+from perceiver_med.models.layers import Linear
 
 
 def fourier_features(height: int, width: int, num_bands: int, max_freq: float,
@@ -38,22 +40,26 @@ class FeedForward(nn.Module):
     def __init__(self, dim: int, mult: int = 4, dropout: float = 0.0):
         super().__init__()
         self.norm = nn.LayerNorm(dim)
-        self.net = nn.Sequential(nn.Linear(dim, dim * mult * 2), GEGLU(), nn.Dropout(dropout),
-                                 nn.Linear(dim * mult, dim))
+        self.net = nn.Sequential(Linear(dim, dim * mult * 2), GEGLU(), nn.Dropout(dropout),
+                                 Linear(dim * mult, dim))
 
     def forward(self, x):
         return self.net(self.norm(x))
 
 
-def attend(q, k, v, heads: int, dropout: float, training: bool, return_weights: bool):
-    """Multi-head attention: fused SDPA, or an explicit softmax when the weights are wanted."""
-    q, k, v = (rearrange(t, "b n (h d) -> b h n d", h=heads) for t in (q, k, v))
+def attend(q, k, v, dropout: float, training: bool, return_weights: bool, scale: float | None = None):
+    """Attention over (B, h, n, d) tensors: fused SDPA, or an explicit softmax when the weights are wanted."""
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
     if return_weights:
-        weights = torch.softmax((q @ k.transpose(-1, -2)) * q.shape[-1] ** -0.5, dim=-1)  # (B, h, Nq, Nk)
-        out = F.dropout(weights, dropout, training) @ v
-    else:
-        weights = None
-        out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout if training else 0.0)
+        weights = torch.softmax((q @ k.transpose(-1, -2)) * scale, dim=-1)  # (B, h, Nq, Nk)
+        return F.dropout(weights, dropout, training) @ v, weights
+    return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout if training else 0.0, scale=scale), None
+
+
+def self_attend(qkv, heads: int, dropout: float, training: bool, return_weights: bool = False):
+    """Multi-head self-attention from one fused projection (B, n, 3*h*d) -> (B, n, h*d), weights or None."""
+    q, k, v = rearrange(qkv, "b n (three h d) -> three b h n d", three=3, h=heads)
+    out, weights = attend(q, k, v, dropout, training, return_weights)
     return rearrange(out, "b h n d -> b n (h d)"), weights
 
 
@@ -65,73 +71,75 @@ class SelfAttention(nn.Module):
         inner = heads * dim_head
         self.heads, self.dropout = heads, dropout
         self.norm = nn.LayerNorm(dim)
-        self.to_qkv = nn.Linear(dim, inner * 3, bias=False)
-        self.to_out = nn.Linear(inner, dim)
+        self.to_qkv = Linear(dim, inner * 3, bias=False)
+        self.to_out = Linear(inner, dim)
 
     def forward(self, x):
-        q, k, v = self.to_qkv(self.norm(x)).chunk(3, dim=-1)
-        out, _ = attend(q, k, v, self.heads, self.dropout, self.training, False)
+        out, _ = self_attend(self.to_qkv(self.norm(x)), self.heads, self.dropout, self.training)
         return self.to_out(out)
 
 
 class CrossAttention(nn.Module):
-    """Latents (queries) attend to the byte array [pixel channels | position features].
+    """Latents (queries) attend to the byte array X = LayerNorm([pixel channels | position features]).
 
-    The byte array is never materialised: LayerNorm over [p, f] followed by the K/V projection W
-    equals ((p @ Wp' + f @ Wf') - mean * colsum(W')) / std + beta @ W, with W' = diag(gamma) W.
-    f @ Wf' is the same for every image of a batch and is computed once.
+    Scores are q . (x W_k) and the output is softmax(...) (X W_v). When the byte array is narrower than a
+    head (D = 27 for one channel and 6 bands, against 64), the same numbers cost less the other way round:
+    (q W_k^T) . x and (softmax(...) X) W_v. Attention then runs in D dimensions, and K and V, (B, N, 2*inner)
+    per batch, are never formed. Which order is cheaper is decided from the shapes; both are exact.
     """
 
-    def __init__(self, latent_dim: int, pixel_dim: int, position_dim: int, heads: int = 1,
-                 dim_head: int = 64, dropout: float = 0.0, eps: float = 1e-5):
+    def __init__(self, latent_dim: int, context_dim: int, heads: int = 1, dim_head: int = 64,
+                 dropout: float = 0.0):
         super().__init__()
         inner = heads * dim_head
-        self.heads, self.dropout, self.eps = heads, dropout, eps
-        self.pixel_dim, self.context_dim = pixel_dim, pixel_dim + position_dim
+        self.heads, self.dim_head, self.dropout = heads, dim_head, dropout
         self.norm = nn.LayerNorm(latent_dim)
-        self.norm_context = nn.LayerNorm(self.context_dim)
-        self.to_q = nn.Linear(latent_dim, inner, bias=False)
-        self.to_kv = nn.Linear(self.context_dim, inner * 2, bias=False)
-        self.to_out = nn.Linear(inner, latent_dim)
+        self.norm_context = nn.LayerNorm(context_dim)
+        self.to_q = Linear(latent_dim, inner, bias=False)
+        self.to_kv = Linear(context_dim, inner * 2, bias=False)
+        self.to_out = Linear(inner, latent_dim)
 
-    def project_context(self, pixels: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        """K and V of the byte array: pixels (B, N, C), positions (N, P) -> (B, N, 2*inner)."""
-        weight = self.to_kv.weight.t() * self.norm_context.weight[:, None]  # (D, 2*inner), gamma folded in
-        w_pixel, w_position = weight[: self.pixel_dim], weight[self.pixel_dim:]
-        position_term = positions @ w_position  # (N, 2*inner): once per batch, not per image
-        count = self.context_dim
-        sum_p, sumsq_p = pixels.sum(-1, keepdim=True), (pixels * pixels).sum(-1, keepdim=True)
-        sum_f, sumsq_f = positions.sum(-1, keepdim=True), (positions * positions).sum(-1, keepdim=True)
-        mean = (sum_p + sum_f) / count  # (B, N, 1)
-        var = (sumsq_p + sumsq_f) / count - mean * mean
-        inv_std = torch.rsqrt(var.clamp_min(0) + self.eps)
-        mixed = pixels @ w_pixel if self.pixel_dim > 1 else pixels * w_pixel  # (B, N, 2*inner)
-        shift = self.norm_context.bias @ self.to_kv.weight.t()  # beta @ W
-        return (mixed + position_term - mean * weight.sum(0)) * inv_std + shift
+    def attends_in_context_space(self, elements: int, queries: int) -> bool:
+        """True when projecting queries into the byte array's space costs fewer multiply-adds than K and V."""
+        context_dim = self.norm_context.normalized_shape[0]
+        per_head = self.dim_head
+        keys_values = elements * context_dim * 2 * per_head + 2 * queries * elements * per_head
+        queries_side = 2 * queries * context_dim * per_head + 2 * queries * elements * context_dim
+        return queries_side < keys_values
 
-    def forward(self, latents, pixels, positions, return_attention: bool = False):
-        q = self.to_q(self.norm(latents))
-        k, v = self.project_context(pixels, positions).chunk(2, dim=-1)
-        out, weights = attend(q, k, v, self.heads, self.dropout, self.training, return_attention)
-        return self.to_out(out), weights
+    def forward(self, latents, context, return_attention: bool = False):
+        """latents (B, M, latent_dim), context (B, N, D) -> (B, M, latent_dim), weights (B, heads, M, N) or None."""
+        context = self.norm_context(context)
+        q = rearrange(self.to_q(self.norm(latents)), "b m (h d) -> b h m d", h=self.heads)
+        if not self.attends_in_context_space(context.shape[1], latents.shape[1]):
+            k, v = (rearrange(t, "b n (h d) -> b h n d", h=self.heads) for t in self.to_kv(context).chunk(2, -1))
+            out, weights = attend(q, k, v, self.dropout, self.training, return_attention)
+        else:
+            width = context.shape[-1]
+            pad = -width % 8  # fused kernels want head sizes in multiples of 8; zero columns change no product
+            w_k, w_v = (w.reshape(self.heads, self.dim_head, -1) for w in self.to_kv.weight.chunk(2, dim=0))
+            shared = F.pad(context, (0, pad))[:, None].expand(-1, self.heads, -1, -1)  # one byte array, all heads
+            out, weights = attend(F.pad(q @ w_k, (0, pad)), shared, shared, self.dropout, self.training,
+                                  return_attention, scale=self.dim_head ** -0.5)
+            out = out[..., :width] @ w_v.transpose(1, 2)  # (B, h, M, D) @ (h, D, d)
+        return self.to_out(rearrange(out, "b h m d -> b m (h d)")), weights
 
 
 class PerceiverLayer(nn.Module):
     """One iteration: cross-attention + feed-forward, then `self_per_cross_attn` latent blocks."""
 
-    def __init__(self, latent_dim, pixel_dim, position_dim, cross_heads, cross_dim_head, latent_heads,
+    def __init__(self, latent_dim, context_dim, cross_heads, cross_dim_head, latent_heads,
                  latent_dim_head, self_per_cross_attn, attn_dropout, ff_dropout):
         super().__init__()
-        self.cross_attn = CrossAttention(latent_dim, pixel_dim, position_dim, cross_heads, cross_dim_head,
-                                         attn_dropout)
+        self.cross_attn = CrossAttention(latent_dim, context_dim, cross_heads, cross_dim_head, attn_dropout)
         self.cross_ff = FeedForward(latent_dim, dropout=ff_dropout)
         self.self_attns = nn.ModuleList([
             nn.ModuleList([SelfAttention(latent_dim, latent_heads, latent_dim_head, attn_dropout),
                            FeedForward(latent_dim, dropout=ff_dropout)])
             for _ in range(self_per_cross_attn)])
 
-    def forward(self, latents, pixels, positions, return_attention=False):
-        attended, weights = self.cross_attn(latents, pixels, positions, return_attention)
+    def forward(self, latents, context, return_attention=False):
+        attended, weights = self.cross_attn(latents, context, return_attention)
         latents = latents + attended
         latents = latents + self.cross_ff(latents)
         for attn, ff in self.self_attns:
@@ -179,13 +187,13 @@ class Perceiver(nn.Module):
         self.latents = nn.Parameter(torch.randn(num_latents, latent_dim))
 
         def layer():
-            return PerceiverLayer(latent_dim, pixel_dim, position_dim, cross_heads, cross_dim_head, latent_heads,
+            return PerceiverLayer(latent_dim, pixel_dim + position_dim, cross_heads, cross_dim_head, latent_heads,
                                   latent_dim_head, self_per_cross_attn, attn_dropout, ff_dropout)
 
         distinct = {"none": num_iterations, "after_first": min(num_iterations, 2), "all": 1}[weight_sharing]
         self.layers = nn.ModuleList([layer() for _ in range(distinct)])
         self.norm = nn.LayerNorm(latent_dim)
-        self.head = nn.Linear(latent_dim, num_classes)
+        self.head = Linear(latent_dim, num_classes)
         self._positions: tuple | None = None
 
     def positions(self, height: int, width: int, device, dtype) -> torch.Tensor:
@@ -207,10 +215,11 @@ class Perceiver(nn.Module):
         batch, _, height, width = x.shape
         pixels = self.to_elements(x)
         positions = self.positions(height // self.patch_size, width // self.patch_size, x.device, pixels.dtype)
+        context = torch.cat([pixels, positions.expand(batch, -1, -1)], dim=-1)  # the byte array (B, N, D)
         latents = self.latents.expand(batch, -1, -1)
         attentions = []
         for iteration in range(self.num_iterations):
-            latents, weights = self._layer(iteration)(latents, pixels, positions, return_attention)
+            latents, weights = self._layer(iteration)(latents, context, return_attention)
             attentions.append(weights)
         return latents, attentions
 

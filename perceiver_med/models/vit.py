@@ -4,7 +4,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from perceiver_med.models.perceiver import attend
+from perceiver_med.models.layers import Linear
+from perceiver_med.models.perceiver import self_attend
 
 
 def sincos_embedding(grid: int, dim: int) -> torch.Tensor:
@@ -25,7 +26,7 @@ def sincos_embedding(grid: int, dim: int) -> torch.Tensor:
 class MLP(nn.Module):
     def __init__(self, dim: int, hidden: int, dropout: float = 0.0):
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, dim),
+        self.net = nn.Sequential(Linear(dim, hidden), nn.GELU(), nn.Dropout(dropout), Linear(hidden, dim),
                                  nn.Dropout(dropout))
 
     def forward(self, x):
@@ -36,12 +37,11 @@ class Attention(nn.Module):
     def __init__(self, dim: int, heads: int, dropout: float = 0.0):
         super().__init__()
         self.heads, self.dropout = heads, dropout
-        self.qkv = nn.Linear(dim, dim * 3)
-        self.proj = nn.Linear(dim, dim)
+        self.qkv = Linear(dim, dim * 3)
+        self.proj = Linear(dim, dim)
 
     def forward(self, x, return_attention: bool = False):
-        q, k, v = self.qkv(x).chunk(3, dim=-1)
-        out, weights = attend(q, k, v, self.heads, self.dropout, self.training, return_attention)
+        out, weights = self_attend(self.qkv(x), self.heads, self.dropout, self.training, return_attention)
         return self.proj(out), weights
 
 
@@ -87,7 +87,7 @@ class ViT(nn.Module):
         self.pos_embed = nn.Parameter(sincos_embedding(self.grid, dim)[None])
         self.blocks = nn.ModuleList([Block(dim, heads, mlp_ratio, dropout) for _ in range(depth)])
         self.norm = nn.LayerNorm(dim)
-        self.head = nn.Linear(dim, num_classes)
+        self.head = Linear(dim, num_classes)
 
     def forward_features(self, x: torch.Tensor, return_attention: bool = False):
         tokens = self.patch_embed(x).flatten(2).transpose(1, 2)  # (B, N, D)

@@ -72,19 +72,44 @@ def test_perceiver_weight_sharing_counts():
     assert count("all") < count("after_first") < count("none")
 
 
-def test_perceiver_folded_context_projection_equals_layernorm_then_linear():
+@pytest.mark.parametrize("context_dim,heads,elements,context_space", [(27, 1, 256, True), (27, 2, 256, True),
+                                                                      (90, 2, 16, False)])
+@pytest.mark.parametrize("return_attention", [False, True])
+def test_cross_attention_equals_the_textbook_keys_and_values(context_dim, heads, elements, context_space,
+                                                             return_attention):
+    """Both orders of the cross-attention give the numbers and gradients of softmax(q k^T / sqrt(d)) v."""
+    from perceiver_med.models.perceiver import CrossAttention
+
     torch.manual_seed(0)
-    model = Perceiver(in_channels=3, image_size=8, num_latents=4, latent_dim=16, cross_dim_head=8,
-                      latent_heads=2, latent_dim_head=8, patch_size=2)
-    attn = model.layers[0].cross_attn
+    attn = CrossAttention(32, context_dim, heads=heads, dim_head=64)
     with torch.no_grad():
-        attn.norm_context.weight.normal_()
-        attn.norm_context.bias.normal_()
-    x = torch.rand(2, 3, 8, 8)
-    pixels = model.to_elements(x)
-    positions = model.positions(4, 4, x.device, x.dtype)
-    reference = attn.to_kv(attn.norm_context(torch.cat([pixels, positions.expand(2, -1, -1)], dim=-1)))
-    torch.testing.assert_close(attn.project_context(pixels, positions), reference, rtol=1e-4, atol=1e-5)
+        for norm in (attn.norm, attn.norm_context):
+            norm.weight.normal_()
+            norm.bias.normal_()
+    assert attn.attends_in_context_space(elements, 64) is context_space
+    latents, context = torch.randn(3, 64, 32), torch.randn(3, elements, context_dim)
+
+    def textbook():
+        q = attn.to_q(attn.norm(latents)).unflatten(-1, (heads, 64)).transpose(1, 2)
+        k, v = (t.unflatten(-1, (heads, 64)).transpose(1, 2)
+                for t in attn.to_kv(attn.norm_context(context)).chunk(2, dim=-1))
+        weights = torch.softmax(q @ k.transpose(-1, -2) / 8.0, dim=-1)
+        return attn.to_out((weights @ v).transpose(1, 2).flatten(2)), weights
+
+    results = []
+    for compute in (lambda: attn(latents, context, return_attention), textbook):
+        attn.zero_grad()
+        out, weights = compute()
+        out.square().sum().backward()
+        results.append((out, weights, [p.grad.clone() for p in attn.parameters()]))
+    (out, weights, grads), (expected, expected_weights, expected_grads) = results
+    torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-5)
+    for grad, expected_grad in zip(grads, expected_grads):
+        torch.testing.assert_close(grad, expected_grad, rtol=1e-4, atol=1e-4)
+    if return_attention:
+        torch.testing.assert_close(weights, expected_weights, rtol=1e-4, atol=1e-6)
+    else:
+        assert weights is None
 
 
 @pytest.mark.parametrize("name", ["perceiver", "vit"])
