@@ -121,23 +121,20 @@ def equivalence(device, steps=3, batch=8) -> dict:
         for step in range(steps):
             x = torch.rand(batch, 1, 64, 64, generator=generator.manual_seed(step)).to(device)
             y = torch.arange(batch, device=device) % 2
-            inputs = x.permute(0, 2, 3, 1) if channels_last else x
-            loss = F.cross_entropy(model(inputs), y)
-            losses[name].append(loss.item())
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            losses[name].append(train_step(model, optimizer, x, y, channels_last, False, device).item())
     difference = max(abs(a - b) for a, b in zip(*losses.values()))
     return {"losses": losses, "max_abs_loss_difference": difference, "steps": steps, "batch": batch}
 
 
-def train_step(model, optimizer, x, y, channels_last, bf16, device):
+def train_step(model, optimizer, x, y, channels_last, bf16, device) -> torch.Tensor:
+    """One forward, backward and optimiser step; returns the (detached) loss."""
     inputs = x.permute(0, 2, 3, 1) if channels_last else x  # perceiver-pytorch takes (B, H, W, C)
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
         loss = F.cross_entropy(model(inputs).float(), y)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
+    return loss.detach()
 
 
 def sync(device):
@@ -213,18 +210,23 @@ def in_fresh_process(target, *args):
     return result
 
 
-def _memory_child(name, bf16, batch, queue):
-    device = torch.device("cpu")
+def _second_step(name, bf16, batch, device):
+    """A function that runs one training step of model `name`, called after a first step (optimiser state exists)."""
     model, channels_last = build_pair(device, linear_variant=True)[name]
     optimizer = torch.optim.AdamW(model.parameters())
-    x = torch.rand(batch, 1, 64, 64)
-    y = torch.randint(0, 2, (batch,))
-    train_step(model, optimizer, x, y, channels_last, bf16, device)  # optimiser state exists from here on
+    x = torch.rand(batch, 1, 64, 64, device=device)
+    y = torch.randint(0, 2, (batch,), device=device)
+    train_step(model, optimizer, x, y, channels_last, bf16, device)
+    return lambda: train_step(model, optimizer, x, y, channels_last, bf16, device)
+
+
+def _memory_child(name, bf16, batch, queue):
+    step = _second_step(name, bf16, batch, torch.device("cpu"))
     if not _reset_peak_rss():
         queue.put(None)
         return
     base = _peak_rss_mb()
-    train_step(model, optimizer, x, y, channels_last, bf16, device)
+    step()
     queue.put(_peak_rss_mb() - base)
 
 
@@ -232,15 +234,11 @@ def peak_memory_mb(name, bf16, batch, device) -> float | None:
     """Peak memory of one training step above what was held before it: CUDA allocator peak, or resident set."""
     if device.type != "cuda":
         return in_fresh_process(_memory_child, name, bf16, batch)
-    model, channels_last = build_pair(device, linear_variant=True)[name]
-    optimizer = torch.optim.AdamW(model.parameters())
-    x = torch.rand(batch, 1, 64, 64, device=device)
-    y = torch.randint(0, 2, (batch,), device=device)
-    train_step(model, optimizer, x, y, channels_last, bf16, device)
+    step = _second_step(name, bf16, batch, device)
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
     base = torch.cuda.memory_allocated()
-    train_step(model, optimizer, x, y, channels_last, bf16, device)
+    step()
     return (torch.cuda.max_memory_allocated() - base) / 2 ** 20
 
 
