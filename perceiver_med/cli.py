@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from perceiver_med import __version__
@@ -344,25 +345,36 @@ def demo(out: Annotated[Path, typer.Option(help="folder for everything the demo 
         reporter.close()
 
 
+def _usage_error_types() -> tuple[type, ...]:
+    """Typer 0.26+ carries its own copy of click (TyperException); older Typer raises click's own exceptions."""
+    types: list[type] = [typer.TyperException] if hasattr(typer, "TyperException") else []
+    try:
+        import click
+    except ImportError:
+        pass
+    else:
+        types.append(click.exceptions.ClickException)
+    return tuple(types)
+
+
 def main() -> None:
-    """Entry point: user errors become one line on stderr and exit code 2."""
+    """Entry point: user errors and usage errors become one line on stderr and exit code 2."""
     try:
         app(standalone_mode=False)
     except UserError as exc:
-        err_console.print(f"[red]error[/]: {exc}", highlight=False, soft_wrap=True)
+        _error_line(str(exc))
         sys.exit(2)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
-    except typer.Abort:
-        err_console.print("aborted")
+    except (typer.Abort, KeyboardInterrupt):
+        err_console.print("[yellow]interrupted[/]", highlight=False)
         sys.exit(130)
-    except KeyboardInterrupt:
-        err_console.print("interrupted")
-        sys.exit(130)
-    except Exception as exc:  # click's usage errors
-        import click
+    except _usage_error_types() as exc:  # a misspelt option, a missing argument, `--epochs abc`
+        message = exc.format_message()
+        if message:  # no arguments at all: the help was printed, nothing to add
+            _error_line(f"{message} (see perceiver-med --help)")
+        sys.exit(getattr(exc, "exit_code", 2))
 
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        raise
+
+def _error_line(text: str) -> None:
+    err_console.print(f"[red]error[/]: {escape(text)}", highlight=False, soft_wrap=True)

@@ -81,3 +81,32 @@ def run_cli(capsys, monkeypatch):
 def _isolated_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("PERCEIVER_MED_CACHE", str(tmp_path_factory.mktemp("cache")))
     monkeypatch.setenv("COLUMNS", "200")
+
+
+def installed_command() -> str:
+    """The `perceiver-med` console script of this environment: what users run."""
+    import shutil
+    from pathlib import Path
+
+    beside = Path(sys.executable).with_name("perceiver-med")
+    found = str(beside) if beside.exists() else shutil.which("perceiver-med")
+    if not found:
+        pytest.fail("the perceiver-med console script is not installed (pip install -e .)")
+    return found
+
+
+@pytest.fixture
+def run_installed(tmp_path_factory):
+    """Run the installed `perceiver-med ARGS` in a subprocess; returns (exit code, stdout, stderr)."""
+    import os
+    import subprocess
+
+    cache = tmp_path_factory.mktemp("cache-subprocess")
+
+    def run(*args, timeout=300, env=None, cwd=None):
+        environment = {**os.environ, "PERCEIVER_MED_CACHE": str(cache), "COLUMNS": "200", **(env or {})}
+        done = subprocess.run([installed_command(), *map(str, args)], capture_output=True, text=True,
+                              timeout=timeout, env=environment, cwd=cwd)
+        return done.returncode, done.stdout, done.stderr
+
+    return run
