@@ -1,7 +1,7 @@
 """Model benchmarks: our Perceiver against perceiver-pytorch, time to accuracy, and scaling with pixels.
 
     pip install -e '.[bench]'
-    python benchmarks/bench_models.py --json models.json [--sections equivalence,throughput,accuracy,scaling]
+    python benchmarks/bench_models.py --json models.json [--sections equivalence,throughput,accuracy,precision,scaling]
 
 equivalence: perceiver-pytorch's weights loaded into ours; the losses of a few AdamW steps on the same batches.
 throughput: identical configuration (64x64x1, 6 bands, max_freq 10, 128 latents x 256, 1 cross head,
@@ -9,9 +9,9 @@ throughput: identical configuration (64x64x1, 6 bands, max_freq 10, 128 latents 
   GEGLU, no dropout, 2 classes, batch 32), both models in one process, training steps (forward,
   backward, AdamW) measured alternately after warm-up, in fp32 and bf16 autocast. Also model FLOPs
   per image (torch's FlopCounterMode) and the fraction of this machine's own measured matmul peak.
-  On a CPU without bf16 units, bf16 also runs perceiver-pytorch with its nn.Linear swapped for ours,
-  to show what the model design gains apart from the GEMM layout (see perceiver_med/models/layers.py).
 accuracy: seconds of training on phantom knees until test accuracy first reaches 0.95.
+precision: the same for perceiver-med trained in fp32 and in bf16 autocast (perceiver_med.engine.autocast),
+  per seed, with the test accuracy after a fixed number of epochs.
 scaling: time and peak memory per training sample at 32^2..256^2 pixels, Perceiver vs a transformer
   with self-attention over all pixels; exponents fitted to cost ~ pixels^k.
 """
@@ -47,31 +47,17 @@ SAME = dict(num_freq_bands=6, max_freq=10.0, num_latents=128, latent_dim=256, cr
             self_per_cross_attn=2)
 
 
-LINEAR_VARIANT = "perceiver-pytorch, its nn.Linear run as perceiver-med's Linear"
-
-
-def build_pair(device, linear_variant=False):
-    """The two models (model, takes channels-last input); optionally perceiver-pytorch with our Linear too."""
+def build_pair(device):
+    """The two models, each as (model, takes channels-last input)."""
     from perceiver_pytorch import Perceiver as ReferencePerceiver
 
     from perceiver_med.models import Perceiver
-    from perceiver_med.models.layers import Linear
-
-    def reference():
-        return ReferencePerceiver(input_channels=1, input_axis=2, depth=2, weight_tie_layers=True,
-                                  fourier_encode_data=True, **SAME).to(device)
 
     torch.manual_seed(0)
-    models = {"perceiver-pytorch": (reference(), True),
-              "perceiver-med": (Perceiver(in_channels=1, image_size=64, num_iterations=2,
-                                          weight_sharing="after_first", **SAME).to(device), False)}
-    if linear_variant:  # separates what the model design gains from what the bf16 GEMM layout gains
-        variant = reference()
-        for module in variant.modules():
-            if type(module) is torch.nn.Linear:
-                module.__class__ = Linear
-        models[LINEAR_VARIANT] = (variant, True)
-    return models
+    return {"perceiver-pytorch": (ReferencePerceiver(input_channels=1, input_axis=2, depth=2, weight_tie_layers=True,
+                                                     fourier_encode_data=True, **SAME).to(device), True),
+            "perceiver-med": (Perceiver(in_channels=1, image_size=64, num_iterations=2,
+                                        weight_sharing="after_first", **SAME).to(device), False)}
 
 
 def copy_reference_weights(reference, ours) -> None:
@@ -110,26 +96,38 @@ def copy_reference_weights(reference, ours) -> None:
 
 
 def equivalence(device, steps=3, batch=8) -> dict:
-    """Same weights, same batches: do the two models compute the same losses, step after step?"""
-    models = build_pair(device)
-    (reference, _), (ours, _) = models["perceiver-pytorch"], models["perceiver-med"]
-    copy_reference_weights(reference, ours)
-    generator = torch.Generator().manual_seed(0)
-    losses = {name: [] for name in models}
-    for name, (model, channels_last) in models.items():
-        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-        for step in range(steps):
-            x = torch.rand(batch, 1, 64, 64, generator=generator.manual_seed(step)).to(device)
-            y = torch.arange(batch, device=device) % 2
-            losses[name].append(train_step(model, optimizer, x, y, channels_last, False, device).item())
-    difference = max(abs(a - b) for a, b in zip(*losses.values()))
-    return {"losses": losses, "max_abs_loss_difference": difference, "steps": steps, "batch": batch}
+    """Same weights, same batches: do the two models compute the same losses, step after step?
+
+    In fp32, and in bf16 autocast (where the two use different kernels, so the losses agree to bf16 rounding).
+    """
+    out = {"steps": steps, "batch": batch}
+    for precision in ("fp32", "bf16"):
+        models = build_pair(device)
+        (reference, _), (ours, _) = models["perceiver-pytorch"], models["perceiver-med"]
+        copy_reference_weights(reference, ours)
+        generator = torch.Generator().manual_seed(0)
+        losses = {name: [] for name in models}
+        for name, (model, channels_last) in models.items():
+            optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+            for step in range(steps):
+                x = torch.rand(batch, 1, 64, 64, generator=generator.manual_seed(step)).to(device)
+                y = torch.arange(batch, device=device) % 2
+                losses[name].append(train_step(model, optimizer, x, y, channels_last, precision == "bf16",
+                                               device).item())
+        difference = max(abs(a - b) for a, b in zip(*losses.values()))
+        if precision == "fp32":  # the keys of earlier results
+            out.update(losses=losses, max_abs_loss_difference=difference)
+        else:
+            out.update(bf16_losses=losses, bf16_max_abs_loss_difference=difference)
+    return out
 
 
 def train_step(model, optimizer, x, y, channels_last, bf16, device) -> torch.Tensor:
     """One forward, backward and optimiser step; returns the (detached) loss."""
+    from perceiver_med.engine import autocast
+
     inputs = x.permute(0, 2, 3, 1) if channels_last else x  # perceiver-pytorch takes (B, H, W, C)
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+    with autocast(device, "bf16" if bf16 else "fp32"):
         loss = F.cross_entropy(model(inputs).float(), y)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -145,7 +143,7 @@ def sync(device):
 def matmul_peak(device, dtype, size=2048, repeats=5) -> float:
     """This machine's own dense matmul rate in FLOP/s, same threads and dtype, best of two operand layouts
 
-    (a @ b and a @ b.T: torch's fallback bf16 GEMM on CPUs without bf16 units is ~15x slower on the first).
+    (a @ b and a @ b.T: torch's emulated bf16 GEMM on CPUs without bf16 units is ~15x slower on the first).
     """
     a = torch.randn(size, size, device=device, dtype=dtype)
     b = torch.randn(size, size, device=device, dtype=dtype)
@@ -212,7 +210,7 @@ def in_fresh_process(target, *args):
 
 def _second_step(name, bf16, batch, device):
     """A function that runs one training step of model `name`, called after a first step (optimiser state exists)."""
-    model, channels_last = build_pair(device, linear_variant=True)[name]
+    model, channels_last = build_pair(device)[name]
     optimizer = torch.optim.AdamW(model.parameters())
     x = torch.rand(batch, 1, 64, 64, device=device)
     y = torch.randint(0, 2, (batch,), device=device)
@@ -243,22 +241,21 @@ def peak_memory_mb(name, bf16, batch, device) -> float | None:
 
 
 def throughput(device, batch=32, warmup=2, measured=4, bf16_measured=None, precisions=("fp32", "bf16")) -> dict:
-    from perceiver_med.models.layers import cpu_has_native_bf16
+    from perceiver_med.engine import native_cpu_bf16
 
     out = {"batch": batch, "threads": torch.get_num_threads(), "device": str(device)}
-    fallback_bf16 = device.type == "cpu" and not cpu_has_native_bf16()
-    everything = build_pair(device, linear_variant=fallback_bf16)
-    pair = {name: everything[name] for name in ("perceiver-pytorch", "perceiver-med")}
+    emulated_bf16 = device.type == "cpu" and not native_cpu_bf16()
+    pair = build_pair(device)
     out["parameters"] = {name: sum(p.numel() for p in m.parameters()) for name, (m, _) in pair.items()}
     counts = list(out["parameters"].values())
     out["parameter_ratio"] = counts[1] / counts[0]
-    flops = {name: step_flops(m, cl, 4, device) for name, (m, cl) in everything.items()}
-    out["train_flops_per_image"] = {name: flops[name] for name in pair}
-    out["cpu_native_bf16"] = None if device.type == "cuda" else not fallback_bf16
+    flops = {name: step_flops(m, cl, 4, device) for name, (m, cl) in pair.items()}
+    out["train_flops_per_image"] = flops
+    out["cpu_native_bf16"] = None if device.type == "cuda" else not emulated_bf16
     for precision, bf16 in (("fp32", False), ("bf16", True)):
         if precision not in precisions:
             continue
-        models = everything if bf16 else pair  # the Linear variant differs only under bf16 without bf16 units
+        models = pair
         slow = bf16 and bf16_measured is not None
         steps = bf16_measured if slow else measured
         optimizers = {name: torch.optim.AdamW(m.parameters()) for name, (m, _) in models.items()}
@@ -267,37 +264,35 @@ def throughput(device, batch=32, warmup=2, measured=4, bf16_measured=None, preci
         for _ in range(1 if slow else warmup):
             for name, (model, channels_last) in models.items():
                 train_step(model, optimizers[name], x, y, channels_last, bf16, device)
-        seconds = {name: 0.0 for name in models}
+        seconds = {name: [] for name in models}
         for _ in range(steps):  # alternate, so drifts in machine speed hit every model alike
             for name, (model, channels_last) in models.items():
                 sync(device)
                 started = time.perf_counter()
                 train_step(model, optimizers[name], x, y, channels_last, bf16, device)
                 sync(device)
-                seconds[name] += time.perf_counter() - started
+                seconds[name].append(time.perf_counter() - started)
         peak = matmul_peak(device, torch.bfloat16 if bf16 else torch.float32,
-                           size=1024 if bf16 and device.type == "cpu" else 2048)
-        rates = {name: batch * steps / s for name, s in seconds.items()}
+                           size=1024 if bf16 and emulated_bf16 else 2048)
+        rates = {name: batch / float(np.median(s)) for name, s in seconds.items()}
+        # on a shared machine the ratio of neighbouring steps is steadier than either rate
+        ratios = [a / b for a, b in zip(seconds["perceiver-pytorch"], seconds["perceiver-med"])]
         out[precision] = {
             "images_per_second": rates,
-            "speedup": rates["perceiver-med"] / rates["perceiver-pytorch"],
+            "speedup": float(np.median(ratios)),
+            "speedup_per_round": ratios,
             "matmul_peak_tflops": peak / 1e12,
             "fraction_of_peak": {name: rates[name] * flops[name] / peak for name in models},
             "peak_memory_mb": {name: peak_memory_mb(name, bf16, batch, device) for name in models},
             "measured_steps": steps,
         }
-        if LINEAR_VARIANT in rates:
-            out[precision]["speedup_over_variant"] = rates["perceiver-med"] / rates[LINEAR_VARIANT]
     return out
 
 
-def time_to_accuracy(device, budget_seconds=240.0, target=0.95) -> dict:
-    """Seconds of training until test accuracy first reaches `target` on phantom knees (evaluation time excluded)."""
-    from perceiver_pytorch import Perceiver as ReferencePerceiver
-
-    from perceiver_med.datasets import AugmentConfig, augment_batch, load_split_inputs
+def phantom_knees() -> dict:
+    """60 synthetic knee patients (left or right), split by patient: inputs, labels, train and test masks."""
+    from perceiver_med.datasets import load_split_inputs
     from perceiver_med.dataset_ops import split_folder
-    from perceiver_med.models import build_model, default_config
     from perceiver_med.preprocess import PreprocessConfig
     from perceiver_med.splits import read_splits
     from perceiver_med.synth import synth
@@ -308,40 +303,61 @@ def time_to_accuracy(device, budget_seconds=240.0, target=0.95) -> dict:
         split_folder(Path(temp) / "knee", Path(temp) / "splits.csv", seed=0)
         rows = read_splits(Path(temp) / "splits.csv")
         loaded = load_split_inputs(rows, PreprocessConfig())
-    x = torch.from_numpy(loaded.inputs)
-    y = torch.tensor([row.label == "right" for row in loaded.rows]).long()
-    train = torch.tensor([row.split == "train" for row in loaded.rows])
-    test = torch.tensor([row.split == "test" for row in loaded.rows])
+    return {"x": torch.from_numpy(loaded.inputs), "y": torch.tensor([row.label == "right" for row in loaded.rows]).long(),
+            "train": torch.tensor([row.split == "train" for row in loaded.rows]),
+            "test": torch.tensor([row.split == "test" for row in loaded.rows])}
 
-    def run(model, lr, channels_last, batch=16):
-        torch.manual_seed(0)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
-        generator = torch.Generator().manual_seed(0)
-        xt, yt = x[train], y[train]
-        elapsed, curve = 0.0, []
-        while elapsed < budget_seconds:
-            order = torch.randperm(len(yt), generator=generator)
-            started = time.perf_counter()
-            model.train()
-            for i in range(0, len(yt), batch):
-                index = order[i:i + batch]
-                inputs = augment_batch(xt[index], AugmentConfig(), generator)
-                train_step(model, optimizer, inputs, yt[index], channels_last, False, device)
-            elapsed += time.perf_counter() - started
-            model.eval()
-            with torch.no_grad():
-                inputs = x[test].permute(0, 2, 3, 1) if channels_last else x[test]
-                accuracy = float((model(inputs).argmax(1) == y[test]).float().mean())
-            curve.append((round(elapsed, 2), accuracy))
-            if accuracy >= target:
-                return {"seconds": round(elapsed, 2), "reached": True, "curve": curve}
-        return {"seconds": None, "reached": False, "curve": curve}
 
-    results = {"target": target, "budget_seconds": budget_seconds, "test_images": int(test.sum()),
-               "train_images": int(train.sum())}
+def train_curve(model, data, lr, channels_last, device, budget_seconds, target, bf16=False, epochs=None,
+                seed=0, batch=16) -> dict:
+    """Test accuracy after each epoch against seconds of training (evaluation excluded).
+
+    Stops at the budget, and at the target unless a number of epochs is given; bf16 trains and evaluates under
+    perceiver_med's autocast.
+    """
+    from perceiver_med.datasets import AugmentConfig, augment_batch
+    from perceiver_med.engine import autocast
+
+    torch.manual_seed(seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
+    generator = torch.Generator().manual_seed(seed)
+    x, y, test = data["x"], data["y"], data["test"]
+    xt, yt = x[data["train"]], y[data["train"]]
+    elapsed, curve, reached = 0.0, [], None
+    while elapsed < budget_seconds and (epochs is None or len(curve) < epochs):
+        order = torch.randperm(len(yt), generator=generator)
+        started = time.perf_counter()
+        model.train()
+        for i in range(0, len(yt), batch):
+            index = order[i:i + batch]
+            inputs = augment_batch(xt[index], AugmentConfig(), generator)
+            train_step(model, optimizer, inputs, yt[index], channels_last, bf16, device)
+        elapsed += time.perf_counter() - started
+        model.eval()
+        with torch.no_grad(), autocast(device, "bf16" if bf16 else "fp32"):
+            inputs = x[test].permute(0, 2, 3, 1) if channels_last else x[test]
+            accuracy = float((model(inputs).argmax(1) == y[test]).float().mean())
+        curve.append((round(elapsed, 2), accuracy))
+        if accuracy >= target and reached is None:
+            reached = round(elapsed, 2)
+            if epochs is None:
+                break
+    return {"seconds": reached, "reached": reached is not None, "final_accuracy": curve[-1][1] if curve else None,
+            "epochs": len(curve), "curve": curve}
+
+
+def time_to_accuracy(device, budget_seconds=240.0, target=0.95) -> dict:
+    """Seconds of training until test accuracy first reaches `target` on phantom knees: ours against perceiver-pytorch."""
+    from perceiver_pytorch import Perceiver as ReferencePerceiver
+
+    from perceiver_med.models import build_model, default_config
+
+    data = phantom_knees()
+    results = {"target": target, "budget_seconds": budget_seconds, "test_images": int(data["test"].sum()),
+               "train_images": int(data["train"].sum())}
     torch.manual_seed(0)
-    results["perceiver-med (defaults: 8x8 patches)"] = run(build_model(default_config("perceiver", (1, 64, 64), 2)),
-                                                            2e-3, False)
+    results["perceiver-med (defaults: 8x8 patches)"] = train_curve(
+        build_model(default_config("perceiver", (1, 64, 64), 2)), data, 2e-3, False, device, budget_seconds, target)
     best = None
     for lr in (1e-3, 3e-3):  # perceiver-pytorch is pixel-level only; its best learning rate of these
         torch.manual_seed(0)
@@ -349,10 +365,35 @@ def time_to_accuracy(device, budget_seconds=240.0, target=0.95) -> dict:
                                        fourier_encode_data=True, **{**SAME, "num_latents": 64, "latent_dim": 128,
                                                                    "latent_heads": 4, "latent_dim_head": 32,
                                                                    "max_freq": 64.0})
-        outcome = {"lr": lr, **run(reference, lr, True)}
+        outcome = {"lr": lr, **train_curve(reference, data, lr, True, device, budget_seconds, target)}
         if best is None or (outcome["reached"] and (not best["reached"] or outcome["seconds"] < best["seconds"])):
             best = outcome
     results["perceiver-pytorch (pixels, best lr)"] = best
+    return results
+
+
+def precision_accuracy(device, epochs=30, seeds=(0, 1, 2), budget_seconds=240.0, target=0.95) -> dict:
+    """perceiver-med (defaults) trained in fp32 and in bf16 autocast from the same weights and batches, per seed:
+    seconds to `target` test accuracy, and test accuracy after `epochs` epochs. Runs alternate by precision."""
+    from perceiver_med.models import build_model, default_config
+
+    data = phantom_knees()
+    results = {"target": target, "epochs": epochs, "seeds": list(seeds), "test_images": int(data["test"].sum()),
+               "train_images": int(data["train"].sum()), "fp32": {}, "bf16": {}}
+    for seed in seeds:
+        for precision in ("fp32", "bf16"):
+            torch.manual_seed(seed)
+            model = build_model(default_config("perceiver", (1, 64, 64), 2)).to(device)
+            results[precision][str(seed)] = train_curve(model, data, 2e-3, False, device, budget_seconds, target,
+                                                        bf16=precision == "bf16", epochs=epochs, seed=seed)
+    for precision in ("fp32", "bf16"):
+        runs = results[precision].values()
+        results[precision + "_summary"] = {
+            "reached": sum(run["reached"] for run in runs),
+            "median_seconds_to_target": float(np.median([r["seconds"] for r in runs if r["reached"]]))
+            if any(r["reached"] for r in runs) else None,
+            "median_seconds_per_epoch": float(np.median([r["curve"][-1][0] / r["epochs"] for r in runs])),
+            "final_accuracy": [r["final_accuracy"] for r in runs]}
     return results
 
 
@@ -419,31 +460,51 @@ def scaling(sides=(32, 64, 128, 256), transformer_limit=64, batch=4) -> dict:
     return results
 
 
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as info:
+            return next((line.split(":", 1)[1].strip() for line in info if line.startswith("model name")), "")
+    except OSError:
+        return platform.processor()
+
+
 def main() -> None:
+    from perceiver_med.engine import native_cpu_bf16
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", type=Path)
-    parser.add_argument("--sections", default="equivalence,throughput,accuracy,scaling")
+    parser.add_argument("--sections", default="equivalence,throughput,accuracy,precision,scaling")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--bf16-steps", type=int, default=None,
                         help="measured bf16 steps (CPUs without native bf16 are very slow)")
     parser.add_argument("--accuracy-budget", type=float, default=240.0)
     parser.add_argument("--precisions", default="fp32,bf16")
+    parser.add_argument("--steps", type=int, default=4, help="measured training steps per model and precision")
+    parser.add_argument("--precision-epochs", type=int, default=30)
+    parser.add_argument("--precision-seeds", type=int, default=3)
     args = parser.parse_args()
     device = torch.device(args.device)
     result = {"machine": {"cpus": os.cpu_count(), "threads": torch.get_num_threads(), "torch": torch.__version__,
                           "python": platform.python_version(), "processor": platform.processor(),
-                          "gpu": torch.cuda.get_device_name() if device.type == "cuda" else None}}
+                          "gpu": torch.cuda.get_device_name() if device.type == "cuda" else None,
+                          "cpu_model": _cpu_model(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+                          "cpu_native_bf16": native_cpu_bf16(), "load_average_at_start": os.getloadavg()}}
     sections = args.sections.split(",")
     if "equivalence" in sections:
         result["equivalence"] = equivalence(device)
         print(json.dumps(result["equivalence"], indent=2), flush=True)
     if "throughput" in sections:
-        result["throughput"] = throughput(device, bf16_measured=args.bf16_steps,
+        result["throughput"] = throughput(device, measured=args.steps, bf16_measured=args.bf16_steps,
                                           precisions=args.precisions.split(","))
         print(json.dumps(result["throughput"], indent=2), flush=True)
     if "accuracy" in sections:
         result["time_to_accuracy"] = time_to_accuracy(device, args.accuracy_budget)
         print(json.dumps(result["time_to_accuracy"], indent=2), flush=True)
+    if "precision" in sections:
+        result["precision_accuracy"] = precision_accuracy(device, args.precision_epochs,
+                                                          tuple(range(args.precision_seeds)), args.accuracy_budget)
+        print(json.dumps({k: v for k, v in result["precision_accuracy"].items() if k.endswith("summary")}, indent=2),
+              flush=True)
     if "scaling" in sections:
         result["scaling"] = scaling()
         print(json.dumps(result["scaling"], indent=2), flush=True)

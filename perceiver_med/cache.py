@@ -8,8 +8,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import multiprocessing
 import os
-from concurrent.futures import ProcessPoolExecutor
+import stat
+import sys
+import tempfile
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -19,8 +24,8 @@ import numpy as np
 from perceiver_med import __version__
 from perceiver_med.errors import ScanError
 from perceiver_med.files import atomic_path
-from perceiver_med.io import discover, read_scan
-from perceiver_med.preprocess import PreprocessConfig, model_input
+from perceiver_med.io import discover
+from perceiver_med.preprocess import PreprocessConfig, scan_input
 
 
 def cache_root() -> Path:
@@ -48,9 +53,26 @@ def find_scan(path: Path, series_uid: str = ""):
     return scans[0]
 
 
+BLOCK = 1 << 16
+
+
+def _file_identity(path: Path) -> tuple:
+    """Size, mtime, inode and a hash of the first and last 64 KiB: a same-size rewrite changes the key."""
+    info = path.stat()
+    if not stat.S_ISREG(info.st_mode):
+        raise ScanError("not a regular file")  # opening a named pipe would wait forever
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        digest.update(handle.read(BLOCK))
+        if info.st_size > 2 * BLOCK:
+            handle.seek(-BLOCK, os.SEEK_END)
+            digest.update(handle.read(BLOCK))
+    return str(path.resolve()), info.st_size, info.st_mtime_ns, info.st_ino, digest.hexdigest()[:16]
+
+
 def _identity(path: Path, series_uid: str) -> list:
     files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    return [series_uid] + [(str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in files]
+    return [series_uid] + [_file_identity(p) for p in files]
 
 
 def cache_key(request: InputRequest, config: PreprocessConfig) -> str:
@@ -58,50 +80,128 @@ def cache_key(request: InputRequest, config: PreprocessConfig) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
 
+def _valid_entry(array: np.ndarray, config: PreprocessConfig) -> bool:
+    """A cache entry is used only if it is exactly what preprocessing makes: shape, dtype, finite, in [0, 1]."""
+    return (array.shape == config.output_shape and array.dtype == np.float32 and bool(np.isfinite(array).all())
+            and float(array.min(initial=0.0)) >= 0.0 and float(array.max(initial=0.0)) <= 1.0)
+
+
+def _load_entry(entry: Path, config: PreprocessConfig) -> np.ndarray | None:
+    try:
+        array = np.load(entry, allow_pickle=False)
+    except Exception:  # empty, truncated or foreign: rebuilt by the caller
+        return None
+    return array if _valid_entry(array, config) else None
+
+
+def usable_cache_root() -> Path | None:
+    """The cache folder if entries can be written there; None (work without a cache) otherwise."""
+    root = cache_root()
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=root, prefix=".probe."):
+            pass
+    except OSError:
+        return None
+    return root
+
+
 def prepare(request: InputRequest, config: PreprocessConfig, root: Path | None = None,
             use_cache: bool = True) -> np.ndarray:
-    """The model input for one scan, from the cache when it is there."""
+    """The model input for one scan, from the cache when a sound entry is there."""
     entry = None
     if use_cache:
         entry = (root or cache_root()) / f"{cache_key(request, config)}.npy"
         if entry.exists():
-            try:
-                return np.load(entry)
-            except (OSError, ValueError):
-                pass  # a damaged entry is rebuilt below
-    array, meta = read_scan(find_scan(request.path, request.series_uid))
-    tensor = model_input(array, meta, config, request.slice)
+            cached = _load_entry(entry, config)
+            if cached is not None:
+                return cached
+    tensor = scan_input(find_scan(request.path, request.series_uid), config, request.slice)  # reads only the slices used
     if entry is not None:
-        with atomic_path(entry, suffix=".npy") as temp:
-            np.save(temp, tensor)
+        try:
+            with atomic_path(entry, suffix=".npy") as temp:
+                np.save(temp, tensor)
+        except OSError:
+            pass  # a full or read-only cache costs speed, never the result
     return tensor
 
 
 def _prepare_or_reason(args) -> tuple[np.ndarray | None, str]:
+    """Every failure of one scan becomes its reason, so one scan can never stop or stall the others."""
     request, config, root, use_cache = args
     try:
         return prepare(request, config, root, use_cache), ""
     except ScanError as exc:
         return None, str(exc)
+    except MemoryError:
+        return None, "not enough memory to read this scan"
+    except Exception as exc:
+        return None, f"could not be prepared ({type(exc).__name__}: {str(exc).strip()[:200] or 'no detail'})"
+
+
+def _worker_start() -> None:
+    """Workers use one thread each and die with the process that started them (Linux: PR_SET_PDEATHSIG)."""
+    import torch
+
+    torch.set_num_threads(1)
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        try:
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+        except OSError:
+            pass
+
+
+def _pool_context():
+    # Never fork a process whose torch/BLAS threads may hold locks (a forked worker can wait forever):
+    # forkserver starts workers from a clean server process; spawn where forkserver does not exist.
+    methods = multiprocessing.get_all_start_methods()
+    context = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
+    if "forkserver" in methods:
+        context.set_forkserver_preload(["perceiver_med.cache"])
+    return context
 
 
 def prepare_many(requests: list[InputRequest], config: PreprocessConfig, workers: int = 0,
-                 use_cache: bool = True, on_done: Callable[[], None] | None = None
+                 use_cache: bool = True, on_done: Callable[[int, int], None] | None = None
                  ) -> tuple[list[np.ndarray | None], list[str]]:
-    """Prepare many scans in parallel processes. Returns arrays (None where a scan failed) and reasons."""
-    root = cache_root()
-    jobs = [(request, config, root, use_cache) for request in requests]
+    """Prepare many scans in parallel processes. Returns arrays (None where a scan failed) and reasons.
+
+    `on_done(done, total)` reports progress. A worker that dies (killed, out of memory) costs the scans it
+    held a retry in a fresh pool, never a hang.
+    """
+    root = usable_cache_root() if use_cache else None
+    jobs = [(request, config, root, root is not None) for request in requests]
     workers = workers or min(os.cpu_count() or 1, 8)
-    results = []
+    results: list[tuple[np.ndarray | None, str] | None] = [None] * len(jobs)
+    done = 0
+
+    def finish(index, result):
+        nonlocal done
+        results[index] = result
+        done += 1
+        if on_done:
+            on_done(done, len(jobs))
+
     if workers <= 1 or len(jobs) < 16:
-        for job in jobs:
-            results.append(_prepare_or_reason(job))
-            if on_done:
-                on_done()
+        for index, job in enumerate(jobs):
+            finish(index, _prepare_or_reason(job))
     else:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            for result in pool.map(_prepare_or_reason, jobs, chunksize=max(1, len(jobs) // (workers * 8))):
-                results.append(result)
-                if on_done:
-                    on_done()
+        for _attempt in range(2):
+            pending = [k for k, result in enumerate(results) if result is None]
+            if not pending:
+                break
+            with ProcessPoolExecutor(max_workers=min(workers, len(pending)), mp_context=_pool_context(),
+                                     initializer=_worker_start) as pool:
+                futures = {pool.submit(_prepare_or_reason, jobs[k]): k for k in pending}
+                for future in as_completed(futures):
+                    try:
+                        finish(futures[future], future.result())
+                    except BrokenProcessPool:
+                        continue
+        for index, result in enumerate(results):
+            if result is None:
+                finish(index, (None, "a preprocessing worker died while reading this scan (out of memory?)"))
     return [array for array, _ in results], [reason for _, reason in results]

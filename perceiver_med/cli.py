@@ -1,7 +1,9 @@
 """The `perceiver-med` command line: parse options, call one library function, print with rich."""
 from __future__ import annotations
 
+import os
 import sys
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -10,12 +12,96 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from perceiver_med import __version__
-from perceiver_med.errors import UserError
+from perceiver_med.config import POSITIVE_NAMES, TrainConfig
+from perceiver_med.errors import Interrupted, UserError
 from perceiver_med.report import (console, counts_table, err_console, metrics_table, scans_table, skipped_table,
                                   summary_line)
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
+                  context_settings={"max_content_width": 100},
                   help="Turn folders of medical scans into trained, explainable classifiers.")
+
+
+# ---------------------------------------------------------------- choices (any case is accepted)
+class Kind(str, Enum):
+    knee = "knee"
+    lung = "lung"
+
+
+class Format(str, Enum):
+    dicom = "dicom"
+    nifti = "nifti"
+    png = "png"
+
+
+class LabelFrom(str, Enum):
+    auto = "auto"
+    folder = "folder"
+    csv = "csv"
+    laterality = "laterality"
+
+
+class InputKind(str, Enum):
+    auto = "auto"
+    image = "image"
+    grid = "grid"
+
+
+class ModelName(str, Enum):
+    perceiver = "perceiver"
+    hybrid = "vit-rollout-cnn"
+
+
+class Device(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+    mps = "mps"
+
+
+class Precision(str, Enum):
+    auto = "auto"
+    bf16 = "bf16"
+    fp32 = "fp32"
+
+
+class ClassWeights(str, Enum):
+    none = "none"
+    auto = "auto"
+
+
+class SplitName(str, Enum):
+    all = "all"
+    train = "train"
+    val = "val"
+    test = "test"
+
+
+def _choice(help: str, **kwargs):
+    return typer.Option(help=help, case_sensitive=False, **kwargs)
+
+
+def _value(choice: Enum | None):
+    return None if choice is None else choice.value
+
+
+# Options several commands share.
+DeviceOption = Annotated[Device, _choice("where the model runs (auto: CUDA, then Apple MPS, then the CPU)")]
+Overwrite = Annotated[bool, typer.Option("--overwrite", help="replace an existing output file", metavar="")]
+Size = Annotated[Optional[int], typer.Option(help="image side, or tile side of a grid", min=8, metavar="PIXELS",
+                                             show_default="64")]
+Channels = Annotated[Optional[int], typer.Option(help="1, or 3 to repeat the grey channel", min=1, max=3,
+                                                 metavar="N", show_default="1")]
+GridPad = Annotated[Optional[bool], typer.Option("--grid-pad/--no-grid-pad", metavar="",
+                                                 help="pad volumes with fewer than 9 slices", show_default="off")]
+MaxVoxels = Annotated[Optional[int], typer.Option(
+    help="largest scan read, in pixels or voxels; bigger files are skipped with a reason "
+         "(default: $PERCEIVER_MED_MAX_VOXELS, else the readers' built-in budget)", min=1, metavar="N")]
+
+
+def _voxel_budget(max_voxels: int | None) -> None:
+    if max_voxels is not None:  # the readers (and worker processes they start) read it from the environment
+        os.environ["PERCEIVER_MED_MAX_VOXELS"] = str(max_voxels)
 
 
 def _version(value: bool):
@@ -25,47 +111,57 @@ def _version(value: bool):
 
 
 @app.callback()
-def _root(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+def _root(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, metavar="",
                                                 help="Print the version and exit.")] = False):
     pass
 
 
-def progress_bar() -> Progress:
+def progress_bar(transient: bool = True) -> Progress:
+    # the same console as every other line, so rows printed during a bar land above it, never beside it
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    console=err_console, transient=True)
+                    console=console, transient=transient)
+
+
+def _advance(bar: Progress, task):
+    return lambda done, total: bar.update(task, completed=done, total=total)
 
 
 @app.command()
-def synth(kind: Annotated[str, typer.Argument(help="knee or lung")],
-          out: Annotated[Path, typer.Argument(help="new folder to write")],
-          patients: Annotated[int, typer.Option(help="number of patients")] = 100,
-          format: Annotated[Optional[str], typer.Option(help="dicom, nifti or png (default: png for knee, "
-                                                             "dicom for lung)")] = None,
-          seed: Annotated[int, typer.Option(help="random seed")] = 0):
+def synth(kind: Annotated[Kind, typer.Argument(help="knee or lung", case_sensitive=False, metavar="KIND")],
+          out: Annotated[Path, typer.Argument(help="new folder to write", metavar="OUT")],
+          patients: Annotated[int, typer.Option(help="number of patients", min=1, metavar="N")] = 100,
+          format: Annotated[Optional[Format], _choice("file format", show_default="png for knee, dicom for lung")
+                            ] = None,
+          seed: Annotated[int, typer.Option(help="random seed", metavar="N")] = 0):
     """Write a phantom data set as real DICOM / NIfTI / PNG files."""
     from perceiver_med.synth import synth as write
 
-    with console.status(f"writing synthetic {kind} scans"):
-        folder, count = write(kind, out, patients, format, seed)
-    unit = "images" if kind == "knee" else "volumes"
-    console.print(f"wrote {count} {unit} of {patients} patients to [bold]{folder}[/]")
+    with console.status(f"writing synthetic {kind.value} scans"):
+        folder, count = write(kind.value, out, patients, _value(format), seed)
+    unit = "images" if kind is Kind.knee else "volumes"
+    console.print(f"wrote {count} {unit} of {patients} patients to [bold]{escape(str(folder))}[/]")
 
 
 @app.command()
-def inspect(data: Annotated[Path, typer.Argument(help="folder of scans, or one file")],
-            out: Annotated[Optional[Path], typer.Option(help="CSV with one row per file")] = None):
+def inspect(data: Annotated[Path, typer.Argument(help="folder of scans, or one file", metavar="DATA")],
+            out: Annotated[Optional[Path], typer.Option(help="CSV with one row per file", metavar="CSV")] = None,
+            overwrite: Overwrite = False, max_voxels: MaxVoxels = None):
     """List every scan found and every file skipped, with the reason."""
     from perceiver_med.dataset_ops import inspect_folder
+    from perceiver_med.files import check_new_output
 
+    _voxel_budget(max_voxels)
+    if out is not None:
+        check_new_output(out, overwrite)
     discovery = inspect_folder(data, out)
     console.print(scans_table(discovery))
     _print_skips(discovery.skipped)
     for scan in discovery.scans:
         for warning in scan.warnings:
-            err_console.print(f"[yellow]warning[/] {scan.id}: {warning}")
+            console.print(f"[yellow]warning[/] {escape(scan.id)}: {escape(warning)}")
     console.print(summary_line(len(discovery.scans), len(discovery.skipped)))
     if out:
-        console.print(f"file list written to [bold]{out}[/]")
+        console.print(f"file list written to [bold]{escape(str(out))}[/]")
 
 
 def _print_skips(skipped, title="skipped"):
@@ -74,23 +170,32 @@ def _print_skips(skipped, title="skipped"):
         console.print(table)
 
 
-@app.command()
-def split(data: Annotated[Optional[Path], typer.Argument(help="folder of scans")] = None,
-          out: Annotated[Optional[Path], typer.Option(help="splits CSV to write")] = None,
-          check: Annotated[Optional[Path], typer.Option(help="verify an existing splits CSV instead")] = None,
-          ratios: Annotated[str, typer.Option(help="train,val,test fractions")] = "0.6,0.2,0.2",
-          seed: Annotated[int, typer.Option(help="random seed")] = 0,
-          labels: Annotated[Optional[Path], typer.Option(help="CSV path,label[,patient_id][,slice]")] = None,
-          label_from: Annotated[str, typer.Option(help="auto, folder, csv or laterality")] = "auto",
-          patient_regex: Annotated[Optional[str], typer.Option(help="regex for patient ids in paths")] = None):
+@app.command(short_help="Patient-grouped, stratified train/val/test split (or --check one).")
+def split(data: Annotated[Optional[Path], typer.Argument(help="folder of scans", metavar="DATA")] = None,
+          out: Annotated[Optional[Path], typer.Option(help="splits CSV to write", metavar="CSV")] = None,
+          check: Annotated[Optional[Path], typer.Option(help="verify an existing splits CSV instead",
+                                                        metavar="CSV")] = None,
+          ratios: Annotated[str, typer.Option(help="train,val,test fractions", metavar="T,V,T")] = "0.6,0.2,0.2",
+          seed: Annotated[int, typer.Option(help="random seed", metavar="N")] = 0,
+          labels: Annotated[Optional[Path], typer.Option(help="CSV path,label[,patient_id][,slice]",
+                                                         metavar="CSV")] = None,
+          label_from: Annotated[LabelFrom, _choice("where labels come from (auto: a labels CSV, else class "
+                                                   "folders, else laterality)")] = LabelFrom.auto,
+          patient_regex: Annotated[Optional[str], typer.Option(help="regex for patient ids in paths",
+                                                               metavar="REGEX")] = None,
+          overwrite: Overwrite = False, max_voxels: MaxVoxels = None):
     """Stratified, patient-grouped train/val/test split (or --check an existing one)."""
     from perceiver_med import dataset_ops
+    from perceiver_med.files import check_new_output
     from perceiver_med.splits import count_table
 
+    _voxel_budget(max_voxels)
     if check is not None:
-        rows = dataset_ops.check_splits_file(check)
-        console.print(counts_table(count_table(rows)))
-        console.print(f"[green]ok[/]: {len(rows)} scans, no patient in two splits, every file present")
+        checked = dataset_ops.check_splits_file(check)
+        console.print(counts_table(count_table(checked.rows)))
+        for note in checked.notes:
+            console.print(f"[yellow]note[/]: {escape(note)}")
+        console.print(f"[green]ok[/]: {len(checked.rows)} scans, no patient in two splits, every file present")
         return
     if data is None or out is None:
         raise UserError("split needs DATA and --out splits.csv (or --check splits.csv)")
@@ -98,251 +203,277 @@ def split(data: Annotated[Optional[Path], typer.Argument(help="folder of scans")
         parsed = tuple(float(r) for r in ratios.split(","))
     except ValueError:
         raise UserError(f"--ratios must be three numbers like 0.6,0.2,0.2, got {ratios!r}") from None
-    result = dataset_ops.split_folder(data, out, parsed, seed, label_from, labels, patient_regex)
+    check_new_output(out, overwrite)
+    result = dataset_ops.split_folder(data, out, parsed, seed, label_from.value, labels, patient_regex)
     console.print(counts_table(count_table(result.rows)))
     _print_skips(result.discovery.skipped + result.labelled.skipped)
-    for note in result.labelled.notes:
-        console.print(f"[yellow]note[/]: {note}")
+    for note in result.notes:
+        console.print(f"[yellow]note[/]: {escape(note)}")
     console.print(f"labels from {result.labelled.label_source}, patients from {result.labelled.patient_source}; "
                   + summary_line(len(result.rows), len(result.discovery.skipped) + len(result.labelled.skipped),
                                  "scan(s) split"))
-    console.print(f"splits written to [bold]{out}[/]")
-
-
-def _preprocess_config(input: str, size: Optional[int], channels: int, grid_pad: bool = False):
-    from perceiver_med.preprocess import PreprocessConfig
-
-    if input not in ("image", "grid"):
-        raise UserError("--input must be image or grid")
-    if channels not in (1, 3):
-        raise UserError("--channels must be 1 or 3")
-    return PreprocessConfig(input=input, size=size or 64, channels=channels, grid_pad=grid_pad)
+    console.print(f"splits written to [bold]{escape(str(out))}[/]")
 
 
 @app.command()
-def preview(scan: Annotated[Path, typer.Argument(help="a scan file, or a folder holding one series")],
-            out: Annotated[Path, typer.Option(help="output prefix: writes PREFIX.png and PREFIX.npy")],
-            input: Annotated[str, typer.Option(help="image or grid")] = "image",
-            size: Annotated[Optional[int], typer.Option(help="image side, or tile side of a grid")] = None,
-            channels: Annotated[int, typer.Option(help="1 or 3")] = 1,
-            grid_pad: Annotated[bool, typer.Option(help="pad volumes with < 9 slices")] = False,
-            slice: Annotated[Optional[int], typer.Option(help="centre slice of the grid")] = None,
-            series_uid: Annotated[str, typer.Option(help="pick one series of a folder")] = ""):
+def preview(scan: Annotated[Path, typer.Argument(help="a scan file, or a folder holding one series",
+                                                 metavar="SCAN")],
+            out: Annotated[Path, typer.Option(help="output prefix: writes PREFIX.png and PREFIX.npy",
+                                              metavar="PREFIX")],
+            input: Annotated[InputKind, _choice("model input (auto: a grid for volumes, else an image), as "
+                                                "train chooses it")] = InputKind.auto,
+            size: Size = None, channels: Channels = None, grid_pad: GridPad = None,
+            slice: Annotated[Optional[int], typer.Option(help="centre slice of the grid", metavar="K",
+                                                         show_default="the middle slice")] = None,
+            series_uid: Annotated[str, typer.Option(help="pick one series of a folder", metavar="UID")] = "",
+            max_voxels: MaxVoxels = None):
     """Write the exact model input of one scan as PNG and NumPy."""
     from perceiver_med.dataset_ops import preview_scan
 
-    config = _preprocess_config(input, size, channels, grid_pad)
-    tensor = preview_scan(scan, out, config, series_uid, slice)
-    console.print(f"model input {tuple(tensor.shape)} written to [bold]{out}.png[/] and [bold]{out}.npy[/]")
+    _voxel_budget(max_voxels)
+    tensor = preview_scan(scan, out, _value(input), size, channels, grid_pad, series_uid, slice)
+    console.print(f"model input {tuple(tensor.shape)} written to [bold]{escape(str(out))}.png[/] and "
+                  f"[bold]{escape(str(out))}.npy[/]")
 
 
-@app.command()
-def prepare(splits: Annotated[Path, typer.Argument(help="splits CSV")],
-            input: Annotated[str, typer.Option(help="auto, image or grid")] = "auto",
-            size: Annotated[Optional[int], typer.Option(help="image side, or tile side of a grid")] = None,
-            channels: Annotated[int, typer.Option(help="1 or 3")] = 1,
-            grid_pad: Annotated[bool, typer.Option(help="pad volumes with < 9 slices")] = False,
-            workers: Annotated[int, typer.Option(help="processes (0: one per core)")] = 0):
+@app.command(short_help="Preprocess a splits file's scans into the cache (train does it too).")
+def prepare(splits: Annotated[Path, typer.Argument(help="splits CSV", metavar="SPLITS")],
+            input: Annotated[InputKind, _choice("model input (auto: a grid for volumes, else an image)")
+                             ] = InputKind.auto,
+            size: Size = None, channels: Channels = None, grid_pad: GridPad = None,
+            workers: Annotated[int, typer.Option(help="processes (0: one per core, up to 8)", min=0,
+                                                 metavar="N")] = 0,
+            max_voxels: MaxVoxels = None):
     """Preprocess every scan of a splits file into the on-disk cache (training does this too)."""
-    from perceiver_med.cache import cache_root
-    from perceiver_med.datasets import detect_input, load_split_inputs
-    from perceiver_med.splits import read_splits
+    from perceiver_med.cache import usable_cache_root
+    from perceiver_med.dataset_ops import prepare_splits
 
-    rows = read_splits(splits)
-    config = _preprocess_config(detect_input(rows) if input == "auto" else input, size, channels, grid_pad)
+    _voxel_budget(max_voxels)
     with progress_bar() as bar:
-        task = bar.add_task("preprocessing", total=len(rows))
-        loaded = load_split_inputs(rows, config, workers, on_done=lambda: bar.advance(task))
+        task = bar.add_task("preprocessing", total=None)
+        loaded, config = prepare_splits(splits, _value(input), size, channels, grid_pad, workers,
+                                        _advance(bar, task))
     _print_skips(loaded.skipped)
+    root = usable_cache_root()
     console.print(summary_line(len(loaded.rows), len(loaded.skipped), f"scan(s) ready as {config.input} "
-                               f"{config.output_shape}") + f"; cache in {cache_root()}")
+                               f"{config.output_shape}") + (f"; cache in {escape(str(root))}" if root else
+                                                            "; [yellow]the cache folder is not writable[/]"))
 
 
 class RichReporter:
-    """Draws training progress: one bar per stage with the running loss, a table row per epoch above it."""
+    """Training progress on one rich Progress: a bar per epoch with the running loss, a table row per epoch above."""
 
     def __init__(self, quiet: bool = False):
-        self.quiet, self.bar, self.task, self.epochs, self.steps, self.running = quiet, None, None, 0, 0, []
+        self.quiet, self.task, self.epochs, self.steps, self.running = quiet, None, 0, 0, []
+        self.progress = progress_bar()
+        self.progress.disable = quiet
+
+    def __enter__(self) -> "RichReporter":
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.progress.stop()
+
+    def preparing(self, done: int, total: int) -> None:
+        if self.task is None:
+            self.task = self.progress.add_task("preprocessing", total=total)
+        self.progress.update(self.task, completed=done, total=total)
+
+    def say(self, text: str) -> None:
+        if not self.quiet:
+            self.progress.console.print(text, highlight=False)
 
     def stage_start(self, stage, epochs, steps):
-        self.close()
         self.epochs, self.steps = epochs, steps
-        if not self.quiet:
-            console.print(f"[bold]stage {stage}[/]: up to {epochs} epochs of {steps} steps")
-            console.print(f"{'epoch':>7}  {'train loss':>10} {'train acc':>9}  {'val loss':>9} {'val acc':>8}"
-                          f"  {'lr':>8} {'time':>6}")
+        self._drop_bar()
+        self.say(f"[bold]stage {stage}[/]: up to {epochs} epochs of {steps} steps")
+        self.say(f"{'epoch':>7}  {'train loss':>10} {'train acc':>9}  {'val loss':>9} {'val acc':>8}"
+                    f"  {'lr':>8} {'time':>6}")
 
     def step(self, loss):
-        if self.quiet:
-            return
-        if self.bar is None:
-            self.bar = progress_bar()
-            self.bar.start()
-            self.task = self.bar.add_task("epoch", total=self.steps)
+        if self.task is None:
+            self.task = self.progress.add_task("epoch", total=self.steps)
         self.running.append(loss)
-        self.bar.update(self.task, advance=1, description=f"loss {sum(self.running) / len(self.running):.4f}")
+        self.progress.update(self.task, advance=1, description=f"loss {sum(self.running) / len(self.running):.4f}")
 
     def epoch_end(self, row):
         self.running = []
-        if self.quiet:
-            return
         val = (f"{row['val_loss']:>9.4f} {row['val_accuracy']:>8.4f}" if "val_loss" in row else f"{'':>18}")
-        line = (f"{row['epoch']:>3}/{self.epochs:<3}  {row['train_loss']:>10.4f} {row['train_accuracy']:>9.4f}"
-                f"  {val}  {row['lr']:>8.2e} {row['seconds']:>5.1f}s" + ("  [green]best[/]" if row["best"] else ""))
-        console.print(line)
-        if self.bar is not None:
-            self.bar.reset(self.task, total=self.steps)
+        self.say(f"{row['epoch']:>3}/{self.epochs:<3}  {row['train_loss']:>10.4f} {row['train_accuracy']:>9.4f}"
+                    f"  {val}  {row['lr']:>8.2e} {row['seconds']:>5.1f}s" + ("  [green]best[/]" if row["best"] else ""))
+        if self.task is not None:
+            self.progress.reset(self.task, total=self.steps)
 
     def message(self, text):
-        self.close()
-        if not self.quiet:
-            console.print(text)
+        self._drop_bar()
+        self.say(escape(text))
 
-    def close(self):
-        if self.bar is not None:
-            self.bar.stop()
-            self.bar = None
+    def _drop_bar(self):
+        if self.task is not None:
+            self.progress.remove_task(self.task)
+            self.task = None
 
 
 def _is_main_process() -> bool:
-    import os
-
     return os.environ.get("RANK", "0") == "0"
 
 
-@app.command()
-def train(splits: Annotated[Path, typer.Argument(help="splits CSV from `perceiver-med split`")],
-          out: Annotated[Path, typer.Option(help="run directory to create")],
-          model: Annotated[str, typer.Option(help="perceiver or vit-rollout-cnn")] = "perceiver",
-          epochs: Annotated[Optional[int], typer.Option(help="maximum epochs (per stage for the hybrid)")] = None,
-          batch_size: Annotated[Optional[int], typer.Option(help="samples per step and process")] = None,
-          lr: Annotated[Optional[float], typer.Option(help="peak learning rate")] = None,
-          weight_decay: Annotated[Optional[float], typer.Option(help="AdamW weight decay")] = None,
-          patience: Annotated[Optional[int], typer.Option(help="early-stopping patience in epochs (0: off)")] = None,
-          seed: Annotated[int, typer.Option(help="random seed")] = 0,
-          device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps")] = "auto",
-          input: Annotated[str, typer.Option(help="auto, image or grid")] = "auto",
-          size: Annotated[Optional[int], typer.Option(help="image side, or tile side of a grid")] = None,
-          channels: Annotated[int, typer.Option(help="1 or 3")] = 1,
-          grid_pad: Annotated[bool, typer.Option(help="pad volumes with < 9 slices")] = False,
-          flip: Annotated[Optional[bool], typer.Option("--flip/--no-flip", help="horizontal flip augmentation "
-                                                       "(default: off for laterality labels, else on)")] = None,
-          class_weights: Annotated[str, typer.Option(help="none or auto")] = "none",
-          num_latents: Annotated[Optional[int], typer.Option(help="Perceiver latents")] = None,
-          latent_dim: Annotated[Optional[int], typer.Option(help="Perceiver latent width")] = None,
-          num_iterations: Annotated[Optional[int], typer.Option(help="Perceiver iterations")] = None,
-          depth: Annotated[Optional[int], typer.Option(help="ViT blocks")] = None,
-          dim: Annotated[Optional[int], typer.Option(help="ViT width")] = None,
-          num_workers: Annotated[int, typer.Option(help="preprocessing processes (0: one per core)")] = 0,
-          resume: Annotated[bool, typer.Option(help="continue an interrupted run in --out")] = False,
-          quiet: Annotated[bool, typer.Option(help="no per-epoch output")] = False):
-    """Train a model; writes config, weights, metrics, history, curves and predictions to --out."""
-    from perceiver_med.config import TrainConfig
-    from perceiver_med.runs import train_run, with_epochs
+_D = TrainConfig()
 
-    if class_weights not in ("none", "auto"):
-        raise UserError("--class-weights must be none or auto")
-    config = with_epochs(TrainConfig(seed=seed, device=device, num_workers=num_workers, class_weights=class_weights),
-                         epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, patience=patience)
+
+@app.command(short_help="Train a model into a run directory: config, weights, metrics, plots.")
+def train(splits: Annotated[Optional[Path], typer.Argument(help="splits CSV from `perceiver-med split` "
+                                                                 "(may be left out with --resume)",
+                                                            metavar="SPLITS")] = None,
+          out: Annotated[Path, typer.Option(help="run directory to create (or to continue, with --resume)",
+                                            metavar="RUN")] = ...,
+          model: Annotated[Optional[ModelName], _choice("model family", show_default="perceiver")] = None,
+          epochs: Annotated[Optional[int], typer.Option(
+              help="maximum epochs, per stage for the hybrid (0: about 600 steps, 30..150 epochs)", min=0,
+              metavar="N", show_default=str(_D.epochs))] = None,
+          batch_size: Annotated[Optional[int], typer.Option(help="samples per step and process", min=1, metavar="N",
+                                                            show_default=str(_D.batch_size))] = None,
+          lr: Annotated[Optional[float], typer.Option(help="peak learning rate", min=0.0, metavar="LR",
+                                                      show_default=f"{_D.lr:g}")] = None,
+          weight_decay: Annotated[Optional[float], typer.Option(help="AdamW weight decay", min=0.0, metavar="WD",
+                                                                show_default=f"{_D.weight_decay:g}")] = None,
+          patience: Annotated[Optional[int], typer.Option(help="early-stopping patience in epochs (0: off)", min=0,
+                                                          metavar="N", show_default=str(_D.patience))] = None,
+          seed: Annotated[Optional[int], typer.Option(help="random seed", metavar="N",
+                                                      show_default=str(_D.seed))] = None,
+          device: DeviceOption = Device.auto,
+          precision: Annotated[Precision, _choice("arithmetic: auto = bf16 autocast on CUDA and on CPUs with "
+                                                  "native bf16 units, else fp32")] = Precision.auto,
+          input: Annotated[Optional[InputKind], _choice("model input (auto: a 3x3 grid of 9 slices for volumes, "
+                                                        "else an image)", show_default="auto")] = None,
+          size: Size = None, channels: Channels = None, grid_pad: GridPad = None,
+          flip: Annotated[Optional[bool], typer.Option("--flip/--no-flip", metavar="", help="horizontal flip "
+                                                       "augmentation", show_default="off for laterality "
+                                                       "labels, else on")] = None,
+          positive: Annotated[Optional[str], typer.Option(
+              help="the class sensitivity, specificity and ROC AUC are reported for", metavar="CLASS",
+              show_default=f"the first of {', '.join(POSITIVE_NAMES[:4])}... that is a class, else the last "
+                           "class in sorted order")] = None,
+          class_weights: Annotated[Optional[ClassWeights], _choice("auto: inverse class frequency in the loss",
+                                                                   show_default="none")] = None,
+          num_latents: Annotated[Optional[int], typer.Option(help="Perceiver latents", min=1, metavar="N")] = None,
+          latent_dim: Annotated[Optional[int], typer.Option(help="Perceiver latent width", min=1, metavar="N")
+                                ] = None,
+          num_iterations: Annotated[Optional[int], typer.Option(help="Perceiver iterations", min=1, metavar="N")
+                                    ] = None,
+          depth: Annotated[Optional[int], typer.Option(help="ViT blocks (vit-rollout-cnn)", min=1, metavar="N")
+                           ] = None,
+          dim: Annotated[Optional[int], typer.Option(help="ViT width (vit-rollout-cnn)", min=1, metavar="N")] = None,
+          num_workers: Annotated[int, typer.Option(help="preprocessing processes (0: one per core, up to 8)", min=0,
+                                                   metavar="N")] = 0,
+          resume: Annotated[bool, typer.Option("--resume", metavar="", help="continue an interrupted run in --out "
+                                               "with the settings in its config.json")] = False,
+          quiet: Annotated[bool, typer.Option("--quiet", metavar="", help="no per-epoch output")] = False,
+          max_voxels: MaxVoxels = None):
+    """Train a model; writes config, weights, metrics, history, curves and predictions to --out."""
+    from perceiver_med.runs import train_run
+
+    _voxel_budget(max_voxels)
     main_process = _is_main_process()
-    options = {"num_latents": num_latents, "latent_dim": latent_dim, "num_iterations": num_iterations,
-               "depth": depth, "dim": dim}
-    with progress_bar() as bar:
-        task = bar.add_task("preprocessing", total=None)
-        reporter = RichReporter(quiet or not main_process)
-        result = train_run(splits, model, out, input=input, size=size, channels=channels, grid_pad=grid_pad,
-                           train=config, flip=flip, model_options=options, resume=resume,
-                           reporter=_AfterBar(reporter, bar), on_prepared=lambda: bar.advance(task))
-    reporter.close()
+    options = dict(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, patience=patience,
+                   seed=seed, device=device.value, precision=precision.value, num_workers=num_workers,
+                   class_weights=_value(class_weights), input=_value(input), size=size, channels=channels,
+                   grid_pad=grid_pad, flip=flip, positive=positive, num_latents=num_latents, latent_dim=latent_dim,
+                   num_iterations=num_iterations, depth=depth, dim=dim)
+    try:
+        with RichReporter(quiet or not main_process) as reporter:
+            result = train_run(splits, _value(model), out, resume=resume, reporter=reporter,
+                               on_prepared=reporter.preparing, **options)
+    except KeyboardInterrupt:
+        if (out / "checkpoint.pt").is_file():
+            raise Interrupted(f"interrupted; the last completed epoch is kept: continue with "
+                              f"perceiver-med train --resume --out {out}") from None
+        raise Interrupted("interrupted before the first epoch ended: nothing to resume") from None
     if not main_process:
         return
     _print_skips(result.skipped)
     if "vit" in result.metrics:
         console.print(metrics_table(result.metrics["vit"], "stage 1: ViT alone"))
-    console.print(metrics_table(result.metrics, f"best checkpoint of {model}"))
-    console.print(f"run written to [bold]{out}[/] (metrics.json, curves.png, predictions_<split>.csv)")
-
-
-class _AfterBar:
-    """Stops the preprocessing bar before the first training output."""
-
-    def __init__(self, reporter, bar):
-        self.reporter, self.bar = reporter, bar
-
-    def __getattr__(self, name):
-        if self.bar is not None:
-            self.bar.stop()
-            self.bar = None
-        return getattr(self.reporter, name)
+    console.print(metrics_table(result.metrics, f"best checkpoint of {result.config.model['name']} "
+                                                f"(positive class: {escape(result.config.positive_class)})"))
+    console.print(f"run written to [bold]{escape(str(out))}[/] (metrics.json, curves.png, predictions_<split>.csv)")
 
 
 @app.command()
-def evaluate(run: Annotated[Path, typer.Argument(help="run directory")],
-             splits: Annotated[Optional[Path], typer.Option(help="splits CSV (default: the run's own)")] = None,
-             split: Annotated[str, typer.Option(help="train, val, test or all")] = "all",
-             device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps")] = "auto"):
+def evaluate(run: Annotated[Path, typer.Argument(help="run directory", metavar="RUN")],
+             splits: Annotated[Optional[Path], typer.Option(help="another splits CSV; scans the run trained on "
+                                                            "are refused", metavar="CSV",
+                                                            show_default="the run's frozen copy")] = None,
+             split: Annotated[SplitName, _choice("which split")] = SplitName.all,
+             device: DeviceOption = Device.auto, max_voxels: MaxVoxels = None):
     """Metrics of a trained run on the chosen splits."""
     from perceiver_med.runs import evaluate_run
 
-    metrics = evaluate_run(run, splits, split, device)
-    console.print(metrics_table(metrics, f"{run}"))
+    _voxel_budget(max_voxels)
+    metrics = evaluate_run(run, splits, split.value, device.value)
+    console.print(metrics_table(metrics, f"{escape(str(run))} (positive class: {escape(metrics['positive_class'])})"))
 
 
-@app.command()
-def predict(run: Annotated[Path, typer.Argument(help="run directory")],
-            scans: Annotated[Path, typer.Argument(help="folder of scans, or one file")],
-            out: Annotated[Path, typer.Option(help="predictions CSV to write")],
-            device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps")] = "auto"):
+@app.command(short_help="Predict every scan in a folder with a run's own preprocessing.")
+def predict(run: Annotated[Path, typer.Argument(help="run directory", metavar="RUN")],
+            scans: Annotated[Path, typer.Argument(help="folder of scans, or one file", metavar="SCANS")],
+            out: Annotated[Path, typer.Option(help="predictions CSV to write", metavar="CSV")],
+            device: DeviceOption = Device.auto, overwrite: Overwrite = False, max_voxels: MaxVoxels = None):
     """Predict every scan found in a folder with the run's preprocessing."""
     from rich.table import Table
 
     from perceiver_med.runs import predict_run
 
+    _voxel_budget(max_voxels)
     with progress_bar() as bar:
         task = bar.add_task("predicting", total=None)
-        predictions, skipped, classes = predict_run(run, scans, out, device, on_done=lambda: bar.advance(task))
+        predictions, skipped, classes = predict_run(run, scans, out, device.value, on_done=_advance(bar, task),
+                                                    overwrite=overwrite)
     table = Table(title=f"{len(predictions)} prediction(s)")
-    for column in ("scan", "label", "pred", *(f"p({c})" for c in classes)):
+    for column in ("scan", "label", "pred", *(f"p({escape(c)})" for c in classes)):
         table.add_column(column)
     for p in predictions[:30]:
-        table.add_row(p.path.name, p.label or "", classes[int(p.probs.argmax())], *(f"{v:.4f}" for v in p.probs))
+        table.add_row(escape(p.path.name), escape(p.label or ""), escape(classes[int(p.probs.argmax())]),
+                      *(f"{v:.4f}" for v in p.probs))
     if len(predictions) > 30:
-        table.caption = f"... and {len(predictions) - 30} more in {out}"
+        table.caption = f"... and {len(predictions) - 30} more in {escape(str(out))}"
     console.print(table)
     known = [p for p in predictions if p.label is not None]
     if known and len(known) == len(predictions):
         accuracy = sum(classes[int(p.probs.argmax())] == p.label for p in known) / len(known)
         console.print(f"accuracy against the class folders: [bold]{accuracy:.4f}[/]")
     _print_skips(skipped)
-    console.print(summary_line(len(predictions), len(skipped), "scan(s) predicted") + f"; written to [bold]{out}[/]")
+    console.print(summary_line(len(predictions), len(skipped), "scan(s) predicted")
+                  + f"; written to [bold]{escape(str(out))}[/]")
 
 
-@app.command()
-def explain(run: Annotated[Path, typer.Argument(help="run directory")],
-            scans: Annotated[list[Path], typer.Argument(help="scan files (or series folders)")],
-            out: Annotated[Path, typer.Option(help="folder for the overlay PNGs")]):
+@app.command(short_help="Overlays of where the model looked: rollout or cross-attention.")
+def explain(run: Annotated[Path, typer.Argument(help="run directory", metavar="RUN")],
+            scans: Annotated[list[Path], typer.Argument(help="scan files (or series folders)", metavar="SCAN...")],
+            out: Annotated[Path, typer.Option(help="folder for the overlay PNGs", metavar="DIR")],
+            max_voxels: MaxVoxels = None):
     """Overlay PNGs: attention rollout for the hybrid, cross-attention over the pixels for the Perceiver."""
     from perceiver_med.explain import explain_run
 
+    _voxel_budget(max_voxels)
     written, skipped = explain_run(run, scans, out)
     for path in written:
-        console.print(f"wrote [bold]{path}[/]")
+        console.print(f"wrote [bold]{escape(str(path))}[/]")
     _print_skips(skipped)
 
 
-@app.command()
-def demo(out: Annotated[Path, typer.Option(help="folder for everything the demo writes")] = Path("demo-output"),
-         patients: Annotated[int, typer.Option(help="synthetic patients")] = 60,
-         epochs: Annotated[int, typer.Option(help="maximum training epochs")] = 40,
-         seed: Annotated[int, typer.Option(help="random seed")] = 0):
+@app.command(short_help="Phantom knees end to end: synth, split, train, evaluate, predict, explain.")
+def demo(out: Annotated[Path, typer.Option(help="folder for everything the demo writes", metavar="DIR")
+                        ] = Path("demo-output"),
+         patients: Annotated[int, typer.Option(help="synthetic patients", min=8, metavar="N")] = 60,
+         epochs: Annotated[int, typer.Option(help="maximum training epochs", min=1, metavar="N")] = 40,
+         seed: Annotated[int, typer.Option(help="random seed", metavar="N")] = 0):
     """synth knee -> split -> train a Perceiver -> evaluate -> predict -> explain, on the CPU in minutes."""
     from perceiver_med.demo import run_demo
 
-    reporter = RichReporter()
-    try:
-        run_demo(out, patients, epochs, seed, reporter, console.print)
-    finally:
-        reporter.close()
+    with RichReporter() as reporter:
+        run_demo(out, patients, epochs, seed, reporter, reporter.say)
 
 
 def _usage_error_types() -> tuple[type, ...]:
@@ -358,7 +489,7 @@ def _usage_error_types() -> tuple[type, ...]:
 
 
 def main() -> None:
-    """Entry point: user errors and usage errors become one line on stderr and exit code 2."""
+    """Entry point: user errors and usage errors become one line on stderr and exit code 2; Ctrl-C exits 130."""
     try:
         app(standalone_mode=False)
     except UserError as exc:
@@ -366,13 +497,17 @@ def main() -> None:
         sys.exit(2)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
+    except Interrupted as exc:
+        err_console.print(f"[yellow]{escape(str(exc))}[/]", highlight=False, soft_wrap=True)
+        sys.exit(130)
     except (typer.Abort, KeyboardInterrupt):
         err_console.print("[yellow]interrupted[/]", highlight=False)
         sys.exit(130)
     except _usage_error_types() as exc:  # a misspelt option, a missing argument, `--epochs abc`
-        message = exc.format_message()
-        if message:  # no arguments at all: the help was printed, nothing to add
-            _error_line(f"{message} (see perceiver-med --help)")
+        if type(exc).__name__ == "NoArgsIsHelpError":  # no arguments at all: the help is the answer
+            print(exc.ctx.get_help())
+        else:
+            _error_line(f"{exc.format_message()} (see perceiver-med --help)")
         sys.exit(getattr(exc, "exit_code", 2))
 
 

@@ -32,6 +32,7 @@ class TrainConfig:
         class_weights: "none" or "auto" (inverse class frequency in the training loss only).
         label_smoothing: training loss only; reported losses never use it.
         device: "auto", "cpu", "cuda" or "mps".
+        precision: "auto" (bf16 autocast on CUDA and on CPUs with native bf16 units), "bf16" or "fp32".
     """
 
     epochs: int = 0
@@ -46,33 +47,54 @@ class TrainConfig:
     class_weights: str = "none"
     label_smoothing: float = 0.0
     device: str = "auto"
+    precision: str = "auto"
 
 
 @dataclass
 class RunConfig:
-    """Everything needed to rebuild a run's model and its exact preprocessing."""
+    """Everything needed to rebuild a run's model and its exact preprocessing, and to check its files.
+
+    Args:
+        positive_class: the class sensitivity, specificity and ROC AUC are reported for.
+        scan_kinds: "image" and/or "volume": what the model was trained on; predict skips other kinds.
+        modality_groups: imaging families seen in training (see MODALITY_GROUPS); empty when unknown.
+        splits_file: where the splits came from; the run trains and evaluates on its frozen copy, splits.csv.
+        splits_sha256, weights_sha256: SHA-256 of the run's splits.csv and model.safetensors.
+    """
 
     classes: list[str]
     preprocess: PreprocessConfig
     model: dict
     train: TrainConfig
     augment: AugmentConfig
+    positive_class: str = ""
+    scan_kinds: list[str] = field(default_factory=list)
+    modality_groups: list[str] = field(default_factory=list)
     splits_file: str = ""
+    splits_sha256: str = ""
+    weights_sha256: str = ""
     versions: dict = field(default_factory=dict)
 
     def to_json(self) -> str:
-        data = {"classes": self.classes, "preprocess": self.preprocess.to_dict(), "model": self.model,
-                "train": asdict(self.train), "augment": asdict(self.augment), "splits_file": self.splits_file,
+        data = {"classes": self.classes, "positive_class": self.positive_class,
+                "preprocess": self.preprocess.to_dict(), "model": self.model, "train": asdict(self.train),
+                "augment": asdict(self.augment), "scan_kinds": self.scan_kinds,
+                "modality_groups": self.modality_groups, "splits_file": self.splits_file,
+                "splits_sha256": self.splits_sha256, "weights_sha256": self.weights_sha256,
                 "versions": self.versions or versions()}
         return json.dumps(data, indent=2)
 
     @classmethod
     def from_json(cls, text: str) -> "RunConfig":
         data = json.loads(text)
-        return cls(classes=list(data["classes"]), preprocess=PreprocessConfig.from_dict(data["preprocess"]),
+        classes = [str(c) for c in data["classes"]]
+        return cls(classes=classes, preprocess=PreprocessConfig.from_dict(data["preprocess"]),
                    model=dict(data["model"]), train=TrainConfig(**data["train"]),
-                   augment=AugmentConfig(**data["augment"]), splits_file=data.get("splits_file", ""),
-                   versions=data.get("versions", {}))
+                   augment=AugmentConfig(**data["augment"]),
+                   positive_class=str(data.get("positive_class") or classes[-1]),
+                   scan_kinds=list(data.get("scan_kinds", [])), modality_groups=list(data.get("modality_groups", [])),
+                   splits_file=data.get("splits_file", ""), splits_sha256=data.get("splits_sha256", ""),
+                   weights_sha256=data.get("weights_sha256", ""), versions=data.get("versions", {}))
 
 
 def load_run_config(run: Path) -> RunConfig:
@@ -91,6 +113,25 @@ def versions() -> dict:
 
     return {"perceiver_med": __version__, "torch": torch.__version__, "numpy": numpy.__version__,
             "python": platform.python_version()}
+
+
+# Class names that usually mean "the finding is present": the default positive class.
+POSITIVE_NAMES = ("malignant", "tumour", "tumor", "cancer", "positive", "abnormal", "disease", "lesion", "yes",
+                  "true", "1")
+
+
+def pick_positive(classes: list[str], asked: str | None = None) -> str:
+    """The positive class: as asked (any case), else a name from POSITIVE_NAMES, else the last in sorted order."""
+    if asked is not None:
+        matches = [c for c in classes if c.lower() == asked.strip().lower()]
+        if not matches:
+            raise UserError(f"--positive {asked!r} is not one of the classes: {', '.join(classes)}")
+        return matches[0]
+    for name in POSITIVE_NAMES:
+        matches = [c for c in classes if c.strip().lower() == name]
+        if matches:
+            return matches[0]
+    return sorted(classes)[-1]
 
 
 def is_laterality(classes: list[str]) -> bool:

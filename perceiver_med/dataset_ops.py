@@ -1,21 +1,22 @@
 """Library functions behind `inspect`, `split` and `preview`: each returns what the CLI prints."""
 from __future__ import annotations
 
-import csv
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from perceiver_med.cache import InputRequest, prepare
+from perceiver_med.cache import InputRequest, find_scan, prepare
+from perceiver_med.csvfiles import printable, write_csv
+from perceiver_med.datasets import LoadedInputs, describe_scans, load_split_inputs, preprocess_config
 from perceiver_med.errors import ScanError, UserError
-from perceiver_med.files import atomic_path, atomic_text, refuse_inside
+from perceiver_med.files import atomic_path, refuse_inside
 from perceiver_med.io import Discovery, discover
 from perceiver_med.io.labels import LabelledSet, label_scans
 from perceiver_med.preprocess import PreprocessConfig
-from perceiver_med.splits import (SplitRow, assign_splits, check_ratios, find_problems, read_splits,
-                                  rows_from_items, write_splits)
+from perceiver_med.splits import (SPLITS, SplitRow, assign_splits, check_ratios, find_problems, read_splits,
+                                  rows_from_items, split_notes, write_splits)
 
 INSPECT_COLUMNS = ["file", "scan", "status", "reason", "kind", "modality", "shape"]
 
@@ -35,13 +36,7 @@ def inspect_folder(data: Path, out: Path | None = None) -> Discovery:
         discovery.labels = {}
     if out is not None:
         refuse_inside(out, data)
-
-        def write(handle):
-            writer = csv.DictWriter(handle, fieldnames=INSPECT_COLUMNS)
-            writer.writeheader()
-            writer.writerows(discovery.records())
-
-        atomic_text(out, write)
+        write_csv(out, INSPECT_COLUMNS, ([record[c] for c in INSPECT_COLUMNS] for record in discovery.records()))
     return discovery
 
 
@@ -50,6 +45,7 @@ class SplitResult:
     discovery: Discovery
     labelled: LabelledSet
     rows: list[SplitRow]
+    notes: list[str]  # the labels' notes, then any empty split
 
 
 def split_folder(data: Path, out: Path, ratios=(0.6, 0.2, 0.2), seed: int = 0, label_from: str = "auto",
@@ -63,26 +59,41 @@ def split_folder(data: Path, out: Path, ratios=(0.6, 0.2, 0.2), seed: int = 0, l
         raise UserError(f"no labelled scans in {data}")
     splits = assign_splits(labelled.items, ratios, seed)
     rows = rows_from_items(labelled.items, splits)
+    problems = find_problems(rows)  # what `split --check` and `train` would refuse is never written
+    if problems:
+        raise UserError(f"{printable(data)}: " + "; ".join(problems))
     write_splits(rows, out)
-    return SplitResult(discovery, labelled, rows)
+    asked = [split for split, ratio in zip(SPLITS, ratios) if split != "train" and ratio > 0]
+    return SplitResult(discovery, labelled, rows, labelled.notes + split_notes(rows, asked))
 
 
-def check_splits_file(csv_path: Path) -> list[SplitRow]:
+@dataclass
+class SplitCheck:
+    rows: list[SplitRow]
+    notes: list[str]
+
+
+def check_splits_file(csv_path: Path) -> SplitCheck:
+    """Refuse what `train` would refuse; note what it would accept but measure nothing on."""
     rows = read_splits(csv_path)
     problems = find_problems(rows)
     if problems:
-        raise UserError(f"{csv_path}: " + "; ".join(problems))
-    return rows
+        raise UserError(f"{printable(csv_path)}: " + "; ".join(problems))
+    return SplitCheck(rows, split_notes(rows))
 
 
-def preview_scan(scan: Path, prefix: Path, config: PreprocessConfig, series_uid: str = "",
+def preview_scan(scan: Path, prefix: Path, input: str = "auto", size: int | None = None,
+                 channels: int | None = None, grid_pad: bool | None = None, series_uid: str = "",
                  center: int | None = None) -> np.ndarray:
-    """Write the exact model input as PREFIX.npy (float32, C x H x W) and PREFIX.png."""
+    """Write the exact model input as PREFIX.npy (float32, C x H x W) and PREFIX.png; input "auto" as train."""
     if not scan.exists():
         raise UserError(f"{scan} does not exist")
     refuse_inside(prefix.parent / (prefix.name + ".npy"), scan)
     try:
-        tensor = prepare(InputRequest(scan, series_uid, center), config, use_cache=False)
+        if input == "auto":
+            input = "grid" if find_scan(scan, series_uid).kind == "volume" else "image"
+        tensor = prepare(InputRequest(scan, series_uid, center), preprocess_config(input, size, channels, grid_pad),
+                         use_cache=False)
     except ScanError as exc:
         raise UserError(f"{scan}: {exc}") from None
     with atomic_path(prefix.parent / f"{prefix.name}.npy", suffix=".npy") as temp:
@@ -91,3 +102,11 @@ def preview_scan(scan: Path, prefix: Path, config: PreprocessConfig, series_uid:
     with atomic_path(prefix.parent / f"{prefix.name}.png", suffix=".png") as temp:
         Image.fromarray((np.clip(picture, 0, 1) * 255).round().astype(np.uint8)).save(temp, format="PNG")
     return tensor
+
+
+def prepare_splits(splits: Path, input: str = "auto", size: int | None = None, channels: int | None = None,
+                   grid_pad: bool | None = None, workers: int = 0, on_done=None) -> tuple[LoadedInputs, PreprocessConfig]:
+    """Preprocess every scan of a splits file into the cache, with the preprocessing train would choose."""
+    rows = read_splits(splits)
+    config = preprocess_config(describe_scans(rows).input if input == "auto" else input, size, channels, grid_pad)
+    return load_split_inputs(rows, config, workers, on_done=on_done), config

@@ -1,4 +1,4 @@
-"""Model inputs for the rows of a splits file, and the torch Dataset over them."""
+"""Model inputs for the rows of a splits file, what kind of scans they are, and task-aware augmentation."""
 from __future__ import annotations
 
 import math
@@ -15,17 +15,60 @@ from perceiver_med.preprocess import PreprocessConfig
 from perceiver_med.splits import SplitRow
 
 
-def detect_input(rows: list[SplitRow], sample: int = 5) -> str:
-    """'grid' when the scans are volumes, 'image' when they are 2D."""
-    kinds = set()
-    for row in rows[:sample]:
+# DICOM modalities grouped by what the pictures look like: a model trained on one group says nothing of another.
+MODALITY_GROUPS = {"CT": "CT", "MR": "MR", "PT": "nuclear medicine", "NM": "nuclear medicine",
+                   "CR": "radiograph", "DX": "radiograph", "DR": "radiograph", "RG": "radiograph",
+                   "MG": "mammogram", "XA": "angiography", "RF": "fluoroscopy", "US": "ultrasound"}
+UNSPECIFIC_MODALITIES = {"", "OT", "SC"}  # "other" and secondary capture say nothing of the picture
+
+
+def modality_group(modality: str) -> str:
+    modality = modality.strip().upper()
+    return "" if modality in UNSPECIFIC_MODALITIES else MODALITY_GROUPS.get(modality, modality)
+
+
+def preprocess_config(input: str, size: int | None = None, channels: int | None = None,
+                      grid_pad: bool | None = None) -> PreprocessConfig:
+    """The preprocessing of train, prepare and preview from their options (None: the default)."""
+    if channels not in (None, 1, 3):
+        raise UserError("--channels must be 1 or 3")
+    return PreprocessConfig(input=input, size=size or 64, channels=channels or 1, grid_pad=bool(grid_pad))
+
+
+@dataclass
+class ScanSummary:
+    input: str  # "grid" when the scans are volumes, "image" when they are 2D
+    kinds: list[str]
+    modality_groups: list[str]
+
+
+def describe_scans(rows: list[SplitRow], sample: int = 32) -> ScanSummary:
+    """The kinds and modality groups of up to `sample` scans spread over the splits file (headers only)."""
+    step = max(1, len(rows) // sample)
+    kinds, groups = set(), set()
+    for row in rows[::step][:sample]:
         try:
-            kinds.add(find_scan(row.path, row.series_uid).kind)
+            scan = find_scan(row.path, row.series_uid)
         except ScanError:
             continue
+        kinds.add(scan.kind)
+        groups.add(modality_group(scan.modality))
     if not kinds:
-        raise UserError("none of the first scans in the splits file could be read")
-    return "grid" if kinds == {"volume"} else "image"
+        raise UserError("none of the sampled scans in the splits file could be read")
+    return ScanSummary("grid" if kinds == {"volume"} else "image", sorted(kinds), sorted(groups - {""}))
+
+
+def scan_mismatch(scan, config) -> str:
+    """Why a scan does not suit a run (a CT volume for a radiograph model), or "" when it does."""
+    if config.scan_kinds and scan.kind not in config.scan_kinds:
+        trained = " and ".join("2D images" if k == "image" else "volumes" for k in config.scan_kinds)
+        found = "a volume" if scan.kind == "volume" else "a 2D image"
+        return f"{found}{f' ({scan.modality})' if scan.modality else ''}, and this run was trained on {trained}"
+    group = modality_group(scan.modality)
+    if group and config.modality_groups and group not in config.modality_groups:
+        return (f"modality {scan.modality} ({group}), and this run was trained on "
+                f"{', '.join(config.modality_groups)}")
+    return ""
 
 
 @dataclass
@@ -36,7 +79,7 @@ class LoadedInputs:
 
 
 def load_split_inputs(rows: list[SplitRow], config: PreprocessConfig, workers: int = 0,
-                      on_done: Callable[[], None] | None = None) -> LoadedInputs:
+                      on_done: Callable[[int, int], None] | None = None, must_keep: bool = True) -> LoadedInputs:
     """Preprocess (or fetch from the cache) every row; rows that fail are skipped with their reason."""
     missing = [row.path for row in rows if not row.path.exists()]
     if missing:
@@ -51,7 +94,9 @@ def load_split_inputs(rows: list[SplitRow], config: PreprocessConfig, workers: i
             kept.append(row)
             inputs.append(array)
     if not kept:
-        raise UserError(f"no scan could be prepared ({skipped[0].reason if skipped else 'empty'})")
+        if must_keep:
+            raise UserError(f"no scan could be prepared ({skipped[0].reason if skipped else 'empty'})")
+        return LoadedInputs([], np.zeros((0, *config.output_shape), np.float32), skipped)
     return LoadedInputs(kept, np.stack(inputs).astype(np.float32), skipped)
 
 

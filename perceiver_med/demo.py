@@ -5,7 +5,6 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from perceiver_med.config import TrainConfig
 from perceiver_med.dataset_ops import split_folder
 from perceiver_med.engine import Reporter
 from perceiver_med.errors import UserError
@@ -25,8 +24,8 @@ def run_demo(out: Path, patients: int = 60, epochs: int = 40, seed: int = 0, rep
     say(f"1. phantom knee radiographs (PNG, AKOA-style names): {data}")
     split_folder(data, out / "splits.csv", seed=seed)
     say(f"2. patient-grouped splits: {out / 'splits.csv'}")
-    result = train_run(out / "splits.csv", "perceiver", out / "run",
-                       train=TrainConfig(epochs=epochs, seed=seed, device="cpu"), reporter=reporter)
+    result = train_run(out / "splits.csv", "perceiver", out / "run", epochs=epochs, seed=seed, device="cpu",
+                       reporter=reporter)
     say(f"3. trained Perceiver: {out / 'run'} (config.json, model.safetensors, metrics.json, curves.png)")
     test = evaluate_run(out / "run", split="test", device="cpu")["test"]
     say(f"4. evaluated again from the saved weights: test accuracy {test['accuracy']:.4f}, "

@@ -5,8 +5,10 @@ JSON (configuration) and torch.load(weights_only=True) (the resumable checkpoint
 """
 from __future__ import annotations
 
+import hashlib
 import math
 import os
+import platform
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +18,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -52,19 +54,44 @@ class Processes:
 
     rank: int = 0
     world: int = 1
+    owns_group: bool = False  # this object started the process group, so it ends it
 
     @property
     def main(self) -> bool:
         return self.rank == 0
 
+    @staticmethod
+    def planned() -> "Processes":
+        """Rank and world size from torchrun's environment, before any process group exists."""
+        return Processes(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)))
+
     @classmethod
     def start(cls, device: torch.device) -> "Processes":
         world = int(os.environ.get("WORLD_SIZE", 1))
-        if world > 1 and not dist.is_initialized():
+        owns = world > 1 and not dist.is_initialized()
+        if owns:
             if device.type == "cuda":
                 torch.cuda.set_device(device)
             dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-        return cls(dist.get_rank() if world > 1 else 0, world)
+        return cls(dist.get_rank() if world > 1 else 0, world, owns)
+
+    def close(self) -> None:
+        if self.owns_group and dist.is_initialized():
+            dist.destroy_process_group()
+            self.owns_group = False
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            dist.barrier()
+
+    def average_buffers(self, module: nn.Module) -> None:
+        """BatchNorm running statistics are updated by each process's own batches: average them."""
+        if self.world == 1:
+            return
+        for buffer in module.buffers():
+            if buffer.is_floating_point():
+                dist.all_reduce(buffer, op=dist.ReduceOp.SUM)
+                buffer /= self.world
 
     def gather(self, value):
         if self.world == 1:
@@ -74,9 +101,31 @@ class Processes:
         return out
 
 
-def autocast(device: torch.device):
-    """bf16 autocast on CUDA (the fused attention kernels run in bf16); full precision elsewhere."""
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+def native_cpu_bf16() -> bool:
+    """True when this CPU has bf16 matrix units (AVX512-BF16 or AMX on x86, the BF16 extension on Arm)."""
+    try:
+        onednn = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return onednn  # on Arm, oneDNN asks the CPU for its BF16 extension itself
+    # on x86, oneDNN also says yes for plain AVX512, where it emulates bf16; only real units beat fp32
+    units = (getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)()
+             or getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)())
+    return onednn and units
+
+
+def autocast(device: torch.device, precision: str = "auto"):
+    """bf16 autocast where it is the faster: "auto" on CUDA and on CPUs with bf16 units, "bf16" always, "fp32" never.
+
+    Without bf16 units torch emulates bf16 matmuls on the CPU, several times slower than fp32. Losses and
+    probabilities are computed from the logits in fp32 and float64 either way.
+    """
+    if precision not in ("auto", "bf16", "fp32"):
+        raise ValueError(f"precision must be auto, bf16 or fp32, not {precision!r}")
+    native = device.type == "cuda" or (device.type == "cpu" and native_cpu_bf16())
+    enabled = precision == "bf16" or (precision == "auto" and native)
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
 
 
 # ---------------------------------------------------------------- stages
@@ -106,17 +155,20 @@ def stages_for(model: nn.Module, model_name: str) -> list[Stage]:
 # ---------------------------------------------------------------- evaluation
 @torch.no_grad()
 def predict_probs(forward: Callable, inputs: torch.Tensor, device: torch.device, batch_size: int = 64,
-                  processes: Processes | None = None) -> np.ndarray:
+                  processes: Processes | None = None, precision: str = "auto") -> np.ndarray:
     """Softmax probabilities (N, K) in float64; under torchrun each process takes every world-th sample."""
     processes = processes or Processes()
     indices = np.arange(processes.rank, len(inputs), processes.world)
     outputs = []
     for start in range(0, len(indices), batch_size):
         batch = inputs[indices[start:start + batch_size]].to(device, non_blocking=True)
-        with autocast(device):
+        with autocast(device, precision):
             logits = forward(batch)
-        outputs.append(torch.softmax(logits.double(), dim=1).cpu())  # float64: probabilities sum to 1
+        # float64 on the CPU (MPS has no float64): probabilities sum to 1
+        outputs.append(torch.softmax(logits.float().cpu().double(), dim=1))
     local = torch.cat(outputs).numpy() if outputs else np.zeros((0, 0))
+    if not np.isfinite(local).all():
+        raise UserError("the model gave non-finite outputs (NaN or infinity): its weights are damaged")
     parts = processes.gather((indices, local))
     probs = None
     for part_indices, part in parts:
@@ -129,15 +181,16 @@ def predict_probs(forward: Callable, inputs: torch.Tensor, device: torch.device,
 
 
 def evaluate_forward(forward: Callable, data: dict, classes: list[str], device, batch_size=64,
-                     processes: Processes | None = None, splits=SPLITS) -> tuple[dict, dict]:
+                     processes: Processes | None = None, splits=SPLITS, positive: int | None = None,
+                     precision: str = "auto") -> tuple[dict, dict]:
     """Metrics and probabilities of each split in `data` ({split: (inputs, labels)})."""
     metrics, probs = {}, {}
     for split in splits:
         if split not in data or len(data[split][1]) == 0:
             continue
         inputs, labels = data[split]
-        probs[split] = predict_probs(forward, inputs, device, batch_size, processes)
-        metrics[split] = split_metrics(labels.numpy(), probs[split], classes)
+        probs[split] = predict_probs(forward, inputs, device, batch_size, processes, precision)
+        metrics[split] = split_metrics(labels.numpy(), probs[split], classes, positive)
     return metrics, probs
 
 
@@ -162,6 +215,15 @@ class FitState:
     history: list = field(default_factory=list)
 
 
+class TrainingDiverged(UserError):
+    """The training loss became NaN or infinite: nothing worth saving was learnt."""
+
+
+def derived_seed(*key: int) -> int:
+    """A seed from several integers without collisions (seed*1000 + epoch collides after 1000 epochs)."""
+    return int(np.random.SeedSequence([int(k) for k in key]).generate_state(1, np.uint64)[0] >> 1)
+
+
 def lr_lambda(warmup_steps: int, total_steps: int):
     def factor(step: int) -> float:
         if step < warmup_steps:
@@ -172,17 +234,38 @@ def lr_lambda(warmup_steps: int, total_steps: int):
     return factor
 
 
-def save_weights(model: nn.Module, path: Path) -> None:
+def save_weights(model: nn.Module, path: Path, metadata: dict[str, str] | None = None) -> str:
+    """Write the weights (with `metadata` in the file's header) atomically; returns the file's SHA-256."""
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     with atomic_path(path, suffix=".safetensors") as temp:
-        save_file(state, str(temp))
+        save_file(state, str(temp), metadata=metadata)
+        digest = file_sha256(temp)
+    return digest
 
 
-def load_weights(model: nn.Module, path: Path) -> None:
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def load_weights(model: nn.Module, path: Path, sha256: str = "", metadata: dict[str, str] | None = None) -> None:
+    """Load weights into `model`, refusing a file whose SHA-256 or header metadata differ from what is expected."""
+    if sha256 and file_sha256(path) != sha256:
+        raise UserError(f"{path} does not match the SHA-256 recorded in config.json: the file is damaged or "
+                        "was replaced")
     try:
         state = load_file(str(path))
+        with safe_open(str(path), "pt") as handle:
+            stored = handle.metadata() or {}
     except (SafetensorError, OSError, ValueError) as exc:
-        raise UserError(f"{path} is damaged or not a safetensors file: {str(exc).splitlines()[0]}") from None
+        raise UserError(f"{path} is damaged or not a safetensors file: {_first_line(exc)}") from None
+    for key, expected in (metadata or {}).items():
+        if key in stored and stored[key] != expected:
+            raise UserError(f"config.json does not match {path}: its {key} differ from those the weights were "
+                            "trained with")
     try:
         model.load_state_dict(state)
     except RuntimeError:
@@ -193,21 +276,35 @@ def load_checkpoint(path: Path) -> dict:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle errors of many kinds: the file is refused, never executed
-        raise UserError(f"{path} is damaged or not a perceiver-med checkpoint: {str(exc).splitlines()[0][:100]}"
-                        ) from None
+        raise UserError(f"{path} is damaged or not a perceiver-med checkpoint: {_first_line(exc)}") from None
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:100] if text else type(exc).__name__
 
 
 def fit(model: nn.Module, model_name: str, data: dict, classes: list[str], train_cfg, augment: AugmentConfig,
-        run: Path, device: torch.device, processes: Processes, reporter: Reporter, resume: bool = False) -> FitState:
-    """Fit every stage of the model; the best weights (by validation loss) end up in the model and on disk."""
+        run: Path, device: torch.device, processes: Processes, reporter: Reporter, resume: bool = False,
+        weights_metadata: dict[str, str] | None = None, on_best: Callable[[str], None] | None = None) -> FitState:
+    """Fit every stage of the model; the best weights (by validation loss) end up in the model and on disk.
+
+    `on_best(sha256)` is called after each save of the best weights (the run records the digest).
+    """
     model.to(device)
     stages = stages_for(model, model_name)
     checkpoint_path, best_path = run / "checkpoint.pt", run / "model.safetensors"
     state, saved = FitState(), None
-    if resume and checkpoint_path.exists():
+    torch.manual_seed(derived_seed(train_cfg.seed, processes.rank))  # dropout differs between processes
+    if resume:
         saved = load_checkpoint(checkpoint_path)
-        state = FitState(**saved["state"])
-        model.load_state_dict(saved["model"])
+        try:
+            state = FitState(**saved["state"])
+            model.load_state_dict(saved["model"])
+            if "torch_rng" in saved:
+                torch.set_rng_state(saved["torch_rng"])
+        except (KeyError, TypeError, RuntimeError) as exc:
+            raise UserError(f"{checkpoint_path} does not belong to this run's model: {_first_line(exc)}") from None
         reporter.message(f"resuming at stage {stages[min(state.stage_index, len(stages) - 1)].name}, "
                          f"epoch {state.epoch + 1}")
     train_inputs, train_labels = data["train"]
@@ -241,9 +338,11 @@ def fit(model: nn.Module, model_name: str, data: dict, classes: list[str], train
 
         while state.epoch < epochs and not (train_cfg.patience and state.bad_epochs >= train_cfg.patience):
             started = time.perf_counter()
-            generator = torch.Generator().manual_seed(train_cfg.seed * 1000 + stage_index * 100 + state.epoch)
-            order = torch.randperm(len(train_labels), generator=generator)
-            order = order[processes.rank::processes.world]
+            # one shuffle for all processes, each takes its share; augmentation differs per process
+            shuffle = torch.Generator().manual_seed(derived_seed(train_cfg.seed, stage_index, state.epoch))
+            order = torch.randperm(len(train_labels), generator=shuffle)[processes.rank::processes.world]
+            generator = torch.Generator().manual_seed(
+                derived_seed(train_cfg.seed, stage_index, state.epoch, processes.rank, 1))
             stage.module.train()
             if stage.frozen is not None:
                 stage.frozen.eval()
@@ -255,9 +354,13 @@ def fit(model: nn.Module, model_name: str, data: dict, classes: list[str], train
                 x = train_inputs[index].to(device, non_blocking=True)
                 y = train_labels[index].to(device, non_blocking=True)
                 x = augment_batch(x, augment, generator)
-                with autocast(device):
+                with autocast(device, train_cfg.precision):
                     logits = forward(x)
                 loss = F.cross_entropy(logits.float(), y, weight=weights, label_smoothing=train_cfg.label_smoothing)
+                if not torch.isfinite(loss):
+                    raise TrainingDiverged(
+                        f"training diverged: the loss became {loss.item()} at stage {stage.name}, epoch "
+                        f"{state.epoch + 1}, step {start // train_cfg.batch_size + 1}; try a lower --lr")
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(trainable, train_cfg.grad_clip)
@@ -267,8 +370,9 @@ def fit(model: nn.Module, model_name: str, data: dict, classes: list[str], train
                 correct += int((logits.argmax(1) == y).sum())
                 seen += len(y)
                 reporter.step(loss.item())
+            processes.average_buffers(stage.module)
             stage.module.eval()
-            evaluated, _ = evaluate_forward(stage.forward, data, classes, device,
+            evaluated, _ = evaluate_forward(stage.forward, data, classes, device, precision=train_cfg.precision,
                                             processes=processes, splits=(monitor,) if monitor == "val" else ())
             sums = processes.gather((total_loss, correct, seen))
             total_loss, correct, seen = (sum(s[i] for s in sums) for i in range(3))
@@ -285,7 +389,9 @@ def fit(model: nn.Module, model_name: str, data: dict, classes: list[str], train
             state.history.append(row)
             if processes.main:
                 if improved:
-                    save_weights(model, best_path)
+                    digest = save_weights(model, best_path, weights_metadata)
+                    if on_best is not None:
+                        on_best(digest)
                 _save_checkpoint(checkpoint_path, model, optimizer, scheduler, state)
             reporter.epoch_end({**row, "best": improved})
         if processes.world > 1:
@@ -301,6 +407,7 @@ def fit(model: nn.Module, model_name: str, data: dict, classes: list[str], train
 
 def _save_checkpoint(path: Path, model, optimizer, scheduler, state: FitState) -> None:
     payload = {"model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+               "torch_rng": torch.get_rng_state(),
                "state": {"stage_index": state.stage_index, "epoch": state.epoch, "best_loss": state.best_loss,
                          "bad_epochs": state.bad_epochs, "history": state.history}}
     if optimizer is not None:

@@ -7,3 +7,7 @@ class UserError(Exception):
 
 class ScanError(Exception):
     """One scan cannot be read or preprocessed; callers skip it and report the reason."""
+
+
+class Interrupted(Exception):
+    """The user pressed Ctrl-C; the message says what was kept and how to continue."""

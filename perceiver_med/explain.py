@@ -1,47 +1,107 @@
-"""Pictures of what a model looked at: rollout for the hybrid, cross-attention over pixels for the Perceiver."""
+"""What a prediction rests on: occlusion evidence maps drawn over the model input; attention maps for study.
+
+Attention is not evidence. A trained Perceiver may read a place most when it is empty: on phantom knees its
+mean cross-attention sits where the *other* side's fibula would be, and on a task decided by one bright dot
+it looks away from the dot when the dot is there. So the overlays show evidence measured on the prediction
+itself: how much log p(predicted class) falls when one patch of the input is painted dark or bright. The
+model-free map is registered with the picture by construction and means the same for every model.
+"""
 from __future__ import annotations
 
+import textwrap
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from perceiver_med.cache import InputRequest, prepare
+from perceiver_med.cache import InputRequest, find_scan, prepare
+from perceiver_med.config import is_laterality
 from perceiver_med.errors import ScanError, UserError
 from perceiver_med.files import refuse_inside
 from perceiver_med.io.discover import Skip
+from perceiver_med.io.labels import folder_label, laterality_of
 from perceiver_med.models import Perceiver, ViTRolloutCNN
 from perceiver_med.runs import load_model
 
+FILL_QUANTILES = (0.02, 0.98)  # "dark" and "bright" paint, taken from the image itself
 
-def heat_map(model, x: torch.Tensor) -> torch.Tensor:
-    """(B, 1, H, W) in [0, 1]: where the model's attention went, at input resolution."""
+
+def occlusion_window(model, side: int) -> int:
+    """The side of an occluded patch: the model's token patch, but no more than 16 x 16 windows per image."""
+    patch = getattr(model, "patch_size", None) or getattr(getattr(model, "vit", None), "patch_size", None) or 8
+    return max(int(patch), -(-side // 16))
+
+
+def evidence_map(model, x: torch.Tensor, window: int | None = None, batch_size: int = 64) -> torch.Tensor:
+    """(B, 1, H, W), in nats: the fall of log p(predicted class) when a window of the input is painted over.
+
+    Each window is painted once with the image's dark value and once with its bright one, and the larger
+    fall is kept: a place can be evidence by what is there (a bone) or by what is not (no bone where the other
+    class has one). Windows tile the input from its top-left corner; every pixel of a window gets its value.
+    """
+    batch, _, height, width = x.shape
+    window = window or occlusion_window(model, max(height, width))
+    rows, cols = -(-height // window), -(-width // window)
+    evidence = torch.zeros(batch, rows * cols)
+    with torch.no_grad():
+        log_probs = torch.log_softmax(model(x).float(), dim=1)
+        predicted = log_probs.argmax(dim=1)
+        for b in range(batch):
+            image = x[b]
+            fills = torch.quantile(image.float().flatten(), torch.tensor(FILL_QUANTILES)).to(image.dtype)
+            places = [(r, c, fill) for r in range(rows) for c in range(cols) for fill in fills]
+            falls = []
+            for start in range(0, len(places), batch_size):
+                painted = image.expand(len(places[start:start + batch_size]), -1, -1, -1).clone()
+                for k, (r, c, fill) in enumerate(places[start:start + batch_size]):
+                    painted[k, :, r * window:(r + 1) * window, c * window:(c + 1) * window] = fill
+                scores = torch.log_softmax(model(painted).float(), dim=1)[:, predicted[b]]
+                falls.append(log_probs[b, predicted[b]] - scores)
+            evidence[b] = torch.cat(falls).view(rows * cols, len(fills)).amax(dim=1).clamp_min(0)
+    grid = evidence.view(batch, 1, rows, cols)
+    return grid.repeat_interleave(window, dim=2).repeat_interleave(window, dim=3)[..., :height, :width]
+
+
+def attention_map(model, x: torch.Tensor) -> torch.Tensor:
+    """(B, 1, H, W) in [0, 1]: where the model's attention went (not why it decided), at input resolution.
+
+    The hybrid: the ViT's attention rollout, the map its CNN is given. The Perceiver: cross-attention
+    averaged over iterations, heads and latents, i.e. how much each patch was read.
+    """
     with torch.no_grad():
         if isinstance(model, ViTRolloutCNN):
             return model.rollout(x)
         if isinstance(model, Perceiver):
             _, attentions = model(x, return_attention=True)
-            # mean over iterations, heads and latents: how much each pixel was read
             weights = torch.stack([a.float().mean(dim=(1, 2)) for a in attentions]).mean(0)  # (B, N)
             side = model.image_size // model.patch_size
-            grid = weights.reshape(-1, 1, side, side)
+            grid = weights.reshape(-1, 1, side, side)  # tokens are patches in row-major order
             grid = F.interpolate(grid, size=x.shape[-2:], mode="bilinear", align_corners=False)
             low = grid.amin(dim=(2, 3), keepdim=True)
             high = grid.amax(dim=(2, 3), keepdim=True)
             return (grid - low) / (high - low).clamp_min(1e-12)
-    raise UserError(f"explain supports the Perceiver and the ViT+rollout+CNN hybrid, not {type(model).__name__}")
+    raise UserError(f"attention maps exist for the Perceiver and the ViT+rollout+CNN hybrid, not "
+                    f"{type(model).__name__}")
 
 
-def explain_run(run: Path, scans: list[Path], out: Path) -> tuple[list[Path], list[Skip]]:
-    """One overlay PNG per scan: the model input in grey, the heat map in colour, the prediction in the title."""
-    from perceiver_med.report import _pyplot, save_figure
+def explain_run(run: Path, scans: list[Path], out: Path,
+                labels: Mapping[Path, str] | None = None) -> tuple[list[Path], list[Skip]]:
+    """One overlay PNG per scan: the model input in grey, its occlusion evidence in colour where it is high.
+
+    The title names the file, the true label where known, the prediction and its probability; the same text
+    is stored in the PNG's Title and Description. True labels come from `labels` ({scan path: label}), else
+    from a class folder holding the scan (as `predict` reads them), else, for left/right runs, from DICOM
+    laterality or a LEFT/RIGHT token in the file name. Labels the run does not know are not shown.
+    """
+    from perceiver_med.report import save_overlay
 
     config, model = load_model(run)
     for scan in scans:
         refuse_inside(out / "x.png", scan)
+    given = {Path(path).resolve(): label for path, label in (labels or {}).items()}
     written, skipped = [], []
-    plt = _pyplot()
     for scan in scans:
         if not scan.exists():
             raise UserError(f"{scan} does not exist")
@@ -53,22 +113,35 @@ def explain_run(run: Path, scans: list[Path], out: Path) -> tuple[list[Path], li
         x = torch.from_numpy(array)[None]
         with torch.no_grad():
             probs = torch.softmax(model(x).float(), dim=1)[0]
-        heat = heat_map(model, x)[0, 0].numpy()
+        window = occlusion_window(model, max(x.shape[-2:]))
+        evidence = evidence_map(model, x, window)[0, 0].numpy()
         picture = np.moveaxis(array, 0, -1) if array.shape[0] == 3 else array[0]
-        predicted = int(probs.argmax())
-        figure, axis = plt.subplots(figsize=(4, 4.3))
-        axis.imshow(picture, cmap="gray", vmin=0, vmax=1)
-        axis.imshow(heat, cmap="jet", alpha=0.4, vmin=0, vmax=1)
-        kind = "rollout" if isinstance(model, ViTRolloutCNN) else "cross-attention"
-        axis.set_title(f"{config.classes[predicted]} ({float(probs[predicted]):.3f}) - {kind}", fontsize=9)
-        axis.axis("off")
-        figure.tight_layout()
+        predicted = config.classes[int(probs.argmax())]
+        truth = given.get(scan.resolve()) or _known_label(scan, config.classes)
+        truth = truth if truth in config.classes else None
+        title = "\n".join([*textwrap.wrap(scan.name, 52),
+                           (f"true {truth}, " if truth else "") + f"predicted {predicted} "
+                           f"(p = {float(probs.max()):.3f})",
+                           f"evidence: fall of log p({predicted}) when a {window}x{window} patch is "
+                           "painted dark or bright"])
         target = out / f"{_stem(scan)}_explain.png"
         if target in written:
             target = out / f"{_stem(scan)}_{len(written)}_explain.png"
-        save_figure(figure, target)
+        save_overlay(picture, evidence, target, title, f"fall of log p({predicted}), nats")
         written.append(target)
     return written, skipped
+
+
+def _known_label(scan: Path, classes: list[str]) -> str | None:
+    """The class folder holding the scan (or its series folder); for left/right runs, its laterality."""
+    try:
+        found = find_scan(scan)
+    except ScanError:
+        return None
+    label = folder_label(found, found.path.parent.parent)
+    if label in classes:
+        return label
+    return laterality_of(found) if is_laterality(classes) else None
 
 
 def _stem(scan: Path) -> str:

@@ -5,11 +5,12 @@ import numpy as np
 from sklearn.metrics import balanced_accuracy_score, confusion_matrix, f1_score, roc_auc_score
 
 
-def split_metrics(labels: np.ndarray, probs: np.ndarray, classes: list[str]) -> dict:
+def split_metrics(labels: np.ndarray, probs: np.ndarray, classes: list[str], positive: int | None = None) -> dict:
     """labels (N,) ints, probs (N, K) -> loss, accuracy, balanced accuracy, ROC AUC, macro F1, confusion, n.
 
     The loss is mean(-log p(true class)) over these N samples: no label smoothing, no class
-    weights, and no division by any other split's size.
+    weights, and no division by any other split's size. With two classes, sensitivity,
+    specificity and ROC AUC are those of class index `positive` (default: the second).
     """
     labels = np.asarray(labels, dtype=np.int64)
     probs = np.asarray(probs, dtype=np.float64)
@@ -24,23 +25,27 @@ def split_metrics(labels: np.ndarray, probs: np.ndarray, classes: list[str]) -> 
         "loss": float(-np.log(picked).mean()),
         "accuracy": float((preds == labels).mean()),
         "balanced_accuracy": float(balanced_accuracy_score(labels, preds)) if len(set(labels)) > 1 else None,
-        "roc_auc": _roc_auc(labels, probs, indices),
+        "roc_auc": _roc_auc(labels, probs, indices, positive),
         "f1_macro": float(f1_score(labels, preds, labels=indices, average="macro", zero_division=0)),
         "confusion_matrix": matrix.tolist(),
         "n": int(n),
     }
-    if len(classes) == 2:  # the second class is the positive one
-        tn, fp, fn, tp = matrix.ravel()
+    if len(classes) == 2:
+        positive = 1 if positive is None else positive
+        is_positive, called_positive = labels == positive, preds == positive
+        tp, fn = int((is_positive & called_positive).sum()), int((is_positive & ~called_positive).sum())
+        tn, fp = int((~is_positive & ~called_positive).sum()), int((~is_positive & called_positive).sum())
         result["sensitivity"] = float(tp / (tp + fn)) if tp + fn else None
         result["specificity"] = float(tn / (tn + fp)) if tn + fp else None
     return result
 
 
-def _roc_auc(labels, probs, indices):
+def _roc_auc(labels, probs, indices, positive=None):
     if len(set(labels.tolist())) < 2:
         return None  # undefined with one class present
     if len(indices) == 2:
-        return float(roc_auc_score(labels, probs[:, 1]))
+        positive = 1 if positive is None else positive
+        return float(roc_auc_score(labels == positive, probs[:, positive]))
     if len(set(labels.tolist())) < len(indices):
         return None
     return float(roc_auc_score(labels, probs, multi_class="ovr", average="macro", labels=indices))

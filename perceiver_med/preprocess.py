@@ -1,4 +1,9 @@
-"""Pure array functions: intensities to [0, 1], resizing, and the 3x3 slice grid. No files here."""
+"""Array functions: intensities to [0, 1], resizing, and the 3x3 slice grid.
+
+No files here, except in `scan_input`, which reads just the slices a model input needs (9 of a
+volume for a grid, the middle one for an image) and gives exactly what `model_input` gives on the
+whole decoded volume.
+"""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
@@ -105,9 +110,19 @@ def make_grid(volume: np.ndarray, config: PreprocessConfig, center: int | None =
     """A volume -> (C, 3S, 3S): 9 consecutive slices, windowed, resized and tiled 3x3."""
     if volume.ndim != 3:
         raise ScanError("a 3x3 slice grid needs a volume, and this scan is a single 2D image")
-    picked = volume[grid_slices(volume.shape[0], center, config.grid_pad)]
+    return _grid(volume[grid_slices(volume.shape[0], center, config.grid_pad)], config)
+
+
+def _grid(picked: np.ndarray, config: PreprocessConfig) -> np.ndarray:
     unit = scale_to_unit(picked, config.window)
     return _channels(tile_grid(resize(unit, config.size)), config.channels)
+
+
+def input_slices(num_slices: int, config: PreprocessConfig, center: int | None = None) -> list[int]:
+    """The display slices of a volume that its model input uses: 9 for a grid, the middle one for an image."""
+    if config.input == "grid":
+        return grid_slices(num_slices, center, config.grid_pad)
+    return [num_slices // 2]
 
 
 def _channels(image: np.ndarray, channels: int) -> np.ndarray:
@@ -116,7 +131,30 @@ def _channels(image: np.ndarray, channels: int) -> np.ndarray:
 
 
 def model_input(array: np.ndarray, meta: dict, config: PreprocessConfig, center: int | None = None) -> np.ndarray:
-    """The exact model input for a decoded scan."""
+    """The exact model input for a decoded scan.
+
+    `array` is the whole scan, or, when `meta` has "slices" and "num_slices", those display slices of a
+    volume (what `read_scan(scan, pick)` returns); both give the same input.
+    """
+    if "slices" in meta and array.ndim == 3:
+        held = {k: n for n, k in enumerate(meta["slices"])}
+        wanted = input_slices(meta["num_slices"], config, center)
+        if any(k not in held for k in wanted):
+            raise ScanError("the slices read are not the ones this input needs")
+        picked = array[[held[k] for k in wanted]]
+        if config.input == "grid":
+            return _grid(picked, config)
+        return make_image(picked[0], config, meta.get("window"))
     if config.input == "grid":
         return make_grid(array, config, center)
     return make_image(array, config, meta.get("window"))
+
+
+def scan_input(scan, config: PreprocessConfig, center: int | None = None) -> np.ndarray:
+    """The exact model input for a scan found by `discover`, decoding only the slices it needs."""
+    from perceiver_med.io import read_scan
+
+    if config.input == "grid" and scan.kind != "volume":
+        raise ScanError("a 3x3 slice grid needs a volume, and this scan is a single 2D image")
+    array, meta = read_scan(scan, lambda num_slices: input_slices(num_slices, config, center))
+    return model_input(array, meta, config, center)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from collections import Counter
 
+import numpy as np
 from rich.console import Console
 from rich.table import Table
 
@@ -67,12 +68,16 @@ def _pyplot():
     return plt
 
 
-def save_figure(figure, path) -> None:
-    """Write a figure as PNG under a temporary name, rename it into place, and free it."""
+# Text from users (class names, file names) is drawn as it is: "$\\foo$" must not be read as mathtext.
+PLAIN = {"parse_math": False, "usetex": False}
+
+
+def save_figure(figure, path, metadata: dict[str, str] | None = None) -> None:
+    """Write a figure as PNG (with optional text chunks) under a temporary name, rename it into place, free it."""
     from perceiver_med.files import atomic_path
 
     with atomic_path(path, suffix=".png") as temp:
-        figure.savefig(temp, dpi=100, format="png")
+        figure.savefig(temp, dpi=100, format="png", metadata=metadata)
     _pyplot().close(figure)
 
 
@@ -90,10 +95,11 @@ def save_curves(history: list[dict], path) -> None:
                 values = [row.get(f"{split}_{metric}") for row in rows]
                 if values and all(v is not None for v in values):
                     axis.plot(epochs, values, style, marker="o", markersize=3, label=name)
-            axis.set_title(f"{stage}: {metric}")
+            axis.set_title(f"{stage}: {metric}", **PLAIN)
             axis.set_xlabel("epoch")
             axis.grid(alpha=0.3)
-            axis.legend()
+            for text in axis.legend().get_texts():
+                text.set_parse_math(False)
     figure.tight_layout()
     save_figure(figure, path)
 
@@ -105,13 +111,44 @@ def save_confusion(matrix: list[list[int]], classes: list[str], split: str, path
     for i, row in enumerate(matrix):
         for j, value in enumerate(row):
             axis.text(j, i, str(value), ha="center", va="center")
-    axis.set_xticks(range(len(classes)), classes)
-    axis.set_yticks(range(len(classes)), classes)
+    axis.set_xticks(range(len(classes)), classes, **PLAIN)
+    axis.set_yticks(range(len(classes)), classes, **PLAIN)
     axis.set_xlabel("predicted")
     axis.set_ylabel("true")
-    axis.set_title(f"{split} (n={sum(map(sum, matrix))})")
+    axis.set_title(f"{split} (n={sum(map(sum, matrix))})", **PLAIN)
     figure.tight_layout()
     save_figure(figure, path)
+
+
+def overlay_cmap():
+    """plasma whose opacity rises with the value: low evidence leaves the picture untinted."""
+    from matplotlib.colors import ListedColormap
+
+    colours = _pyplot().get_cmap("plasma")(np.linspace(0, 1, 256))
+    colours[:, 3] = np.linspace(0, 1, 256) ** 0.8 * 0.85
+    return ListedColormap(colours, name="plasma_rising")
+
+
+def overlay_figure(picture: np.ndarray, heat: np.ndarray, title: str, heat_label: str):
+    """The picture ((H, W) in [0, 1], or (H, W, 3)) with `heat` ((H, W), >= 0) over it, pixel on pixel."""
+    plt = _pyplot()
+    figure, axis = plt.subplots(figsize=(5.2, 5.2))
+    axis.imshow(picture, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    top = float(heat.max())
+    shown = axis.imshow(heat, cmap=overlay_cmap(), vmin=0, vmax=top if top > 0 else 1.0, interpolation="nearest")
+    colour_bar = figure.colorbar(shown, ax=axis, fraction=0.046, pad=0.03)
+    colour_bar.set_label(heat_label, fontsize=8, **PLAIN)
+    colour_bar.ax.tick_params(labelsize=7)
+    axis.set_title(title, fontsize=8, **PLAIN)
+    axis.axis("off")
+    figure.tight_layout()
+    return figure
+
+
+def save_overlay(picture: np.ndarray, heat: np.ndarray, path, title: str, heat_label: str) -> None:
+    """overlay_figure as a PNG whose Title and Description hold the title and what the colours measure."""
+    figure = overlay_figure(picture, heat, title, heat_label)
+    save_figure(figure, path, {"Title": title, "Description": f"colour: {heat_label}"})
 
 
 def metrics_table(metrics: dict, title: str = "metrics") -> Table:

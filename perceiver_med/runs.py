@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import csv
 import json
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -11,20 +11,25 @@ import numpy as np
 import torch
 
 from perceiver_med.cache import InputRequest, prepare_many
-from perceiver_med.config import RunConfig, TrainConfig, is_laterality, load_run_config, versions
-from perceiver_med.datasets import AugmentConfig, LoadedInputs, detect_input, load_split_inputs
-from perceiver_med.engine import (SPLITS, Processes, Reporter, evaluate_forward, fit, load_weights, pick_device,
-                                  predict_probs)
+from perceiver_med.config import RunConfig, TrainConfig, is_laterality, load_run_config, pick_positive, versions
+from perceiver_med.datasets import (AugmentConfig, LoadedInputs, describe_scans, load_split_inputs,
+                                    preprocess_config, scan_mismatch)
+from perceiver_med.engine import (SPLITS, Processes, Reporter, evaluate_forward, file_sha256, fit, load_weights,
+                                  pick_device, predict_probs)
 from perceiver_med.errors import UserError
-from perceiver_med.files import atomic_text, refuse_inside
+from perceiver_med.files import (RunLock, atomic_text, check_new_output, holds_files, refuse_inside,
+                                 remove_stale_temporaries)
 from perceiver_med.io import discover
 from perceiver_med.io.discover import Skip
 from perceiver_med.io.labels import folder_label
 from perceiver_med.models import build_model, default_config
-from perceiver_med.preprocess import PreprocessConfig
-from perceiver_med.splits import find_problems, read_splits
+from perceiver_med.splits import SplitRow, find_problems, read_splits, write_splits
 
 MODEL_NAMES = ("perceiver", "vit-rollout-cnn")
+# The architecture options each model takes (train --num-latents ...); anything else is refused by name.
+MODEL_OPTIONS = {"perceiver": ("num_latents", "latent_dim", "num_iterations"), "vit-rollout-cnn": ("depth", "dim")}
+MODEL_OPTION_NAMES = {name for names in MODEL_OPTIONS.values() for name in names}
+FROZEN_SPLITS = "splits.csv"
 
 
 @dataclass
@@ -50,84 +55,198 @@ def _tensors(loaded: LoadedInputs, classes: list[str]) -> dict:
     return data
 
 
+def _sound_rows(splits: Path) -> list[SplitRow]:
+    rows = read_splits(splits)
+    problems = find_problems(rows)
+    if problems:
+        raise UserError(f"{splits}: " + "; ".join(problems))
+    return rows
+
+
+def _row_set(rows: list[SplitRow]) -> set:
+    return {(str(r.path), r.label, r.patient_id, r.split, r.series_uid, r.slice) for r in rows}
+
+
+def frozen_rows(run: Path, config: RunConfig) -> list[SplitRow]:
+    """The splits a run was trained on: its own copy, refused if it changed since it was written."""
+    frozen = Path(run) / FROZEN_SPLITS
+    if not frozen.is_file():  # runs written before the copy existed
+        return _sound_rows(Path(config.splits_file))
+    if config.splits_sha256 and file_sha256(frozen) != config.splits_sha256:
+        raise UserError(f"{frozen} was changed after training (its SHA-256 differs from config.json)")
+    return read_splits(frozen)
+
+
 def _check_output(out: Path, rows, resume: bool) -> None:
     if resume:
         if not (out / "config.json").is_file():
             raise UserError(f"--resume needs an existing run directory, and {out} has no config.json")
-    elif out.exists() and any(out.iterdir()):
+    elif holds_files(out):
         raise UserError(f"{out} already holds files: choose a new --out, or add --resume to continue that run")
     folders = {row.path if row.path.is_dir() else row.path.parent for row in rows}
     for folder in folders:
         refuse_inside(out, folder)
 
 
-def train_run(splits: Path, model_name: str, out: Path, *, input: str = "auto", size: int | None = None,
-              channels: int = 1, grid_pad: bool = False, train: TrainConfig | None = None, flip: bool | None = None,
-              model_options: dict | None = None, resume: bool = False, reporter: Reporter | None = None,
-              on_prepared: Callable[[], None] | None = None) -> TrainResult:
-    """Train a model on a splits file and write the complete run directory."""
+# Options that may change when a run is resumed (where it runs, not what it learns).
+RUNTIME_OPTIONS = ("device", "num_workers", "precision")
+OTHER_OPTIONS = ("input", "size", "channels", "grid_pad", "flip", "positive")
+
+
+def _stored_options(config: RunConfig) -> dict:
+    """The run's settings under the names of train's options, to compare with what a resume asks for."""
+    model = config.model["vit"] if config.model["name"] == "vit-rollout-cnn" else config.model
+    stored = {"model": config.model["name"], "input": config.preprocess.input, "size": config.preprocess.size,
+              "channels": config.preprocess.channels, "grid_pad": config.preprocess.grid_pad,
+              "flip": config.augment.flip, "positive": config.positive_class, **asdict(config.train)}
+    stored.update({k: model[k] for k in MODEL_OPTION_NAMES if k in model})
+    return stored
+
+
+def _resume_config(out: Path, asked: dict) -> RunConfig:
+    """config.json is the truth on --resume: an option that contradicts it is an error that names it."""
+    config = load_run_config(out)
+    stored = _stored_options(config)
+    conflicts = [f"--{key.replace('_', '-')} {value} (run: {stored[key]})" for key, value in asked.items()
+                 if key not in RUNTIME_OPTIONS and key in stored and value != stored[key]]
+    if conflicts:
+        raise UserError(f"--resume continues {out} as its config.json says; drop the options that contradict it: "
+                        + ", ".join(conflicts))
+    config.train = replace(config.train, **{k: v for k, v in asked.items() if k in RUNTIME_OPTIONS})
+    return config
+
+
+def _new_config(rows: list[SplitRow], splits: Path, model_name: str, asked: dict) -> RunConfig:
+    model_options = {k: v for k, v in asked.items() if k in MODEL_OPTION_NAMES}
+    for key in model_options:
+        if key not in MODEL_OPTIONS[model_name]:
+            takers = [name for name, keys in MODEL_OPTIONS.items() if key in keys]
+            raise UserError(f"--{key.replace('_', '-')} is an option of {' and '.join(takers)}, not {model_name}")
+    train = TrainConfig(**{k: v for k, v in asked.items() if k in TrainConfig.__dataclass_fields__})
+    scans = describe_scans(rows)
+    preprocess = preprocess_config(asked.get("input", scans.input), asked.get("size"), asked.get("channels"),
+                                   asked.get("grid_pad"))
+    classes = sorted({row.label for row in rows})
+    if len(classes) < 2:
+        raise UserError(f"the splits file has one class ({classes[0]}): a classifier needs two")
+    augment = AugmentConfig(flip=asked.get("flip", not is_laterality(classes)))
+    model_cfg = default_config(model_name, preprocess.output_shape, len(classes))
+    (model_cfg["vit"] if model_name == "vit-rollout-cnn" else model_cfg).update(model_options)
+    try:
+        build_model(model_cfg)
+    except (TypeError, ValueError) as exc:
+        raise UserError(f"these model options do not make a {model_name}: {exc}") from None
+    return RunConfig(classes, preprocess, model_cfg, train, augment,
+                     positive_class=pick_positive(classes, asked.get("positive")), scan_kinds=scans.kinds,
+                     modality_groups=scans.modality_groups, splits_file=str(Path(splits).resolve()),
+                     versions=versions())
+
+
+def weights_metadata(config: RunConfig) -> dict[str, str]:
+    """Stored inside model.safetensors, so a config.json edited afterwards (classes, input size) is caught."""
+    return {"classes": json.dumps(config.classes), "input_shape": json.dumps(list(config.preprocess.output_shape)),
+            "model": json.dumps(config.model, sort_keys=True)}
+
+
+def train_run(splits: Path | None, model_name: str | None, out: Path, *, resume: bool = False,
+              reporter: Reporter | None = None, on_prepared: Callable[[int, int], None] | None = None,
+              **options) -> TrainResult:
+    """Train a model on a splits file and write the complete run directory.
+
+    `options` are train's options by name (TrainConfig fields, input, size, channels, grid_pad, flip,
+    positive, and the model options of MODEL_OPTIONS); None means not given. On `resume`, config.json
+    is the truth, an option that contradicts it is refused, and `splits` may be None.
+    """
     reporter = reporter or Reporter()
-    train = train or TrainConfig()
-    if model_name not in MODEL_NAMES:
-        raise UserError(f"--model must be one of {', '.join(MODEL_NAMES)}")
+    asked = {k: v for k, v in options.items() if v is not None}
+    unknown = set(asked) - set(TrainConfig.__dataclass_fields__) - set(OTHER_OPTIONS) - MODEL_OPTION_NAMES
+    if unknown:
+        raise TypeError(f"train_run got unknown options {sorted(unknown)}")
     out = Path(out)
-    rows = read_splits(splits)
-    problems = find_problems(rows)
-    if problems:
-        raise UserError(f"{splits}: " + "; ".join(problems))
-    _check_output(out, rows, resume)
-    if resume:
-        config = load_run_config(out)
-        train = config.train
-    else:
-        if input not in ("auto", "image", "grid"):
-            raise UserError("--input must be auto, image or grid")
-        chosen = detect_input(rows) if input == "auto" else input
-        preprocess = PreprocessConfig(input=chosen, size=size or 64, channels=channels, grid_pad=grid_pad)
-        classes = sorted({row.label for row in rows})
-        if len(classes) < 2:
-            raise UserError(f"the splits file has one class ({classes[0]}): a classifier needs two")
-        augment = AugmentConfig(flip=(not is_laterality(classes)) if flip is None else flip)
-        model_cfg = default_config(model_name, preprocess.output_shape, len(classes))
-        model_cfg = _override(model_cfg, model_options or {})
-        config = RunConfig(classes, preprocess, model_cfg, train, augment, str(Path(splits).resolve()), versions())
+    if model_name is not None and model_name not in MODEL_NAMES:
+        raise UserError(f"--model must be one of {', '.join(MODEL_NAMES)}")
+    if splits is None and not resume:
+        raise UserError("train needs a splits file (or --resume --out RUN to continue a run)")
+    rows = _sound_rows(splits) if splits is not None else []
+    with RunLock(out, enabled=Processes.planned().main):
+        _check_output(out, rows, resume)
+        remove_stale_temporaries(out)
+        if resume:
+            if not (out / "checkpoint.pt").is_file():
+                raise UserError(f"{out} has no checkpoint.pt to resume from (training stopped before its first "
+                                "epoch ended): start a new run")
+            config = _resume_config(out, {**asked, **({"model": model_name} if model_name else {})})
+            frozen = frozen_rows(out, config)
+            if rows and _row_set(rows) != _row_set(frozen):
+                raise UserError(f"{splits} differs from the splits the run was started with ({out / FROZEN_SPLITS}):"
+                                " leave out the splits file to resume, or start a new run")
+            rows = frozen
+        else:
+            config = _new_config(rows, splits, model_name or "perceiver", asked)
+        try:
+            return _train(rows, config, out, resume, reporter, on_prepared)
+        except BaseException:
+            if not resume and not (out / "checkpoint.pt").exists():  # nothing to resume: leave nothing behind
+                for name in ("config.json", FROZEN_SPLITS):
+                    (out / name).unlink(missing_ok=True)
+            raise
+
+
+def _train(rows, config: RunConfig, out: Path, resume: bool, reporter: Reporter, on_prepared) -> TrainResult:
+    train = config.train
     device = pick_device(train.device)
+    planned = Processes.planned()
+    # each process prepares its share of the scans before the process group exists (no fork after threads
+    # or CUDA start); after the group's barrier every process reads all of them from the cache
+    share = rows[planned.rank::planned.world]
+    if planned.world > 1:
+        load_split_inputs(share, config.preprocess, train.num_workers, on_done=on_prepared, must_keep=False)
     processes = Processes.start(device)
-    loaded = load_split_inputs(rows, config.preprocess, train.num_workers, on_done=on_prepared)
-    data = _tensors(loaded, config.classes)
-    if len(data["train"][1]) == 0:
-        raise UserError("the splits file has no readable training scans")
-    torch.manual_seed(train.seed)
-    model = build_model(config.model)
-    if processes.main:
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_text(out / "config.json", lambda h: h.write(config.to_json()))
-    reporter.message(f"{config.model['name']}: {model.num_parameters:,} parameters, input "
-                     f"{config.preprocess.input} {config.preprocess.output_shape}, {len(loaded.rows)} scans, "
-                     f"device {device}" + (f" x {processes.world} processes" if processes.world > 1 else "")
-                     + ("" if config.augment.flip else ", no horizontal flip (laterality labels)"))
-    state = fit(model, model_name, data, config.classes, train, config.augment, out, device, processes, reporter,
-                resume)
-    model.eval()
-    metrics, probs = evaluate_forward(model.forward, data, config.classes, device, processes=processes)
-    if model_name == "vit-rollout-cnn":
-        metrics["vit"], _ = evaluate_forward(model.vit.forward, data, config.classes, device, processes=processes)
-    if processes.main:
-        _write_outputs(out, loaded, data, probs, metrics, config, state.history)
-    return TrainResult(out, metrics, loaded.skipped, model.num_parameters, config)
+    try:
+        processes.barrier()
+        loaded = load_split_inputs(rows, config.preprocess, train.num_workers,
+                                   on_done=on_prepared if planned.world == 1 else None)
+        data = _tensors(loaded, config.classes)
+        if len(data["train"][1]) == 0:
+            raise UserError("the splits file has no readable training scans")
+        torch.manual_seed(train.seed)
+        model = build_model(config.model)
+        if processes.main and not resume:
+            out.mkdir(parents=True, exist_ok=True)
+            write_splits(rows, out / FROZEN_SPLITS)
+            config.splits_sha256 = file_sha256(out / FROZEN_SPLITS)
+            _write_config(out, config)
+        reporter.message(f"{config.model['name']}: {model.num_parameters:,} parameters, input "
+                         f"{config.preprocess.input} {config.preprocess.output_shape}, {len(loaded.rows)} scans, "
+                         f"device {device}" + (f" x {processes.world} processes" if processes.world > 1 else "")
+                         + ("" if config.augment.flip else ", no horizontal flip"))
+
+        def on_best(digest: str) -> None:
+            config.weights_sha256 = digest
+            _write_config(out, config)
+
+        state = fit(model, config.model["name"], data, config.classes, train, config.augment, out, device,
+                    processes, reporter, resume, weights_metadata(config), on_best if processes.main else None)
+        model.eval()
+        positive = config.classes.index(config.positive_class)
+        metrics, probs = evaluate_forward(model.forward, data, config.classes, device, processes=processes,
+                                          positive=positive, precision=train.precision)
+        if config.model["name"] == "vit-rollout-cnn":
+            metrics["vit"], _ = evaluate_forward(model.vit.forward, data, config.classes, device,
+                                                 processes=processes, positive=positive, precision=train.precision)
+        metrics = {"positive_class": config.positive_class, **metrics}
+        if processes.main:
+            _write_outputs(out, loaded, probs, metrics, config, state.history)
+        return TrainResult(out, metrics, loaded.skipped, model.num_parameters, config)
+    finally:
+        processes.close()
 
 
-def _override(model_cfg: dict, options: dict) -> dict:
-    model_cfg = dict(model_cfg)
-    for key, value in options.items():
-        if value is None:
-            continue
-        target = model_cfg["vit"] if model_cfg["name"] == "vit-rollout-cnn" and key in model_cfg["vit"] else model_cfg
-        target[key] = value
-    return model_cfg
+def _write_config(out: Path, config: RunConfig) -> None:
+    atomic_text(out / "config.json", lambda h: h.write(config.to_json()))
 
 
-def _write_outputs(out: Path, loaded, data, probs, metrics, config: RunConfig, history) -> None:
+def _write_outputs(out: Path, loaded, probs, metrics, config: RunConfig, history) -> None:
     from perceiver_med.report import save_confusion, save_curves
 
     atomic_text(out / "metrics.json", lambda h: json.dump(metrics, h, indent=2))
@@ -143,15 +262,16 @@ def _write_outputs(out: Path, loaded, data, probs, metrics, config: RunConfig, h
 def write_predictions(path: Path, paths: list[str], labels: list[str] | None, probs: np.ndarray,
                       classes: list[str]) -> None:
     """path[,label],pred,prob_<class>...; probabilities at full float precision (repr round-trips)."""
-    def write(handle):
-        writer = csv.writer(handle)
-        writer.writerow(["path"] + (["label"] if labels is not None else []) + ["pred"] +
-                        [f"prob_{c}" for c in classes])
-        for k, p in enumerate(paths):
-            row = [p] + ([labels[k]] if labels is not None else []) + [classes[int(np.argmax(probs[k]))]]
-            writer.writerow(row + [repr(float(v)) for v in probs[k]])
+    from perceiver_med.csvfiles import write_csv
 
-    atomic_text(path, write)
+    columns = ["path"] + (["label"] if labels is not None else []) + ["pred"] + [f"prob_{c}" for c in classes]
+
+    def row(k: int, scan: str) -> list:
+        # floats, not text: the csv module writes their repr, and a probability is never escaped
+        return ([scan] + ([labels[k]] if labels is not None else []) + [classes[int(np.argmax(probs[k]))]]
+                + [float(v) for v in probs[k]])
+
+    write_csv(path, columns, (row(k, scan) for k, scan in enumerate(paths)))
 
 
 def write_history(path: Path, history: list[dict]) -> None:
@@ -167,36 +287,61 @@ def write_history(path: Path, history: list[dict]) -> None:
 
 # ---------------------------------------------------------------- using a finished run
 def load_model(run: Path, device: torch.device | None = None):
-    """The run's config and its best model, in eval mode."""
+    """The run's config and its best model, in eval mode; weights checked against config.json."""
     run = Path(run)
     if not run.is_dir():
         raise UserError(f"run directory {run} does not exist")
     config = load_run_config(run)
     weights = run / "model.safetensors"
     if not weights.is_file():
-        raise UserError(f"{run} has no model.safetensors (was training interrupted before its first epoch?)")
+        raise UserError(f"{run} has no model.safetensors (training stopped before its first epoch ended)")
+    if len(config.classes) != _num_classes(config.model) or config.positive_class not in config.classes:
+        raise UserError(f"{run}/config.json is inconsistent: {len(config.classes)} class names for a model with "
+                        f"{_num_classes(config.model)} outputs")
     try:
         model = build_model(config.model)
     except (TypeError, ValueError) as exc:
         raise UserError(f"{run}/config.json describes no model this version can build: {exc}") from None
-    load_weights(model, weights)
+    load_weights(model, weights, config.weights_sha256, weights_metadata(config))
     return config, model.to(device or torch.device("cpu")).eval()
+
+
+def _num_classes(model: dict):
+    return model["vit"]["num_classes"] if model.get("name") == "vit-rollout-cnn" else model.get("num_classes")
 
 
 def evaluate_run(run: Path, splits: Path | None = None, split: str = "all", device: str = "auto",
                  workers: int = 0) -> dict:
-    """Metrics of a saved run on the chosen splits (the splits file it was trained on by default)."""
-    torch_device = pick_device(device)
-    config, model = load_model(run, torch_device)
-    splits = Path(splits) if splits else Path(config.splits_file)
+    """Metrics of a saved run on the chosen splits (the run's frozen copy of its splits by default).
+
+    Another splits file may be given; scans or patients the run trained on are refused in its val/test rows.
+    """
     if split not in (*SPLITS, "all"):
         raise UserError("--split must be train, val, test or all")
-    rows = [row for row in read_splits(splits) if split == "all" or row.split == split]
+    torch_device = pick_device(device)
+    config, model = load_model(run, torch_device)
+    trained_on = frozen_rows(run, config)
+    rows = trained_on if splits is None else _sound_rows(Path(splits))
+    if splits is not None:
+        _refuse_training_scans(rows, trained_on)
+    rows = [row for row in rows if split == "all" or row.split == split]
     if not rows:
-        raise UserError(f"{splits} has no {split} scans")
+        raise UserError(f"{splits or Path(run) / FROZEN_SPLITS} has no {split} scans")
     loaded = load_split_inputs(rows, config.preprocess, workers)
-    metrics, _ = evaluate_forward(model.forward, _tensors(loaded, config.classes), config.classes, torch_device)
-    return metrics
+    metrics, _ = evaluate_forward(model.forward, _tensors(loaded, config.classes), config.classes, torch_device,
+                                  positive=config.classes.index(config.positive_class),
+                                  precision=config.train.precision)
+    return {"positive_class": config.positive_class, **metrics}
+
+
+def _refuse_training_scans(rows: list[SplitRow], trained_on: list[SplitRow]) -> None:
+    train_patients = {r.patient_id for r in trained_on if r.split == "train"}
+    train_paths = {(r.path, r.series_uid) for r in trained_on if r.split == "train"}
+    leaked = [r for r in rows if r.split != "train"
+              and (r.patient_id in train_patients or (r.path, r.series_uid) in train_paths)]
+    if leaked:
+        raise UserError(f"{len(leaked)} {leaked[0].split} scan(s) of that splits file were training scans or "
+                        f"patients of this run (e.g. patient {leaked[0].patient_id}): their scores would be leaked")
 
 
 @dataclass
@@ -207,22 +352,35 @@ class Prediction:
 
 
 def predict_run(run: Path, scans: Path, out: Path, device: str = "auto", workers: int = 0,
-                on_done: Callable[[], None] | None = None) -> tuple[list[Prediction], list[Skip], list[str]]:
+                on_done: Callable[[int, int], None] | None = None, overwrite: bool = False
+                ) -> tuple[list[Prediction], list[Skip], list[str]]:
     """Predict every scan in a folder (or one file); writes path[,label],pred,prob_<class>..."""
     torch_device = pick_device(device)
     config, model = load_model(run, torch_device)
     refuse_inside(out, scans)
+    refuse_inside(out, run, what="run directory")
+    check_new_output(out, overwrite)
     found = discover(scans)
     if not found.scans:
         raise UserError(f"no readable scans in {scans} ({len(found.skipped)} file(s) skipped)")
-    requests = [InputRequest(scan.path, scan.series_uid) for scan in found.scans]
+    skipped = list(found.skipped)
+    usable = []
+    for scan in found.scans:
+        reason = scan_mismatch(scan, config)
+        if reason:
+            skipped.append(Skip(scan.path, reason))
+        else:
+            usable.append(scan)
+    if not usable:
+        raise UserError(f"no scan in {scans} suits this run ({skipped[-1].reason})")
+    requests = [InputRequest(scan.path, scan.series_uid) for scan in usable]
     arrays, reasons = prepare_many(requests, config.preprocess, workers, on_done=on_done)
-    skipped = list(found.skipped) + [Skip(s.path, r) for s, r, a in zip(found.scans, reasons, arrays) if a is None]
-    kept = [(scan, a) for scan, a in zip(found.scans, arrays) if a is not None]
+    skipped += [Skip(s.path, r) for s, r, a in zip(usable, reasons, arrays) if a is None]
+    kept = [(scan, a) for scan, a in zip(usable, arrays) if a is not None]
     if not kept:
-        raise UserError(f"no scan in {scans} could be prepared ({skipped[0].reason})")
+        raise UserError(f"no scan in {scans} could be prepared ({skipped[-1].reason})")
     inputs = torch.from_numpy(np.stack([a for _, a in kept]))
-    probs = predict_probs(model.forward, inputs, torch_device)
+    probs = predict_probs(model.forward, inputs, torch_device, precision=config.train.precision)
     labels = [_known(folder_label(scan, found.root), config.classes) for scan, _ in kept]
     known = labels if all(label is not None for label in labels) else None
     write_predictions(out, [str(scan.path) for scan, _ in kept], known, probs, config.classes)
@@ -232,7 +390,3 @@ def predict_run(run: Path, scans: Path, out: Path, device: str = "auto", workers
 
 def _known(label: str | None, classes: list[str]) -> str | None:
     return label if label in classes else None
-
-
-def with_epochs(train: TrainConfig, **changes) -> TrainConfig:
-    return replace(train, **{k: v for k, v in changes.items() if v is not None})

@@ -5,7 +5,6 @@ and test. Here the unit of assignment is the patient: every scan of a patient go
 """
 from __future__ import annotations
 
-import csv
 import os
 from collections import Counter, defaultdict
 from dataclasses import dataclass
@@ -13,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from perceiver_med.csvfiles import CsvRow, printable, read_csv, write_csv
 from perceiver_med.errors import UserError
 from perceiver_med.io.labels import LabelledScan
 
@@ -27,6 +27,9 @@ def check_ratios(ratios: tuple[float, float, float]) -> None:
 def assign_splits(items: list[LabelledScan], ratios=(0.6, 0.2, 0.2), seed: int = 0) -> list[str]:
     """The split of each item. Patients are stratified by the set of labels they carry."""
     check_ratios(tuple(ratios))
+    if any(not item.patient_id for item in items):
+        raise UserError("some scans have an empty patient id: every scan needs one, or a patient could "
+                        "sit in two splits")
     classes = sorted({item.label for item in items})
     if len(classes) < 2:
         raise UserError(f"only one class ({classes[0] if classes else 'none'}): a classifier needs at least two")
@@ -97,76 +100,107 @@ def rows_from_items(items: list[LabelledScan], splits: list[str]) -> list[SplitR
 
 
 def write_splits(rows: list[SplitRow], out: Path) -> None:
-    """Write splits.csv atomically; paths relative to the CSV's folder."""
+    """Write splits.csv atomically.
+
+    A scan inside the CSV's folder is written relative to it, so the folder can move as a whole;
+    any other scan is written absolute, since a relative path may not climb out with `..`.
+    """
     paths = Counter(row.path for row in rows)
     with_series = any(paths[row.path] > 1 for row in rows)
     with_slice = any(row.slice is not None for row in rows)
     columns = ["path", "label", "patient_id", "split"] + (["series_uid"] if with_series else []) + (
         ["slice"] if with_slice else [])
-    out_dir = out.resolve().parent
+    out_dir = Path(out).resolve().parent
 
-    def write(handle):
-        writer = csv.writer(handle)
-        writer.writerow(columns)
-        for row in rows:
-            values = [_relative(row.path, out_dir), row.label, row.patient_id, row.split]
-            if with_series:
-                values.append(row.series_uid)
-            if with_slice:
-                values.append("" if row.slice is None else row.slice)
-            writer.writerow(values)
+    def values(row: SplitRow) -> list:
+        cells = [_path_cell(row.path, out_dir), row.label, row.patient_id, row.split]
+        if with_series:
+            cells.append(row.series_uid)
+        if with_slice:
+            cells.append("" if row.slice is None else row.slice)
+        return cells
 
-    from perceiver_med.files import atomic_text
-
-    atomic_text(out, write)
+    write_csv(out, columns, map(values, rows))
 
 
-def _relative(path: Path, folder: Path) -> str:
+def _path_cell(path: Path, folder: Path) -> str:
+    path = Path(path).resolve()
     try:
-        return Path(os.path.relpath(path, folder)).as_posix()
-    except ValueError:  # another drive on Windows
+        return path.relative_to(folder).as_posix()
+    except ValueError:
         return str(path)
 
 
 def read_splits(csv_path: Path) -> list[SplitRow]:
     """Read a splits CSV; paths resolved against the CSV's folder. Raises UserError on a malformed file."""
-    csv_path = Path(csv_path)
-    if not csv_path.is_file():
-        raise UserError(f"splits file {csv_path} does not exist")
-    with open(csv_path, newline="") as handle:
-        reader = csv.DictReader(handle)
-        columns = set(reader.fieldnames or [])
-        needed = {"path", "label", "patient_id", "split"}
-        if not needed <= columns:
-            raise UserError(f"{csv_path} is not a splits file: it needs the columns {','.join(sorted(needed))}")
-        rows = []
-        for line, raw in enumerate(reader, start=2):
-            if raw["split"] not in SPLITS:
-                raise UserError(f"{csv_path}:{line}: split must be train, val or test, not {raw['split']!r}")
-            path = Path(raw["path"])
-            slice_ = raw.get("slice")
-            rows.append(SplitRow(path if path.is_absolute() else (csv_path.parent / path).resolve(),
-                                 raw["label"], raw["patient_id"], raw["split"], raw.get("series_uid") or "",
-                                 int(float(slice_)) if slice_ not in (None, "") else None))
+    table = read_csv(csv_path, "splits file", ("path", "label", "patient_id", "split"))
+    rows = [_split_row(record) for record in table.rows]
     if not rows:
-        raise UserError(f"{csv_path} lists no scans")
+        raise UserError(f"{printable(csv_path)} lists no scans")
     return rows
 
 
+def _split_row(record: CsvRow) -> SplitRow:
+    split = record.text("split")
+    if split not in SPLITS:
+        raise record.error(f"split must be train, val or test, not {split!r}")
+    patient = record.text("patient_id", any_bytes=True)
+    if not patient:
+        raise record.error("empty patient_id: every scan needs one, or a patient could sit in two splits")
+    return SplitRow(_scan_path(record), record.text("label", required=True), patient, split,
+                    record.text("series_uid"), record.integer("slice"))
+
+
+def _scan_path(record: CsvRow) -> Path:
+    """Absolute paths are taken as written; relative ones stay inside the splits file's folder."""
+    path = Path(record.path())
+    if path.is_absolute():
+        return path.resolve()
+    if Path(os.path.normpath(path)).parts[:1] == ("..",):
+        raise record.error(f"the path '{printable(path)}' leads out of the splits file's folder: "
+                           "write it as an absolute path")
+    return (record.source.parent / path).resolve()
+
+
 def find_problems(rows: list[SplitRow]) -> list[str]:
-    """Leakage (a patient in two splits) and missing files; an empty list means the file is sound."""
+    """What `train` refuses: leakage, repeated scans, missing files, fewer than two classes, no training
+    scans. An empty list means the file is sound."""
     problems = []
     splits_of: dict[str, set[str]] = defaultdict(set)
     for row in rows:
         splits_of[row.patient_id].add(row.split)
     leaking = sorted(p for p, s in splits_of.items() if len(s) > 1)
     if leaking:
-        problems.append(f"{len(leaking)} patient(s) in more than one split, e.g. patient {leaking[0]} in "
+        problems.append(f"{len(leaking)} patient(s) in more than one split, e.g. patient {printable(leaking[0])} in "
                         f"{', '.join(sorted(splits_of[leaking[0]]))}")
+    # the same image under two patient ids: its file, or its DICOM series (one series is one patient)
+    splits_of_image: dict[tuple, set[str]] = defaultdict(set)
+    for row in rows:
+        splits_of_image[("file", row.path, row.series_uid)].add(row.split)
+        if row.series_uid:
+            splits_of_image[("series", row.series_uid)].add(row.split)
+    shared = [key for key, s in splits_of_image.items() if len(s) > 1]
+    if shared:
+        problems.append(f"{len(shared)} scan(s) or series in more than one split, e.g. "
+                        f"{printable(shared[0][1])} in {', '.join(sorted(splits_of_image[shared[0]]))}")
+    repeated = [key for key, n in Counter((row.path, row.series_uid, row.slice) for row in rows).items() if n > 1]
+    if repeated:
+        problems.append(f"{len(repeated)} scan(s) listed more than once, e.g. {printable(repeated[0][0])}")
+    classes = sorted({row.label for row in rows})
+    if len(classes) < 2:
+        problems.append(f"only one class ({classes[0] if classes else 'none'}): a classifier needs at least two")
+    if not any(row.split == "train" for row in rows):
+        problems.append("no scan in the train split")
     missing = [row.path for row in rows if not row.path.exists()]
     if missing:
-        problems.append(f"{len(missing)} file(s) missing, e.g. {missing[0]}")
+        problems.append(f"{len(missing)} file(s) missing, e.g. {printable(missing[0])}")
     return problems
+
+
+def split_notes(rows: list[SplitRow], splits=("val", "test")) -> list[str]:
+    """Warnings that do not stop training: an empty validation or test split."""
+    return [f"the {split} split is empty: no metrics will be measured on it"
+            for split in splits if not any(row.split == split for row in rows)]
 
 
 def count_table(rows: list[SplitRow]) -> dict[str, dict[str, tuple[int, int]]]:

@@ -1,6 +1,9 @@
-import numpy as np
+import os
 
-from perceiver_med.cache import InputRequest, cache_root, prepare, prepare_many
+import numpy as np
+import pytest
+
+from perceiver_med.cache import InputRequest, _load_entry, cache_root, prepare, prepare_many
 from perceiver_med.preprocess import PreprocessConfig
 from tests.conftest import index_volume, write_series
 
@@ -12,8 +15,8 @@ def test_second_preparation_comes_from_the_cache_and_edits_invalidate_it(tmp_pat
     first = prepare(request, config)
     entries = list(cache_root().glob("*.npy"))
     assert len(entries) == 1
-    np.save(entries[0], np.full_like(first, 7.0))  # a marked entry proves the next call reads the cache
-    assert np.all(prepare(request, config) == 7.0)
+    np.save(entries[0], np.full_like(first, 0.375))  # a marked entry proves the next call reads the cache
+    assert np.all(prepare(request, config) == 0.375)
     other = prepare(request, PreprocessConfig(input="grid", size=4))  # another config, another entry
     assert other.shape == (1, 12, 12) and len(list(cache_root().glob("*.npy"))) == 2
     file = sorted((tmp_path / "ct").iterdir())[0]
@@ -32,3 +35,49 @@ def test_parallel_preparation_reports_failures_without_stopping(tmp_path):
     assert arrays[3] is None and "only 4 slices" in reasons[3]
     assert all(a.shape == (1, 24, 24) for k, a in enumerate(arrays) if k != 3)
     assert list(cache_root().glob(".*")) == []  # no temporary files left behind
+
+
+@pytest.mark.parametrize("damage", ["empty", "float64", "wrong shape", "nan", "garbage", "out of range"])
+def test_a_damaged_cache_entry_is_rebuilt_not_served(tmp_path, damage):
+    write_series(tmp_path / "ct", index_volume(slices=10))
+    config = PreprocessConfig(input="grid", size=8)
+    request = InputRequest(tmp_path / "ct")
+    first = prepare(request, config)
+    (entry,) = cache_root().glob("*.npy")
+    if damage == "empty":
+        entry.write_bytes(b"")
+    elif damage == "garbage":
+        entry.write_bytes(b"\x93NUMPY" + bytes(range(200)))
+    else:
+        bad = {"float64": first.astype(np.float64), "wrong shape": first[:, :8], "nan": np.full_like(first, np.nan),
+               "out of range": first * 5}[damage]
+        np.save(entry, bad)
+    again = prepare(request, config)
+    assert again.dtype == np.float32 and again.shape == first.shape
+    np.testing.assert_array_equal(again, first)
+    assert _load_entry(entry, config) is not None  # and the entry was rewritten
+
+
+def test_a_same_size_rewrite_with_the_same_mtime_is_not_served_stale(tmp_path):
+    import nibabel as nib
+
+    path = tmp_path / "knee.nii"  # uncompressed: the same shape and dtype give the same size
+    pattern = np.tile(np.linspace(0, 1, 32, dtype=np.float32), (32, 1))
+    nib.save(nib.Nifti1Image(pattern, np.eye(4)), path)
+    config = PreprocessConfig(input="image", size=16)
+    before = prepare(InputRequest(path), config)
+    info = path.stat()
+    nib.save(nib.Nifti1Image(pattern.T.copy(), np.eye(4)), path)  # the same values, turned by 90 degrees
+    assert path.stat().st_size == info.st_size
+    os.utime(path, ns=(info.st_atime_ns, info.st_mtime_ns))
+    after = prepare(InputRequest(path), config)
+    np.testing.assert_allclose(after[0], before[0].T, atol=1e-6)
+
+
+def test_an_unwritable_cache_costs_speed_not_the_result(tmp_path, monkeypatch):
+    write_series(tmp_path / "ct", index_volume(slices=10))
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("x")
+    monkeypatch.setenv("PERCEIVER_MED_CACHE", str(blocker / "cache"))
+    arrays, reasons = prepare_many([InputRequest(tmp_path / "ct")], PreprocessConfig(input="grid", size=8))
+    assert arrays[0].shape == (1, 24, 24) and reasons == [""]

@@ -1,11 +1,14 @@
+import re
 from collections import defaultdict
 from pathlib import Path
 
 import pytest
 
+from perceiver_med.dataset_ops import check_splits_file, split_folder
 from perceiver_med.errors import UserError
+from perceiver_med.io import discover
 from perceiver_med.io.discover import Scan
-from perceiver_med.io.labels import LabelledScan
+from perceiver_med.io.labels import LabelledScan, label_scans
 from perceiver_med.splits import assign_splits, find_problems, read_splits, rows_from_items, write_splits
 
 
@@ -61,7 +64,8 @@ def test_csv_round_trip_and_leakage_check(tmp_path):
     rows = rows_from_items(items, assign_splits(items))
     write_splits(rows, tmp_path / "out" / "splits.csv")
     text = (tmp_path / "out" / "splits.csv").read_text()
-    assert text.startswith("path,label,patient_id,split\n") and "../data/" in text
+    # the CSV sits beside the data, not above it: absolute paths, never ../
+    assert text.startswith("path,label,patient_id,split\n") and f"\n{tmp_path / 'data'}/" in text
     back = read_splits(tmp_path / "out" / "splits.csv")
     assert [(r.path, r.split) for r in back] == [(r.path, r.split) for r in rows]
     assert find_problems(back) == []
@@ -72,3 +76,82 @@ def test_csv_round_trip_and_leakage_check(tmp_path):
     back[1].path.unlink()
     problems = find_problems(back)
     assert any("more than one split" in p for p in problems) and any("missing" in p for p in problems)
+
+
+# ---------------------------------------------------------------- what `split --check` refuses, as `train` does
+def _png(path):
+    import numpy as np
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(path)
+
+
+def _check(tmp_path, lines, name="s.csv"):
+    for k in range(6):
+        _png(tmp_path / "data" / f"s{k}.png")
+    path = tmp_path / name
+    path.write_text("path,label,patient_id,split,series_uid\n" + "\n".join(lines) + "\n")
+    return check_splits_file(path)
+
+
+BASE = ["data/s0.png,a,P0,train,", "data/s1.png,b,P1,train,", "data/s2.png,a,P2,val,", "data/s3.png,b,P3,test,"]
+
+
+@pytest.mark.parametrize("lines, message", [
+    (BASE + ["data/./s0.png,a,P9,test,"], "scan(s) or series in more than one split, e.g. "),
+    (BASE + ["data/s4.png,a,P4,train,1.2.3", "data/s5.png,a,P5,test,1.2.3"],
+     "series in more than one split, e.g. 1.2.3"),
+    (BASE + ["data/s1.png,b,P1,train,"], "1 scan(s) listed more than once"),
+    ([line.replace(",b,", ",a,") for line in BASE], "only one class (a)"),
+    ([line.replace(",train,", ",val,") for line in BASE], "no scan in the train split"),
+    (BASE + ["data/s4.png,a,,test,"], "s.csv:6: empty patient_id"),
+    (BASE + ["../outside.png,a,P4,test,"], "s.csv:6: the path '../outside.png' leads out of the splits file's folder"),
+    (BASE + ["data/../../outside.png,a,P4,test,"], "leads out of the splits file's folder"),
+])
+def test_check_refuses_what_train_cannot_use(tmp_path, lines, message):
+    with pytest.raises(UserError, match=re.escape(message)):
+        _check(tmp_path, lines)
+
+
+def test_check_notes_an_empty_test_split_and_accepts_absolute_paths(tmp_path):
+    lines = [line.replace(",test,", ",train,") for line in BASE]
+    lines[0] = f"{tmp_path / 'data' / 's0.png'},a,P0,train,"
+    checked = _check(tmp_path, lines)
+    assert checked.notes == ["the test split is empty: no metrics will be measured on it"]
+    assert checked.rows[0].path == tmp_path / "data" / "s0.png"
+
+
+def test_a_folder_is_not_a_splits_file(tmp_path):
+    with pytest.raises(UserError, match="is a folder, not a CSV file"):
+        check_splits_file(tmp_path)
+
+
+def test_splits_beside_the_data_are_written_absolute_and_check_and_train_read_them(tmp_path, run_installed):
+    # README: perceiver-med split scans/ --out splits.csv; and the CSV in a sibling folder, out/splits.csv
+    for k in range(10):
+        _png(tmp_path / "scans" / ("benign", "malignant")[k % 2] / f"c{k}.png")
+    code, out, err = run_installed("split", "scans", "--out", "out/splits.csv", cwd=tmp_path)
+    assert code == 0, err
+    text = (tmp_path / "out" / "splits.csv").read_text()
+    assert "../" not in text and f"{tmp_path / 'scans'}/" in text
+    rows = check_splits_file(tmp_path / "out" / "splits.csv").rows
+    assert {r.path for r in rows} == {p.resolve() for p in (tmp_path / "scans").rglob("*.png")}
+    split_folder(tmp_path / "scans", tmp_path / "splits.csv")
+    assert (tmp_path / "splits.csv").read_text().splitlines()[1].startswith("scans/")
+    assert len(check_splits_file(tmp_path / "splits.csv").rows) == 10
+
+
+def test_an_empty_patient_id_is_refused_when_splitting(tmp_path, run_installed):
+    for k in range(8):
+        _png(tmp_path / "data" / f"subj{k}_{('LEFT', 'RIGHT')[k % 2]}.png")
+    # "(x?)" matches the empty string at the start of every path: before, every scan became patient ""
+    code, out, err = run_installed("split", tmp_path / "data", "--out", tmp_path / "s.csv", "--patient-regex", "(x?)")
+    assert code == 2 and "--patient-regex '(x?)' gives no patient id for any scan" in err, err
+    assert not (tmp_path / "s.csv").exists()
+    labelled = label_scans(discover(tmp_path / "data"), patient_regex=r"subj(\d*)_")
+    assert sorted(i.patient_id for i in labelled.items) == [str(k) for k in range(8)]
+    items = labelled.items
+    items[0].patient_id = ""
+    with pytest.raises(UserError, match="empty patient id"):
+        assign_splits(items)

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 
-from perceiver_med.config import TrainConfig
 from perceiver_med.runs import evaluate_run, train_run
 
 TINY_PERCEIVER = {"num_latents": 8, "latent_dim": 32, "num_iterations": 2}
@@ -29,8 +28,8 @@ def knee(tmp_path_factory):
 
 def _train(knee, out, model="perceiver", epochs=2, **kwargs):
     options = TINY_PERCEIVER if model == "perceiver" else TINY_VIT
-    return train_run(knee / "splits.csv", model, out, size=32, model_options=options,
-                     train=TrainConfig(epochs=epochs, batch_size=8, device="cpu", patience=0), **kwargs)
+    return train_run(knee / "splits.csv", model, out, size=32, epochs=epochs, batch_size=8, device="cpu",
+                     patience=0, **options, **kwargs)
 
 
 @pytest.fixture(scope="module")
@@ -49,8 +48,8 @@ def test_run_directory_holds_every_artefact(perceiver_run):
                  "confusion_test.png", "predictions_train.csv", "predictions_val.csv", "predictions_test.csv"):
         assert (run / name).is_file(), name
     metrics = json.loads((run / "metrics.json").read_text())
-    assert set(metrics) == {"train", "val", "test"}
-    for split in metrics.values():
+    assert set(metrics) == {"positive_class", "train", "val", "test"} and metrics["positive_class"] == "right"
+    for split in (metrics[name] for name in ("train", "val", "test")):
         assert {"loss", "accuracy", "balanced_accuracy", "roc_auc", "f1_macro", "confusion_matrix", "n",
                 "sensitivity", "specificity"} <= set(split)
     config = json.loads((run / "config.json").read_text())
@@ -178,14 +177,26 @@ def test_bad_inputs_to_run_commands(perceiver_run, knee, tmp_path, run_cli):
     assert not (tmp_path / "r").exists()
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 @pytest.mark.skipif(sys.platform == "win32", reason="torchrun with gloo")
-def test_two_process_training_matches_a_one_process_evaluation(knee, tmp_path):
+@pytest.mark.parametrize("model, options", [
+    ("perceiver", ["--num-latents", "8", "--latent-dim", "32"]),
+    ("vit-rollout-cnn", ["--depth", "1", "--dim", "32"]),  # BatchNorm statistics must agree between processes
+])
+def test_two_process_training_matches_a_one_process_evaluation(knee, tmp_path, model, options):
     out = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29517",
-               "-m", "perceiver_med", "train", str(knee / "splits.csv"), "--out", str(out), "--size", "32",
-               "--epochs", "2", "--batch-size", "4", "--device", "cpu", "--num-latents", "8", "--latent-dim", "32",
-               "--quiet"]
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
+               str(_free_port()), "-m", "perceiver_med", "train", str(knee / "splits.csv"), "--out", str(out),
+               "--size", "32", "--epochs", "2", "--batch-size", "4", "--device", "cpu", "--precision", "fp32",
+               "--model", model, *options, "--quiet"]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.count("run written to") == 1  # rank 0 alone prints
@@ -194,4 +205,4 @@ def test_two_process_training_matches_a_one_process_evaluation(knee, tmp_path):
     for split in ("train", "val", "test"):
         assert again[split]["loss"] == pytest.approx(trained[split]["loss"], rel=1e-9)
         assert again[split]["accuracy"] == trained[split]["accuracy"]
-    assert len(list(csv.DictReader(open(out / "history.csv")))) == 2
+    assert len(list(csv.DictReader(open(out / "history.csv")))) == 2 * (1 if model == "perceiver" else 2)

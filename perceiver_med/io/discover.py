@@ -2,11 +2,18 @@
 
 Reads headers only. DICOM files are grouped into series by SeriesInstanceUID whatever their
 names and order; a series of single-frame slices with distinct positions becomes one volume.
+Only regular files are opened (a named pipe would block); an unreadable folder, a symbolic link
+to a folder (not followed), a broken link or a file that vanishes is reported as skipped. Whatever
+exception a reader raises on one file, that file becomes a skip with a one-line reason.
+Shapes and spacings are in the display convention of every reader: (slices, rows, cols).
 """
 from __future__ import annotations
 
+import errno
 import os
-from collections import defaultdict
+import stat
+import warnings
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,6 +21,8 @@ import numpy as np
 
 from perceiver_med.errors import ScanError, UserError
 from perceiver_med.io import dicom, nifti, raster
+from perceiver_med.io.limits import check_size, describe, max_voxels, unexpected
+from perceiver_med.io.orientation import display_shape, display_spacing
 
 
 @dataclass
@@ -26,13 +35,17 @@ class Scan:
     format: str
     kind: str  # "image" or "volume"
     modality: str = ""
-    shape: tuple = ()
-    spacing: tuple | None = None
+    shape: tuple = ()  # (rows, cols) or (slices, rows, cols), as read_scan returns it
+    spacing: tuple | None = None  # in the order of `shape`, millimetres
     series_uid: str = ""
     patient_id: str = ""
     laterality: str = ""
     ordering: str = ""  # how a DICOM series was ordered: "position", "instance", or ""
     warnings: list[str] = field(default_factory=list)
+    window: tuple | None = None  # a DICOM series' VOI window when every slice has the same one
+    # DICOM volumes ordered by position: voxel (column, row, slice) -> RAS mm, and that voxel grid's shape
+    affine: tuple | None = None
+    voxel_shape: tuple = ()
 
 
 @dataclass
@@ -70,103 +83,294 @@ def _rel(path: Path, root: Path) -> str:
         return str(path)
 
 
-def list_files(root: Path) -> list[Path]:
-    if not root.exists():
+_FILE_KINDS = ((stat.S_ISFIFO, "named pipe"), (stat.S_ISSOCK, "socket"), (stat.S_ISCHR, "character device"),
+               (stat.S_ISBLK, "block device"), (stat.S_ISDIR, "folder"))
+
+
+def _os_reason(exc: OSError, path: Path) -> str:
+    if exc.errno == errno.ELOOP:
+        return "a symbolic link loop: it never reaches a file"
+    if exc.errno == errno.ENOENT:
+        if os.path.islink(path):
+            return "a broken symbolic link: its target does not exist"
+        return "vanished before it could be read"
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return "permission denied"
+    return f"cannot be read: {exc.strerror or describe(exc)}"
+
+
+def _regular(path: Path) -> str:
+    """"" for a regular file (or a link to one); otherwise why it is not read."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as exc:
+        return _os_reason(exc, path)
+    if stat.S_ISREG(mode):
+        return ""
+    kind = next((name for test, name in _FILE_KINDS if test(mode)), "special file")
+    return f"not a regular file ({kind})"
+
+
+def list_files(root: Path) -> tuple[list[Path], list[Skip]]:
+    """Every regular file under `root`, in a stable order, and what was passed over with the reason."""
+    if not os.path.lexists(root):
         raise UserError(f"{root} does not exist")
-    if root.is_file():
-        return [root]
-    files = []
-    for folder, dirs, names in os.walk(root):
+    if not root.is_dir():
+        reason = _regular(root)
+        if reason and not os.path.exists(root):
+            raise UserError(f"{root}: {reason}")
+        return ([], [Skip(root, reason)]) if reason else ([root], [])
+    files: list[Path] = []
+    skipped: list[Skip] = []
+
+    def unreadable(exc: OSError) -> None:
+        folder = Path(exc.filename) if exc.filename else root
+        skipped.append(Skip(folder, f"folder not read: {_os_reason(exc, folder)}"))
+
+    for folder, dirs, names in os.walk(root, onerror=unreadable):
         dirs.sort()
-        files.extend(Path(folder) / name for name in sorted(names))
-    if not files:
+        for name in list(dirs):
+            if os.path.islink(os.path.join(folder, name)):
+                dirs.remove(name)
+                skipped.append(Skip(Path(folder) / name, "a symbolic link to a folder: not followed "
+                                                         "(pass the folder itself to read it)"))
+        for name in sorted(names):
+            path = Path(folder) / name
+            reason = _regular(path)
+            if reason:
+                skipped.append(Skip(path, reason))
+            else:
+                files.append(path)
+    if not files and not skipped:
         raise UserError(f"{root} is empty: no files to read")
-    return files
+    if not files and any(skip.file == root for skip in skipped):
+        raise UserError(f"{root}: {skipped[0].reason}")
+    return files, skipped
+
+
+def _read_header(file: Path):
+    """(format, header) of one file; raises ScanError with the reason it is skipped."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if nifti.is_nifti(file):
+                return "nifti", nifti.header(file)
+            if raster.is_raster(file):
+                return "raster", raster.header(file)
+            return "dicom", dicom.header(file)
+    except ScanError as exc:
+        reason = str(exc)
+        if reason == "not a DICOM file":
+            reason = f"not a DICOM, NIfTI, PNG or JPEG file ({file.suffix or 'no extension'})"
+        raise ScanError(reason) from None
+    except OSError as exc:
+        raise ScanError(_os_reason(exc, file)) from None
+    except Exception as exc:  # a reader's bug or a file nobody foresaw: never more than this file's skip
+        reader = "NIfTI" if nifti.is_nifti(file) else "image" if raster.is_raster(file) else "DICOM"
+        raise ScanError(unexpected(exc, reader)) from None
 
 
 def discover(root: Path | str) -> Discovery:
     """Find every scan under `root` (a folder or a single file)."""
     root = Path(root)
-    files = list_files(root)
+    max_voxels()  # a malformed PERCEIVER_MED_MAX_VOXELS is a usage error, not a reason to skip every file
+    files, skipped = list_files(root)
     base = root if root.is_dir() else root.parent
     scans: list[Scan] = []
-    skipped: list[Skip] = []
     dicom_headers: list[tuple[Path, dict]] = []
     for file in files:
         try:
-            if nifti.is_nifti(file):
-                info = nifti.header(file)
-                scans.append(Scan(id=_rel(file, base), path=file, files=[file], format="nifti", kind=info["kind"],
-                                  shape=info["shape"], spacing=info["spacing"], warnings=info["warnings"]))
-            elif raster.is_raster(file):
-                info = raster.header(file)
-                scans.append(Scan(id=_rel(file, base), path=file, files=[file], format=info["format"],
-                                  kind="image", shape=info["shape"]))
-            else:
-                dicom_headers.append((file, dicom.header(file)))
+            kind, info = _read_header(file)
         except ScanError as exc:
-            reason = str(exc)
-            if reason == "not a DICOM file":
-                reason = f"not a DICOM, NIfTI, PNG or JPEG file ({file.suffix or 'no extension'})"
-            skipped.append(Skip(file, reason))
-    scans.extend(_dicom_scans(dicom_headers, base))
+            skipped.append(Skip(file, str(exc) or "unreadable"))
+            continue
+        if kind == "nifti":
+            scans.append(Scan(id=_rel(file, base), path=file, files=[file], format="nifti", kind=info["kind"],
+                              shape=info["shape"], spacing=info["spacing"], warnings=info["warnings"]))
+        elif kind == "raster":
+            scans.append(Scan(id=_rel(file, base), path=file, files=[file], format=info["format"],
+                              kind="image", shape=info["shape"]))
+        else:
+            dicom_headers.append((file, info))
+    found, dropped = _dicom_scans(dicom_headers, base)
+    scans.extend(found)
+    skipped.extend(dropped)
     scans.sort(key=lambda scan: scan.id)
+    skipped.sort(key=lambda skip: str(skip.file))
     return Discovery(root=base, scans=scans, skipped=skipped)
 
 
-def _dicom_scans(headers: list[tuple[Path, dict]], base: Path) -> list[Scan]:
+def _dicom_scans(headers: list[tuple[Path, dict]], base: Path) -> tuple[list[Scan], list[Skip]]:
     by_series: dict[str, list[tuple[Path, dict]]] = defaultdict(list)
     for file, info in headers:
         by_series[info["series_uid"] or f"no-series-uid:{file}"].append((file, info))
-    scans = []
+    scans: list[Scan] = []
+    skipped: list[Skip] = []
     for series_uid, members in by_series.items():
         uid = "" if series_uid.startswith("no-series-uid:") else series_uid
         single = [(f, i) for f, i in members if i["frames"] == 1]
         for file, info in members:
             if info["frames"] > 1:
-                scans.append(_dicom_scan(base, [file], info, uid, "volume", id_=_rel(file, base)))
+                if info["problem"]:
+                    skipped.append(Skip(file, info["problem"]))
+                else:
+                    scans.append(_multiframe_scan(base, file, info, uid))
         if len(single) == 1:
             file, info = single[0]
-            scans.append(_dicom_scan(base, [file], info, uid, "image", id_=_rel(file, base)))
+            if info["problem"]:
+                skipped.append(Skip(file, info["problem"]))
+            else:
+                scans.append(_dicom_scan(base, [file], info, uid, "image", id_=_rel(file, base)))
         elif single:
-            scans.extend(_series_scans(single, base, uid))
-    return scans
+            found, dropped = _series_scans(single, base, uid)
+            scans.extend(found)
+            skipped.extend(dropped)
+    return scans, skipped
 
 
-def _dicom_scan(base, files, info, uid, kind, id_, ordering="", warnings=None) -> Scan:
-    shape = (info["rows"], info["columns"])
-    if kind == "volume":
-        shape = (info["frames"] if len(files) == 1 else len(files), *shape)
-    spacing = info["pixel_spacing"]
+def _dicom_scan(base, files, info, uid, kind, id_, ordering="", warnings=None, shape=None, spacing=None,
+                window=None, affine=None, voxel_shape=()) -> Scan:
+    if shape is None:
+        shape = (info["rows"], info["columns"])
+        if kind == "volume":
+            shape = (info["frames"] if len(files) == 1 else len(files), *shape)
+    if spacing is None:
+        spacing = info["pixel_spacing"]
     folder = files[0].parent
     return Scan(id=id_, path=files[0] if len(files) == 1 else folder, files=list(files), format="dicom",
-                kind=kind, modality=info["modality"], shape=shape, spacing=spacing, series_uid=uid,
+                kind=kind, modality=info["modality"], shape=tuple(shape), spacing=spacing, series_uid=uid,
                 patient_id=info["patient_id"], laterality=info["laterality"], ordering=ordering,
-                warnings=list(warnings or []))
+                warnings=list(warnings or []), window=window, voxel_shape=tuple(voxel_shape),
+                affine=None if affine is None else tuple(map(tuple, np.asarray(affine, float))))
 
 
-def _series_scans(members: list[tuple[Path, dict]], base: Path, uid: str) -> list[Scan]:
-    """Stack a series of single-frame files into one volume when their geometry allows it."""
-    first = members[0][1]
+def _has_geometry(info: dict) -> bool:
+    return bool(info["position"]) and len(info["position"]) == 3 and dicom.valid_orientation(info["orientation"])
+
+
+def _multiframe_scan(base: Path, file: Path, info: dict, uid: str) -> Scan:
+    """A multi-frame file: frames sorted along the normal and reoriented when every frame has a position."""
+    positions, orientation = info["frame_positions"], info["orientation"]
+    shape = spacing = None
+    if positions and dicom.valid_orientation(orientation):
+        order = dicom.order_along_normal(orientation, positions)
+        affine = dicom.stack_affine(orientation, [positions[k] for k in order], info["pixel_spacing"])
+        shape = display_shape((info["columns"], info["rows"], info["frames"]), affine)
+        spacing = display_spacing(affine)
+    return _dicom_scan(base, [file], info, uid, "volume", id_=_rel(file, base), shape=shape, spacing=spacing)
+
+
+def _name(file: Path) -> str:
+    return file.name
+
+
+def _series_scans(members: list[tuple[Path, dict]], base: Path, uid: str) -> tuple[list[Scan], list[Skip]]:
+    """Stack a series of single-frame files into one volume when their geometry allows it.
+
+    Slices whose pixel data cannot be read (found from their headers) are left out of the volume: the
+    file is skipped with its reason and the series carries a warning saying what became of it. A series
+    with more unreadable slices than readable ones is skipped whole.
+    """
     folder = members[0][0].parent
     series_id = f"{_rel(folder, base)}/{uid}" if uid else _rel(folder, base)
-    same_size = all((i["rows"], i["columns"]) == (first["rows"], first["columns"]) for _, i in members)
-    have_geometry = all(i["position"] and i["orientation"] for _, i in members)
-    separate_warning = None
-    if same_size and have_geometry:
-        normal = dicom.slice_normal(first["orientation"])
+    bad = [(f, i["problem"]) for f, i in members if i["problem"]]
+    good = [(f, i) for f, i in members if not i["problem"]]
+    odd: list[tuple[Path, dict]] = []
+    sizes = Counter((i["rows"], i["columns"]) for _, i in good)
+    if len(sizes) > 1:
+        (size, count), = sizes.most_common(1)
+        if count > len(good) / 2:  # a few odd-sized files in a series: the rest may still stack
+            odd = [(f, i) for f, i in good if (i["rows"], i["columns"]) != size]
+            good = [(f, i) for f, i in good if (i["rows"], i["columns"]) == size]
+    scan = _stack(good, base, uid, series_id) if len(good) >= 2 and len(bad) + len(odd) <= len(good) else None
+    if scan is None:
+        if bad and len(bad) > len(good) + len(odd) and len(members) > 2:
+            return _series_unread(members, bad, good + odd)
+        images = good + odd  # not a volume: each readable file is an image
+        return ([_dicom_scan(base, [f], i, uid, "image", _rel(f, base), warnings=_separate_warning(images))
+                 for f, i in images], [Skip(f, reason) for f, reason in bad])
+    bad += [(f, f"{i['rows']}x{i['columns']} pixels, unlike the {size[0]}x{size[1]} of the rest of its series")
+            for f, i in odd]
+    try:
+        check_size(scan.shape[1:], scan.shape[0], what=f"series of {len(good)} slices,")
+    except ScanError as exc:
+        return [], [Skip(f, str(exc)) for f, _ in good] + [Skip(f, reason) for f, reason in bad]
+    skipped = []
+    if bad:
+        names = "; ".join(f"{_name(f)}: {reason}" for f, reason in bad[:3])
+        more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+        which = f"slice {_name(bad[0][0])} is" if len(bad) == 1 else f"{len(bad)} slices are"
+        scan.warnings.insert(0, f"{which} unreadable ({names}{more}): the series is read from the other "
+                                f"{len(good)} slices.")
+        skipped = [Skip(f, f"{reason}; the rest of its series ({series_id}) is read without this slice.")
+                   for f, reason in bad]
+    return [scan], skipped
+
+
+def _series_unread(members, bad, readable) -> tuple[list[Scan], list[Skip]]:
+    """More unreadable slices than readable ones: the series is skipped, every file saying why."""
+    first, why = bad[0]
+    note = (f"its series is skipped: {len(bad)} of its {len(members)} slices are unreadable "
+            f"(first {_name(first)}: {why}).")
+    return [], [Skip(f, reason) for f, reason in bad] + [Skip(f, note) for f, _ in readable]
+
+
+def _separate_warning(members) -> list[str] | None:
+    same_size = len({(i["rows"], i["columns"]) for _, i in members}) == 1
+    if same_size and len(members) > 1 and all(_has_geometry(i) for _, i in members):
+        normal = dicom.slice_normal(members[0][1]["orientation"])
+        along = np.round([np.dot(normal, i["position"]) for _, i in members], 4)
+        if len(np.unique(along)) < len(members):
+            return ["identical slice positions in the series: images kept separate, not stacked"]
+    return None
+
+
+def _stack(members: list[tuple[Path, dict]], base: Path, uid: str, series_id: str) -> Scan | None:
+    first = members[0][1]
+    if len({(i["rows"], i["columns"]) for _, i in members}) != 1:
+        return None
+    window = _series_window(members)
+    if all(_has_geometry(i) for _, i in members):
+        orientation = first["orientation"]
+        normal = dicom.slice_normal(orientation)
         along = np.array([np.dot(normal, i["position"]) for _, i in members])
-        if len(np.unique(np.round(along, 4))) == len(members):
-            order = np.argsort(along)
-            files = [members[k][0] for k in order]
-            return [_dicom_scan(base, files, first, uid, "volume", series_id, ordering="position")]
-        separate_warning = "identical slice positions in the series: images kept separate, not stacked"
-    elif same_size and first["modality"] in dicom.VOLUME_MODALITIES:
+        if len(np.unique(np.round(along, 4))) != len(members):
+            return None
+        order = dicom.order_along_normal(orientation, [i["position"] for _, i in members])
+        files = [members[k][0] for k in order]
+        positions = [members[k][1]["position"] for k in order]
+        affine = dicom.stack_affine(orientation, positions, first["pixel_spacing"])
+        voxel_shape = (first["columns"], first["rows"], len(files))
+        warnings = _gap_warning(np.sort(along))
+        return _dicom_scan(base, files, first, uid, "volume", series_id, ordering="position",
+                           warnings=warnings, shape=display_shape(voxel_shape, affine),
+                           spacing=display_spacing(affine), window=window, affine=affine, voxel_shape=voxel_shape)
+    if first["modality"] in dicom.VOLUME_MODALITIES:
         numbers = [i["instance_number"] for _, i in members]
         if None not in numbers and len(set(numbers)) == len(numbers):
             order = np.argsort(numbers)
             files = [members[k][0] for k in order]
             warning = "no slice positions: slices ordered by InstanceNumber"
-            return [_dicom_scan(base, files, first, uid, "volume", series_id, "instance", [warning])]
-    return [_dicom_scan(base, [file], info, uid, "image", _rel(file, base),
-                        warnings=[separate_warning] if separate_warning else None) for file, info in members]
+            return _dicom_scan(base, files, first, uid, "volume", series_id, "instance", [warning], window=window)
+    return None
+
+
+def _series_window(members) -> tuple | None:
+    """The VOI window of a series when every slice stores the same one (MONOCHROME1 windows move per slice)."""
+    windows = {i["window"] for _, i in members}
+    photometric = {i["photometric"] for _, i in members}
+    if len(windows) == 1 and photometric != {"MONOCHROME1"}:
+        return windows.pop()
+    return None
+
+
+def _gap_warning(along: np.ndarray) -> list[str]:
+    steps = np.diff(along)
+    if len(steps) < 2:
+        return []
+    usual = float(np.median(steps))
+    gaps = steps[steps > 1.5 * usual]
+    if usual <= 0 or not len(gaps):
+        return []
+    return [f"uneven slice spacing: {len(gaps)} gap(s) up to {float(gaps.max()):g} mm where the usual step is "
+            f"{usual:g} mm (missing slices?)"]

@@ -1,11 +1,12 @@
 """Labels and patient ids for discovered scans: class folders, a CSV, or laterality."""
 from __future__ import annotations
 
-import csv
 import re
+from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from perceiver_med.csvfiles import printable, read_csv
 from perceiver_med.errors import UserError
 from perceiver_med.io.discover import Discovery, Scan, Skip
 
@@ -54,43 +55,66 @@ def folder_label(scan: Scan, root: Path) -> str | None:
 
 
 def read_labels_csv(csv_path: Path, data_root: Path) -> dict[Path, dict]:
-    """path,label[,patient_id][,slice] -> {resolved path: row}. Paths relative to the CSV or to DATA."""
-    if not csv_path.is_file():
-        raise UserError(f"labels file {csv_path} does not exist")
-    with open(csv_path, newline="") as handle:
-        reader = csv.DictReader(handle)
-        columns = set(reader.fieldnames or [])
-        if not {"path", "label"} <= columns:
-            raise UserError(f"{csv_path} needs the columns path,label (found: {','.join(sorted(columns))})")
-        rows = list(reader)
-    table, missing = {}, []
-    for row in rows:
-        candidates = [Path(row["path"])] if Path(row["path"]).is_absolute() else [
-            csv_path.parent / row["path"], data_root / row["path"]]
+    """path,label[,patient_id][,slice] -> {resolved path: {"label", "patient_id", "slice"}}.
+
+    Paths relative to the CSV or to DATA; a line with an empty label or a bad slice is refused.
+    """
+    table = read_csv(csv_path, "labels file", ("path", "label"))
+    found_rows, missing = {}, []
+    for record in table.rows:
+        written = record.path()
+        candidates = [Path(written)] if Path(written).is_absolute() else [
+            table.source.parent / written, data_root / written]
         found = next((c for c in candidates if c.exists()), None)
         if found is None:
-            missing.append(row["path"])
+            missing.append(written)
             continue
-        table[found.resolve()] = row
+        found_rows[found.resolve()] = {"label": record.text("label", required=True),
+                                       "patient_id": record.text("patient_id", any_bytes=True),
+                                       "slice": record.integer("slice")}
     if missing:
-        raise UserError(f"{csv_path} names {len(missing)} file(s) that do not exist, e.g. {missing[0]!r}")
-    return table
+        raise UserError(f"{printable(csv_path)} names {len(missing)} file(s) that do not exist, "
+                        f"e.g. {printable(missing[0])!r}")
+    return found_rows
 
 
-def _pick_source(discovery: Discovery, label_from: str, labels_csv: Path | None) -> str:
+def _pick_source(discovery: Discovery, label_from: str, labels_csv: Path | None, pattern) -> tuple[str, list[str]]:
+    """The label source and any note about the choice."""
     if label_from != "auto":
         if label_from == "csv" and labels_csv is None:
             raise UserError("--label-from csv needs --labels CSV")
-        return label_from
+        return label_from, []
     if labels_csv is not None:
-        return "csv"
-    if discovery.scans and all(laterality_of(scan) for scan in discovery.scans):
-        return "laterality"
-    folders = {folder_label(scan, discovery.root) for scan in discovery.scans}
-    if None not in folders and len(folders) >= 2:
-        return "folder"
+        return "csv", []
+    scans, root = discovery.scans, discovery.root
+    folders = {folder_label(scan, root) for scan in scans}
+    class_folders = None not in folders and len(folders) >= 2
+    lateral = all(laterality_of(scan) for scan in scans)
+    if class_folders and lateral:
+        # Folders called left/right agree with the tags; folders of one patient each (a PACS export,
+        # the DICOM knee phantoms) name patients, not classes. Otherwise the folders are what the
+        # user sorted the scans by (benign/ and malignant/ mammograms carry laterality too).
+        if {f.lower() for f in folders} <= {"left", "right"} or _one_patient_per_folder(scans, root, pattern):
+            return "laterality", []
+        return "folder", [f"labels from the class folders ({', '.join(sorted(folders))}); the scans' laterality "
+                          "was ignored (--label-from laterality to use it)"]
+    if class_folders:
+        return "folder", []
+    if lateral:
+        return "laterality", []
+    named = sorted(f for f in folders if f is not None)
+    if len(named) == 1:
+        raise UserError(f"cannot tell the labels: only one class folder ({named[0]}) was found and a classifier "
+                        "needs two: put each class in its own folder DATA/<label>/..., or pass --labels CSV")
     raise UserError("cannot tell the labels: put scans in class folders DATA/<label>/..., "
                     "or pass --labels CSV, or --label-from laterality")
+
+
+def _one_patient_per_folder(scans: list[Scan], root: Path, pattern) -> bool:
+    patients: dict[str, set[str]] = defaultdict(set)
+    for scan in scans:
+        patients[folder_label(scan, root)].add(_patient_id(scan, root, None, pattern)[0])
+    return all(len(ids) == 1 for ids in patients.values())
 
 
 def label_scans(discovery: Discovery, label_from: str = "auto", labels_csv: Path | None = None,
@@ -100,9 +124,9 @@ def label_scans(discovery: Discovery, label_from: str = "auto", labels_csv: Path
         raise UserError(f"--label-from must be one of {', '.join(LABEL_SOURCES)}")
     if not discovery.scans:
         raise UserError(f"no readable scans in {discovery.root} ({len(discovery.skipped)} file(s) skipped)")
-    source = _pick_source(discovery, label_from, labels_csv)
-    table = read_labels_csv(labels_csv, discovery.root) if source == "csv" else {}
     pattern = _compile(patient_regex)
+    source, notes = _pick_source(discovery, label_from, labels_csv, pattern)
+    table = read_labels_csv(labels_csv, discovery.root) if source == "csv" else {}
     items, skipped, patient_sources = [], [], set()
     for scan in discovery.scans:
         row = _csv_row(scan, table) if source == "csv" else None
@@ -115,12 +139,14 @@ def label_scans(discovery: Discovery, label_from: str = "auto", labels_csv: Path
         if not label:
             skipped.append(Skip(scan.path, f"no label ({_reason(source)})"))
             continue
+        if label != printable(label):  # a class folder named in bytes that are not UTF-8
+            raise UserError(f"the class folder name '{printable(label)}' is not UTF-8 text: rename the folder")
         patient, how = _patient_id(scan, discovery.root, row, pattern)
         patient_sources.add(how)
-        slice_ = (row or {}).get("slice")
-        items.append(LabelledScan(scan, label.strip(), patient,
-                                  int(float(slice_)) if slice_ not in (None, "") else None))
-    notes = []
+        items.append(LabelledScan(scan, label.strip(), patient, (row or {}).get("slice")))
+    if patient_regex and items and "regex" not in patient_sources and patient_sources != {"csv"}:
+        raise UserError(f"--patient-regex {patient_regex!r} gives no patient id for any scan path "
+                        f"(e.g. {printable(items[0].scan.id)}); `perceiver-med inspect` lists the paths")
     if "scan" in patient_sources:
         notes.append("no patient id for some scans (no PatientID, patient_id column or --patient-regex match): "
                      "each of those scans is its own patient")
@@ -150,17 +176,26 @@ def _compile(patient_regex: str | None):
 
 def _patient_id(scan: Scan, root: Path, row: dict | None, pattern) -> tuple[str, str]:
     if row and row.get("patient_id"):
-        return row["patient_id"].strip(), "csv"
+        return row["patient_id"], "csv"
     regexes, explicit = pattern
     try:
         text = scan.path.relative_to(root).as_posix()
     except ValueError:
         text = scan.path.as_posix()
-    match = next((m for m in (r.search(text) for r in regexes) if m), None)
-    if explicit and match:
-        return (match.group(1) if match.groups() else match.group(0)), "regex"
-    if scan.patient_id:
-        return scan.patient_id, "dicom"
-    if match:
-        return (match.group(1) if match.groups() else match.group(0)), "regex"
+    found = next((found for found in (_regex_id(r, text) for r in regexes) if found), "")
+    if explicit and found:
+        return found, "regex"
+    if scan.patient_id.strip():
+        return scan.patient_id.strip(), "dicom"
+    if found:
+        return found, "regex"
     return scan.id, "scan"
+
+
+def _regex_id(regex: re.Pattern, text: str) -> str:
+    """The first non-empty match (its first group if it has one): an empty match is no patient id."""
+    for match in regex.finditer(text):
+        found = (match.group(1) if match.groups() else match.group(0)) or ""
+        if found.strip():
+            return found.strip()
+    return ""

@@ -1,13 +1,21 @@
-"""NIfTI (.nii, .nii.gz) -> (array, metadata), reoriented to the common display convention."""
+"""NIfTI (.nii, .nii.gz) -> (array, metadata), reoriented to the common display convention.
+
+Files are read through nibabel's array proxy: a header read costs no voxel data, and a model input
+that needs a few slices reads only those planes. Sizes are checked against the voxel budget first.
+"""
 from __future__ import annotations
 
+import os
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 
 from perceiver_med.errors import ScanError
-from perceiver_med.io.orientation import to_display
+from perceiver_med.io.limits import check_size, describe, file_access_error
+from perceiver_med.io.orientation import display_shape, display_slices, display_spacing, to_display
 
 SUFFIXES = (".nii", ".nii.gz")
 
@@ -16,43 +24,109 @@ def is_nifti(path: Path) -> bool:
     return path.name.lower().endswith(SUFFIXES)
 
 
-def _load(path: Path):
+@dataclass
+class _Volume:
+    image: object
+    voxel_shape: tuple[int, ...]  # (i, j) or (i, j, k): the volume that is read
+    extra: tuple[int, ...]  # further dimensions (time, ...): index 0 is read
+    affine: np.ndarray
+    shape: tuple[int, ...]  # display shape: (rows, cols) or (slices, rows, cols)
+    spacing: tuple[float, ...]
+    warnings: list[str]
+
+
+def _load(path: Path) -> _Volume:
     try:
-        return nib.load(str(path))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            image = nib.load(str(path), mmap=False)
     except Exception as exc:
-        raise ScanError(f"unreadable NIfTI: {str(exc).splitlines()[0][:120]}") from None
+        if file_access_error(exc):
+            raise
+        raise ScanError(f"unreadable NIfTI: {describe(exc)}") from None
+    if not isinstance(image, (nib.Nifti1Image, nib.Nifti2Image)):
+        kind = type(image).__name__.removesuffix("Image").replace("Cifti2", "CIFTI-2")
+        what = "brain surface or connectivity data" if "CIFTI" in kind else "not a NIfTI-1 or NIfTI-2 image"
+        raise ScanError(f"a {kind} file: {what}, not an image volume")
+    shape = tuple(int(s) for s in image.shape)
+    if len(shape) < 2:
+        raise ScanError(f"a {len(shape)}D NIfTI (shape {shape}) is not an image")
+    if 0 in shape:
+        raise ScanError(f"empty NIfTI: shape {'x'.join(map(str, shape))}")
+    dtype = image.get_data_dtype()
+    if dtype.kind == "c":
+        raise ScanError(f"complex-valued NIfTI ({dtype}) is not read: store magnitudes")
+    if dtype.kind not in "uifb":
+        raise ScanError(f"NIfTI voxels of type {dtype} (colour or structured) are not read")
+    spatial, extra = shape[:3], shape[3:]
+    notes = []
+    if any(e > 1 for e in extra):
+        count = int(np.prod(extra))
+        notes.append(f"{len(shape)}D NIfTI with {count} volumes: the first is used")
+    if len(spatial) == 3 and spatial[2] == 1:
+        spatial = spatial[:2]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        affine = np.asarray(image.affine, dtype=float)
+    display = display_shape(spatial, affine)
+    check_size(display[-2:], display[0] if len(display) == 3 else 1)
+    _check_length(path, image, spatial, dtype)
+    return _Volume(image, spatial, extra if len(shape) > 3 else (), affine, display,
+                   display_spacing(affine, len(display)), notes)
+
+
+def _check_length(path: Path, image, spatial: tuple[int, ...], dtype: np.dtype) -> None:
+    """An uncompressed .nii must hold the voxel data of the volume that is read (no decompression needed)."""
+    if path.name.lower().endswith(".gz"):
+        return
+    offset = int(image.header.get("vox_offset", 0) or 0)
+    needed = offset + int(np.prod(spatial)) * dtype.itemsize
+    size = os.stat(path).st_size
+    if size < needed:
+        raise ScanError(f"truncated NIfTI: the file holds {max(size - offset, 0):,} of the "
+                        f"{needed - offset:,} bytes of voxel data its header declares")
 
 
 def header(path: Path) -> dict:
-    image = _load(path)
-    shape = tuple(int(s) for s in image.shape)
-    warnings = []
-    if len(shape) == 4 and shape[3] > 1:
-        warnings.append(f"4D NIfTI with {shape[3]} volumes: the first is used")
-    spatial = tuple(s for s in shape[:3])
-    kind = "volume" if len(spatial) == 3 and spatial[2] > 1 else "image"
-    return {"format": "nifti", "modality": "", "shape": spatial, "kind": kind, "warnings": warnings,
-            "spacing": tuple(float(z) for z in image.header.get_zooms()[:3])}
+    volume = _load(path)
+    kind = "volume" if len(volume.shape) == 3 else "image"
+    return {"format": "nifti", "modality": "", "shape": volume.shape, "kind": kind, "warnings": volume.warnings,
+            "spacing": volume.spacing}
 
 
-def read(path: Path) -> tuple[np.ndarray, dict]:
-    image = _load(path)
+def read(path: Path, slices: list[int] | None = None) -> tuple[np.ndarray, dict]:
+    """Decode the scan (display orientation, float32, scaling applied once).
+
+    With `slices` (display slice indices of a volume), only those slices are read and returned, in that
+    order; `meta["num_slices"]` then gives the volume's slice count.
+    """
+    volume = _load(path)
+    proxy = volume.image.dataobj
+    tail = (0,) * (len(volume.image.shape) - len(volume.voxel_shape))
+    meta = {"format": "nifti", "modality": "", "spacing": volume.spacing, "window": None,
+            "warnings": volume.warnings}
     try:
-        data = np.asanyarray(image.dataobj)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if slices is not None and len(volume.shape) == 3:
+                def read_planes(axis: int, planes: list[int]) -> np.ndarray:
+                    index = [slice(None)] * 3
+                    taken = []
+                    for plane in planes:
+                        index[axis] = plane
+                        taken.append(np.asarray(proxy[tuple(index) + tail], dtype=np.float32))
+                    return np.stack(taken, axis=axis)
+
+                array = display_slices(read_planes, volume.voxel_shape, volume.affine, slices)
+                meta.update(num_slices=volume.shape[0], slices=list(slices))
+                return array, meta
+            index = (slice(None),) * len(volume.voxel_shape)
+            data = np.asarray(proxy[index + tail], dtype=np.float32)
+    except ScanError:
+        raise
     except Exception as exc:
-        raise ScanError(f"corrupt NIfTI data: {str(exc).splitlines()[0][:120]}") from None
-    warnings = []
-    if data.ndim == 4:
-        if data.shape[3] > 1:
-            warnings.append(f"4D NIfTI with {data.shape[3]} volumes: the first is used")
-        data = data[..., 0]
-    if data.ndim == 3 and data.shape[2] == 1:
-        data = data[..., 0]
-    if data.ndim not in (2, 3):
-        raise ScanError(f"NIfTI with {data.ndim} dimensions is not an image or volume")
-    slope, inter = image.dataobj.slope, image.dataobj.inter
-    data = np.asarray(data, dtype=np.float32)
-    if slope is not None and not np.isnan(slope) and (slope, inter) != (1.0, 0.0):
-        data = data * np.float32(slope) + np.float32(0.0 if inter is None or np.isnan(inter) else inter)
-    array, spacing = to_display(data, image.affine)
-    return array, {"format": "nifti", "modality": "", "spacing": spacing, "window": None, "warnings": warnings}
+        if file_access_error(exc):
+            raise
+        raise ScanError(f"corrupt NIfTI data: {describe(exc)}") from None
+    array, _ = to_display(data, volume.affine)
+    return array, meta

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from perceiver_med.models.layers import Linear
+from perceiver_med.models.layers import attend, self_attend
 
 
 def fourier_features(height: int, width: int, num_bands: int, max_freq: float,
@@ -40,27 +40,11 @@ class FeedForward(nn.Module):
     def __init__(self, dim: int, mult: int = 4, dropout: float = 0.0):
         super().__init__()
         self.norm = nn.LayerNorm(dim)
-        self.net = nn.Sequential(Linear(dim, dim * mult * 2), GEGLU(), nn.Dropout(dropout),
-                                 Linear(dim * mult, dim))
+        self.net = nn.Sequential(nn.Linear(dim, dim * mult * 2), GEGLU(), nn.Dropout(dropout),
+                                 nn.Linear(dim * mult, dim))
 
     def forward(self, x):
         return self.net(self.norm(x))
-
-
-def attend(q, k, v, dropout: float, training: bool, return_weights: bool, scale: float | None = None):
-    """Attention over (B, h, n, d) tensors: fused SDPA, or an explicit softmax when the weights are wanted."""
-    scale = q.shape[-1] ** -0.5 if scale is None else scale
-    if return_weights:
-        weights = torch.softmax((q @ k.transpose(-1, -2)) * scale, dim=-1)  # (B, h, Nq, Nk)
-        return F.dropout(weights, dropout, training) @ v, weights
-    return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout if training else 0.0, scale=scale), None
-
-
-def self_attend(qkv, heads: int, dropout: float, training: bool, return_weights: bool = False):
-    """Multi-head self-attention from one fused projection (B, n, 3*h*d) -> (B, n, h*d), weights or None."""
-    q, k, v = rearrange(qkv, "b n (three h d) -> three b h n d", three=3, h=heads)
-    out, weights = attend(q, k, v, dropout, training, return_weights)
-    return rearrange(out, "b h n d -> b n (h d)"), weights
 
 
 class SelfAttention(nn.Module):
@@ -71,8 +55,8 @@ class SelfAttention(nn.Module):
         inner = heads * dim_head
         self.heads, self.dropout = heads, dropout
         self.norm = nn.LayerNorm(dim)
-        self.to_qkv = Linear(dim, inner * 3, bias=False)
-        self.to_out = Linear(inner, dim)
+        self.to_qkv = nn.Linear(dim, inner * 3, bias=False)
+        self.to_out = nn.Linear(inner, dim)
 
     def forward(self, x):
         out, _ = self_attend(self.to_qkv(self.norm(x)), self.heads, self.dropout, self.training)
@@ -95,9 +79,9 @@ class CrossAttention(nn.Module):
         self.heads, self.dim_head, self.dropout = heads, dim_head, dropout
         self.norm = nn.LayerNorm(latent_dim)
         self.norm_context = nn.LayerNorm(context_dim)
-        self.to_q = Linear(latent_dim, inner, bias=False)
-        self.to_kv = Linear(context_dim, inner * 2, bias=False)
-        self.to_out = Linear(inner, latent_dim)
+        self.to_q = nn.Linear(latent_dim, inner, bias=False)
+        self.to_kv = nn.Linear(context_dim, inner * 2, bias=False)
+        self.to_out = nn.Linear(inner, latent_dim)
 
     def attends_in_context_space(self, elements: int, queries: int) -> bool:
         """True when projecting queries into the byte array's space costs fewer multiply-adds than K and V."""
@@ -107,21 +91,34 @@ class CrossAttention(nn.Module):
         queries_side = 2 * queries * context_dim * per_head + 2 * queries * elements * context_dim
         return queries_side < keys_values
 
+    def context_space_attention(self, q, context, return_attention: bool):
+        """q (B, h, M, d), the raw byte array (B, N, D) -> (B, h, M, d) = softmax(q K^T / sqrt(d)) V, weights or None.
+
+        With x the byte array normalised without its affine (gamma, beta), K = (x*gamma + beta) W_k^T: the beta
+        term adds one constant to all of a query's scores, which softmax ignores, so the scores are
+        ((q W_k) * gamma) . x; and since each row of weights sums to 1, weights (x*gamma + beta) = (weights x)*gamma
+        + beta. Attention then runs over x itself, which needs no gradient: the backward pass forms no dK, dV.
+        """
+        norm = self.norm_context
+        x = F.layer_norm(context, norm.normalized_shape, eps=norm.eps)  # (B, N, D)
+        width = x.shape[-1]
+        w_k, w_v = (w.reshape(self.heads, self.dim_head, -1) for w in self.to_kv.weight.chunk(2, dim=0))
+        q = (q @ w_k) * norm.weight  # (B, h, M, D)
+        pad = -width % 8  # zero columns change no product; fused kernels want multiples of 8, bf16 GEMMs run faster
+        x = F.pad(x, (0, pad))[:, None].expand(-1, self.heads, -1, -1)  # one byte array for all heads
+        out, weights = attend(F.pad(q, (0, pad)), x, x, self.dropout, self.training, return_attention,
+                              scale=self.dim_head ** -0.5)
+        return (out[..., :width] * norm.weight + norm.bias) @ w_v.transpose(1, 2), weights  # (B, h, M, d)
+
     def forward(self, latents, context, return_attention: bool = False):
         """latents (B, M, latent_dim), context (B, N, D) -> (B, M, latent_dim), weights (B, heads, M, N) or None."""
-        context = self.norm_context(context)
         q = rearrange(self.to_q(self.norm(latents)), "b m (h d) -> b h m d", h=self.heads)
         if not self.attends_in_context_space(context.shape[1], latents.shape[1]):
+            context = self.norm_context(context)
             k, v = (rearrange(t, "b n (h d) -> b h n d", h=self.heads) for t in self.to_kv(context).chunk(2, -1))
             out, weights = attend(q, k, v, self.dropout, self.training, return_attention)
         else:
-            width = context.shape[-1]
-            pad = -width % 8  # fused kernels want head sizes in multiples of 8; zero columns change no product
-            w_k, w_v = (w.reshape(self.heads, self.dim_head, -1) for w in self.to_kv.weight.chunk(2, dim=0))
-            shared = F.pad(context, (0, pad))[:, None].expand(-1, self.heads, -1, -1)  # one byte array, all heads
-            out, weights = attend(F.pad(q @ w_k, (0, pad)), shared, shared, self.dropout, self.training,
-                                  return_attention, scale=self.dim_head ** -0.5)
-            out = out[..., :width] @ w_v.transpose(1, 2)  # (B, h, M, D) @ (h, D, d)
+            out, weights = self.context_space_attention(q, context, return_attention)
         return self.to_out(rearrange(out, "b h m d -> b m (h d)")), weights
 
 
@@ -193,7 +190,7 @@ class Perceiver(nn.Module):
         distinct = {"none": num_iterations, "after_first": min(num_iterations, 2), "all": 1}[weight_sharing]
         self.layers = nn.ModuleList([layer() for _ in range(distinct)])
         self.norm = nn.LayerNorm(latent_dim)
-        self.head = Linear(latent_dim, num_classes)
+        self.head = nn.Linear(latent_dim, num_classes)
         self._positions: tuple | None = None
 
     def positions(self, height: int, width: int, device, dtype) -> torch.Tensor:
@@ -224,7 +221,9 @@ class Perceiver(nn.Module):
         return latents, attentions
 
     def forward_head(self, latents: torch.Tensor) -> torch.Tensor:
-        return self.head(self.norm(latents.mean(dim=1)))
+        # fp32 logits under bf16 autocast too: 8 significant bits would tie the probabilities that AUC ranks
+        with torch.autocast(latents.device.type, enabled=False):
+            return self.head(self.norm(latents.float().mean(dim=1)))
 
     def forward(self, x: torch.Tensor, return_attention: bool = False):
         """Logits (B, classes); with return_attention, also the cross-attention per iteration (B, h, M, N)."""

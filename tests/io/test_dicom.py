@@ -1,3 +1,6 @@
+import struct
+import zlib
+
 import numpy as np
 import pydicom
 import pytest
@@ -95,3 +98,110 @@ def test_monochrome1_is_inverted_so_dense_is_bright(tmp_path):
 def test_multiframe_file_decodes_all_frames():
     array, meta = dicom.decode(get_testdata_file("SC_rgb_rle_2frame.dcm"))
     assert array.shape == (2, 100, 100) and meta["frames"] == 2
+
+
+# ---------------------------------------------------------------- header checks, before any pixel is decoded
+
+
+def test_truncated_pixel_data_is_found_from_the_header_without_decoding():
+    info = dicom.header(get_testdata_file("MR_truncated.dcm"))
+    assert info["problem"] == ("truncated pixel data: the file holds 8,130 of the 8,192 bytes that Rows, Columns, "
+                               "frames, samples and BitsAllocated declare")
+
+
+def test_deflated_file_reads_like_pydicom_reads_it():
+    path = get_testdata_file("image_dfl.dcm")
+    array, _ = dicom.decode(path)
+    np.testing.assert_array_equal(array, pydicom.dcmread(path).pixel_array.astype(np.float32))
+    assert dicom.header(path)["problem"] == ""
+
+
+def test_a_deflated_header_is_read_without_inflating_the_pixel_data(tmp_path, monkeypatch):
+    from tests.test_hostile_files import deflated_dicom
+
+    path = deflated_dicom(tmp_path / "big.dcm", 4096, 4096)  # 16 MiB of pixels when inflated
+    inflated = []
+    original = dicom._Inflater._inflate
+
+    def counting(self, most):
+        chunk = original(self, most)
+        inflated.append(len(chunk))
+        return chunk
+
+    monkeypatch.setattr(dicom._Inflater, "_inflate", counting)
+    monkeypatch.setenv("PERCEIVER_MED_MAX_VOXELS", str(1 << 22))  # 4096^2 = 2^24 pixels: over the budget
+    with pytest.raises(ScanError, match="PERCEIVER_MED_MAX_VOXELS"):
+        dicom.header(path)
+    assert sum(inflated) < 1 << 20  # the header only (pydicom alone inflates the whole stream)
+    monkeypatch.delenv("PERCEIVER_MED_MAX_VOXELS")
+    assert dicom.header(path)["problem"] == ""  # within the budget: the length is checked by a streamed count
+    array, _ = dicom.decode(path)
+    assert array.shape == (4096, 4096) and not array.any()
+
+
+def test_deflated_data_that_expands_past_its_declared_size_is_refused(tmp_path):
+    from tests.test_hostile_files import deflated_dicom
+
+    path = deflated_dicom(tmp_path / "small.dcm", 64, 64)
+    raw = path.read_bytes()
+    # the same header, then far more data than Rows x Columns: a bomb hiding behind a small image size
+    ds_start = raw.index(b"DICM") + 4
+    meta_end = ds_start + 12 + int.from_bytes(raw[ds_start + 8:ds_start + 12], "little")
+    body = zlib.decompress(raw[meta_end:], -zlib.MAX_WBITS)
+    at = body.index(struct.pack("<HH", 0x7FE0, 0x0010))
+    huge = body[:at] + struct.pack("<HH2sHI", 0x7FE0, 0x0010, b"OB", 0, 64 << 20) + bytes(64 << 20)
+    packer = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    path.write_bytes(raw[:meta_end] + packer.compress(huge) + packer.flush())
+    assert "far more than" in dicom.header(path)["problem"]
+    with pytest.raises(ScanError, match="far more than"):
+        dicom.decode(path)
+
+
+def test_a_compressed_frame_claiming_more_pixels_than_the_header_is_refused(tmp_path):
+    ds = pydicom.dcmread(get_testdata_file("JPEG2000.dcm"))  # a 1024 x 256 JPEG 2000 frame
+    ds.Rows, ds.Columns = 512, 128  # the header now says less than the codestream will allocate
+    ds.save_as(tmp_path / "j2k.dcm")
+    assert "claims 1024x256 pixels, more than the 512x128" in dicom.header(tmp_path / "j2k.dcm")["problem"]
+
+
+def test_images_over_the_voxel_budget_are_refused_from_the_header(tmp_path, monkeypatch):
+    ct_slice(np.zeros((64, 64)), 0.0, "1.2.3").save_as(tmp_path / "a.dcm", enforce_file_format=True)
+    monkeypatch.setenv("PERCEIVER_MED_MAX_VOXELS", "4096")  # planes of at most 1024 pixels
+    with pytest.raises(ScanError) as refused:
+        dicom.header(tmp_path / "a.dcm")
+    assert "64x64" in str(refused.value) and "PERCEIVER_MED_MAX_VOXELS" in str(refused.value)
+    assert "to at least 16,384" in str(refused.value)
+
+
+@pytest.mark.parametrize("name", ["chrJapMulti.dcm", "chrKoreanMulti.dcm"])
+def test_an_image_header_without_pixel_data_is_a_problem_found_by_the_header(name):
+    from pydicom.data import get_charset_files
+
+    assert dicom.header(get_charset_files(name)[0])["problem"] == "no pixel data element"
+
+
+def test_rescale_is_applied_in_float32_without_a_float64_copy(tmp_path):
+    hu = np.arange(-1000, 1000, 31, dtype=np.float32)[:64].reshape(8, 8)
+    ds = ct_slice(hu, 0.0, "1.2.3")
+    ds.RescaleSlope, ds.RescaleIntercept = 0.5, -1024
+    ds.PixelData = np.round((hu + 1024) / 0.5).astype(np.uint16).tobytes()
+    ds.save_as(tmp_path / "a.dcm", enforce_file_format=True)
+    array, _ = dicom.decode(tmp_path / "a.dcm")
+    assert array.dtype == np.float32
+    np.testing.assert_allclose(array, hu, atol=0.5)
+
+
+# ---------------------------------------------------------------- reasons
+
+
+def test_reasons_are_one_line_never_empty_and_never_cut_inside_a_word():
+    from perceiver_med.io.limits import describe
+
+    assert describe(MemoryError()) == "out of memory"
+    assert describe(IndexError()) == "IndexError"
+    long = ValueError("The number of bytes of pixel data is less than expected (8130 vs 8192 bytes) - the "
+                      "dataset may be corrupted, have an invalid group 0028 element value, or the transfer "
+                      "syntax may be incorrect\nsecond line")
+    text = describe(long, limit=120)
+    assert "\n" not in text and text.endswith("…") and len(text) <= 121
+    assert text[:-1].split()[-1] in long.args[0].split()  # a whole word before the ellipsis

@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 from PIL import Image
+from pydicom.uid import generate_uid
 
 from perceiver_med.errors import UserError
 from perceiver_med.io import discover
@@ -63,3 +64,36 @@ def test_patient_regex_overrides(tmp_path):
     _png(tmp_path / "subj-07_RIGHT_b.png")
     labelled = label_scans(discover(tmp_path), patient_regex=r"subj-(\d+)")
     assert {i.patient_id for i in labelled.items} == {"07"}
+
+
+def _radiograph(path, side, patient):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds = ct_slice(np.zeros((4, 4)), None, generate_uid(), orientation=None, patient_id=patient, modality="MG")
+    ds.ImageLaterality = side
+    ds.save_as(path, enforce_file_format=True)
+
+
+def test_class_folders_win_over_laterality_unless_they_are_patient_or_side_folders(tmp_path):
+    # mammograms sorted into benign/ and malignant/ carry ImageLaterality too: the folders are the labels
+    for k in range(6):
+        _radiograph(tmp_path / "mammo" / ("benign", "malignant")[k % 2] / f"m{k}.dcm", "LR"[k // 2 % 2], f"P{k % 3}")
+    labelled = label_scans(discover(tmp_path / "mammo"))
+    assert labelled.label_source == "folder" and labelled.classes == ["benign", "malignant"]
+    assert any("laterality was ignored" in note for note in labelled.notes)
+    # folders of one patient each (the DICOM knee phantoms, PACS exports) name patients: laterality
+    for k in range(4):
+        _radiograph(tmp_path / "knees" / f"OAI900000{k}" / "IMG0.dcm", "LR"[k % 2], f"OAI900000{k}")
+        _radiograph(tmp_path / "knees" / f"OAI900000{k}" / "IMG1.dcm", "LR"[k % 2], f"OAI900000{k}")
+    labelled = label_scans(discover(tmp_path / "knees"))
+    assert labelled.label_source == "laterality" and labelled.classes == ["left", "right"] and not labelled.notes
+    # folders called Left/Right agree with the tags
+    for k in range(4):
+        _radiograph(tmp_path / "sides" / ("Left", "Right")[k % 2] / f"x{k}.dcm", "LR"[k % 2], "P1")
+    assert label_scans(discover(tmp_path / "sides")).label_source == "laterality"
+
+
+def test_one_class_folder_is_named_in_the_error(tmp_path):
+    _png(tmp_path / "benign" / "a.png")
+    _png(tmp_path / "benign" / "b.png")
+    with pytest.raises(UserError, match=r"only one class folder \(benign\) was found"):
+        label_scans(discover(tmp_path))

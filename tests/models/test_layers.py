@@ -1,33 +1,32 @@
+import pytest
 import torch
-from torch import nn
 
-from perceiver_med.models.layers import Linear, _FallbackBF16Linear
+from perceiver_med.models.layers import attend, fused_attention_is_faster
 
 
-def test_fallback_linear_backward_is_the_gradient_of_a_linear_map():
+@pytest.mark.parametrize("bf16", [False, True])
+@pytest.mark.parametrize("return_weights", [False, True])
+def test_attention_equals_the_textbook_formula_in_fp32_and_under_cpu_bf16_autocast(bf16, return_weights):
+    """Fused or explicit, fp32 or bf16: the numbers and gradients of softmax(q k^T * scale) v."""
     torch.manual_seed(0)
-    x = torch.randn(2, 3, 5, dtype=torch.float64, requires_grad=True)
-    weight = torch.randn(4, 5, dtype=torch.float64, requires_grad=True)
-    bias = torch.randn(4, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(_FallbackBF16Linear.apply, (x, weight, bias))
-    assert torch.autograd.gradcheck(lambda a, w: _FallbackBF16Linear.apply(a, w, None), (x, weight))
+    q, k, v = (torch.randn(2, 3, n, 16, requires_grad=True) for n in (5, 7, 7))
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        assert fused_attention_is_faster(q) is not bf16  # torch's fused kernel is the slow one in CPU bf16
+        out, weights = attend(q, k, v, 0.0, True, return_weights, scale=0.3)
+    expected_weights = torch.softmax(q @ k.transpose(-1, -2) * 0.3, dim=-1)
+    expected = expected_weights @ v
 
+    def assert_close(actual, expected):  # bf16 keeps 8 significant bits: 2**-8 of the largest value, a few times
+        atol = 2e-2 * expected.abs().max().item() if bf16 else 1e-5
+        torch.testing.assert_close(actual.float(), expected, rtol=0 if bf16 else 1e-5, atol=atol)
 
-def test_linear_matches_nn_linear_in_fp32_and_under_bf16_autocast():
-    torch.manual_seed(0)
-    ours, reference = Linear(64, 48), nn.Linear(64, 48)
-    reference.load_state_dict(ours.state_dict())
-    x = torch.randn(4, 16, 64)
-    for bf16 in (False, True):
-        results = []
-        for layer in (ours, reference):
-            layer.zero_grad()
-            inputs = x.clone().requires_grad_()
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                out = layer(inputs)
-            out.float().square().sum().backward()
-            results.append((out, inputs.grad, layer.weight.grad, layer.bias.grad))
-        tolerance = dict(rtol=2e-2, atol=2e-2) if bf16 else dict(rtol=1e-6, atol=1e-6)
-        assert results[0][0].dtype == results[1][0].dtype == (torch.bfloat16 if bf16 else torch.float32)
-        for mine, theirs in zip(*results):
-            torch.testing.assert_close(mine.float(), theirs.float(), **tolerance)
+    assert out.dtype == (torch.bfloat16 if bf16 else torch.float32)
+    grads = torch.autograd.grad(out.float().square().sum(), (q, k, v))
+    expected_grads = torch.autograd.grad(expected.square().sum(), (q, k, v))
+    assert_close(out, expected)
+    for grad, expected_grad in zip(grads, expected_grads):
+        assert_close(grad, expected_grad)
+    if return_weights:
+        assert_close(weights, expected_weights)
+    else:
+        assert weights is None

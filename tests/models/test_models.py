@@ -75,9 +75,12 @@ def test_perceiver_weight_sharing_counts():
 @pytest.mark.parametrize("context_dim,heads,elements,context_space", [(27, 1, 256, True), (27, 2, 256, True),
                                                                       (90, 2, 16, False)])
 @pytest.mark.parametrize("return_attention", [False, True])
+@pytest.mark.parametrize("bf16", [False, True])
 def test_cross_attention_equals_the_textbook_keys_and_values(context_dim, heads, elements, context_space,
-                                                             return_attention):
-    """Both orders of the cross-attention give the numbers and gradients of softmax(q k^T / sqrt(d)) v."""
+                                                             return_attention, bf16):
+    """Both orders of the cross-attention give the numbers and gradients of softmax(q k^T / sqrt(d)) v in fp32,
+
+    and under CPU bf16 autocast (where it runs other kernels) the same up to bf16 rounding."""
     from perceiver_med.models.perceiver import CrossAttention
 
     torch.manual_seed(0)
@@ -97,17 +100,24 @@ def test_cross_attention_equals_the_textbook_keys_and_values(context_dim, heads,
         return attn.to_out((weights @ v).transpose(1, 2).flatten(2)), weights
 
     results = []
-    for compute in (lambda: attn(latents, context, return_attention), textbook):
+    for compute, autocast in ((lambda: attn(latents, context, return_attention), bf16), (textbook, False)):
         attn.zero_grad()
-        out, weights = compute()
-        out.square().sum().backward()
-        results.append((out, weights, [p.grad.clone() for p in attn.parameters()]))
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            out, weights = compute()
+        out.float().square().sum().backward()
+        results.append((out.float(), weights, [p.grad.clone() for p in attn.parameters()]))
     (out, weights, grads), (expected, expected_weights, expected_grads) = results
-    torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-5)
+
+    def assert_close(actual, expected, rtol, atol):  # bf16 keeps 8 significant bits: 2**-8 of the largest value
+        if bf16:
+            rtol, atol = 0.0, 3e-2 * expected.abs().max().item()
+        torch.testing.assert_close(actual.float(), expected, rtol=rtol, atol=atol)
+
+    assert_close(out, expected, rtol=1e-4, atol=1e-5)
     for grad, expected_grad in zip(grads, expected_grads):
-        torch.testing.assert_close(grad, expected_grad, rtol=1e-4, atol=1e-4)
+        assert_close(grad, expected_grad, rtol=1e-4, atol=1e-4)
     if return_attention:
-        torch.testing.assert_close(weights, expected_weights, rtol=1e-4, atol=1e-6)
+        assert_close(weights, expected_weights, rtol=1e-4, atol=1e-6)
     else:
         assert weights is None
 
@@ -126,6 +136,20 @@ def test_fused_and_explicit_attention_agree_and_weights_have_the_documented_shap
     else:
         assert len(attentions) == 2 and attentions[0].shape == (4, 2, 17, 17)
     torch.testing.assert_close(attentions[0].sum(-1), torch.ones(attentions[0].shape[:-1]))
+
+
+@pytest.mark.parametrize("name", ["perceiver", "perceiver-patches"])
+def test_perceiver_under_cpu_bf16_autocast_gives_fp32_logits_close_to_fp32(name):
+    """bf16 changes rounding, not the function; the logits stay fp32 so probabilities do not tie."""
+    torch.manual_seed(0)
+    model = build_model(TINY[name]).eval()
+    x = _input(name)
+    with torch.no_grad():
+        expected = model(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            logits = model(x)
+    assert logits.dtype == torch.float32
+    torch.testing.assert_close(logits, expected, rtol=0, atol=3e-2 * expected.abs().max().item())
 
 
 def _numpy_rollout(attentions, head_fusion, discard_ratio):

@@ -1,0 +1,101 @@
+"""How big a scan may be before it is decoded, and one-line reasons from any exception.
+
+The voxel budget is read from the environment (PERCEIVER_MED_MAX_VOXELS, which `--max-voxels` sets), so
+worker processes started for preprocessing inherit it. Every reader checks a scan's size from its header
+against the budget BEFORE decoding anything, so a decompression bomb costs a header read, never its size.
+"""
+from __future__ import annotations
+
+import os
+
+from perceiver_med.errors import ScanError, UserError
+
+ENV = "PERCEIVER_MED_MAX_VOXELS"
+# 2^28 voxels: a 512 x 512 x 1024 CT fits (the usual 512 x 512 x 600 is 157M), 1 GiB as float32.
+DEFAULT_MAX_VOXELS = 1 << 28
+# One image plane (a 2D image, or one slice or frame of a volume) is decoded and preprocessed whole, at
+# about 16 bytes a pixel, while a model input reads only a few slices of a volume: a plane may hold a
+# quarter of the budget, 2^26 = 8192 x 8192 pixels by default (the largest mammograms are about 30M).
+PLANE_SHARE = 4
+
+
+def max_voxels() -> int:
+    """The voxel budget per scan: PERCEIVER_MED_MAX_VOXELS, else 2^28. Raises UserError if it is not a count."""
+    text = os.environ.get(ENV, "").strip()
+    if not text:
+        return DEFAULT_MAX_VOXELS
+    try:
+        value = int(text.replace("_", ""))
+    except ValueError:
+        try:
+            number = float(text)
+        except ValueError:
+            number = float("nan")
+        value = int(number) if number == number and number == int(number) else 0
+    if value <= 0:
+        raise UserError(f"{ENV} must be a positive whole number of voxels, got {text!r}")
+    return value
+
+
+def max_plane_pixels() -> int:
+    return max(1, max_voxels() // PLANE_SHARE)
+
+
+def check_size(dims: tuple[int, ...], planes: int = 1, what: str = "") -> None:
+    """Refuse a scan whose image planes (`dims` = rows, cols) times `planes` exceed the budget.
+
+    Raises ScanError naming the size, the budget and how to raise it.
+    """
+    rows_cols = 1
+    for d in dims:
+        rows_cols *= int(d)
+    total = rows_cols * max(int(planes), 1)
+    budget = max_voxels()
+    size = "x".join(str(int(d)) for d in ((planes, *dims) if planes > 1 else dims))
+    what = f"{what} " if what else ""
+    if rows_cols > budget // PLANE_SHARE:
+        raise ScanError(f"{what}{size}: one image plane of {rows_cols:,} pixels is over the limit of "
+                        f"{budget // PLANE_SHARE:,} (a quarter of the voxel budget of {budget:,}), so it is not "
+                        f"decoded; to read it, set {ENV} (or --max-voxels) to at least "
+                        f"{rows_cols * PLANE_SHARE:,}")
+    if total > budget:
+        raise ScanError(f"{what}{size}: {total:,} voxels, over the budget of {budget:,} voxels per scan, so it "
+                        f"is not decoded; to read it, set {ENV} (or --max-voxels) to at least {total:,}")
+
+
+_EMPTY_MESSAGES = {MemoryError: "out of memory", RecursionError: "structure nested too deeply",
+                   EOFError: "file ends early", KeyError: "a required field is missing"}
+
+
+def describe(exc: BaseException, limit: int = 200) -> str:
+    """One line about an exception, never empty, never cut inside a word."""
+    text = " ".join(str(exc).split())
+    if isinstance(exc, KeyError) and exc.args:
+        text = f"missing {exc.args[0]!r}"
+    if not text:
+        for kind, message in _EMPTY_MESSAGES.items():
+            if isinstance(exc, kind):
+                return message
+        return type(exc).__name__
+    return shorten(text, limit)
+
+
+def shorten(text: str, limit: int = 200) -> str:
+    """`text` on one line, cut at the last whole word before `limit` characters (with an ellipsis)."""
+    text = " ".join(text.split())
+    if len(text) <= limit:
+        return text
+    cut = text[:limit].rsplit(" ", 1)[0].rstrip(" ,;:-(")
+    return (cut or text[:limit]) + "…"
+
+
+def file_access_error(exc: BaseException) -> bool:
+    """An OSError about reaching the file (gone, permission, link loop), not about its content."""
+    return isinstance(exc, OSError) and exc.errno is not None
+
+
+def unexpected(exc: BaseException, reader: str) -> str:
+    """The reason for an exception a reader did not expect (a bug in it, or a file no one foresaw)."""
+    if isinstance(exc, MemoryError):
+        return f"not enough memory to read this {reader} file"
+    return f"the {reader} reader failed on this file ({type(exc).__name__}: {describe(exc, 160)})"
