@@ -14,8 +14,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from perceiver_med import __version__
 from perceiver_med.config import POSITIVE_NAMES, TrainConfig
 from perceiver_med.errors import Interrupted, UserError
-from perceiver_med.report import (console, counts_table, err_console, metrics_table, scans_table, skipped_table,
-                                  summary_line)
+from perceiver_med.report import (console, counts_table, err_console, metrics_table, plain, scans_table,
+                                  skipped_table, summary_line)
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
                   context_settings={"max_content_width": 100},
@@ -158,7 +158,7 @@ def inspect(data: Annotated[Path, typer.Argument(help="folder of scans, or one f
     _print_skips(discovery.skipped)
     for scan in discovery.scans:
         for warning in scan.warnings:
-            console.print(f"[yellow]warning[/] {escape(scan.id)}: {escape(warning)}")
+            console.print("[yellow]warning[/]", plain(scan.id), plain(warning))
     console.print(summary_line(len(discovery.scans), len(discovery.skipped)))
     if out:
         console.print(f"file list written to [bold]{escape(str(out))}[/]")
@@ -431,10 +431,10 @@ def predict(run: Annotated[Path, typer.Argument(help="run directory", metavar="R
         predictions, skipped, classes = predict_run(run, scans, out, device.value, on_done=_advance(bar, task),
                                                     overwrite=overwrite)
     table = Table(title=f"{len(predictions)} prediction(s)")
-    for column in ("scan", "label", "pred", *(f"p({escape(c)})" for c in classes)):
-        table.add_column(column)
+    for column in ("scan", "label", "pred", *(f"p({c})" for c in classes)):
+        table.add_column(plain(column))
     for p in predictions[:30]:
-        table.add_row(escape(p.path.name), escape(p.label or ""), escape(classes[int(p.probs.argmax())]),
+        table.add_row(plain(p.path.name), plain(p.label or ""), plain(classes[int(p.probs.argmax())]),
                       *(f"{v:.4f}" for v in p.probs))
     if len(predictions) > 30:
         table.caption = f"... and {len(predictions) - 30} more in {escape(str(out))}"
@@ -498,7 +498,7 @@ def main() -> None:
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except Interrupted as exc:
-        err_console.print(f"[yellow]{escape(str(exc))}[/]", highlight=False, soft_wrap=True)
+        err_console.print(plain(str(exc)), style="yellow", highlight=False, soft_wrap=True)
         sys.exit(130)
     except (typer.Abort, KeyboardInterrupt):
         err_console.print("[yellow]interrupted[/]", highlight=False)
@@ -512,4 +512,4 @@ def main() -> None:
 
 
 def _error_line(text: str) -> None:
-    err_console.print(f"[red]error[/]: {escape(text)}", highlight=False, soft_wrap=True)
+    err_console.print("[red]error[/]:", plain(text), highlight=False, soft_wrap=True)

@@ -1,4 +1,8 @@
-"""Rich tables for the terminal. Patient names are never read, so they can never be shown."""
+"""Rich tables for the terminal, and figures. Patient names are never read, so they can never be shown.
+
+Text that comes from files or users (names, labels, reasons) enters tables as `plain(...)`: never parsed
+as rich markup ("[/]" in a label), and printable whatever bytes a file name holds.
+"""
 from __future__ import annotations
 
 from collections import Counter
@@ -6,22 +10,29 @@ from collections import Counter
 import numpy as np
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
+from perceiver_med.csvfiles import printable
 from perceiver_med.io.discover import Discovery, Skip
 
 console = Console()
 err_console = Console(stderr=True)
 
 
+def plain(value: object) -> Text:
+    return Text(printable(value))
+
+
 def scans_table(discovery: Discovery, limit: int = 40) -> Table:
-    table = Table(title=f"{len(discovery.scans)} scan(s) in {discovery.root}")
+    table = Table(title=plain(f"{len(discovery.scans)} scan(s) in {discovery.root}"))
     for column in ("scan", "kind", "format", "modality", "shape", "spacing", "patient", "label"):
         table.add_column(column)
     labels = discovery.labels
     for scan in discovery.scans[:limit]:
         spacing = "x".join(f"{s:g}" for s in scan.spacing) if scan.spacing else ""
-        table.add_row(scan.id, scan.kind, scan.format, scan.modality, "x".join(map(str, scan.shape)),
-                      spacing, discovery.patients.get(scan.id, scan.patient_id), labels.get(scan.id, ""))
+        table.add_row(plain(scan.id), scan.kind, scan.format, plain(scan.modality), "x".join(map(str, scan.shape)),
+                      spacing, plain(discovery.patients.get(scan.id, scan.patient_id)),
+                      plain(labels.get(scan.id, "")))
     if len(discovery.scans) > limit:
         table.caption = f"... and {len(discovery.scans) - limit} more (the CSV from --out lists them all)"
     return table
@@ -37,7 +48,7 @@ def skipped_table(skipped: list[Skip], title: str = "skipped") -> Table | None:
     table.add_column("example")
     for reason, count in reasons.most_common():
         example = next(skip.file.name for skip in skipped if skip.reason == reason)
-        table.add_row(reason, str(count), example)
+        table.add_row(plain(reason), str(count), plain(example))
     return table
 
 
@@ -50,7 +61,7 @@ def counts_table(counts: dict[str, dict[str, tuple[int, int]]]) -> Table:
     table = Table(title="scans (patients) per split and class")
     table.add_column("split")
     for label in labels:
-        table.add_column(label, justify="right")
+        table.add_column(plain(label), justify="right")
     table.add_column("total", justify="right")
     for split, per_label in counts.items():
         scans = sum(v[0] for v in per_label.values())

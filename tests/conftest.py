@@ -77,6 +77,44 @@ def run_cli(capsys, monkeypatch):
     return run
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _session_cache(tmp_path_factory):
+    """Session fixtures (a trained run) also keep their cache out of the home folder."""
+    import os
+
+    before = os.environ.get("PERCEIVER_MED_CACHE")
+    os.environ["PERCEIVER_MED_CACHE"] = str(tmp_path_factory.mktemp("session-cache"))
+    yield
+    if before is None:
+        os.environ.pop("PERCEIVER_MED_CACHE", None)
+    else:
+        os.environ["PERCEIVER_MED_CACHE"] = before
+
+
+@pytest.fixture(scope="session")
+def knee(tmp_path_factory):
+    """12 phantom knee patients (PNG, AKOA names) and their patient-grouped splits.csv."""
+    from perceiver_med.dataset_ops import split_folder
+    from perceiver_med.synth import synth
+
+    root = tmp_path_factory.mktemp("knee")
+    synth("knee", root / "data", 12, "png", 3)
+    split_folder(root / "data", root / "splits.csv", seed=0)
+    return root
+
+
+TINY_PERCEIVER_RUN = dict(size=32, epochs=2, batch_size=8, device="cpu", patience=0, num_latents=8, latent_dim=32)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(knee, tmp_path_factory):
+    """A small Perceiver trained on `knee` (shared: tests change only copies of it)."""
+    from perceiver_med.runs import train_run
+
+    return train_run(knee / "splits.csv", "perceiver", tmp_path_factory.mktemp("runs") / "run",
+                     **TINY_PERCEIVER_RUN)
+
+
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("PERCEIVER_MED_CACHE", str(tmp_path_factory.mktemp("cache")))

@@ -16,11 +16,7 @@ import time
 import numpy as np
 import pytest
 
-from perceiver_med.runs import train_run
 from tests.conftest import installed_command
-
-TINY = dict(size=32, epochs=2, batch_size=8, device="cpu", patience=0, num_latents=8, latent_dim=32)
-
 
 def one_line(result, code=2):
     """The error contract: the exit code, exactly one line on stderr, no traceback."""
@@ -30,20 +26,9 @@ def one_line(result, code=2):
     return err
 
 
-@pytest.fixture(scope="module")
-def knee(tmp_path_factory):
-    from perceiver_med.dataset_ops import split_folder
-    from perceiver_med.synth import synth
-
-    root = tmp_path_factory.mktemp("knee")
-    synth("knee", root / "data", 12, "png", 3)
-    split_folder(root / "data", root / "splits.csv", seed=0)
-    return root
-
-
-@pytest.fixture(scope="module")
-def run(knee, tmp_path_factory):
-    return train_run(knee / "splits.csv", "perceiver", tmp_path_factory.mktemp("runs") / "run", **TINY).run
+@pytest.fixture
+def run(tiny_run):
+    return tiny_run.run
 
 
 def copy_run(run, tmp_path):
@@ -277,3 +262,39 @@ def test_predictions_of_the_cli_match_the_library(run, knee, tmp_path, run_insta
     rows = list(csv.DictReader(open(tmp_path / "p.csv")))
     probs = np.array([[float(r["prob_left"]), float(r["prob_right"])] for r in rows])
     np.testing.assert_allclose(probs.sum(1), 1, rtol=1e-12)
+
+
+# ---------------------------------------------------------------- what a user sees in a real terminal
+def test_training_display_in_a_terminal_has_one_clean_row_per_epoch(knee, tmp_path):
+    import re
+
+    from tests.terminal import render, run_in_terminal
+
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
+    env.update(TERM="xterm-256color", PERCEIVER_MED_CACHE=str(tmp_path / "cache"))
+    code, raw = run_in_terminal([installed_command(), "train", str(knee / "splits.csv"), "--out",
+                                 str(tmp_path / "run"), "--size", "32", "--epochs", "3", "--num-latents", "8",
+                                 "--latent-dim", "32"], env, columns=100)
+    screen = render(raw, width=100)
+    assert code == 0, "\n".join(screen)
+    rows = [line for line in screen if re.match(r"^\s*\d+/3\s", line)]
+    assert len(rows) == 3, "\n".join(screen)
+    for row in rows:  # whole rows: every number intact, nothing drawn beside them
+        assert re.fullmatch(r"\s*\d+/3\s+(\d+\.\d{4}\s+){4}\d\.\d\de[+-]\d\d\s+\d+\.\ds(\s+best)?", row), row
+    bars = [line for line in screen if line.startswith(("preprocessing", "loss ", "epoch ")) or "/?" in line]
+    assert not bars, "\n".join(screen)  # progress bars are gone once done, and never showed an unknown total
+    assert any(line.startswith("run written to") for line in screen)
+
+
+def test_an_error_in_a_terminal_is_one_line_without_a_blank_line_before_it(tmp_path, knee):
+    from tests.terminal import render, run_in_terminal
+
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
+    env.update(TERM="xterm-256color", PERCEIVER_MED_CACHE=str(tmp_path / "cache"))
+    (tmp_path / "empty").mkdir()
+    code, raw = run_in_terminal([installed_command(), "predict", "nope", "empty", "--out", "p.csv"], env,
+                                cwd=tmp_path)
+    screen = [line for line in render(raw)]
+    while screen and not screen[-1]:
+        screen.pop()
+    assert code == 2 and len(screen) == 1 and screen[0].startswith("error: "), screen

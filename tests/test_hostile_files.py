@@ -205,7 +205,7 @@ def test_inspect_reads_or_explains_every_file_pydicom_and_nibabel_test_with(tmp_
     assert "CIFTI-2" in skipped["nibabel/row_major.dconn.nii"]  # the file whose get_zooms() crashed discovery
     assert "truncated pixel data" in skipped["pydicom/test_files/MR_truncated.dcm"]
     ok = [name for name, row in rows.items() if row["status"] == "ok"]
-    assert len(ok) > 100 and any(name.startswith("nibabel/") for name in ok)
+    assert len(ok) > 60 and any(name.startswith("nibabel/") for name in ok)
     assert seconds < 60, f"inspect took {seconds:.1f} s over {len(pairs)} files"
 
 
@@ -230,7 +230,8 @@ def test_a_bomb_is_skipped_by_header_and_the_good_scans_beside_it_are_read(tmp_p
 
 def test_a_raised_budget_reads_what_the_default_refuses(tmp_path):
     data = tmp_path / "data"
-    png_of_zeros(data / "big.png", 9000, 9000) if data.mkdir() is None else None  # 81M pixels: over 2^26
+    data.mkdir()
+    png_of_zeros(data / "big.png", 9000, 9000)  # 81M pixels in one plane: over the default 2^26
     code, out, err, _ = run_measured(["inspect", data, "--out", tmp_path / "a.csv"], tmp_path)
     assert_clean(code, out, err)
     assert read_rows(tmp_path / "a.csv")["big.png"]["status"] == "skipped"

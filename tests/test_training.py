@@ -15,27 +15,15 @@ TINY_PERCEIVER = {"num_latents": 8, "latent_dim": 32, "num_iterations": 2}
 TINY_VIT = {"depth": 1, "dim": 32}
 
 
-@pytest.fixture(scope="module")
-def knee(tmp_path_factory):
-    from perceiver_med.dataset_ops import split_folder
-    from perceiver_med.synth import synth
-
-    root = tmp_path_factory.mktemp("knee")
-    synth("knee", root / "data", 12, "png", 3)
-    split_folder(root / "data", root / "splits.csv", seed=0)
-    return root
-
-
 def _train(knee, out, model="perceiver", epochs=2, **kwargs):
     options = TINY_PERCEIVER if model == "perceiver" else TINY_VIT
     return train_run(knee / "splits.csv", model, out, size=32, epochs=epochs, batch_size=8, device="cpu",
                      patience=0, **options, **kwargs)
 
 
-@pytest.fixture(scope="module")
-def perceiver_run(knee, tmp_path_factory):
-    out = tmp_path_factory.mktemp("runs") / "perceiver"
-    return _train(knee, out)
+@pytest.fixture
+def perceiver_run(tiny_run):
+    return tiny_run
 
 
 def _predictions(path):

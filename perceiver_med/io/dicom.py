@@ -450,6 +450,7 @@ def header(path: Path) -> dict:
         "modality": str(ds.get("Modality", "")),
         "series_uid": str(ds.get("SeriesInstanceUID", "")),
         "study_uid": str(ds.get("StudyInstanceUID", "")),
+        "sop_uid": str(ds.get("SOPInstanceUID", "")).strip(),
         "patient_id": str(ds.get("PatientID", "")).strip(),
         "laterality": str(ds.get("ImageLaterality", "") or ds.get("Laterality", "")).strip().upper(),
         "rows": rows,

@@ -90,11 +90,11 @@ _FILE_KINDS = ((stat.S_ISFIFO, "named pipe"), (stat.S_ISSOCK, "socket"), (stat.S
 def _os_reason(exc: OSError, path: Path) -> str:
     if exc.errno == errno.ELOOP:
         return "a symbolic link loop: it never reaches a file"
-    if exc.errno == errno.ENOENT:
+    if exc.errno == errno.ENOENT or isinstance(exc, FileNotFoundError):
         if os.path.islink(path):
             return "a broken symbolic link: its target does not exist"
         return "vanished before it could be read"
-    if exc.errno in (errno.EACCES, errno.EPERM):
+    if exc.errno in (errno.EACCES, errno.EPERM) or isinstance(exc, PermissionError):
         return "permission denied"
     return f"cannot be read: {exc.strerror or describe(exc)}"
 
@@ -208,6 +208,8 @@ def _dicom_scans(headers: list[tuple[Path, dict]], base: Path) -> tuple[list[Sca
     skipped: list[Skip] = []
     for series_uid, members in by_series.items():
         uid = "" if series_uid.startswith("no-series-uid:") else series_uid
+        members, duplicates = _unique_images(members)
+        skipped.extend(duplicates)
         single = [(f, i) for f, i in members if i["frames"] == 1]
         for file, info in members:
             if info["frames"] > 1:
@@ -226,6 +228,21 @@ def _dicom_scans(headers: list[tuple[Path, dict]], base: Path) -> tuple[list[Sca
             scans.extend(found)
             skipped.extend(dropped)
     return scans, skipped
+
+
+def _unique_images(members: list[tuple[Path, dict]]) -> tuple[list[tuple[Path, dict]], list[Skip]]:
+    """One file per SOPInstanceUID: a copy of a slice would otherwise break its series into images."""
+    seen: dict[str, Path] = {}
+    kept, copies = [], []
+    for file, info in sorted(members, key=lambda member: (bool(member[1]["problem"]), str(member[0]))):
+        first = seen.setdefault(info.get("sop_uid", ""), file) if info.get("sop_uid") else file
+        if first is file:
+            kept.append((file, info))
+        else:
+            note = f" (this copy: {info['problem']})" if info["problem"] else ""
+            copies.append(Skip(file, f"the same image as {first.name} (same SOPInstanceUID), which is read "
+                                     f"instead{note}"))
+    return kept, copies
 
 
 def _dicom_scan(base, files, info, uid, kind, id_, ordering="", warnings=None, shape=None, spacing=None,
@@ -297,7 +314,7 @@ def _series_scans(members: list[tuple[Path, dict]], base: Path, uid: str) -> tup
         return [], [Skip(f, str(exc)) for f, _ in good] + [Skip(f, reason) for f, reason in bad]
     skipped = []
     if bad:
-        names = "; ".join(f"{_name(f)}: {reason}" for f, reason in bad[:3])
+        names = bad[0][1] if len(bad) == 1 else "; ".join(f"{_name(f)}: {reason}" for f, reason in bad[:3])
         more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
         which = f"slice {_name(bad[0][0])} is" if len(bad) == 1 else f"{len(bad)} slices are"
         scan.warnings.insert(0, f"{which} unreadable ({names}{more}): the series is read from the other "

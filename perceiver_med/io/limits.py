@@ -91,7 +91,7 @@ def shorten(text: str, limit: int = 200) -> str:
 
 def file_access_error(exc: BaseException) -> bool:
     """An OSError about reaching the file (gone, permission, link loop), not about its content."""
-    return isinstance(exc, OSError) and exc.errno is not None
+    return isinstance(exc, (FileNotFoundError, PermissionError)) or (isinstance(exc, OSError) and exc.errno is not None)
 
 
 def unexpected(exc: BaseException, reader: str) -> str:

@@ -27,9 +27,9 @@ def is_nifti(path: Path) -> bool:
 @dataclass
 class _Volume:
     image: object
-    voxel_shape: tuple[int, ...]  # (i, j) or (i, j, k): the volume that is read
-    extra: tuple[int, ...]  # further dimensions (time, ...): index 0 is read
-    affine: np.ndarray
+    voxel_shape: tuple[int, ...]  # (i, j) or (i, j, k): the volume that is read, after `order`
+    order: tuple[int, ...]  # the stored spatial axes in the order read (a single-voxel axis last)
+    affine: np.ndarray  # of the axes in `order`
     shape: tuple[int, ...]  # display shape: (rows, cols) or (slices, rows, cols)
     spacing: tuple[float, ...]
     warnings: list[str]
@@ -63,16 +63,21 @@ def _load(path: Path) -> _Volume:
     if any(e > 1 for e in extra):
         count = int(np.prod(extra))
         notes.append(f"{len(shape)}D NIfTI with {count} volumes: the first is used")
-    if len(spatial) == 3 and spatial[2] == 1:
-        spatial = spatial[:2]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         affine = np.asarray(image.affine, dtype=float)
-    display = display_shape(spatial, affine)
+    order = tuple(range(len(spatial)))
+    ones = [axis for axis, size in enumerate(spatial) if size == 1]
+    if len(spatial) - len(ones) < 2:
+        raise ScanError(f"a NIfTI of shape {'x'.join(map(str, shape))} is a line of voxels, not an image")
+    if ones:  # a single slice, in any plane: a 2D image, its single-voxel axis last
+        order = tuple(axis for axis in range(3) if axis != ones[0]) + (ones[0],)
+        affine = affine[:, list(order) + [3]]
+    voxel_shape = tuple(spatial[axis] for axis in order)[:2] if ones else spatial
+    display = display_shape(voxel_shape, affine)
     check_size(display[-2:], display[0] if len(display) == 3 else 1)
     _check_length(path, image, spatial, dtype)
-    return _Volume(image, spatial, extra if len(shape) > 3 else (), affine, display,
-                   display_spacing(affine, len(display)), notes)
+    return _Volume(image, voxel_shape, order, affine, display, display_spacing(affine, len(display)), notes)
 
 
 def _check_length(path: Path, image, spatial: tuple[int, ...], dtype: np.dtype) -> None:
@@ -102,7 +107,8 @@ def read(path: Path, slices: list[int] | None = None) -> tuple[np.ndarray, dict]
     """
     volume = _load(path)
     proxy = volume.image.dataobj
-    tail = (0,) * (len(volume.image.shape) - len(volume.voxel_shape))
+    stored = len(volume.image.shape)
+    tail = (0,) * (stored - min(stored, 3))
     meta = {"format": "nifti", "modality": "", "spacing": volume.spacing, "window": None,
             "warnings": volume.warnings}
     try:
@@ -120,13 +126,15 @@ def read(path: Path, slices: list[int] | None = None) -> tuple[np.ndarray, dict]
                 array = display_slices(read_planes, volume.voxel_shape, volume.affine, slices)
                 meta.update(num_slices=volume.shape[0], slices=list(slices))
                 return array, meta
-            index = (slice(None),) * len(volume.voxel_shape)
-            data = np.asarray(proxy[index + tail], dtype=np.float32)
+            data = np.asarray(proxy[(slice(None),) * min(stored, 3) + tail], dtype=np.float32)
     except ScanError:
         raise
     except Exception as exc:
         if file_access_error(exc):
             raise
         raise ScanError(f"corrupt NIfTI data: {describe(exc)}") from None
+    data = data.transpose(volume.order)
+    if len(volume.order) == 3 and len(volume.voxel_shape) == 2:
+        data = data[..., 0]
     array, _ = to_display(data, volume.affine)
     return array, meta

@@ -20,7 +20,6 @@ def build_model(config: dict) -> nn.Module:
     name = config.pop("name", None)
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
-    config.pop("parameters", None)
     model = MODELS[name](**config)
     model.num_parameters = count_parameters(model)
     return model
@@ -42,13 +41,9 @@ def default_config(name: str, input_shape: tuple[int, int, int], num_classes: in
                 "cross_heads": 1, "cross_dim_head": 64, "latent_heads": 4, "latent_dim_head": 32,
                 "self_per_cross_attn": 2, "num_iterations": 2, "weight_sharing": "after_first",
                 "patch_size": patch, "attn_dropout": 0.0, "ff_dropout": 0.0}
-    if name in ("vit", "vit-rollout-cnn"):
+    if name == "vit-rollout-cnn":
         vit = {"in_channels": channels, "image_size": side, "patch_size": 8 if side <= 64 else 16,
                "num_classes": num_classes, "dim": 128, "depth": 4, "heads": 4, "dropout": 0.1}
-        if name == "vit":
-            return {"name": name, **vit}
         return {"name": name, "vit": vit, "cnn": {"num_classes": num_classes, "widths": [16, 32, 64, 128],
                                                    "dropout": 0.1}, "head_fusion": "mean", "discard_ratio": 0.0}
-    if name == "cnn":
-        return {"name": name, "in_channels": channels, "num_classes": num_classes, "widths": [16, 32, 64, 128]}
-    raise ValueError(f"unknown model {name!r}")
+    raise ValueError(f"no default configuration for {name!r}")

@@ -1,6 +1,12 @@
+import os
+import shutil
+from pathlib import Path
+
 import nibabel as nib
 import numpy as np
+import pytest
 
+from perceiver_med.errors import ScanError, UserError
 from perceiver_med.io import discover, read_scan
 from perceiver_med.io.orientation import from_display
 from perceiver_med.preprocess import PreprocessConfig, make_grid
@@ -105,3 +111,264 @@ def test_4d_nifti_uses_the_first_volume_with_a_warning(tmp_path):
     array, meta = read_scan(scan)
     assert array.shape == (9, 5, 4) and np.all(array == 1)
     assert any("4D" in w for w in meta["warnings"])
+
+
+# ---------------------------------------------------------------- one bad slice, named; the series read without it
+
+
+def _truncate(path, by=100):
+    data = path.read_bytes()
+    path.write_bytes(data[:-by])
+
+
+def test_a_series_with_a_truncated_slice_is_read_from_the_other_slices(tmp_path):
+    volume = index_volume(slices=24)
+    write_series(tmp_path / "ct", volume, name=lambda k: f"{k % 7919:04d}.dcm")
+    _truncate(tmp_path / "ct" / "0007.dcm")
+    found = discover(tmp_path)
+    assert len(found.scans) == 1
+    scan = found.scans[0]
+    assert scan.kind == "volume" and scan.shape == (23, 16, 16) and len(scan.files) == 23
+    assert scan.warnings[0] == ("slice 0007.dcm is unreadable (truncated pixel data: the file holds 412 of the 512 "
+                                "bytes that Rows, Columns, frames, samples and BitsAllocated declare): the series "
+                                "is read from the other 23 slices.")
+    [skip] = found.skipped
+    assert skip.file.name == "0007.dcm"
+    assert skip.reason.startswith("truncated pixel data: the file holds 412 of the 512 bytes")
+    assert skip.reason.endswith("the rest of its series (ct/" + scan.series_uid + ") is read without this slice.")
+    rows = {row["file"]: row for row in found.records()}
+    assert rows["ct/0007.dcm"]["status"] == "skipped" and rows["ct/0008.dcm"]["shape"] == "23x16x16"
+    array, meta = read_scan(scan)  # what inspect said is what is read
+    assert array.shape == scan.shape
+    np.testing.assert_allclose(array[:, 0, 0], np.delete(volume[:, 0, 0], 7))
+    assert any("uneven slice spacing" in w for w in meta["warnings"])
+
+
+def test_a_series_mostly_unreadable_is_skipped_saying_why_for_every_file(tmp_path):
+    write_series(tmp_path / "ct", index_volume(slices=5), name=lambda k: f"{k % 7919:04d}.dcm")
+    for k in (0, 1, 2):
+        _truncate(tmp_path / "ct" / f"{k:04d}.dcm")
+    found = discover(tmp_path)
+    assert not found.scans and len(found.skipped) == 5
+    reasons = {s.file.name: s.reason for s in found.skipped}
+    assert reasons["0000.dcm"].startswith("truncated pixel data")
+    assert reasons["0004.dcm"].startswith("its series is skipped: 3 of its 5 slices are unreadable (first 0000.dcm")
+
+
+def test_a_slice_that_fails_only_when_decoded_names_the_file(tmp_path):
+    write_series(tmp_path / "ct", index_volume(slices=10), name=lambda k: f"{k % 7919:04d}.dcm")
+    scan = discover(tmp_path).scans[0]
+    (tmp_path / "ct" / "0003.dcm").unlink()  # gone between discovery and reading
+    with pytest.raises(ScanError, match=r"^0003\.dcm: vanished before it could be read$"):
+        read_scan(scan)
+
+
+# ---------------------------------------------------------------- one convention: (slices, rows, cols)
+
+
+def test_dicom_and_nifti_of_one_volume_report_the_same_shape_and_spacing(tmp_path):
+    volume = index_volume(slices=13, rows=20, cols=24)
+    write_series(tmp_path / "dicom", volume)
+    _nifti(tmp_path / "vol.nii.gz", volume)
+    scans = {s.format: s for s in discover(tmp_path).scans}
+    assert scans["dicom"].shape == scans["nifti"].shape == (13, 20, 24)
+    assert scans["dicom"].spacing == pytest.approx(scans["nifti"].spacing) == (2.0, 0.8, 0.8)
+    for scan in scans.values():
+        array, meta = read_scan(scan)
+        assert array.shape == scan.shape and tuple(meta["spacing"]) == scan.spacing
+
+
+def _sagittal_series(folder, volume):
+    """The display volume (slices=z, rows=y, cols=x) written as sagittal DICOM slices (one per x)."""
+    from pydicom.uid import generate_uid
+
+    from tests.conftest import ct_slice
+
+    folder.mkdir(parents=True)
+    uid = generate_uid()
+    slices, rows, cols = volume.shape  # display voxel (k, r, c) sits at LPS (-(cols-1-c)*0.8, -(rows-1-r)*0.8, 2k)
+    # sagittal: image rows run head -> foot (-S), image columns anterior -> posterior (+P), one image per c
+    for n, c in enumerate(np.random.default_rng(2).permutation(cols)):
+        plane = volume[::-1, :, c]  # (image rows = k from the top, image columns = r)
+        ds = ct_slice(plane, None, uid, instance=int(c) + 1, orientation=(0, 1, 0, 0, 0, -1))
+        ds.ImagePositionPatient = [-(cols - 1 - float(c)) * 0.8, -(rows - 1) * 0.8, (slices - 1) * 2.0]
+        ds.PixelSpacing = [2.0, 0.8]
+        ds.save_as(folder / f"s{n:03d}", enforce_file_format=True)
+
+
+def test_a_sagittal_series_reports_its_display_shape_and_reads_only_what_a_grid_needs(tmp_path):
+    from perceiver_med.preprocess import model_input, scan_input
+
+    rng = np.random.default_rng(0)
+    volume = np.round(rng.normal(size=(12, 10, 14)) * 100).astype(np.float32)
+    _sagittal_series(tmp_path / "sag", volume)
+    _nifti(tmp_path / "same.nii.gz", volume)
+    scans = {s.format: s for s in discover(tmp_path).scans}
+    sagittal = scans["dicom"]
+    assert sagittal.shape == (12, 10, 14)
+    array, meta = read_scan(sagittal)
+    assert array.shape == sagittal.shape
+    reference, _ = read_scan(scans["nifti"])
+    np.testing.assert_array_equal(array, reference)
+    for config in (PreprocessConfig(input="grid", size=8, window=None), PreprocessConfig(input="image", size=8)):
+        for scan in scans.values():
+            whole, meta = read_scan(scan)
+            np.testing.assert_array_equal(scan_input(scan, config), model_input(whole, meta, config))
+
+
+@pytest.mark.parametrize("codes", ["RAS", "LPI", "ASR", "SPL", "IRA"])
+def test_nifti_read_slice_by_slice_equals_the_whole_volume_in_any_storage_orientation(tmp_path, codes):
+    from nibabel.orientations import apply_orientation, axcodes2ornt, inv_ornt_aff, ornt_transform
+
+    from perceiver_med.preprocess import model_input, scan_input
+
+    rng = np.random.default_rng(1)
+    ras = rng.normal(size=(11, 13, 15)).astype(np.float32)
+    transform = ornt_transform(axcodes2ornt("RAS"), axcodes2ornt(tuple(codes)))
+    data = apply_orientation(ras, transform)
+    affine = np.diag([0.9, 1.1, 2.0, 1.0]) @ inv_ornt_aff(transform, ras.shape)
+    nib.save(nib.Nifti1Image(data, affine), tmp_path / "v.nii")
+    scan = discover(tmp_path).scans[0]
+    whole, meta = read_scan(scan)
+    assert whole.shape == scan.shape == (15, 13, 11)
+    for config in (PreprocessConfig(input="grid", size=8, window=None), PreprocessConfig(input="image", size=8)):
+        np.testing.assert_array_equal(scan_input(scan, config), model_input(whole, meta, config))
+
+
+def test_nifti_scaling_is_applied_once(tmp_path):
+    image = nib.Nifti1Image(np.arange(24, dtype=np.int16).reshape(2, 3, 4), np.eye(4))
+    image.header.set_slope_inter(2.0, 10.0)
+    nib.save(image, tmp_path / "s.nii")
+    array, _ = read_scan(discover(tmp_path).scans[0])
+    assert array.min() == 10.0 and array.max() == 23 * 2 + 10
+
+
+def test_a_single_coronal_nifti_slice_is_a_2d_image_with_superior_at_the_top(tmp_path):
+    data = np.zeros((6, 1, 5), np.float32)  # x (R), y (A) a single coronal plane, z (S)
+    data[:, 0, 4] = 7  # the most superior row
+    nib.save(nib.Nifti1Image(data, np.eye(4)), tmp_path / "coronal.nii")
+    scan = discover(tmp_path).scans[0]
+    array, _ = read_scan(scan)
+    assert scan.kind == "image" and array.shape == scan.shape == (5, 6)
+    assert np.all(array[0] == 7) and not array[1:].any()
+
+
+def test_a_cifti_file_is_skipped_with_a_reason(tmp_path):
+    source = Path(nib.__file__).parent / "tests" / "data" / "row_major.dconn.nii"
+    shutil.copyfile(source, tmp_path / "row_major.dconn.nii")
+    write_series(tmp_path / "ct", index_volume(slices=9))
+    found = discover(tmp_path)
+    assert len(found.scans) == 1
+    assert found.skipped[0].reason == "a CIFTI-2 file: brain surface or connectivity data, not an image volume"
+
+
+# ---------------------------------------------------------------- the voxel budget
+
+
+def test_scans_over_the_voxel_budget_are_skipped_from_their_headers(tmp_path, monkeypatch):
+    monkeypatch.setenv("PERCEIVER_MED_MAX_VOXELS", str(16 * 16 * 10))
+    write_series(tmp_path / "long", index_volume(slices=11))  # 2816 voxels
+    write_series(tmp_path / "short", index_volume(slices=9))
+    header = nib.Nifti1Header()
+    header.set_data_shape((32767, 32767, 32767))
+    header.set_data_dtype(np.int16)
+    header["vox_offset"] = 352
+    (tmp_path / "claims.nii").write_bytes(header.binaryblock + bytes(4))
+    found = discover(tmp_path)
+    assert [s.shape for s in found.scans] == [(9, 16, 16)]
+    reasons = {s.file.name: s.reason for s in found.skipped}
+    assert "32767x32767x32767" in reasons["claims.nii"] and "set PERCEIVER_MED_MAX_VOXELS" in reasons["claims.nii"]
+    long_reasons = {r for name, r in reasons.items() if name != "claims.nii"}
+    assert len(long_reasons) == 1 and "series of 11 slices, 11x16x16: 2,816 voxels, over the budget of 2,560" \
+        in long_reasons.pop()
+
+
+def test_a_png_bomb_is_refused_from_its_header(tmp_path):
+    from tests.test_hostile_files import png_claiming
+
+    png_claiming(tmp_path / "claims.png", 20000, 20000)
+    found = discover(tmp_path)
+    assert not found.scans and "20000x20000" in found.skipped[0].reason
+
+
+def test_a_truncated_png_is_found_by_inspect_and_odd_png_modes_read_as_grey(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (40, 30), dtype=np.uint8)).save(tmp_path / "cut.png")
+    _truncate(tmp_path / "cut.png", 30)
+    Image.fromarray(rng.integers(0, 255, (20, 10, 2), dtype=np.uint8), mode="LA").save(tmp_path / "la.png")
+    found = discover(tmp_path)
+    assert [s.file.name for s in found.skipped] == ["cut.png"] and "truncated PNG" in found.skipped[0].reason
+    for scan in found.scans:
+        array, _ = read_scan(scan)
+        assert array.shape == scan.shape == (20, 10)
+
+
+def test_a_malformed_budget_is_a_usage_error(tmp_path, monkeypatch):
+    write_series(tmp_path / "ct", index_volume(slices=9))
+    monkeypatch.setenv("PERCEIVER_MED_MAX_VOXELS", "-5")
+    with pytest.raises(UserError, match="PERCEIVER_MED_MAX_VOXELS"):
+        discover(tmp_path)
+
+
+# ---------------------------------------------------------------- what is not a regular file
+
+
+def test_only_regular_files_are_read_and_the_rest_is_reported(tmp_path):
+    write_series(tmp_path / "ct", index_volume(slices=9))
+    os.mkfifo(tmp_path / "pipe")
+    os.symlink(tmp_path / "loop2", tmp_path / "loop1")
+    os.symlink(tmp_path / "loop1", tmp_path / "loop2")
+    os.symlink(tmp_path / "nowhere.nii", tmp_path / "broken.nii")
+    os.symlink(tmp_path / "ct", tmp_path / "linked_folder")
+    nib.save(nib.Nifti1Image(np.zeros((4, 5, 6), np.float32), np.eye(4)), tmp_path / "elsewhere.nii")
+    os.symlink(tmp_path / "elsewhere.nii", tmp_path / "linked_file.nii")
+    found = discover(tmp_path)  # a named pipe opened for reading would block here
+    reasons = {s.file.name: s.reason for s in found.skipped}
+    assert reasons == {
+        "pipe": "not a regular file (named pipe)",
+        "loop1": "a symbolic link loop: it never reaches a file",
+        "loop2": "a symbolic link loop: it never reaches a file",
+        "broken.nii": "a broken symbolic link: its target does not exist",
+        "linked_folder": "a symbolic link to a folder: not followed (pass the folder itself to read it)",
+    }
+    assert sorted(s.id for s in found.scans)[1:] == ["elsewhere.nii", "linked_file.nii"]  # a linked file is read
+
+
+def test_a_file_vanishing_between_listing_and_reading_is_a_skip(tmp_path, monkeypatch):
+    import importlib
+
+    discover_module = importlib.import_module("perceiver_med.io.discover")
+    write_series(tmp_path / "ct", index_volume(slices=9))
+    nib.save(nib.Nifti1Image(np.zeros((4, 4, 4), np.float32), np.eye(4)), tmp_path / "gone.nii.gz")
+    (tmp_path / "gone.png").write_bytes(b"")
+    listed = discover_module.list_files
+
+    def list_then_delete(root):
+        result = listed(root)
+        (tmp_path / "gone.nii.gz").unlink()
+        (tmp_path / "gone.png").unlink()
+        return result
+
+    monkeypatch.setattr(discover_module, "list_files", list_then_delete)
+    found = discover(tmp_path)
+    assert {s.file.name: s.reason for s in found.skipped} == {
+        "gone.nii.gz": "vanished before it could be read", "gone.png": "vanished before it could be read"}
+    assert len(found.scans) == 1
+
+
+def test_an_unreadable_folder_is_reported_not_dropped(tmp_path):
+    write_series(tmp_path / "ct", index_volume(slices=9))
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    (locked / "scan.png").write_bytes(b"")
+    locked.chmod(0)
+    try:
+        if os.access(locked, os.R_OK):
+            pytest.skip("running as root: chmod 000 does not stop this user from reading the folder")
+        found = discover(tmp_path)
+    finally:
+        locked.chmod(0o755)
+    assert [(s.file.name, s.reason) for s in found.skipped] == [("locked", "folder not read: permission denied")]
+    assert len(found.scans) == 1

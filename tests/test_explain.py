@@ -1,0 +1,220 @@
+"""Explanations are registered with the picture and show evidence: oracles by construction, then trained models."""
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from perceiver_med.explain import attention_map, evidence_map, explain_run
+from perceiver_med.models import Perceiver, ViTRolloutCNN
+from perceiver_med.runs import load_model, train_run
+
+SIZE = 32
+SPOT = (11.5, 27.5)  # the dot's centre (row, col): off-centre, in the middle of the 8x8 patch at (1, 3)
+
+
+def _peak(heat: torch.Tensor) -> tuple[int, int]:
+    return divmod(int(heat.flatten().argmax()), heat.shape[-1])
+
+
+# ---------------------------------------------------------------- geometry, with attention forced by weights
+def _content_keyed_perceiver(patch_size: int) -> Perceiver:
+    """Every latent asks the same question, 'how bright is your first pixel?': the brightest patch takes it all."""
+    model = Perceiver(image_size=SIZE, patch_size=patch_size, num_latents=4, latent_dim=16, cross_dim_head=16,
+                      latent_heads=2, latent_dim_head=8, self_per_cross_attn=1, num_iterations=2).eval()
+    with torch.no_grad():
+        for layer in model.layers:
+            attention = layer.cross_attn
+            attention.norm.weight.zero_()
+            attention.norm.bias.fill_(1.0)
+            attention.to_q.weight.zero_()
+            attention.to_q.weight[0].fill_(40.0 / attention.to_q.in_features)
+            attention.to_kv.weight.zero_()
+            attention.to_kv.weight[0, 0] = 1.0  # key 0: the first pixel value of the patch (after LayerNorm)
+    return model
+
+
+@pytest.mark.parametrize("patch_size", [1, 4])
+@pytest.mark.parametrize("place", [(0, 24), (20, 4), (28, 0)])
+def test_perceiver_attention_map_peaks_on_the_patch_the_attention_was_forced_to(patch_size, place):
+    x = torch.zeros(1, 1, SIZE, SIZE)
+    x[0, 0, place[0], place[1]] = 100.0  # the only non-zero pixel: the first of its patch
+    row, col = _peak(attention_map(_content_keyed_perceiver(patch_size), x)[0, 0])
+    assert (row // patch_size, col // patch_size) == (place[0] // patch_size, place[1] // patch_size)
+
+
+def test_rollout_map_of_the_hybrid_peaks_on_the_patch_the_attention_was_forced_to():
+    dim = 16
+    model = ViTRolloutCNN(vit={"image_size": SIZE, "patch_size": 8, "dim": dim, "depth": 2, "heads": 1},
+                          cnn={"widths": [4]}).eval()
+    vit = model.vit
+    with torch.no_grad():
+        vit.pos_embed.zero_()
+        vit.patch_embed.weight.zero_()
+        vit.patch_embed.bias.zero_()
+        vit.patch_embed.weight[0].fill_(1.0)  # token feature 0: the patch's brightness
+        vit.cls_token.zero_()
+        vit.cls_token[0, 0, 1] = 1.0
+        for block in vit.blocks:
+            block.attn.qkv.weight.zero_()
+            block.attn.qkv.bias.zero_()
+            block.attn.qkv.weight[0, 1] = 10.0  # only CLS asks ...
+            block.attn.qkv.weight[dim, 0] = 10.0  # ... and a bright patch answers
+    for top, left in [(0, 24), (16, 8), (24, 0)]:
+        x = torch.zeros(1, 1, SIZE, SIZE)
+        x[0, 0, top:top + 8, left:left + 8] = 1.0
+        row, col = _peak(attention_map(model, x)[0, 0])
+        assert (row // 8, col // 8) == (top // 8, left // 8)
+
+
+class ReadsOneSpot(nn.Module):
+    """A classifier by construction: class 1 ('dot') when the 4x4 square at `place` is bright."""
+
+    def __init__(self, place=(8, 24)):
+        super().__init__()
+        self.place = place
+
+    def forward(self, x):
+        r, c = self.place
+        brightness = x[:, :, r:r + 4, c:c + 4].mean(dim=(1, 2, 3))
+        return torch.stack([torch.zeros_like(brightness), 20 * (brightness - 0.5)], dim=1)
+
+
+@pytest.mark.parametrize("dot", [True, False])
+def test_evidence_lies_on_the_only_pixels_the_model_reads_whatever_it_predicts(dot):
+    x = torch.full((1, 1, SIZE, SIZE), 0.2)
+    x[0, 0, 20:28, 2:10] = 1.0  # a bright distractor the model ignores
+    if dot:
+        x[0, 0, 8:12, 24:28] = 0.9
+    heat = evidence_map(ReadsOneSpot(), x, window=4)[0, 0]
+    assert heat.shape == (SIZE, SIZE)
+    assert heat[8:12, 24:28].min() > 1.0  # painting the spot (dark when lit, bright when dark) flips it
+    heat[8:12, 24:28] = 0
+    assert heat.abs().max() == 0  # nothing else changes the prediction at all
+
+
+def test_overlay_is_drawn_pixel_on_pixel_over_the_picture():
+    from perceiver_med.report import overlay_figure
+
+    picture = np.full((SIZE, SIZE), 0.5)
+    heat = np.zeros((SIZE, SIZE))
+    heat[4:8, 20:28] = 3.0  # top right
+    figure = overlay_figure(picture, heat, "title", "fall, nats")
+    figure.canvas.draw()
+    pixels = np.asarray(figure.canvas.buffer_rgba())[..., :3].astype(int)
+    box = figure.axes[0].images[0].get_window_extent()
+    top = pixels.shape[0] - box.y1  # display y grows upwards, array rows downwards
+    rows = (np.arange(pixels.shape[0]) - top) / box.height * SIZE
+    cols = (np.arange(pixels.shape[1]) - box.x0) / box.width * SIZE
+    inside = (rows[:, None] >= 0) & (rows[:, None] < SIZE) & (cols[None] >= 0) & (cols[None] < SIZE)
+    tinted = (pixels.max(-1) - pixels.min(-1) > 40) & inside
+    assert tinted.any()
+    r, c = np.nonzero(tinted)
+    # within half a picture pixel of the hot block (display pixels straddle its edges); flipped it would be far
+    assert 3.5 <= rows[r].min() and rows[r].max() < 8.5 and 19.5 <= cols[c].min() and cols[c].max() < 28.5
+    assert len(figure.axes) == 2  # the image and its colour bar
+
+
+# ---------------------------------------------------------------- trained on a task whose evidence is one spot
+DOT = (9.5, 25.5)  # the dot's centre (row, col): off-centre, filling the 4x4 patch (2, 6)
+
+
+def _spot_images(count: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Noise and two bright distractor discs anywhere (both classes); class 1 also has a small dot at DOT."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:SIZE, 0:SIZE]
+    images, labels = [], np.arange(count) % 2
+    for label in labels:
+        image = 0.1 + rng.normal(0, 0.03, (SIZE, SIZE))
+        for _ in range(2):
+            while True:
+                cy, cx = rng.uniform(4, SIZE - 4, 2)
+                if np.hypot(cy - DOT[0], cx - DOT[1]) > 9:
+                    break
+            image[np.hypot(y - cy, x - cx) <= rng.uniform(2.5, 4)] += 0.7
+        if label:
+            image[np.hypot(y - DOT[0], x - DOT[1]) <= 2] += 0.4
+        images.append(np.clip(image, 0, 1))
+    return torch.tensor(np.stack(images)[:, None], dtype=torch.float32), torch.from_numpy(labels)
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models gain nothing from threads, and on a shared 2-core machine spinning threads cost 5x."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _fit(model: nn.Module, x, y, steps: int = 120) -> None:
+    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3)
+    generator = torch.Generator().manual_seed(0)
+    model.train()
+    for _ in range(steps):
+        batch = torch.randint(0, len(x), (32,), generator=generator)
+        loss = nn.functional.cross_entropy(model(x[batch]), y[batch])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()
+
+
+def _trained_perceiver(x, y):
+    model = Perceiver(image_size=SIZE, patch_size=4, num_latents=8, latent_dim=32, cross_dim_head=32,
+                      latent_heads=2, latent_dim_head=16, self_per_cross_attn=1, num_iterations=2, max_freq=8.0)
+    _fit(model, x, y)
+    return model
+
+
+def _trained_hybrid(x, y):
+    model = ViTRolloutCNN(vit={"image_size": SIZE, "patch_size": 4, "dim": 32, "depth": 1, "heads": 2},
+                          cnn={"widths": [8, 16]})
+    _fit(model.vit, x, y)
+    _fit(model.cnn, model.stage_two_input(x), y)  # as training does: the CNN on [input, rollout of the ViT]
+    return model
+
+
+@pytest.mark.parametrize("build", [_trained_perceiver, _trained_hybrid], ids=["perceiver", "hybrid"])
+def test_evidence_of_a_trained_model_is_hottest_on_the_dot(build, one_thread):
+    torch.manual_seed(0)
+    model = build(*_spot_images(256, seed=0))
+    x, labels = _spot_images(32, seed=1)
+    with torch.no_grad():
+        assert (model(x).argmax(1) == labels).float().mean() >= 0.9  # it learned the task
+    heat = evidence_map(model, x)[:, 0]
+    hottest_on_dot = heat[:, int(DOT[0]), int(DOT[1])] >= heat.flatten(1).amax(1)
+    assert hottest_on_dot[labels == 1].float().mean() >= 0.8, hottest_on_dot
+
+
+# ---------------------------------------------------------------- the overlays explain_run writes
+@pytest.fixture(scope="module")
+def spot_run(tmp_path_factory):
+    """A Perceiver run on class folders dot/ and none/ of 32x32 PNGs (one epoch: only the files matter)."""
+    from perceiver_med.dataset_ops import split_folder
+
+    root = tmp_path_factory.mktemp("spot")
+    x, labels = _spot_images(30, seed=2)
+    for k, (image, label) in enumerate(zip(x[:, 0].numpy(), labels.tolist())):
+        folder = root / "data" / ("none", "dot")[label]
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray((image * 255).round().astype(np.uint8)).save(folder / f"case{k:03d}.png")
+    split_folder(root / "data", root / "splits.csv", seed=0)
+    train_run(root / "splits.csv", "perceiver", root / "run", size=SIZE, epochs=1, batch_size=16, device="cpu",
+              num_latents=8, latent_dim=32)
+    return root
+
+
+def test_overlays_name_the_file_the_truth_and_the_prediction(spot_run, tmp_path):
+    scans = [spot_run / "data" / "dot" / "case001.png", spot_run / "data" / "none" / "case000.png"]
+    odd = tmp_path / "odd [/]" / "dot" / "$\\foo$ [bold].png"  # mathtext and rich markup in the path
+    odd.parent.mkdir(parents=True)
+    odd.write_bytes(scans[0].read_bytes())
+    written, skipped = explain_run(spot_run / "run", [*scans, odd], tmp_path / "out", labels={scans[1]: "dot"})
+    assert not skipped and len(written) == 3
+    titles = [Image.open(path).text["Title"] for path in written]
+    assert "case001.png" in titles[0] and "true dot" in titles[0]  # the class folder
+    assert "case000.png" in titles[1] and "true dot" in titles[1]  # the mapping given wins over the folder
+    assert "$\\foo$ [bold].png" in titles[2] and "true dot" in titles[2]
+    for title in titles:
+        assert "predicted " in title and "(p = " in title and "evidence" in title
