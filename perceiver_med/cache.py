@@ -10,9 +10,11 @@ import hashlib
 import json
 import multiprocessing
 import os
+import select
 import stat
-import sys
 import tempfile
+import threading
+import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -139,19 +141,28 @@ def _prepare_or_reason(args) -> tuple[np.ndarray | None, str]:
         return None, f"could not be prepared ({type(exc).__name__}: {str(exc).strip()[:200] or 'no detail'})"
 
 
-def _worker_start() -> None:
-    """Workers use one thread each and die with the process that started them (Linux: PR_SET_PDEATHSIG)."""
+def _worker_start(parent: int) -> None:
+    """Workers use one thread each and end when the process that started them ends (even by kill -9)."""
     import torch
 
     torch.set_num_threads(1)
-    if sys.platform.startswith("linux"):
-        import ctypes
-        import signal
+    threading.Thread(target=_exit_with, args=(parent,), daemon=True).start()
 
-        try:
-            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
-        except OSError:
-            pass
+
+def _exit_with(pid: int) -> None:
+    try:
+        handle = os.pidfd_open(pid)  # Linux: readable once the process has ended
+        select.select([handle], [], [])
+    except (AttributeError, OSError):  # elsewhere, or already gone: ask every second
+        while True:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                break
+            except PermissionError:
+                pass
+            time.sleep(1.0)
+    os._exit(1)
 
 
 def _pool_context():
@@ -194,7 +205,7 @@ def prepare_many(requests: list[InputRequest], config: PreprocessConfig, workers
             if not pending:
                 break
             with ProcessPoolExecutor(max_workers=min(workers, len(pending)), mp_context=_pool_context(),
-                                     initializer=_worker_start) as pool:
+                                     initializer=_worker_start, initargs=(os.getpid(),)) as pool:
                 futures = {pool.submit(_prepare_or_reason, jobs[k]): k for k in pending}
                 for future in as_completed(futures):
                     try:
