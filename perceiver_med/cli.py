@@ -448,12 +448,13 @@ def predict(run: Annotated[Path, typer.Argument(help="run directory", metavar="R
                   + f"; written to [bold]{escape(str(out))}[/]")
 
 
-@app.command(short_help="Overlays of where the model looked: rollout or cross-attention.")
+@app.command(short_help="Overlays of what each prediction rests on (occlusion evidence).")
 def explain(run: Annotated[Path, typer.Argument(help="run directory", metavar="RUN")],
             scans: Annotated[list[Path], typer.Argument(help="scan files (or series folders)", metavar="SCAN...")],
             out: Annotated[Path, typer.Option(help="folder for the overlay PNGs", metavar="DIR")],
             max_voxels: MaxVoxels = None):
-    """Overlay PNGs: attention rollout for the hybrid, cross-attention over the pixels for the Perceiver."""
+    """Overlay PNGs of the evidence for each prediction: the fall of log p(predicted class) when a patch is painted
+    dark or bright. Works the same for every model; scans unlike the training scans are skipped."""
     from perceiver_med.explain import explain_run
 
     _voxel_budget(max_voxels)

@@ -37,6 +37,6 @@ def run_demo(out: Path, patients: int = 60, epochs: int = 40, seed: int = 0, rep
         f"({correct}/{len(predictions)} match the LEFT/RIGHT in their names)")
     examples = sorted(unseen.iterdir())[:4]
     written, _ = explain_run(out / "run", examples, out / "explain")
-    say(f"6. cross-attention overlays: {out / 'explain'} ({len(written)} PNGs)")
+    say(f"6. evidence overlays (what each prediction rests on): {out / 'explain'} ({len(written)} PNGs)")
     say(f"done in {time.perf_counter() - started:.0f} s")
     return {"test": test, "train_metrics": result.metrics, "unseen_correct": correct, "unseen": len(predictions)}

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from perceiver_med.cache import InputRequest, find_scan, prepare
 from perceiver_med.config import is_laterality
+from perceiver_med.datasets import scan_mismatch
 from perceiver_med.errors import ScanError, UserError
 from perceiver_med.files import refuse_inside
 from perceiver_med.io.discover import Skip
@@ -106,6 +107,10 @@ def explain_run(run: Path, scans: list[Path], out: Path,
         if not scan.exists():
             raise UserError(f"{scan} does not exist")
         try:
+            found = find_scan(scan)
+            mismatch = scan_mismatch(found, config)
+            if mismatch:
+                raise ScanError(mismatch)
             array = prepare(InputRequest(scan), config.preprocess)
         except ScanError as exc:
             skipped.append(Skip(scan, str(exc)))
@@ -117,12 +122,12 @@ def explain_run(run: Path, scans: list[Path], out: Path,
         evidence = evidence_map(model, x, window)[0, 0].numpy()
         picture = np.moveaxis(array, 0, -1) if array.shape[0] == 3 else array[0]
         predicted = config.classes[int(probs.argmax())]
-        truth = given.get(scan.resolve()) or _known_label(scan, config.classes)
+        truth = given.get(scan.resolve()) or _known_label(found, config.classes)
         truth = truth if truth in config.classes else None
         title = "\n".join([*textwrap.wrap(scan.name, 52),
                            (f"true {truth}, " if truth else "") + f"predicted {predicted} "
                            f"(p = {float(probs.max()):.3f})",
-                           f"evidence: fall of log p({predicted}) when a {window}x{window} patch is "
+                           f"evidence: fall of log p({predicted}) when one {window}x{window} patch is "
                            "painted dark or bright"])
         target = out / f"{_stem(scan)}_explain.png"
         if target in written:
@@ -132,12 +137,8 @@ def explain_run(run: Path, scans: list[Path], out: Path,
     return written, skipped
 
 
-def _known_label(scan: Path, classes: list[str]) -> str | None:
+def _known_label(found, classes: list[str]) -> str | None:
     """The class folder holding the scan (or its series folder); for left/right runs, its laterality."""
-    try:
-        found = find_scan(scan)
-    except ScanError:
-        return None
     label = folder_label(found, found.path.parent.parent)
     if label in classes:
         return label

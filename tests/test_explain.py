@@ -10,7 +10,6 @@ from perceiver_med.models import Perceiver, ViTRolloutCNN
 from perceiver_med.runs import train_run
 
 SIZE = 32
-SPOT = (11.5, 27.5)  # the dot's centre (row, col): off-centre, in the middle of the 8x8 patch at (1, 3)
 
 
 @pytest.fixture(scope="module", autouse=True)

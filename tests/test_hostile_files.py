@@ -251,6 +251,7 @@ def test_a_malformed_budget_is_one_line_and_exit_2(tmp_path):
 # ---------------------------------------------------------------- what is not a regular file
 
 
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes are POSIX")
 def test_a_named_pipe_and_a_link_loop_are_skipped_not_waited_on(tmp_path):
     data = tmp_path / "data"
     good = good_scans(data)

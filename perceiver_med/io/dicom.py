@@ -119,10 +119,12 @@ class _Inflater:
 
 def _deflated_start(fp) -> tuple[bytes, FileMetaDataset] | None:
     """(preamble, file meta) when the file is Deflated Explicit VR Little Endian; fp is then at the deflated data."""
-    preamble = fp.read(128)
-    if fp.read(4) != b"DICM":
-        fp.seek(0)
+    head = fp.read(4096)
+    if head[128:132] != b"DICM" or str(DeflatedExplicitVRLittleEndian).encode() not in head:
+        fp.seek(0)  # not deflated (the transfer syntax UID sits in the meta header, near the start)
         return None
+    preamble = head[:128]
+    fp.seek(132)
     meta = _read_file_meta_info(fp)
     if meta.get("TransferSyntaxUID") != DeflatedExplicitVRLittleEndian:
         fp.seek(0)

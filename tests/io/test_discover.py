@@ -315,7 +315,15 @@ def test_a_malformed_budget_is_a_usage_error(tmp_path, monkeypatch):
 # ---------------------------------------------------------------- what is not a regular file
 
 
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes are POSIX")
 def test_only_regular_files_are_read_and_the_rest_is_reported(tmp_path):
+    import signal
+
+    def hung(*_):
+        raise TimeoutError("discover waited on the named pipe")
+
+    signal.signal(signal.SIGALRM, hung)
+    signal.alarm(30)
     write_series(tmp_path / "ct", index_volume(slices=9))
     os.mkfifo(tmp_path / "pipe")
     os.symlink(tmp_path / "loop2", tmp_path / "loop1")
@@ -324,7 +332,10 @@ def test_only_regular_files_are_read_and_the_rest_is_reported(tmp_path):
     os.symlink(tmp_path / "ct", tmp_path / "linked_folder")
     nib.save(nib.Nifti1Image(np.zeros((4, 5, 6), np.float32), np.eye(4)), tmp_path / "elsewhere.nii")
     os.symlink(tmp_path / "elsewhere.nii", tmp_path / "linked_file.nii")
-    found = discover(tmp_path)  # a named pipe opened for reading would block here
+    try:
+        found = discover(tmp_path)  # a named pipe opened for reading would block here
+    finally:
+        signal.alarm(0)
     reasons = {s.file.name: s.reason for s in found.skipped}
     assert reasons == {
         "pipe": "not a regular file (named pipe)",
