@@ -27,6 +27,7 @@ from perceiver_med import __version__
 from perceiver_med.errors import ScanError
 from perceiver_med.files import atomic_path
 from perceiver_med.io import discover
+from perceiver_med.io.limits import describe
 from perceiver_med.preprocess import PreprocessConfig, scan_input
 
 
@@ -138,7 +139,7 @@ def _prepare_or_reason(args) -> tuple[np.ndarray | None, str]:
     except MemoryError:
         return None, "not enough memory to read this scan"
     except Exception as exc:
-        return None, f"could not be prepared ({type(exc).__name__}: {str(exc).strip()[:200] or 'no detail'})"
+        return None, f"could not be prepared ({type(exc).__name__}: {describe(exc)})"
 
 
 def _worker_start(parent: int) -> None:

@@ -26,6 +26,7 @@ from perceiver_med.config import resolve_epochs
 from perceiver_med.datasets import AugmentConfig, augment_batch
 from perceiver_med.errors import UserError
 from perceiver_med.files import atomic_path
+from perceiver_med.io.limits import describe
 from perceiver_med.metrics import split_metrics
 
 SPLITS = ("train", "val", "test")
@@ -234,6 +235,19 @@ def lr_lambda(warmup_steps: int, total_steps: int):
     return factor
 
 
+FITTED_ACCURACY = 0.95
+
+
+def stopping_armed(history: list[dict], stage: str, epochs: int) -> bool:
+    """Whether early stopping may count epochs yet: once the stage has fitted its training set, or is half done.
+
+    Small lesions keep a model at chance for tens of epochs before it starts to learn (the validation loss
+    is flat all that time); counting those epochs stopped runs that had not begun to fit their training set.
+    """
+    rows = [row for row in history if row["stage"] == stage]
+    return len(rows) >= epochs / 2 or any(row["train_accuracy"] >= FITTED_ACCURACY for row in rows)
+
+
 def save_weights(model: nn.Module, path: Path, metadata: dict[str, str] | None = None) -> str:
     """Write the weights (with `metadata` in the file's header) atomically; returns the file's SHA-256."""
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
@@ -261,7 +275,7 @@ def load_weights(model: nn.Module, path: Path, sha256: str = "", metadata: dict[
         with safe_open(str(path), "pt") as handle:
             stored = handle.metadata() or {}
     except (SafetensorError, OSError, ValueError) as exc:
-        raise UserError(f"{path} is damaged or not a safetensors file: {_first_line(exc)}") from None
+        raise UserError(f"{path} is damaged or not a safetensors file: {describe(exc)}") from None
     for key, expected in (metadata or {}).items():
         if key in stored and stored[key] != expected:
             raise UserError(f"config.json does not match {path}: its {key} differ from those the weights were "
@@ -276,12 +290,8 @@ def load_checkpoint(path: Path) -> dict:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle errors of many kinds: the file is refused, never executed
-        raise UserError(f"{path} is damaged or not a perceiver-med checkpoint: {_first_line(exc)}") from None
+        raise UserError(f"{path} is damaged or not a perceiver-med checkpoint: {describe(exc)}") from None
 
-
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:100] if text else type(exc).__name__
 
 
 def fit(model: nn.Module, model_name: str, data: dict, classes: list[str], train_cfg, augment: AugmentConfig,
@@ -304,7 +314,7 @@ def fit(model: nn.Module, model_name: str, data: dict, classes: list[str], train
             if "torch_rng" in saved:
                 torch.set_rng_state(saved["torch_rng"])
         except (KeyError, TypeError, RuntimeError) as exc:
-            raise UserError(f"{checkpoint_path} does not belong to this run's model: {_first_line(exc)}") from None
+            raise UserError(f"{checkpoint_path} does not belong to this run's model: {describe(exc)}") from None
         reporter.message(f"resuming at stage {stages[min(state.stage_index, len(stages) - 1)].name}, "
                          f"epoch {state.epoch + 1}")
     train_inputs, train_labels = data["train"]
@@ -384,7 +394,8 @@ def fit(model: nn.Module, model_name: str, data: dict, classes: list[str], train
             current = row[f"{monitor}_loss"]
             improved = current < state.best_loss - 1e-6
             state.best_loss = current if improved else state.best_loss
-            state.bad_epochs = 0 if improved else state.bad_epochs + 1
+            armed = stopping_armed(state.history + [row], stage.name, epochs)
+            state.bad_epochs = 0 if improved or not armed else state.bad_epochs + 1
             state.epoch += 1
             state.history.append(row)
             if processes.main:

@@ -25,9 +25,10 @@ from perceiver_med.io.labels import folder_label
 from perceiver_med.models import build_model, default_config
 from perceiver_med.splits import SplitRow, find_problems, read_splits, write_splits
 
-MODEL_NAMES = ("perceiver", "vit-rollout-cnn")
+MODEL_NAMES = ("perceiver", "vit-rollout-cnn", "cnn")
 # The architecture options each model takes (train --num-latents ...); anything else is refused by name.
-MODEL_OPTIONS = {"perceiver": ("num_latents", "latent_dim", "num_iterations"), "vit-rollout-cnn": ("depth", "dim")}
+MODEL_OPTIONS = {"perceiver": ("num_latents", "latent_dim", "num_iterations"), "vit-rollout-cnn": ("depth", "dim"),
+                 "cnn": ()}
 MODEL_OPTION_NAMES = {name for names in MODEL_OPTIONS.values() for name in names}
 FROZEN_SPLITS = "splits.csv"
 
@@ -168,9 +169,11 @@ def train_run(splits: Path | None, model_name: str | None, out: Path, *, resume:
     if splits is None and not resume:
         raise UserError("train needs a splits file (or --resume --out RUN to continue a run)")
     rows = _sound_rows(splits) if splits is not None else []
-    with RunLock(out, enabled=Processes.planned().main):
+    main_process = Processes.planned().main  # under torchrun, rank 0 alone owns the run directory
+    with RunLock(out, enabled=main_process):
         _check_output(out, rows, resume)
-        remove_stale_temporaries(out)
+        if main_process:
+            remove_stale_temporaries(out)
         if resume:
             if not (out / "checkpoint.pt").is_file():
                 raise UserError(f"{out} has no checkpoint.pt to resume from (training stopped before its first "

@@ -277,10 +277,6 @@ def _multiframe_scan(base: Path, file: Path, info: dict, uid: str) -> Scan:
     return _dicom_scan(base, [file], info, uid, "volume", id_=_rel(file, base), shape=shape, spacing=spacing)
 
 
-def _name(file: Path) -> str:
-    return file.name
-
-
 def _series_scans(members: list[tuple[Path, dict]], base: Path, uid: str) -> tuple[list[Scan], list[Skip]]:
     """Stack a series of single-frame files into one volume when their geometry allows it.
 
@@ -314,10 +310,10 @@ def _series_scans(members: list[tuple[Path, dict]], base: Path, uid: str) -> tup
         return [], [Skip(f, str(exc)) for f, _ in good] + [Skip(f, reason) for f, reason in bad]
     skipped = []
     if bad:
-        names = bad[0][1] if len(bad) == 1 else "; ".join(f"{_name(f)}: {reason}" for f, reason in bad[:3])
+        names = bad[0][1] if len(bad) == 1 else "; ".join(f"{f.name}: {reason}" for f, reason in bad[:3])
         more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
-        which = f"slice {_name(bad[0][0])} is" if len(bad) == 1 else f"{len(bad)} slices are"
-        scan.warnings.insert(0, f"{which} unreadable ({names}{more}): the series is read from the other "
+        which = f"slice {bad[0][0].name} is" if len(bad) == 1 else f"{len(bad)} slices are"
+        scan.warnings.insert(0, f"{which} left out ({names}{more}): the series is read from the other "
                                 f"{len(good)} slices.")
         skipped = [Skip(f, f"{reason}; the rest of its series ({series_id}) is read without this slice.")
                    for f, reason in bad]
@@ -328,7 +324,7 @@ def _series_unread(members, bad, readable) -> tuple[list[Scan], list[Skip]]:
     """More unreadable slices than readable ones: the series is skipped, every file saying why."""
     first, why = bad[0]
     note = (f"its series is skipped: {len(bad)} of its {len(members)} slices are unreadable "
-            f"(first {_name(first)}: {why}).")
+            f"(first {first.name}: {why}).")
     return [], [Skip(f, reason) for f, reason in bad] + [Skip(f, note) for f, _ in readable]
 
 

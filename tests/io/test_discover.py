@@ -129,7 +129,7 @@ def test_a_series_with_a_truncated_slice_is_read_from_the_other_slices(tmp_path)
     assert len(found.scans) == 1
     scan = found.scans[0]
     assert scan.kind == "volume" and scan.shape == (23, 16, 16) and len(scan.files) == 23
-    assert scan.warnings[0] == ("slice 0007.dcm is unreadable (truncated pixel data: the file holds 412 of the 512 "
+    assert scan.warnings[0] == ("slice 0007.dcm is left out (truncated pixel data: the file holds 412 of the 512 "
                                 "bytes that Rows, Columns, frames, samples and BitsAllocated declare): the series "
                                 "is read from the other 23 slices.")
     [skip] = found.skipped
@@ -383,3 +383,37 @@ def test_an_unreadable_folder_is_reported_not_dropped(tmp_path):
         locked.chmod(0o755)
     assert [(s.file.name, s.reason) for s in found.skipped] == [("locked", "folder not read: permission denied")]
     assert len(found.scans) == 1
+
+
+def test_an_odd_sized_slice_or_a_copy_of_a_slice_does_not_break_its_series_into_images(tmp_path):
+    from tests.conftest import ct_slice
+
+    uid = write_series(tmp_path / "ct", index_volume(slices=10), name=lambda k: f"{k % 7919:04d}.dcm")
+    ct_slice(np.zeros((8, 8)), 40.0, uid, instance=99).save_as(tmp_path / "ct" / "odd.dcm", enforce_file_format=True)
+    shutil.copyfile(tmp_path / "ct" / "0003.dcm", tmp_path / "ct" / "copy_of_0003.dcm")
+    found = discover(tmp_path)
+    assert [s.shape for s in found.scans] == [(10, 16, 16)]
+    reasons = {s.file.name: s.reason for s in found.skipped}
+    assert reasons["copy_of_0003.dcm"] == "the same image as 0003.dcm (same SOPInstanceUID), which is read instead"
+    assert reasons["odd.dcm"].startswith("8x8 pixels, unlike the 16x16 of the rest of its series; the rest of")
+    assert "slice odd.dcm is left out (8x8 pixels" in found.scans[0].warnings[0]
+
+
+def test_a_folder_that_cannot_be_listed_is_reported_even_when_running_as_root(tmp_path, monkeypatch):
+    import errno
+
+    write_series(tmp_path / "ct", index_volume(slices=9))
+    (tmp_path / "locked").mkdir()
+    scandir = os.scandir
+
+    def refusing(path="."):
+        if os.fspath(path) == str(tmp_path / "locked"):
+            raise PermissionError(errno.EACCES, "Permission denied", os.fspath(path))
+        return scandir(path)
+
+    monkeypatch.setattr(os, "scandir", refusing)  # what chmod 000 does to a user other than root
+    found = discover(tmp_path)
+    assert [(s.file.name, s.reason) for s in found.skipped] == [("locked", "folder not read: permission denied")]
+    assert len(found.scans) == 1
+    with pytest.raises(UserError, match="permission denied"):
+        discover(tmp_path / "locked")
