@@ -448,8 +448,7 @@ def header(path: Path) -> dict:
         raise ScanError(f"no pixel data ({name})")
     rows, columns, frames = _image_size(ds)
     return {
-        "format": "dicom",
-        "modality": str(ds.get("Modality", "")),
+        **_geometry(ds, frames),
         "series_uid": str(ds.get("SeriesInstanceUID", "")),
         "study_uid": str(ds.get("StudyInstanceUID", "")),
         "sop_uid": str(ds.get("SOPInstanceUID", "")).strip(),
@@ -457,12 +456,7 @@ def header(path: Path) -> dict:
         "laterality": str(ds.get("ImageLaterality", "") or ds.get("Laterality", "")).strip().upper(),
         "rows": rows,
         "columns": columns,
-        "frames": frames,
         "instance_number": _int_or_none(ds.get("InstanceNumber")),
-        "position": _floats(ds.get("ImagePositionPatient")),
-        "orientation": _floats(ds.get("ImageOrientationPatient")) or _shared_orientation(ds),
-        "frame_positions": _frame_positions(ds) if frames > 1 else None,
-        "pixel_spacing": _pixel_spacing(ds),
         "slice_thickness": _float_or_none(ds.get("SliceThickness")),
         "window": _voi_window(ds),
         "photometric": str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper().strip(),
@@ -566,9 +560,7 @@ def decode(path: Path) -> tuple[np.ndarray, dict]:
     if array.shape != expected:
         raise ScanError(f"decoded pixel data is {'x'.join(map(str, array.shape))}, "
                         f"not the {'x'.join(map(str, expected))} its header declares")
-    meta = header_from_dataset(ds)
-    meta["window"] = window
-    return array, meta
+    return array, {**_geometry(ds, frames), "window": window}
 
 
 def _modality_lut(pixels: np.ndarray, ds) -> np.ndarray:
@@ -584,8 +576,8 @@ def _modality_lut(pixels: np.ndarray, ds) -> np.ndarray:
     return array
 
 
-def header_from_dataset(ds) -> dict:
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
+def _geometry(ds, frames: int) -> dict:
+    """Modality and geometry, the same for `header` (discovery) and `decode` (reading): one source of truth."""
     return {
         "format": "dicom",
         "modality": str(ds.get("Modality", "")),
