@@ -50,6 +50,13 @@ class InputKind(str, Enum):
 class ModelName(str, Enum):
     perceiver = "perceiver"
     hybrid = "vit-rollout-cnn"
+    cnn = "cnn"
+
+
+class Difficulty(str, Enum):
+    easy = "easy"
+    medium = "medium"
+    hard = "hard"
 
 
 class Device(str, Enum):
@@ -116,14 +123,72 @@ def _root(version: Annotated[bool, typer.Option("--version", callback=_version, 
     pass
 
 
-def progress_bar(transient: bool = True) -> Progress:
+def progress_bar() -> Progress:
     # the same console as every other line, so rows printed during a bar land above it, never beside it
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    console=console, transient=transient)
+                    console=console, transient=True)
 
 
-def _advance(bar: Progress, task):
-    return lambda done, total: bar.update(task, completed=done, total=total)
+class RichReporter:
+    """Training progress on one rich Progress: a bar per epoch with the running loss, a table row per epoch above."""
+
+    def __init__(self, quiet: bool = False):
+        self.quiet, self.task, self.epochs, self.steps, self.running = quiet, None, 0, 0, []
+        self.started = False
+        self.progress = progress_bar()
+        self.progress.disable = quiet
+
+    def __enter__(self) -> "RichReporter":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        if self.started:  # stopping a Progress that never started still prints a blank line
+            self.progress.stop()
+
+    def _start_bar(self, description: str, total: int) -> None:
+        # started with the first bar: a command that fails before any work prints nothing on stdout
+        self.started = True
+        self.progress.start()
+        self.task = self.progress.add_task(description, total=total)
+
+    def preparing(self, done: int, total: int) -> None:
+        if self.task is None:
+            self._start_bar("preprocessing", total)
+        self.progress.update(self.task, completed=done, total=total)
+
+    def say(self, text: str) -> None:
+        if not self.quiet:
+            self.progress.console.print(text, highlight=False)
+
+    def stage_start(self, stage, epochs, steps):
+        self.epochs, self.steps = epochs, steps
+        self._drop_bar()
+        self.say(f"[bold]stage {stage}[/]: up to {epochs} epochs of {steps} steps")
+        self.say(f"{'epoch':>7}  {'train loss':>10} {'train acc':>9}  {'val loss':>9} {'val acc':>8}"
+                    f"  {'lr':>8} {'time':>6}")
+
+    def step(self, loss):
+        if self.task is None:
+            self._start_bar("epoch", self.steps)
+        self.running.append(loss)
+        self.progress.update(self.task, advance=1, description=f"loss {sum(self.running) / len(self.running):.4f}")
+
+    def epoch_end(self, row):
+        self.running = []
+        val = (f"{row['val_loss']:>9.4f} {row['val_accuracy']:>8.4f}" if "val_loss" in row else f"{'':>18}")
+        self.say(f"{row['epoch']:>3}/{self.epochs:<3}  {row['train_loss']:>10.4f} {row['train_accuracy']:>9.4f}"
+                    f"  {val}  {row['lr']:>8.2e} {row['seconds']:>5.1f}s" + ("  [green]best[/]" if row["best"] else ""))
+        if self.task is not None:
+            self.progress.reset(self.task, total=self.steps)
+
+    def message(self, text):
+        self._drop_bar()
+        self.say(escape(text))
+
+    def _drop_bar(self):
+        if self.task is not None:
+            self.progress.remove_task(self.task)
+            self.task = None
 
 
 @app.command()
@@ -132,12 +197,18 @@ def synth(kind: Annotated[Kind, typer.Argument(help="knee or lung", case_sensiti
           patients: Annotated[int, typer.Option(help="number of patients", min=1, metavar="N")] = 100,
           format: Annotated[Optional[Format], _choice("file format", show_default="png for knee, dicom for lung")
                             ] = None,
-          seed: Annotated[int, typer.Option(help="random seed", metavar="N")] = 0):
+          seed: Annotated[int, typer.Option(help="random seed", metavar="N")] = 0,
+          difficulty: Annotated[Difficulty, _choice(
+              "lung nodules: easy (size and a calcified core give the class away), medium (4-6 mm radius) or "
+              "hard (2-4 mm: 3-6 pixels), where only the shape, smooth or spiculated, tells the classes apart")
+              ] = Difficulty.easy):
     """Write a phantom data set as real DICOM / NIfTI / PNG files."""
+    from perceiver_med.files import refuse_inside_runs
     from perceiver_med.synth import synth as write
 
+    refuse_inside_runs(out)
     with console.status(f"writing synthetic {kind.value} scans"):
-        folder, count = write(kind.value, out, patients, _value(format), seed)
+        folder, count = write(kind.value, out, patients, _value(format), seed, difficulty.value)
     unit = "images" if kind is Kind.knee else "volumes"
     console.print(f"wrote {count} {unit} of {patients} patients to [bold]{escape(str(folder))}[/]")
 
@@ -226,12 +297,12 @@ def preview(scan: Annotated[Path, typer.Argument(help="a scan file, or a folder 
             slice: Annotated[Optional[int], typer.Option(help="centre slice of the grid", metavar="K",
                                                          show_default="the middle slice")] = None,
             series_uid: Annotated[str, typer.Option(help="pick one series of a folder", metavar="UID")] = "",
-            max_voxels: MaxVoxels = None):
+            overwrite: Overwrite = False, max_voxels: MaxVoxels = None):
     """Write the exact model input of one scan as PNG and NumPy."""
     from perceiver_med.dataset_ops import preview_scan
 
     _voxel_budget(max_voxels)
-    tensor = preview_scan(scan, out, _value(input), size, channels, grid_pad, series_uid, slice)
+    tensor = preview_scan(scan, out, _value(input), size, channels, grid_pad, series_uid, slice, overwrite)
     console.print(f"model input {tuple(tensor.shape)} written to [bold]{escape(str(out))}.png[/] and "
                   f"[bold]{escape(str(out))}.npy[/]")
 
@@ -249,70 +320,14 @@ def prepare(splits: Annotated[Path, typer.Argument(help="splits CSV", metavar="S
     from perceiver_med.dataset_ops import prepare_splits
 
     _voxel_budget(max_voxels)
-    with progress_bar() as bar:
-        task = bar.add_task("preprocessing", total=None)
+    with RichReporter() as reporter:
         loaded, config = prepare_splits(splits, _value(input), size, channels, grid_pad, workers,
-                                        _advance(bar, task))
+                                        reporter.preparing)
     _print_skips(loaded.skipped)
     root = usable_cache_root()
     console.print(summary_line(len(loaded.rows), len(loaded.skipped), f"scan(s) ready as {config.input} "
                                f"{config.output_shape}") + (f"; cache in {escape(str(root))}" if root else
                                                             "; [yellow]the cache folder is not writable[/]"))
-
-
-class RichReporter:
-    """Training progress on one rich Progress: a bar per epoch with the running loss, a table row per epoch above."""
-
-    def __init__(self, quiet: bool = False):
-        self.quiet, self.task, self.epochs, self.steps, self.running = quiet, None, 0, 0, []
-        self.progress = progress_bar()
-        self.progress.disable = quiet
-
-    def __enter__(self) -> "RichReporter":
-        self.progress.start()
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self.progress.stop()
-
-    def preparing(self, done: int, total: int) -> None:
-        if self.task is None:
-            self.task = self.progress.add_task("preprocessing", total=total)
-        self.progress.update(self.task, completed=done, total=total)
-
-    def say(self, text: str) -> None:
-        if not self.quiet:
-            self.progress.console.print(text, highlight=False)
-
-    def stage_start(self, stage, epochs, steps):
-        self.epochs, self.steps = epochs, steps
-        self._drop_bar()
-        self.say(f"[bold]stage {stage}[/]: up to {epochs} epochs of {steps} steps")
-        self.say(f"{'epoch':>7}  {'train loss':>10} {'train acc':>9}  {'val loss':>9} {'val acc':>8}"
-                    f"  {'lr':>8} {'time':>6}")
-
-    def step(self, loss):
-        if self.task is None:
-            self.task = self.progress.add_task("epoch", total=self.steps)
-        self.running.append(loss)
-        self.progress.update(self.task, advance=1, description=f"loss {sum(self.running) / len(self.running):.4f}")
-
-    def epoch_end(self, row):
-        self.running = []
-        val = (f"{row['val_loss']:>9.4f} {row['val_accuracy']:>8.4f}" if "val_loss" in row else f"{'':>18}")
-        self.say(f"{row['epoch']:>3}/{self.epochs:<3}  {row['train_loss']:>10.4f} {row['train_accuracy']:>9.4f}"
-                    f"  {val}  {row['lr']:>8.2e} {row['seconds']:>5.1f}s" + ("  [green]best[/]" if row["best"] else ""))
-        if self.task is not None:
-            self.progress.reset(self.task, total=self.steps)
-
-    def message(self, text):
-        self._drop_bar()
-        self.say(escape(text))
-
-    def _drop_bar(self):
-        if self.task is not None:
-            self.progress.remove_task(self.task)
-            self.task = None
 
 
 def _is_main_process() -> bool:
@@ -338,8 +353,9 @@ def train(splits: Annotated[Optional[Path], typer.Argument(help="splits CSV from
                                                       show_default=f"{_D.lr:g}")] = None,
           weight_decay: Annotated[Optional[float], typer.Option(help="AdamW weight decay", min=0.0, metavar="WD",
                                                                 show_default=f"{_D.weight_decay:g}")] = None,
-          patience: Annotated[Optional[int], typer.Option(help="early-stopping patience in epochs (0: off)", min=0,
-                                                          metavar="N", show_default=str(_D.patience))] = None,
+          patience: Annotated[Optional[int], typer.Option(
+              help="early-stopping patience in epochs (0: off), counted once the training set is fitted or half the "
+                   "epochs have run", min=0, metavar="N", show_default=str(_D.patience))] = None,
           seed: Annotated[Optional[int], typer.Option(help="random seed", metavar="N",
                                                       show_default=str(_D.seed))] = None,
           device: DeviceOption = Device.auto,
@@ -426,9 +442,8 @@ def predict(run: Annotated[Path, typer.Argument(help="run directory", metavar="R
     from perceiver_med.runs import predict_run
 
     _voxel_budget(max_voxels)
-    with progress_bar() as bar:
-        task = bar.add_task("predicting", total=None)
-        predictions, skipped, classes = predict_run(run, scans, out, device.value, on_done=_advance(bar, task),
+    with RichReporter() as reporter:
+        predictions, skipped, classes = predict_run(run, scans, out, device.value, on_done=reporter.preparing,
                                                     overwrite=overwrite)
     table = Table(title=f"{len(predictions)} prediction(s)")
     for column in ("scan", "label", "pred", *(f"p({c})" for c in classes)):
@@ -452,13 +467,13 @@ def predict(run: Annotated[Path, typer.Argument(help="run directory", metavar="R
 def explain(run: Annotated[Path, typer.Argument(help="run directory", metavar="RUN")],
             scans: Annotated[list[Path], typer.Argument(help="scan files (or series folders)", metavar="SCAN...")],
             out: Annotated[Path, typer.Option(help="folder for the overlay PNGs", metavar="DIR")],
-            max_voxels: MaxVoxels = None):
+            overwrite: Overwrite = False, max_voxels: MaxVoxels = None):
     """Overlay PNGs of the evidence for each prediction: the fall of log p(predicted class) when a patch is painted
     dark or bright. Works the same for every model; scans unlike the training scans are skipped."""
     from perceiver_med.explain import explain_run
 
     _voxel_budget(max_voxels)
-    written, skipped = explain_run(run, scans, out)
+    written, skipped = explain_run(run, scans, out, overwrite=overwrite)
     for path in written:
         console.print(f"wrote [bold]{escape(str(path))}[/]")
     _print_skips(skipped)
@@ -508,7 +523,8 @@ def main() -> None:
         if type(exc).__name__ == "NoArgsIsHelpError":  # no arguments at all: the help is the answer
             print(exc.ctx.get_help())
         else:
-            _error_line(f"{exc.format_message()} (see perceiver-med --help)")
+            context = getattr(exc, "ctx", None)
+            _error_line(f"{exc.format_message()} (see {context.command_path if context else 'perceiver-med'} --help)")
         sys.exit(getattr(exc, "exit_code", 2))
 
 

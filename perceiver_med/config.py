@@ -25,7 +25,8 @@ class TrainConfig:
         lr: peak learning rate of AdamW after warm-up.
         weight_decay: AdamW weight decay.
         warmup_epochs: linear warm-up length; cosine decay afterwards.
-        patience: stop after this many epochs without a lower validation loss (0: never).
+        patience: stop after this many epochs without a lower validation loss (0: never); epochs are counted
+            only once the training set is fitted (95% training accuracy) or half the epochs have run.
         grad_clip: maximum gradient norm.
         seed: seed of weights, shuffling and augmentation.
         num_workers: processes for preprocessing.
@@ -60,6 +61,7 @@ class RunConfig:
         modality_groups: imaging families seen in training (see MODALITY_GROUPS); empty when unknown.
         splits_file: where the splits came from; the run trains and evaluates on its frozen copy, splits.csv.
         splits_sha256, weights_sha256: SHA-256 of the run's splits.csv and model.safetensors.
+        checkpoint_sha256: SHA-256 of the last two checkpoint.pt files written (a resume accepts either).
     """
 
     classes: list[str]
@@ -73,6 +75,7 @@ class RunConfig:
     splits_file: str = ""
     splits_sha256: str = ""
     weights_sha256: str = ""
+    checkpoint_sha256: list[str] = field(default_factory=list)
     versions: dict = field(default_factory=dict)
 
     def to_json(self) -> str:
@@ -81,6 +84,7 @@ class RunConfig:
                 "augment": asdict(self.augment), "scan_kinds": self.scan_kinds,
                 "modality_groups": self.modality_groups, "splits_file": self.splits_file,
                 "splits_sha256": self.splits_sha256, "weights_sha256": self.weights_sha256,
+                "checkpoint_sha256": self.checkpoint_sha256,
                 "versions": self.versions or versions()}
         return json.dumps(data, indent=2)
 
@@ -94,7 +98,8 @@ class RunConfig:
                    positive_class=str(data.get("positive_class") or classes[-1]),
                    scan_kinds=list(data.get("scan_kinds", [])), modality_groups=list(data.get("modality_groups", [])),
                    splits_file=data.get("splits_file", ""), splits_sha256=data.get("splits_sha256", ""),
-                   weights_sha256=data.get("weights_sha256", ""), versions=data.get("versions", {}))
+                   weights_sha256=data.get("weights_sha256", ""),
+                   checkpoint_sha256=list(data.get("checkpoint_sha256", [])), versions=data.get("versions", {}))
 
 
 def load_run_config(run: Path) -> RunConfig:

@@ -11,7 +11,7 @@ from perceiver_med.cache import InputRequest, find_scan, prepare
 from perceiver_med.csvfiles import printable, write_csv
 from perceiver_med.datasets import LoadedInputs, describe_scans, load_split_inputs, preprocess_config
 from perceiver_med.errors import ScanError, UserError
-from perceiver_med.files import atomic_path, refuse_inside
+from perceiver_med.files import atomic_path, check_new_output, refuse_inside
 from perceiver_med.io import Discovery, discover
 from perceiver_med.io.labels import LabelledSet, label_scans
 from perceiver_med.preprocess import PreprocessConfig
@@ -84,11 +84,13 @@ def check_splits_file(csv_path: Path) -> SplitCheck:
 
 def preview_scan(scan: Path, prefix: Path, input: str = "auto", size: int | None = None,
                  channels: int | None = None, grid_pad: bool | None = None, series_uid: str = "",
-                 center: int | None = None) -> np.ndarray:
+                 center: int | None = None, overwrite: bool = False) -> np.ndarray:
     """Write the exact model input as PREFIX.npy (float32, C x H x W) and PREFIX.png; input "auto" as train."""
     if not scan.exists():
         raise UserError(f"{scan} does not exist")
-    refuse_inside(prefix.parent / (prefix.name + ".npy"), scan)
+    for suffix in (".npy", ".png"):
+        refuse_inside(prefix.parent / (prefix.name + suffix), scan)
+        check_new_output(prefix.parent / (prefix.name + suffix), overwrite)
     try:
         if input == "auto":
             input = "grid" if find_scan(scan, series_uid).kind == "volume" else "image"

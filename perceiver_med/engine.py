@@ -296,10 +296,12 @@ def load_checkpoint(path: Path) -> dict:
 
 def fit(model: nn.Module, model_name: str, data: dict, classes: list[str], train_cfg, augment: AugmentConfig,
         run: Path, device: torch.device, processes: Processes, reporter: Reporter, resume: bool = False,
-        weights_metadata: dict[str, str] | None = None, on_best: Callable[[str], None] | None = None) -> FitState:
+        weights_metadata: dict[str, str] | None = None, on_saved: Callable[[str, str], None] | None = None
+        ) -> FitState:
     """Fit every stage of the model; the best weights (by validation loss) end up in the model and on disk.
 
-    `on_best(sha256)` is called after each save of the best weights (the run records the digest).
+    `on_saved(name, sha256)` is called after each save of "model.safetensors" or "checkpoint.pt" (the run
+    records the digests, so a damaged file is refused later).
     """
     model.to(device)
     stages = stages_for(model, model_name)
@@ -400,10 +402,9 @@ def fit(model: nn.Module, model_name: str, data: dict, classes: list[str], train
             state.history.append(row)
             if processes.main:
                 if improved:
-                    digest = save_weights(model, best_path, weights_metadata)
-                    if on_best is not None:
-                        on_best(digest)
-                _save_checkpoint(checkpoint_path, model, optimizer, scheduler, state)
+                    saved_file(on_saved, best_path, save_weights(model, best_path, weights_metadata))
+                saved_file(on_saved, checkpoint_path,
+                           _save_checkpoint(checkpoint_path, model, optimizer, scheduler, state))
             reporter.epoch_end({**row, "best": improved})
         if processes.world > 1:
             dist.barrier()
@@ -412,11 +413,16 @@ def fit(model: nn.Module, model_name: str, data: dict, classes: list[str], train
         state.stage_index, state.epoch, state.best_loss, state.bad_epochs = stage_index + 1, 0, math.inf, 0
         saved = None
         if processes.main:
-            _save_checkpoint(checkpoint_path, model, None, None, state)
+            saved_file(on_saved, checkpoint_path, _save_checkpoint(checkpoint_path, model, None, None, state))
     return state
 
 
-def _save_checkpoint(path: Path, model, optimizer, scheduler, state: FitState) -> None:
+def saved_file(on_saved: Callable[[str, str], None] | None, path: Path, digest: str) -> None:
+    if on_saved is not None:
+        on_saved(path.name, digest)
+
+
+def _save_checkpoint(path: Path, model, optimizer, scheduler, state: FitState) -> str:
     payload = {"model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
                "torch_rng": torch.get_rng_state(),
                "state": {"stage_index": state.stage_index, "epoch": state.epoch, "best_loss": state.best_loss,
@@ -426,3 +432,4 @@ def _save_checkpoint(path: Path, model, optimizer, scheduler, state: FitState) -
         payload["scheduler"] = scheduler.state_dict()
     with atomic_path(path, suffix=".pt") as temp:
         torch.save(payload, temp)
+        return file_sha256(temp)

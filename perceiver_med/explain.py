@@ -20,7 +20,8 @@ from perceiver_med.cache import InputRequest, find_scan, prepare
 from perceiver_med.config import is_laterality
 from perceiver_med.datasets import scan_mismatch
 from perceiver_med.errors import ScanError, UserError
-from perceiver_med.files import refuse_inside
+from perceiver_med.csvfiles import printable
+from perceiver_med.files import check_new_output, refuse_inside
 from perceiver_med.io.discover import Skip
 from perceiver_med.io.labels import folder_label, laterality_of
 from perceiver_med.models import Perceiver, ViTRolloutCNN
@@ -87,8 +88,8 @@ def attention_map(model, x: torch.Tensor) -> torch.Tensor:
                     f"{type(model).__name__}")
 
 
-def explain_run(run: Path, scans: list[Path], out: Path,
-                labels: Mapping[Path, str] | None = None) -> tuple[list[Path], list[Skip]]:
+def explain_run(run: Path, scans: list[Path], out: Path, labels: Mapping[Path, str] | None = None,
+                overwrite: bool = False) -> tuple[list[Path], list[Skip]]:
     """One overlay PNG per scan: the model input in grey, its occlusion evidence in colour where it is high.
 
     The title names the file, the true label where known, the prediction and its probability; the same text
@@ -101,6 +102,7 @@ def explain_run(run: Path, scans: list[Path], out: Path,
     config, model = load_model(run)
     for scan in scans:
         refuse_inside(out / "x.png", scan)
+    check_new_output(out / "x.png", overwrite=True)  # not inside a run directory, and writable
     given = {Path(path).resolve(): label for path, label in (labels or {}).items()}
     written, skipped = [], []
     for scan in scans:
@@ -124,7 +126,7 @@ def explain_run(run: Path, scans: list[Path], out: Path,
         predicted = config.classes[int(probs.argmax())]
         truth = given.get(scan.resolve()) or _known_label(found, config.classes)
         truth = truth if truth in config.classes else None
-        title = "\n".join([*textwrap.wrap(scan.name, 52),
+        title = "\n".join([*textwrap.wrap(printable(scan.name), 52),
                            (f"true {truth}, " if truth else "") + f"predicted {predicted} "
                            f"(p = {float(probs.max()):.3f})",
                            f"evidence: fall of log p({predicted}) when one {window}x{window} patch is "
@@ -132,8 +134,13 @@ def explain_run(run: Path, scans: list[Path], out: Path,
         target = out / f"{_stem(scan)}_explain.png"
         if target in written:
             target = out / f"{_stem(scan)}_{len(written)}_explain.png"
+        if target.exists() and not overwrite:
+            raise UserError(f"{target} already exists: choose another --out, or add --overwrite")
         save_overlay(picture, evidence, target, title, f"fall of log p({predicted}), nats")
         written.append(target)
+    if not written:
+        raise UserError(f"no overlay written: {skipped[0].file.name}: {skipped[0].reason}" if skipped else
+                        "no scans given")
     return written, skipped
 
 

@@ -56,9 +56,22 @@ def atomic_text(target: Path | str, write: Callable) -> None:
             write(handle)
 
 
+def refuse_inside_runs(output: Path | str) -> None:
+    """Nothing is written inside a run directory (a folder with a config.json beside weights, a checkpoint or
+    a lock): a run holds only what training wrote, so its digests and its frozen splits stay true."""
+    for folder in Path(output).resolve().parents:
+        if (folder / "config.json").is_file() and any((folder / name).exists() for name in RUN_MARKERS):
+            raise UserError(f"{output} is inside the run directory {folder}: write outputs elsewhere")
+
+
+RUN_MARKERS = ("model.safetensors", "checkpoint.pt", ".lock")
+
+
 def check_new_output(path: Path | str, overwrite: bool = False) -> None:
-    """Before any work: refuse to replace an existing output unasked, and make sure its folder is writable."""
+    """Before any work: refuse to replace an existing output unasked, or to write inside a run directory, and
+    make sure the output's folder is writable."""
     path = Path(path)
+    refuse_inside_runs(path)
     if path.is_dir():
         raise UserError(f"{path} is a folder: give a file name")
     if path.exists() and not overwrite:
@@ -95,6 +108,7 @@ class RunLock:
     def __enter__(self) -> "RunLock":
         if not self.enabled:
             return self
+        refuse_inside_runs(self.run)
         self.created = not self.run.exists()
         try:
             self.run.mkdir(parents=True, exist_ok=True)

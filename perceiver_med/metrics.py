@@ -9,8 +9,8 @@ def split_metrics(labels: np.ndarray, probs: np.ndarray, classes: list[str], pos
     """labels (N,) ints, probs (N, K) -> loss, accuracy, balanced accuracy, ROC AUC, macro F1, confusion, n.
 
     The loss is mean(-log p(true class)) over these N samples: no label smoothing, no class
-    weights, and no division by any other split's size. With two classes, sensitivity,
-    specificity and ROC AUC are those of class index `positive` (default: the second).
+    weights, and no division by any other split's size. Sensitivity and specificity are those of class
+    index `positive` against all others (default with two classes: the second), as is ROC AUC with two classes.
     """
     labels = np.asarray(labels, dtype=np.int64)
     probs = np.asarray(probs, dtype=np.float64)
@@ -30,7 +30,7 @@ def split_metrics(labels: np.ndarray, probs: np.ndarray, classes: list[str], pos
         "confusion_matrix": matrix.tolist(),
         "n": int(n),
     }
-    if len(classes) == 2:
+    if len(classes) == 2 or positive is not None:  # the named class against all others
         positive = 1 if positive is None else positive
         is_positive, called_positive = labels == positive, preds == positive
         tp, fn = int((is_positive & called_positive).sum()), int((is_positive & ~called_positive).sum())

@@ -179,6 +179,9 @@ def train_run(splits: Path | None, model_name: str | None, out: Path, *, resume:
                 raise UserError(f"{out} has no checkpoint.pt to resume from (training stopped before its first "
                                 "epoch ended): start a new run")
             config = _resume_config(out, {**asked, **({"model": model_name} if model_name else {})})
+            if config.checkpoint_sha256 and file_sha256(out / "checkpoint.pt") not in config.checkpoint_sha256:
+                raise UserError(f"{out / 'checkpoint.pt'} does not match the SHA-256 recorded in config.json: the "
+                                "file is damaged or was replaced, so the run cannot be resumed")
             frozen = frozen_rows(out, config)
             if rows and _row_set(rows) != _row_set(frozen):
                 raise UserError(f"{splits} differs from the splits the run was started with ({out / FROZEN_SPLITS}):"
@@ -224,12 +227,15 @@ def _train(rows, config: RunConfig, out: Path, resume: bool, reporter: Reporter,
                          f"device {device}" + (f" x {processes.world} processes" if processes.world > 1 else "")
                          + ("" if config.augment.flip else ", no horizontal flip"))
 
-        def on_best(digest: str) -> None:
-            config.weights_sha256 = digest
+        def on_saved(name: str, digest: str) -> None:
+            if name == "model.safetensors":
+                config.weights_sha256 = digest
+            else:  # the previous digest is kept too: a kill between the two writes leaves a resumable run
+                config.checkpoint_sha256 = [digest, *config.checkpoint_sha256[:1]]
             _write_config(out, config)
 
         state = fit(model, config.model["name"], data, config.classes, train, config.augment, out, device,
-                    processes, reporter, resume, weights_metadata(config), on_best if processes.main else None)
+                    processes, reporter, resume, weights_metadata(config), on_saved if processes.main else None)
         model.eval()
         positive = config.classes.index(config.positive_class)
         metrics, probs = evaluate_forward(model.forward, data, config.classes, device, processes=processes,

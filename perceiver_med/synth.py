@@ -3,12 +3,15 @@
 Knee: AP radiograph-like images whose laterality is anatomical. In the standard AP view the
 patient faces the viewer, so the right knee's lateral side (where the fibula sits) is on the
 image's left, and the left knee's on the image's right. The medial femoral condyle is larger.
-Lung: CT volumes in Hounsfield units with a nodule that is either benign (small, smooth,
-calcified core) or malignant (larger, lobulated, with spicules).
+Lung: CT volumes in Hounsfield units with a nodule that is either benign or malignant. The "easy"
+phantom gives them away by size and a calcified core; the harder ones (`LungDifficulty`) draw both
+classes at the same size and contrast, and only the shape tells them apart: smooth, or lobulated
+with spicules.
 """
 from __future__ import annotations
 
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import nibabel as nib
@@ -155,19 +158,104 @@ def lung_volume(label: str, rng: np.random.Generator, shape=LUNG_SHAPE) -> np.nd
     return volume.astype(np.float32)
 
 
-def write_lung(out: Path, patients: int = 100, fmt: str = "dicom", seed: int = 0) -> int:
+@dataclass(frozen=True)
+class LungDifficulty:
+    """A small-nodule phantom: both classes share size and contrast; only the shape (smooth or spiculated) differs.
+
+    Args:
+        nodule_mm: range of nodule radii in mm (0.7 mm pixels: 2.1-4.2 mm is 3-6 pixels).
+        contrast: nodule HU above the lung parenchyma (-850 HU).
+        spread_mm: in-plane distance of the nodule centre from the middle of its lung, at most.
+    """
+
+    nodule_mm: tuple[float, float] = (2.1, 4.2)
+    contrast: float = 880.0
+    spread_mm: float = 3.0
+    shape: tuple[int, int, int] = (24, 64, 64)
+    spacing: tuple[float, float, float] = (1.6, 0.7, 0.7)  # a 4 mm nodule shows in 3-5 of a grid's 9 slices
+
+
+LUNG_CENTRES = (-0.2, 0.2)  # of the small-nodule phantom, as fractions of the width from the middle
+# "easy" is the original phantom (size and a calcified core give the class away); on "hard" (3-6 pixel nodules)
+# both transformer families once stayed at chance while a three-layer CNN reached 0.96
+DIFFICULTIES = {"easy": None, "medium": LungDifficulty(nodule_mm=(4.2, 6.3), spread_mm=2.0),
+                "hard": LungDifficulty()}
+
+
+def small_nodule_volume(label: str, rng: np.random.Generator, difficulty: LungDifficulty) -> np.ndarray:
+    """A chest CT phantom in HU whose benign and malignant nodules differ only in shape."""
+    depth, rows, cols = difficulty.shape
+    slice_mm, row_mm, col_mm = difficulty.spacing
+    z, y, x = np.mgrid[0:depth, 0:rows, 0:cols].astype(np.float32)
+    y, x = y / (rows - 1) - 0.5, x / (cols - 1) - 0.5
+    body = (x / rng.uniform(0.42, 0.48)) ** 2 + (y / rng.uniform(0.36, 0.42)) ** 2 <= 1
+    volume = np.where(body, 40.0, -1000.0)
+    lung_size = (0.16, 0.27)
+    lungs = np.zeros(difficulty.shape, bool)
+    for cx in LUNG_CENTRES:
+        lungs |= ((x - cx) / lung_size[0]) ** 2 + (y / lung_size[1]) ** 2 <= 1
+    volume[lungs] = -850.0
+    for _ in range(int(rng.integers(4, 9))):  # vessels: thin tubes drifting through the slices, like spicules in-plane
+        cx = rng.choice(LUNG_CENTRES) + rng.uniform(-0.1, 0.1)
+        cy, dx, dy = rng.uniform(-0.2, 0.2), rng.uniform(-0.01, 0.01), rng.uniform(-0.01, 0.01)
+        tube = ((x - cx - dx * z) ** 2 + (y - cy - dy * z) ** 2) <= (rng.uniform(0.012, 0.02)) ** 2
+        volume[tube & lungs] = -850.0 + difficulty.contrast * rng.uniform(0.6, 0.9)
+    core, spicules = nodule_masks(label, rng, difficulty)
+    value = -850.0 + difficulty.contrast
+    volume[spicules & body] = value - 0.2 * difficulty.contrast
+    volume[core & body] = value
+    volume = volume + rng.normal(0, 15, difficulty.shape)
+    return volume.astype(np.float32)
+
+
+def nodule_masks(label: str, rng: np.random.Generator, difficulty: LungDifficulty) -> tuple[np.ndarray, np.ndarray]:
+    """Boolean masks (core, spicules) of one nodule near the middle slice and the middle of one lung.
+
+    Both classes draw the radius from the same range; benign cores are spheres, malignant ones lobulated with
+    spicules about one pixel wide radiating out of them.
+    """
+    depth, rows, cols = difficulty.shape
+    slice_mm, row_mm, col_mm = difficulty.spacing
+    zc = depth // 2 + int(rng.integers(-1, 2))
+    angle, distance = rng.uniform(-np.pi, np.pi), difficulty.spread_mm * np.sqrt(rng.uniform())
+    cx = (rng.choice(LUNG_CENTRES) + 0.5) * (cols - 1) * col_mm + distance * np.cos(angle)  # mm
+    cy = 0.5 * (rows - 1) * row_mm + distance * np.sin(angle)
+    grid_z, grid_y, grid_x = np.mgrid[0:depth, 0:rows, 0:cols].astype(np.float32)
+    dz, dy, dx = (grid_z - zc) * slice_mm, grid_y * row_mm - cy, grid_x * col_mm - cx
+    radius = np.sqrt(dz ** 2 + dy ** 2 + dx ** 2)
+    r0 = rng.uniform(*difficulty.nodule_mm)
+    spicules = np.zeros(difficulty.shape, bool)
+    if label == "benign":
+        return radius <= r0, spicules
+    theta, phi = np.arctan2(dy, dx), np.arctan2(dz, np.sqrt(dx ** 2 + dy ** 2))
+    edge = r0 * (1 + 0.2 * np.sin(int(rng.integers(4, 7)) * theta + rng.uniform(0, 6)) * np.cos(phi))
+    for _ in range(int(rng.integers(5, 8))):
+        a = rng.uniform(-np.pi, np.pi)
+        along = dx * np.cos(a) + dy * np.sin(a)
+        across = np.abs(-dx * np.sin(a) + dy * np.cos(a))
+        spicules |= (along > 0) & (along < r0 * 1.8) & (across < 0.6 * col_mm) & (np.abs(dz) < r0 * 0.8)
+    return radius <= edge, spicules
+
+
+def write_lung(out: Path, patients: int = 100, fmt: str = "dicom", seed: int = 0,
+               difficulty: str | LungDifficulty = "easy") -> int:
     """Write a lung nodule phantom set as class folders; returns the number of volumes."""
     if fmt == "png":
         raise UserError("synth lung writes volumes: use --format dicom or --format nifti")
+    if isinstance(difficulty, str):
+        if difficulty not in DIFFICULTIES:
+            raise UserError(f"--difficulty must be one of {', '.join(DIFFICULTIES)}")
+        difficulty = DIFFICULTIES[difficulty]
+    spacing = LUNG_SPACING if difficulty is None else difficulty.spacing
     rng = np.random.default_rng(seed)
     for n in range(patients):
         label = ("benign", "malignant")[n % 2]
         patient = f"LUNG{n:04d}"
-        volume = lung_volume(label, rng)
+        volume = lung_volume(label, rng) if difficulty is None else small_nodule_volume(label, rng, difficulty)
         folder = out / label
         folder.mkdir(exist_ok=True)
         if fmt == "nifti":
-            data, affine = from_display(volume, LUNG_SPACING)
+            data, affine = from_display(volume, spacing)
             nib.save(nib.Nifti1Image(data.astype(np.int16), affine), folder / f"{patient}.nii.gz")
             continue
         series = folder / patient
@@ -175,12 +263,13 @@ def write_lung(out: Path, patients: int = 100, fmt: str = "dicom", seed: int = 0
         series_uid = generate_uid(entropy_srcs=[str(seed), patient, "ct"])
         stored = np.clip(np.round(volume) + 1024, 0, 4095).astype(np.uint16)
         order = rng.permutation(volume.shape[0])  # files written in shuffled order, with opaque names
+        corner = [-volume.shape[2] * spacing[2] / 2, -volume.shape[1] * spacing[1] / 2]
         for k in order:
             ds = _dicom_base(CT_SOP, "CT", patient, n, series_uid, seed, f"slice{k}")
             ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
-            ds.ImagePositionPatient = [-80.0, -80.0, round(float(k * LUNG_SPACING[0]), 3)]
-            ds.PixelSpacing = [LUNG_SPACING[1], LUNG_SPACING[2]]
-            ds.SliceThickness = LUNG_SPACING[0]
+            ds.ImagePositionPatient = [*corner, round(float(k * spacing[0]), 3)]
+            ds.PixelSpacing = [spacing[1], spacing[2]]
+            ds.SliceThickness = spacing[0]
             ds.InstanceNumber = int(k) + 1
             ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = -1024, 1, "HU"
             _set_pixels(ds, stored[k], bits=12)
@@ -216,10 +305,18 @@ def _set_pixels(ds: Dataset, pixels: np.ndarray, bits: int) -> None:
     ds.PixelData = pixels.astype(np.uint16).tobytes()
 
 
-def synth(kind: str, out: Path, patients: int, fmt: str | None, seed: int) -> tuple[Path, int]:
-    """Write a phantom set into a new folder `out` (written beside it, then renamed into place)."""
+def synth(kind: str, out: Path, patients: int, fmt: str | None, seed: int,
+          difficulty: str | LungDifficulty = "easy") -> tuple[Path, int]:
+    """Write a phantom set into a new folder `out` (written beside it, then renamed into place).
+
+    `difficulty` (lung only): a name of DIFFICULTIES, or a LungDifficulty.
+    """
     if kind not in ("knee", "lung"):
         raise UserError("synth writes 'knee' or 'lung'")
+    if kind == "knee" and difficulty != "easy":
+        raise UserError("--difficulty is an option of synth lung")
+    if isinstance(difficulty, str) and difficulty not in DIFFICULTIES:
+        raise UserError(f"--difficulty must be one of {', '.join(DIFFICULTIES)}")
     fmt = fmt or ("png" if kind == "knee" else "dicom")
     if fmt not in FORMATS:
         raise UserError(f"--format must be one of {', '.join(FORMATS)}")
@@ -232,8 +329,10 @@ def synth(kind: str, out: Path, patients: int, fmt: str | None, seed: int) -> tu
     shutil.rmtree(temp, ignore_errors=True)
     temp.mkdir(parents=True)
     try:
-        writer = write_knee if kind == "knee" else write_lung
-        count = writer(temp, patients, fmt, seed)
+        if kind == "knee":
+            count = write_knee(temp, patients, fmt, seed)
+        else:
+            count = write_lung(temp, patients, fmt, seed, difficulty)
         if out.exists():
             out.rmdir()
         temp.rename(out)

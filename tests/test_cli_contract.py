@@ -240,12 +240,27 @@ def test_resume_of_a_hybrid_needs_no_options_and_cleans_killed_writes(run_instal
     saved = torch.load(checkpoint, weights_only=True)
     saved["state"]["stage_index"], saved["state"]["epoch"] = 1, 0  # as if stopped between the two stages
     torch.save(saved, checkpoint)
+    from perceiver_med.engine import file_sha256
+
+    config = json.loads((out / "config.json").read_text())
+    config["checkpoint_sha256"] = [file_sha256(checkpoint)]  # as training itself records it
+    (out / "config.json").write_text(json.dumps(config))
     (out / "metrics.json").unlink()
     (out / ".checkpoint.pt.k2j3h4.pt").write_bytes(b"half a checkpoint")  # kill -9 during a write
     code, out_text, err = run_installed("train", "--resume", "--out", out)
     assert code == 0, err
     assert "stage cnn" in out_text and "stage vit" not in out_text
     assert not list(out.glob(".checkpoint.pt.*")) and (out / "metrics.json").exists()
+
+
+def test_a_damaged_checkpoint_is_not_resumed(run_installed, run, tmp_path):
+    damaged = copy_run(run, tmp_path)
+    data = bytearray((damaged / "checkpoint.pt").read_bytes())
+    middle = len(data) // 2
+    data[middle:middle + 64] = bytes(b ^ 0x55 for b in data[middle:middle + 64])
+    (damaged / "checkpoint.pt").write_bytes(bytes(data))
+    err = one_line(run_installed("train", "--resume", "--out", damaged))
+    assert "checkpoint.pt" in err and "SHA-256" in err
 
 
 def test_resume_without_a_checkpoint_says_so(run_installed, knee, tmp_path):

@@ -2,7 +2,33 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+
+class ConvStem(nn.Module):
+    """conv3x3-BN-ReLU-maxpool2 stages: (B, C, H, W) -> (B, widths[-1], H / 2**k, W / 2**k) for k stages.
+
+    The Perceiver's tokeniser (Perceiver IO's convolutional preprocessing). Max pooling carries a lesion of a few pixels into its token at full strength, where a
+    linear 8x8 patch embedding mixes it into 64 pixels of background. Batch norm puts the features on the scale of
+    the position features they are concatenated with (a Perceiver with an unnormalised stem stayed at chance).
+    """
+
+    def __init__(self, in_channels: int, widths: tuple[int, ...], batch_norm: bool = True):
+        super().__init__()
+        if not widths:
+            raise ValueError("a convolutional stem needs at least one stage")
+        layers, previous = [], in_channels
+        for width in widths:
+            norm = [nn.BatchNorm2d(width)] if batch_norm else []
+            layers += [nn.Conv2d(previous, width, 3, 1, 1, bias=not batch_norm), *norm, nn.ReLU(inplace=True),
+                       nn.MaxPool2d(2)]
+            previous = width
+        self.body = nn.Sequential(*layers)
+        self.out_channels, self.reduction = previous, 2 ** len(widths)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
 
 
 class ResidualBlock(nn.Module):
@@ -28,11 +54,36 @@ class ConvNet(nn.Module):
         num_classes: output logits.
         widths: channels of each stage; every stage after the first halves the resolution.
         dropout: dropout before the head.
+        pool: "max" or "mean" over the last feature map. Max keeps a lesion of a few pixels as strong as it is;
+            the mean divides it by the map's area (a 4-pixel nodule in a 192x192 grid: by ~500).
+        block: "residual" (two conv-BN-ReLU per stage, strided) or "plain" (one conv3x3-ReLU per stage, 2x2 max
+            pooling between stages, no batch norm: the three-layer CNN that small nodules are measured against).
+        pool_grid: pool each cell of a pool_grid x pool_grid division of the last feature map and concatenate: 1 is
+            global pooling; 3 keeps which tile of a 3x3 slice grid a feature came from.
     """
 
     def __init__(self, *, in_channels: int = 1, num_classes: int = 2, widths: tuple[int, ...] = (16, 32, 64, 128),
-                 dropout: float = 0.0):
+                 dropout: float = 0.0, pool: str = "mean", block: str = "residual", pool_grid: int = 1):
         super().__init__()
+        if pool not in ("max", "mean"):
+            raise ValueError(f"pool must be max or mean, not {pool!r}")
+        if block not in ("residual", "plain"):
+            raise ValueError(f"block must be residual or plain, not {block!r}")
+        if not widths:
+            raise ValueError("widths must name at least one stage")
+        if pool_grid < 1:
+            raise ValueError("pool_grid must be at least 1")
+        self.pool, self.pool_grid = pool, pool_grid
+        cells = pool_grid * pool_grid
+        if block == "plain":
+            layers, previous = [], in_channels
+            for index, width in enumerate(widths):
+                layers += ([nn.MaxPool2d(2)] if index else []) + [nn.Conv2d(previous, width, 3, 1, 1),
+                                                                 nn.ReLU(inplace=True)]
+                previous = width
+            self.stem, self.stages = nn.Identity(), nn.Sequential(*layers)
+            self.dropout, self.head = nn.Dropout(dropout), nn.Linear(previous * cells, num_classes)
+            return
         self.stem = nn.Sequential(nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False), nn.BatchNorm2d(widths[0]),
                                   nn.ReLU(inplace=True))
         stages, previous = [], widths[0]
@@ -41,10 +92,12 @@ class ConvNet(nn.Module):
             previous = width
         self.stages = nn.Sequential(*stages)
         self.dropout = nn.Dropout(dropout)
-        self.head = nn.Linear(previous, num_classes)
+        self.head = nn.Linear(previous * cells, num_classes)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.stages(self.stem(x)).mean(dim=(2, 3))  # (B, widths[-1])
+        features = self.stages(self.stem(x))  # (B, widths[-1], h, w)
+        pool = F.adaptive_max_pool2d if self.pool == "max" else F.adaptive_avg_pool2d
+        return pool(features, self.pool_grid).flatten(1)  # (B, widths[-1] * pool_grid**2), channel-major
 
     def forward_head(self, features: torch.Tensor) -> torch.Tensor:
         return self.head(self.dropout(features))
