@@ -303,7 +303,8 @@ def phantom_knees() -> dict:
         split_folder(Path(temp) / "knee", Path(temp) / "splits.csv", seed=0)
         rows = read_splits(Path(temp) / "splits.csv")
         loaded = load_split_inputs(rows, PreprocessConfig())
-    return {"x": torch.from_numpy(loaded.inputs), "y": torch.tensor([row.label == "right" for row in loaded.rows]).long(),
+    return {"x": torch.from_numpy(loaded.inputs),
+            "y": torch.tensor([row.label == "right" for row in loaded.rows]).long(),
             "train": torch.tensor([row.split == "train" for row in loaded.rows]),
             "test": torch.tensor([row.split == "test" for row in loaded.rows])}
 
@@ -350,7 +351,7 @@ def train_curve(model, data, lr, channels_last, device, budget_seconds, target) 
 
 
 def time_to_accuracy(device, budget_seconds=240.0, target=0.95) -> dict:
-    """Seconds of training until test accuracy first reaches `target` on phantom knees: ours against perceiver-pytorch."""
+    """Seconds of training until test accuracy first reaches `target` on phantom knees, ours and perceiver-pytorch's."""
     from perceiver_pytorch import Perceiver as ReferencePerceiver
 
     from perceiver_med.models import build_model, default_config
@@ -411,7 +412,8 @@ def precision_accuracy(device, epochs=30, seeds=(0, 1, 2), target=0.95) -> dict:
         results[precision + "_summary"] = {
             "reached": f"{len(reached)} of {len(runs)}",
             "median_epochs_to_target": float(np.median([r["epochs_to_target"] for r in reached])) if reached else None,
-            "median_seconds_to_target": float(np.median([r["seconds_to_target"] for r in reached])) if reached else None,
+            "median_seconds_to_target": (float(np.median([r["seconds_to_target"] for r in reached]))
+                                         if reached else None),
             "median_seconds_per_epoch": float(np.median([s for r in runs for s in r["epoch_seconds"]])),
             "final_accuracy": [r["final_accuracy"] for r in runs]}
     return results

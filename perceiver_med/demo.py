@@ -24,8 +24,9 @@ def run_demo(out: Path, patients: int = 60, epochs: int = 40, seed: int = 0, rep
     say(f"1. phantom knee radiographs (PNG, AKOA-style names): {data}")
     split_folder(data, out / "splits.csv", seed=seed)
     say(f"2. patient-grouped splits: {out / 'splits.csv'}")
+    # fp32: the demo gives the same numbers on every CPU, with or without bf16 units
     result = train_run(out / "splits.csv", "perceiver", out / "run", epochs=epochs, seed=seed, device="cpu",
-                       reporter=reporter)
+                       precision="fp32", reporter=reporter)
     say(f"3. trained Perceiver: {out / 'run'} (config.json, model.safetensors, metrics.json, curves.png)")
     test = evaluate_run(out / "run", split="test", device="cpu")["test"]
     say(f"4. evaluated again from the saved weights: test accuracy {test['accuracy']:.4f}, "

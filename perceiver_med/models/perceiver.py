@@ -96,19 +96,20 @@ class CrossAttention(nn.Module):
 
         With x the byte array normalised without its affine (gamma, beta), K = (x*gamma + beta) W_k^T: the beta
         term adds one constant to all of a query's scores, which softmax ignores, so the scores are
-        ((q W_k) * gamma) . x; and since each row of weights sums to 1, weights (x*gamma + beta) = (weights x)*gamma
-        + beta. Attention then runs over x itself, which needs no gradient: the backward pass forms no dK, dV.
+        (q (W_k*gamma)) . x; and since each row of weights sums to 1, weights V = (weights x) (W_v*gamma)^T + W_v beta.
+        Attention then runs over x itself, which needs no gradient (the backward pass forms no dK, dV), and gamma
+        and beta scale weights, not activations.
         """
         norm = self.norm_context
         x = F.layer_norm(context, norm.normalized_shape, eps=norm.eps)  # (B, N, D)
-        width = x.shape[-1]
-        w_k, w_v = (w.reshape(self.heads, self.dim_head, -1) for w in self.to_kv.weight.chunk(2, dim=0))
-        q = (q @ w_k) * norm.weight  # (B, h, M, D)
-        pad = -width % 8  # zero columns change no product; fused kernels want multiples of 8, bf16 GEMMs run faster
+        # zero columns change no product; fused kernels want head sizes in multiples of 8, and bf16 GEMMs run faster
+        pad = -x.shape[-1] % 8
         x = F.pad(x, (0, pad))[:, None].expand(-1, self.heads, -1, -1)  # one byte array for all heads
-        out, weights = attend(F.pad(q, (0, pad)), x, x, self.dropout, self.training, return_attention,
+        w_k, w_v = (w.reshape(self.heads, self.dim_head, -1) for w in self.to_kv.weight.chunk(2, dim=0))  # (h, d, D)
+        keys, values = (F.pad(w * norm.weight, (0, pad)) for w in (w_k, w_v))
+        out, weights = attend(q @ keys, x, x, self.dropout, self.training, return_attention,
                               scale=self.dim_head ** -0.5)
-        return (out[..., :width] * norm.weight + norm.bias) @ w_v.transpose(1, 2), weights  # (B, h, M, d)
+        return out @ values.transpose(1, 2) + (w_v @ norm.bias)[:, None], weights  # (B, h, M, d)
 
     def forward(self, latents, context, return_attention: bool = False):
         """latents (B, M, latent_dim), context (B, N, D) -> (B, M, latent_dim), weights (B, heads, M, N) or None."""

@@ -30,3 +30,20 @@ def test_attention_equals_the_textbook_formula_in_fp32_and_under_cpu_bf16_autoca
         assert_close(weights, expected_weights)
     else:
         assert weights is None
+
+
+def test_explicit_attention_in_batch_slices_equals_one_piece(monkeypatch):
+    """CPU bf16 attention forms its scores a slice of the batch at a time; the slicing changes no number."""
+    from perceiver_med.models import layers
+
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(5, 2, n, 8, requires_grad=True) for n in (3, 4, 4))
+    results = []
+    for scores_per_slice in (layers.SCORES_PER_SLICE, 2 * 2 * 3 * 4):  # one piece; slices of 2, 2 and 1
+        monkeypatch.setattr(layers, "SCORES_PER_SLICE", scores_per_slice)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out, weights = attend(q, k, v, 0.0, True, False)
+        assert weights is None
+        results.append((out, *torch.autograd.grad(out.float().square().sum(), (q, k, v))))
+    for sliced, whole in zip(*results):
+        torch.testing.assert_close(sliced, whole, rtol=0, atol=0)
