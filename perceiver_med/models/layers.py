@@ -18,10 +18,10 @@ SCORES_PER_SLICE = 2 ** 23
 
 
 def fused_attention_is_faster(q: torch.Tensor) -> bool:
-    """False for bf16 on a CPU, where torch's fused attention kernel runs ~3x slower than bf16 matmuls and a softmax
+    """True unless q is bf16 on a CPU, or CPU bf16 autocast is on.
 
-    (forward and backward of the reference Perceiver's latent attention, AVX512-BF16 EPYC, torch 2.13; in fp32 the
-    fused kernel is the faster one, so everywhere else it is used).
+    There torch's fused kernel ran 3x slower than bf16 matmuls and a softmax (forward and backward of the
+    reference Perceiver's latent attention, AVX512-BF16 EPYC, torch 2.13); in fp32 it is the faster one.
     """
     if q.device.type != "cpu":
         return True
