@@ -84,15 +84,15 @@ def check_new_output(path: Path | str, overwrite: bool = False) -> None:
         raise _writing_error(path, exc) from None
 
 
-def refuse_inside(output: Path | str, *inputs: Path | str, what: str = "input folder") -> None:
-    """Outputs never go inside an input folder (a second run would read them as data) or a run directory."""
+def refuse_inside(output: Path | str, *inputs: Path | str) -> None:
+    """Outputs never go inside an input folder: a second run would read them as data."""
     out = Path(output).resolve()
     for folder in inputs:
         folder = Path(folder).resolve()
         if folder.is_file():
             folder = folder.parent
         if out == folder or folder in out.parents:
-            raise UserError(f"{output} is inside the {what} {folder}: write outputs elsewhere")
+            raise UserError(f"{output} is inside the input folder {folder}: write outputs elsewhere")
 
 
 LOCK_NAME = ".lock"

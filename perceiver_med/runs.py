@@ -367,7 +367,6 @@ def predict_run(run: Path, scans: Path, out: Path, device: str = "auto", workers
     torch_device = pick_device(device)
     config, model = load_model(run, torch_device)
     refuse_inside(out, scans)
-    refuse_inside(out, run, what="run directory")
     check_new_output(out, overwrite)
     found = discover(scans)
     if not found.scans:
