@@ -42,14 +42,21 @@ def main() -> None:
         from perceiver_med.runs import train_run
         from perceiver_med.synth import LungDifficulty, synth
 
-        results = []
+        # a stopped benchmark goes on where it was: runs already in --json are kept, not repeated
+        earlier = json.loads(args.json.read_text()).get("results", []) if args.json and args.json.exists() else []
+        results = list(earlier)
+        done = {(r["size"], r["seed"], r["model"]) for r in earlier}
         for size in args.sizes:
             for seed in args.seeds:
+                if all((size, seed, model) in done for model in args.models):
+                    continue
                 difficulty = LungDifficulty(nodule_mm=SIZES[size], spread_mm=SPREAD_MM[size])
                 data, _ = synth("lung", temp / f"{size}-{seed}", args.patients, "dicom", seed, difficulty)
                 splits = temp / f"{size}-{seed}.csv"
                 split_folder(data, splits, seed=seed)
                 for model in args.models:
+                    if (size, seed, model) in done:
+                        continue
                     started = time.perf_counter()
                     result = train_run(splits, model, temp / f"run-{size}-{seed}-{model}", seed=seed, device="cpu",
                                        epochs=args.epochs or None)
@@ -61,20 +68,30 @@ def main() -> None:
                            "val_accuracy": history["val"]["accuracy"], "test_n": history["test"]["n"]}
                     if "vit" in history:
                         row["vit_test_accuracy"] = history["vit"]["test"]["accuracy"]
+                    row["load_average"] = round(os.getloadavg()[0], 2)
                     results.append(row)
                     print(json.dumps(row), flush=True)
+                    if args.json:  # after every run: a long benchmark that is stopped keeps what it measured
+                        args.json.write_text(json.dumps({"patients": args.patients, "epochs": args.epochs,
+                                                         "results": results, "complete": False}, indent=2))
         summary = {}
         for size in args.sizes:
             for model in args.models:
                 rows = [r for r in results if r["size"] == size and r["model"] == model]
+                if not rows:
+                    continue
                 summary[f"{size}/{model}"] = {
                     "mean_test_accuracy": round(sum(r["test_accuracy"] for r in rows) / len(rows), 4),
                     "min_test_accuracy": round(min(r["test_accuracy"] for r in rows), 4),
                     "mean_seconds": round(sum(r["seconds"] for r in rows) / len(rows), 1)}
+        from perceiver_med.engine import native_cpu_bf16
+
         report = {"machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+                              "native_cpu_bf16": native_cpu_bf16(),
                               "threads": torch.get_num_threads(), "torch": torch.__version__,
                               "python": sys.version.split()[0]},
-                  "patients": args.patients, "epochs": args.epochs, "results": results, "summary": summary}
+                  "patients": args.patients, "epochs": args.epochs, "results": results, "summary": summary,
+                  "complete": True}
         print(json.dumps(summary, indent=2))
         if args.json:
             args.json.write_text(json.dumps(report, indent=2))

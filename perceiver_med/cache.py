@@ -37,11 +37,13 @@ def cache_root() -> Path:
 
 @dataclass(frozen=True)
 class InputRequest:
-    """Which scan to prepare: a file, or a series folder plus its SeriesInstanceUID."""
+    """Which scan to prepare: a file, or a series folder plus its SeriesInstanceUID; `point` (LPS mm) centres
+    a point grid."""
 
     path: Path
     series_uid: str = ""
     slice: int | None = None
+    point: tuple[float, float, float] | None = None
 
 
 def find_scan(path: Path, series_uid: str = ""):
@@ -78,8 +80,15 @@ def _identity(path: Path, series_uid: str) -> list:
     return [series_uid] + [_file_identity(p) for p in files]
 
 
+# Bump when the same files and config make a different input: 2 = every DICOM path in one orientation
+# convention (single files, multi-frame files without positions, InstanceNumber-ordered series).
+INPUT_VERSION = 2
+
+
 def cache_key(request: InputRequest, config: PreprocessConfig) -> str:
-    blob = json.dumps([__version__, config.to_dict(), request.slice, _identity(request.path, request.series_uid)])
+    point = None if request.point is None else [float(v) for v in request.point]
+    blob = json.dumps([__version__, INPUT_VERSION, config.to_dict(), request.slice, point,
+                       _identity(request.path, request.series_uid)])
     return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
 
@@ -119,7 +128,8 @@ def prepare(request: InputRequest, config: PreprocessConfig, root: Path | None =
             cached = _load_entry(entry, config)
             if cached is not None:
                 return cached
-    tensor = scan_input(find_scan(request.path, request.series_uid), config, request.slice)  # reads only the slices used
+    tensor = scan_input(find_scan(request.path, request.series_uid), config, request.slice,  # reads only the slices used
+                        request.point)
     if entry is not None:
         try:
             with atomic_path(entry, suffix=".npy") as temp:

@@ -15,7 +15,7 @@ from perceiver_med import __version__
 from perceiver_med.config import POSITIVE_NAMES, TrainConfig
 from perceiver_med.errors import Interrupted, UserError
 from perceiver_med.report import (console, counts_table, err_console, metrics_table, plain, scans_table,
-                                  skipped_table, summary_line)
+                                  skipped_table, summary_line, trust_table)
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
                   context_settings={"max_content_width": 100},
@@ -45,6 +45,7 @@ class InputKind(str, Enum):
     auto = "auto"
     image = "image"
     grid = "grid"
+    point = "point"
 
 
 class ModelName(str, Enum):
@@ -101,6 +102,18 @@ Channels = Annotated[Optional[int], typer.Option(help="1, or 3 to repeat the gre
                                                  metavar="N", show_default="1")]
 GridPad = Annotated[Optional[bool], typer.Option("--grid-pad/--no-grid-pad", metavar="",
                                                  help="pad volumes with fewer than 9 slices", show_default="off")]
+WindowOption = Annotated[Optional[str], typer.Option(
+    "--window", metavar="WINDOW", show_default="auto",
+    help="intensities to [0, 1]: auto (CT volumes: lung window; other volumes: 0.5-99.5th percentiles of the "
+         "volume; 2D images: their DICOM VOI, else percentiles), percentile, lung, mediastinum, soft-tissue, bone, "
+         "brain, or LOW,HIGH in the scan's units (HU for CT)")]
+PointsOption = Annotated[Optional[Path], typer.Option(
+    help="CSV of points, one sample each: seriesuid or path, coordX,coordY,coordZ in DICOM patient mm (LPS), "
+         "optionally diameter_mm, label, patient_id (LUNA16's annotations.csv)", metavar="CSV")]
+FovMm = Annotated[Optional[float], typer.Option(help="side of a point grid's square, in mm", metavar="MM",
+                                                show_default="40")]
+SliceMm = Annotated[Optional[float], typer.Option(help="distance between a point grid's 9 planes, in mm",
+                                                  metavar="MM", show_default="2")]
 MaxVoxels = Annotated[Optional[int], typer.Option(
     help="largest scan read, in pixels or voxels; bigger files are skipped with a reason "
          "(default: $PERCEIVER_MED_MAX_VOXELS, else the readers' built-in budget)", min=1, metavar="N")]
@@ -201,14 +214,20 @@ def synth(kind: Annotated[Kind, typer.Argument(help="knee or lung", case_sensiti
           difficulty: Annotated[Difficulty, _choice(
               "lung nodules: easy (size and a calcified core give the class away), medium (4-6 mm radius) or "
               "hard (2-4 mm: 3-6 pixels), where only the shape, smooth or spiculated, tells the classes apart")
-              ] = Difficulty.easy):
+              ] = Difficulty.easy,
+          points: Annotated[bool, typer.Option(
+              "--points", help="lung: 1-4 benign or malignant nodules per patient, with their centres in "
+              "OUT/points.csv (LUNA16 style, patient mm) and the scans in OUT/scans", metavar="")] = False,
+          masks: Annotated[bool, typer.Option(
+              "--masks", help="with --points: a NIfTI label map per scan in OUT/masks (value k: the scan's k-th "
+              "point)", metavar="")] = False):
     """Write a phantom data set as real DICOM / NIfTI / PNG files."""
     from perceiver_med.files import refuse_inside_runs
     from perceiver_med.synth import synth as write
 
     refuse_inside_runs(out)
     with console.status(f"writing synthetic {kind.value} scans"):
-        folder, count = write(kind.value, out, patients, _value(format), seed, difficulty.value)
+        folder, count = write(kind.value, out, patients, _value(format), seed, difficulty.value, points, masks)
     unit = "images" if kind is Kind.knee else "volumes"
     console.print(f"wrote {count} {unit} of {patients} patients to [bold]{escape(str(folder))}[/]")
 
@@ -254,6 +273,7 @@ def split(data: Annotated[Optional[Path], typer.Argument(help="folder of scans",
                                                    "folders, else laterality)")] = LabelFrom.auto,
           patient_regex: Annotated[Optional[str], typer.Option(help="regex for patient ids in paths",
                                                                metavar="REGEX")] = None,
+          points: PointsOption = None,
           overwrite: Overwrite = False, max_voxels: MaxVoxels = None):
     """Stratified, patient-grouped train/val/test split (or --check an existing one)."""
     from perceiver_med import dataset_ops
@@ -275,7 +295,7 @@ def split(data: Annotated[Optional[Path], typer.Argument(help="folder of scans",
     except ValueError:
         raise UserError(f"--ratios must be three numbers like 0.6,0.2,0.2, got {ratios!r}") from None
     check_new_output(out, overwrite)
-    result = dataset_ops.split_folder(data, out, parsed, seed, label_from.value, labels, patient_regex)
+    result = dataset_ops.split_folder(data, out, parsed, seed, label_from.value, labels, patient_regex, points)
     console.print(counts_table(count_table(result.rows)))
     _print_skips(result.discovery.skipped + result.labelled.skipped)
     for note in result.notes:
@@ -297,12 +317,17 @@ def preview(scan: Annotated[Path, typer.Argument(help="a scan file, or a folder 
             slice: Annotated[Optional[int], typer.Option(help="centre slice of the grid", metavar="K",
                                                          show_default="the middle slice")] = None,
             series_uid: Annotated[str, typer.Option(help="pick one series of a folder", metavar="UID")] = "",
+            point: Annotated[Optional[str], typer.Option(help="centre a grid in mm on this point, DICOM patient "
+                                                         "coordinates (LPS)", metavar="X,Y,Z")] = None,
+            fov_mm: FovMm = None, slice_mm: SliceMm = None, window: WindowOption = None,
             overwrite: Overwrite = False, max_voxels: MaxVoxels = None):
     """Write the exact model input of one scan as PNG and NumPy."""
     from perceiver_med.dataset_ops import preview_scan
+    from perceiver_med.points import parse_point
 
     _voxel_budget(max_voxels)
-    tensor = preview_scan(scan, out, _value(input), size, channels, grid_pad, series_uid, slice, overwrite)
+    tensor = preview_scan(scan, out, _value(input), size, channels, grid_pad, series_uid, slice, overwrite,
+                          None if point is None else parse_point(point), fov_mm, slice_mm, window)
     console.print(f"model input {tuple(tensor.shape)} written to [bold]{escape(str(out))}.png[/] and "
                   f"[bold]{escape(str(out))}.npy[/]")
 
@@ -311,7 +336,7 @@ def preview(scan: Annotated[Path, typer.Argument(help="a scan file, or a folder 
 def prepare(splits: Annotated[Path, typer.Argument(help="splits CSV", metavar="SPLITS")],
             input: Annotated[InputKind, _choice("model input (auto: a grid for volumes, else an image)")
                              ] = InputKind.auto,
-            size: Size = None, channels: Channels = None, grid_pad: GridPad = None,
+            size: Size = None, channels: Channels = None, grid_pad: GridPad = None, window: WindowOption = None,
             workers: Annotated[int, typer.Option(help="processes (0: one per core, up to 8)", min=0,
                                                  metavar="N")] = 0,
             max_voxels: MaxVoxels = None):
@@ -322,7 +347,7 @@ def prepare(splits: Annotated[Path, typer.Argument(help="splits CSV", metavar="S
     _voxel_budget(max_voxels)
     with RichReporter() as reporter:
         loaded, config = prepare_splits(splits, _value(input), size, channels, grid_pad, workers,
-                                        reporter.preparing)
+                                        reporter.preparing, window)
     _print_skips(loaded.skipped)
     root = usable_cache_root()
     console.print(summary_line(len(loaded.rows), len(loaded.skipped), f"scan(s) ready as {config.input} "
@@ -364,13 +389,19 @@ def train(splits: Annotated[Optional[Path], typer.Argument(help="splits CSV from
           input: Annotated[Optional[InputKind], _choice("model input (auto: a 3x3 grid of 9 slices for volumes, "
                                                         "else an image)", show_default="auto")] = None,
           size: Size = None, channels: Channels = None, grid_pad: GridPad = None,
+          fov_mm: FovMm = None, slice_mm: SliceMm = None, window: WindowOption = None,
           flip: Annotated[Optional[bool], typer.Option("--flip/--no-flip", metavar="", help="horizontal flip "
                                                        "augmentation", show_default="off for laterality "
                                                        "labels, else on")] = None,
           positive: Annotated[Optional[str], typer.Option(
-              help="the class sensitivity, specificity and ROC AUC are reported for", metavar="CLASS",
+              help="the class sensitivity, specificity and ROC AUC are reported for, and --threshold decides",
+              metavar="CLASS",
               show_default=f"the first of {', '.join(POSITIVE_NAMES[:4])}... that is a class, else the last "
                            "class in sorted order")] = None,
+          threshold: Annotated[Optional[str], typer.Option(
+              help="decision threshold on the positive class's calibrated probability, chosen on the validation "
+                   "split only: youden, f1, 0.5, sensitivity=X or specificity=X (two classes)", metavar="RULE",
+              show_default="0.5")] = None,
           class_weights: Annotated[Optional[ClassWeights], _choice("auto: inverse class frequency in the loss",
                                                                    show_default="none")] = None,
           num_latents: Annotated[Optional[int], typer.Option(help="Perceiver latents", min=1, metavar="N")] = None,
@@ -395,8 +426,8 @@ def train(splits: Annotated[Optional[Path], typer.Argument(help="splits CSV from
     options = dict(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, patience=patience,
                    seed=seed, device=device.value, precision=precision.value, num_workers=num_workers,
                    class_weights=_value(class_weights), input=_value(input), size=size, channels=channels,
-                   grid_pad=grid_pad, flip=flip, positive=positive, num_latents=num_latents, latent_dim=latent_dim,
-                   num_iterations=num_iterations, depth=depth, dim=dim)
+                   grid_pad=grid_pad, fov_mm=fov_mm, slice_mm=slice_mm, window=window, flip=flip, positive=positive, threshold=threshold, num_latents=num_latents,
+                   latent_dim=latent_dim, num_iterations=num_iterations, depth=depth, dim=dim)
     try:
         with RichReporter(quiet or not main_process) as reporter:
             result = train_run(splits, _value(model), out, resume=resume, reporter=reporter,
@@ -413,6 +444,7 @@ def train(splits: Annotated[Optional[Path], typer.Argument(help="splits CSV from
         console.print(metrics_table(result.metrics["vit"], "stage 1: ViT alone"))
     console.print(metrics_table(result.metrics, f"best checkpoint of {result.config.model['name']} "
                                                 f"(positive class: {escape(result.config.positive_class)})"))
+    _print_trust(result.metrics)
     console.print(f"run written to [bold]{escape(str(out))}[/] (metrics.json, curves.png, predictions_<split>.csv)")
 
 
@@ -429,12 +461,20 @@ def evaluate(run: Annotated[Path, typer.Argument(help="run directory", metavar="
     _voxel_budget(max_voxels)
     metrics = evaluate_run(run, splits, split.value, device.value)
     console.print(metrics_table(metrics, f"{escape(str(run))} (positive class: {escape(metrics['positive_class'])})"))
+    _print_trust(metrics)
+
+
+def _print_trust(metrics: dict) -> None:
+    table = trust_table(metrics)
+    if table is not None:
+        console.print(table)
 
 
 @app.command(short_help="Predict every scan in a folder with a run's own preprocessing.")
 def predict(run: Annotated[Path, typer.Argument(help="run directory", metavar="RUN")],
             scans: Annotated[Path, typer.Argument(help="folder of scans, or one file", metavar="SCANS")],
             out: Annotated[Path, typer.Option(help="predictions CSV to write", metavar="CSV")],
+            points: PointsOption = None,
             device: DeviceOption = Device.auto, overwrite: Overwrite = False, max_voxels: MaxVoxels = None):
     """Predict every scan found in a folder with the run's preprocessing."""
     from rich.table import Table
@@ -444,20 +484,21 @@ def predict(run: Annotated[Path, typer.Argument(help="run directory", metavar="R
     _voxel_budget(max_voxels)
     with RichReporter() as reporter:
         predictions, skipped, classes = predict_run(run, scans, out, device.value, on_done=reporter.preparing,
-                                                    overwrite=overwrite)
+                                                    overwrite=overwrite, points=points)
     table = Table(title=f"{len(predictions)} prediction(s)")
     for column in ("scan", "label", "pred", *(f"p({c})" for c in classes)):
         table.add_column(plain(column))
     for p in predictions[:30]:
-        table.add_row(plain(p.path.name), plain(p.label or ""), plain(classes[int(p.probs.argmax())]),
+        table.add_row(plain(p.path.name), plain(p.label or ""), plain(p.pred),
                       *(f"{v:.4f}" for v in p.probs))
     if len(predictions) > 30:
         table.caption = f"... and {len(predictions) - 30} more in {escape(str(out))}"
     console.print(table)
     known = [p for p in predictions if p.label is not None]
     if known and len(known) == len(predictions):
-        accuracy = sum(classes[int(p.probs.argmax())] == p.label for p in known) / len(known)
-        console.print(f"accuracy against the class folders: [bold]{accuracy:.4f}[/]")
+        accuracy = sum(p.pred == p.label for p in known) / len(known)
+        console.print(f"accuracy against the {'points file' if points else 'class folders'}' labels: "
+                      f"[bold]{accuracy:.4f}[/]")
     _print_skips(skipped)
     console.print(summary_line(len(predictions), len(skipped), "scan(s) predicted")
                   + f"; written to [bold]{escape(str(out))}[/]")
@@ -467,13 +508,14 @@ def predict(run: Annotated[Path, typer.Argument(help="run directory", metavar="R
 def explain(run: Annotated[Path, typer.Argument(help="run directory", metavar="RUN")],
             scans: Annotated[list[Path], typer.Argument(help="scan files (or series folders)", metavar="SCAN...")],
             out: Annotated[Path, typer.Option(help="folder for the overlay PNGs", metavar="DIR")],
+            points: PointsOption = None,
             overwrite: Overwrite = False, max_voxels: MaxVoxels = None):
     """Overlay PNGs of the evidence for each prediction: the fall of log p(predicted class) when a patch is painted
     dark or bright. Works the same for every model; scans unlike the training scans are skipped."""
     from perceiver_med.explain import explain_run
 
     _voxel_budget(max_voxels)
-    written, skipped = explain_run(run, scans, out, overwrite=overwrite)
+    written, skipped = explain_run(run, scans, out, overwrite=overwrite, points=points)
     for path in written:
         console.print(f"wrote [bold]{escape(str(path))}[/]")
     _print_skips(skipped)

@@ -52,6 +52,26 @@ class TrainConfig:
 
 
 @dataclass
+class Decision:
+    """How a run turns the model's probabilities into its outputs, fitted on the validation split after training.
+
+    Args:
+        temperature: softmax temperature applied to every probability the run reports (1: none).
+        temperature_fitted_on: "val", or why the temperature is the default.
+        threshold: for two classes, the positive class is called when its calibrated probability is at least
+            this; None (runs written before thresholds existed, more than two classes): the most probable class.
+        rule: the --threshold rule that chose it, or why it is the default.
+        chosen_on: "val" when a rule chose it from the validation split, "fixed" for 0.5, "" for a default.
+    """
+
+    temperature: float = 1.0
+    temperature_fitted_on: str = ""
+    threshold: float | None = None
+    rule: str = "argmax"
+    chosen_on: str = ""
+
+
+@dataclass
 class RunConfig:
     """Everything needed to rebuild a run's model and its exact preprocessing, and to check its files.
 
@@ -62,6 +82,8 @@ class RunConfig:
         splits_file: where the splits came from; the run trains and evaluates on its frozen copy, splits.csv.
         splits_sha256, weights_sha256: SHA-256 of the run's splits.csv and model.safetensors.
         checkpoint_sha256: SHA-256 of the last two checkpoint.pt files written (a resume accepts either).
+        threshold_rule: train's --threshold as asked (youden, f1, 0.5, sensitivity=X, specificity=X).
+        decision: the temperature and threshold fitted after training (defaults for older runs: none, argmax).
     """
 
     classes: list[str]
@@ -77,6 +99,8 @@ class RunConfig:
     weights_sha256: str = ""
     checkpoint_sha256: list[str] = field(default_factory=list)
     versions: dict = field(default_factory=dict)
+    threshold_rule: str = "0.5"
+    decision: Decision = field(default_factory=Decision)
 
     def to_json(self) -> str:
         data = {"classes": self.classes, "positive_class": self.positive_class,
@@ -84,7 +108,8 @@ class RunConfig:
                 "augment": asdict(self.augment), "scan_kinds": self.scan_kinds,
                 "modality_groups": self.modality_groups, "splits_file": self.splits_file,
                 "splits_sha256": self.splits_sha256, "weights_sha256": self.weights_sha256,
-                "checkpoint_sha256": self.checkpoint_sha256,
+                "checkpoint_sha256": self.checkpoint_sha256, "threshold_rule": self.threshold_rule,
+                "decision": asdict(self.decision),
                 "versions": self.versions or versions()}
         return json.dumps(data, indent=2)
 
@@ -99,7 +124,9 @@ class RunConfig:
                    scan_kinds=list(data.get("scan_kinds", [])), modality_groups=list(data.get("modality_groups", [])),
                    splits_file=data.get("splits_file", ""), splits_sha256=data.get("splits_sha256", ""),
                    weights_sha256=data.get("weights_sha256", ""),
-                   checkpoint_sha256=list(data.get("checkpoint_sha256", [])), versions=data.get("versions", {}))
+                   checkpoint_sha256=list(data.get("checkpoint_sha256", [])), versions=data.get("versions", {}),
+                   threshold_rule=str(data.get("threshold_rule", "0.5")),
+                   decision=Decision(**data.get("decision", {})))
 
 
 def load_run_config(run: Path) -> RunConfig:

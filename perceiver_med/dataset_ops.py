@@ -13,8 +13,11 @@ from perceiver_med.datasets import LoadedInputs, describe_scans, load_split_inpu
 from perceiver_med.errors import ScanError, UserError
 from perceiver_med.files import atomic_path, check_new_output, refuse_inside
 from perceiver_med.io import Discovery, discover
-from perceiver_med.io.labels import LabelledSet, label_scans
+from perceiver_med.io.discover import Skip
+from perceiver_med.io.labels import LabelledScan, LabelledSet, label_scans
+from perceiver_med.points import PointSample, match_points, read_points
 from perceiver_med.preprocess import PreprocessConfig
+from perceiver_med.windows import parse_window
 from perceiver_med.splits import (SPLITS, SplitRow, assign_splits, check_ratios, find_problems, read_splits,
                                   rows_from_items, split_notes, write_splits)
 
@@ -49,22 +52,49 @@ class SplitResult:
 
 
 def split_folder(data: Path, out: Path, ratios=(0.6, 0.2, 0.2), seed: int = 0, label_from: str = "auto",
-                 labels_csv: Path | None = None, patient_regex: str | None = None) -> SplitResult:
-    """Discover, label and split a folder of scans; write splits.csv."""
+                 labels_csv: Path | None = None, patient_regex: str | None = None,
+                 points_csv: Path | None = None) -> SplitResult:
+    """Discover, label and split a folder of scans; write splits.csv. With `points_csv`, one row per point,
+    labelled by the points file, its patient from the file or else the scan's DICOM PatientID."""
     check_ratios(tuple(ratios))
     refuse_inside(out, data)
     discovery = discover(data)
-    labelled = label_scans(discovery, label_from, labels_csv, patient_regex)
+    if points_csv is not None:
+        labelled, samples = label_points(points_csv, discovery)
+    else:
+        labelled = label_scans(discovery, label_from, labels_csv, patient_regex)
     if not labelled.items:
-        raise UserError(f"no labelled scans in {data}")
+        raise UserError(f"no labelled scans in {data}" + (f" ({labelled.skipped[0].reason})"
+                                                          if labelled.skipped else ""))
     splits = assign_splits(labelled.items, ratios, seed)
     rows = rows_from_items(labelled.items, splits)
+    if points_csv is not None:
+        for row, sample in zip(rows, samples):
+            row.point, row.diameter_mm, row.point_id = sample.row.point, sample.row.diameter_mm, sample.row.point_id
     problems = find_problems(rows)  # what `split --check` and `train` would refuse is never written
     if problems:
         raise UserError(f"{printable(data)}: " + "; ".join(problems))
     write_splits(rows, out)
     asked = [split for split, ratio in zip(SPLITS, ratios) if split != "train" and ratio > 0]
     return SplitResult(discovery, labelled, rows, labelled.notes + split_notes(rows, asked))
+
+
+def label_points(points_csv: Path, discovery: Discovery) -> tuple[LabelledSet, list[PointSample]]:
+    """The labelled samples of a points file (one per usable row, in its order) and the rows skipped."""
+    samples, skipped = match_points(read_points(points_csv), discovery)
+    items, kept = [], []
+    for sample in samples:
+        where = f"{printable(points_csv)}:{sample.row.line}"
+        patient = sample.row.patient_id or sample.scan.patient_id
+        if not sample.row.label:
+            skipped.append(Skip(sample.scan.path, f"{where}: no label (add a label column to the points file)"))
+        elif not patient:
+            skipped.append(Skip(sample.scan.path, f"{where}: no patient_id in the points file, and the scan has no "
+                                                  "DICOM PatientID"))
+        else:
+            items.append(LabelledScan(sample.scan, sample.row.label, patient))
+            kept.append(sample)
+    return LabelledSet(items, skipped, "the points file", "the points file or DICOM PatientID"), kept
 
 
 @dataclass
@@ -84,18 +114,23 @@ def check_splits_file(csv_path: Path) -> SplitCheck:
 
 def preview_scan(scan: Path, prefix: Path, input: str = "auto", size: int | None = None,
                  channels: int | None = None, grid_pad: bool | None = None, series_uid: str = "",
-                 center: int | None = None, overwrite: bool = False) -> np.ndarray:
-    """Write the exact model input as PREFIX.npy (float32, C x H x W) and PREFIX.png; input "auto" as train."""
+                 center: int | None = None, overwrite: bool = False, point=None, fov_mm: float | None = None,
+                 slice_mm: float | None = None, window: str | None = None) -> np.ndarray:
+    """Write the exact model input as PREFIX.npy (float32, C x H x W) and PREFIX.png; input "auto" as train
+    (a point-centred grid when `point`, (x, y, z) LPS mm, is given)."""
     if not scan.exists():
         raise UserError(f"{scan} does not exist")
     for suffix in (".npy", ".png"):
         refuse_inside(prefix.parent / (prefix.name + suffix), scan)
         check_new_output(prefix.parent / (prefix.name + suffix), overwrite)
     try:
+        if point is not None and input not in ("auto", "point"):
+            raise UserError("--point centres a point grid: leave out --input, or give --input point")
         if input == "auto":
-            input = "grid" if find_scan(scan, series_uid).kind == "volume" else "image"
-        tensor = prepare(InputRequest(scan, series_uid, center), preprocess_config(input, size, channels, grid_pad),
-                         use_cache=False)
+            input = "point" if point is not None else "grid" if find_scan(scan, series_uid).kind == "volume" \
+                else "image"
+        config = preprocess_config(input, size, channels, grid_pad, fov_mm, slice_mm, window)
+        tensor = prepare(InputRequest(scan, series_uid, center, point), config, use_cache=False)
     except ScanError as exc:
         raise UserError(f"{scan}: {exc}") from None
     with atomic_path(prefix.parent / f"{prefix.name}.npy", suffix=".npy") as temp:
@@ -107,8 +142,12 @@ def preview_scan(scan: Path, prefix: Path, input: str = "auto", size: int | None
 
 
 def prepare_splits(splits: Path, input: str = "auto", size: int | None = None, channels: int | None = None,
-                   grid_pad: bool | None = None, workers: int = 0, on_done=None) -> tuple[LoadedInputs, PreprocessConfig]:
+                   grid_pad: bool | None = None, workers: int = 0, on_done=None, window: str | None = None
+                   ) -> tuple[LoadedInputs, PreprocessConfig]:
     """Preprocess every scan of a splits file into the cache, with the preprocessing train would choose."""
+    parse_window(window or "auto")  # a bad --window fails before the splits file is read
     rows = read_splits(splits)
-    config = preprocess_config(describe_scans(rows).input if input == "auto" else input, size, channels, grid_pad)
+    if input == "auto":
+        input = "point" if any(row.point is not None for row in rows) else describe_scans(rows).input
+    config = preprocess_config(input, size, channels, grid_pad, window=window)
     return load_split_inputs(rows, config, workers, on_done=on_done), config

@@ -7,6 +7,7 @@ from typing import Callable
 
 import numpy as np
 import torch
+from einops import rearrange
 
 from perceiver_med.cache import InputRequest, find_scan, prepare_many
 from perceiver_med.errors import ScanError, UserError
@@ -28,11 +29,18 @@ def modality_group(modality: str) -> str:
 
 
 def preprocess_config(input: str, size: int | None = None, channels: int | None = None,
-                      grid_pad: bool | None = None) -> PreprocessConfig:
+                      grid_pad: bool | None = None, fov_mm: float | None = None,
+                      slice_mm: float | None = None, window: str | None = None) -> PreprocessConfig:
     """The preprocessing of train, prepare and preview from their options (None: the default)."""
     if channels not in (None, 1, 3):
         raise UserError("--channels must be 1 or 3")
-    return PreprocessConfig(input=input, size=size or 64, channels=channels or 1, grid_pad=bool(grid_pad))
+    for name, value in (("--fov-mm", fov_mm), ("--slice-mm", slice_mm)):
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise UserError(f"{name} must be a positive number of millimetres")
+    defaults = PreprocessConfig()
+    return PreprocessConfig(input=input, size=size or 64, channels=channels or 1, grid_pad=bool(grid_pad),
+                            fov_mm=fov_mm or defaults.fov_mm, slice_mm=slice_mm or defaults.slice_mm,
+                            window=window or defaults.window)
 
 
 @dataclass
@@ -84,7 +92,7 @@ def load_split_inputs(rows: list[SplitRow], config: PreprocessConfig, workers: i
     missing = [row.path for row in rows if not row.path.exists()]
     if missing:
         raise UserError(f"the splits file names {len(missing)} file(s) that do not exist, e.g. {missing[0]}")
-    requests = [InputRequest(row.path, row.series_uid, row.slice) for row in rows]
+    requests = [InputRequest(row.path, row.series_uid, row.slice, row.point) for row in rows]
     arrays, reasons = prepare_many(requests, config, workers, on_done=on_done)
     kept, inputs, skipped = [], [], []
     for row, array, reason in zip(rows, arrays, reasons):
@@ -95,7 +103,10 @@ def load_split_inputs(rows: list[SplitRow], config: PreprocessConfig, workers: i
             inputs.append(array)
     if not kept:
         if must_keep:
-            raise UserError(f"no scan could be prepared ({skipped[0].reason if skipped else 'empty'})")
+            from perceiver_med.points import RAS_HINT, all_outside
+
+            hint = f"; {RAS_HINT}" if all_outside(skipped) else ""
+            raise UserError(f"no scan could be prepared ({skipped[0].reason if skipped else 'empty'}){hint}")
         return LoadedInputs([], np.zeros((0, *config.output_shape), np.float32), skipped)
     return LoadedInputs(kept, np.stack(inputs).astype(np.float32), skipped)
 
@@ -110,6 +121,9 @@ class AugmentConfig:
         zoom: maximum relative zoom in or out.
         intensity: maximum relative change of contrast and brightness.
         flip: mirror left-right with probability 0.5.
+        tiles: the input is a tiles x tiles mosaic of slices (3 for a grid): each tile is warped and mirrored
+            alike, about its own centre, so no content crosses a tile border and a mirror keeps the slice order;
+            warping the whole mosaic would show training inputs that evaluation never sees.
     """
 
     rotate: float = 10.0
@@ -117,11 +131,12 @@ class AugmentConfig:
     zoom: float = 0.08
     intensity: float = 0.1
     flip: bool = False
+    tiles: int = 1
 
 
 def augment_batch(batch: torch.Tensor, config: AugmentConfig, generator: torch.Generator) -> torch.Tensor:
     """Random affine warp and intensity change of a (B, C, H, W) batch, on the batch's device."""
-    count = batch.shape[0]
+    count, tiles = batch.shape[0], config.tiles
 
     def uniform(bound):
         return (torch.rand(count, generator=generator) * 2 - 1) * bound
@@ -133,8 +148,11 @@ def augment_batch(batch: torch.Tensor, config: AugmentConfig, generator: torch.G
     cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
     theta = torch.stack([torch.stack([cos * flip, -sin, shift[:, 0]], 1),
                          torch.stack([sin * flip, cos, shift[:, 1]], 1)], 1).to(batch)
-    grid = torch.nn.functional.affine_grid(theta, list(batch.shape), align_corners=False)
-    warped = torch.nn.functional.grid_sample(batch, grid, padding_mode="border", align_corners=False)
+    pieces = rearrange(batch, "b c (r h) (q w) -> (b r q) c h w", r=tiles, q=tiles)  # one piece per tile
+    grid = torch.nn.functional.affine_grid(theta.repeat_interleave(tiles * tiles, dim=0), list(pieces.shape),
+                                           align_corners=False)
+    warped = torch.nn.functional.grid_sample(pieces, grid, padding_mode="border", align_corners=False)
+    warped = rearrange(warped, "(b r q) c h w -> b c (r h) (q w)", r=tiles, q=tiles)
     contrast = (1 + uniform(config.intensity)).view(-1, 1, 1, 1).to(batch)
     brightness = uniform(config.intensity / 2).view(-1, 1, 1, 1).to(batch)
     return (warped * contrast + brightness).clamp(0, 1)

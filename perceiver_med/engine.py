@@ -22,7 +22,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from perceiver_med.config import resolve_epochs
+from perceiver_med.config import TrainConfig, resolve_epochs
 from perceiver_med.datasets import AugmentConfig, augment_batch
 from perceiver_med.errors import UserError
 from perceiver_med.files import atomic_path
@@ -382,6 +382,7 @@ def fit(model: nn.Module, model_name: str, data: dict, classes: list[str], train
                 correct += int((logits.argmax(1) == y).sum())
                 seen += len(y)
                 reporter.step(loss.item())
+            recompute_batch_norm(stage, train_inputs[order[:BATCH_NORM_SAMPLES]], train_cfg, device)
             processes.average_buffers(stage.module)
             stage.module.eval()
             evaluated, _ = evaluate_forward(stage.forward, data, classes, device, precision=train_cfg.precision,
@@ -415,6 +416,35 @@ def fit(model: nn.Module, model_name: str, data: dict, classes: list[str], train
         if processes.main:
             saved_file(on_saved, checkpoint_path, _save_checkpoint(checkpoint_path, model, None, None, state))
     return state
+
+
+BATCH_NORM_SAMPLES = 512  # training inputs per epoch that batch norm's statistics are recomputed from
+BATCH_NORM_CHUNK = 64  # inputs per forward pass there: the mean of per-chunk variances misses less of the spread
+
+
+@torch.no_grad()
+def recompute_batch_norm(stage: Stage, inputs: torch.Tensor, train_cfg: TrainConfig, device: torch.device) -> None:
+    """Batch norm's running statistics, from un-augmented training inputs (precise BN, Wu & Johnson 2021).
+
+    Running statistics gathered during training describe augmented batches; every augmented input is resampled
+    (bilinear) and rescaled in intensity, and a one-pixel spicule looks different afterwards. Evaluated on
+    un-augmented inputs with those statistics, a conv-stem Perceiver that fitted its training set scored 0.54 on
+    it (1.00 with statistics recomputed) and its validation accuracy swung between 0.5 and 1.0 from epoch to epoch.
+    """
+    norms = [m for m in stage.module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms or not len(inputs):
+        return
+    momenta = [m.momentum for m in norms]
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # a cumulative average over the batches below
+    chunk = max(train_cfg.batch_size, BATCH_NORM_CHUNK)
+    for start in range(0, min(len(inputs), BATCH_NORM_SAMPLES), chunk):
+        x = inputs[start:start + chunk].to(device)
+        with autocast(device, train_cfg.precision):
+            stage.forward(x)
+    for norm, momentum in zip(norms, momenta):
+        norm.momentum = momentum
 
 
 def saved_file(on_saved: Callable[[str, str], None] | None, path: Path, digest: str) -> None:

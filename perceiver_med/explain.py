@@ -89,20 +89,24 @@ def attention_map(model, x: torch.Tensor) -> torch.Tensor:
 
 
 def explain_run(run: Path, scans: list[Path], out: Path, labels: Mapping[Path, str] | None = None,
-                overwrite: bool = False) -> tuple[list[Path], list[Skip]]:
+                overwrite: bool = False, points: Path | None = None) -> tuple[list[Path], list[Skip]]:
     """One overlay PNG per scan: the model input in grey, its occlusion evidence in colour where it is high.
 
     The title names the file, the true label where known, the prediction and its probability; the same text
     is stored in the PNG's Title and Description. True labels come from `labels` ({scan path: label}), else
     from a class folder holding the scan (as `predict` reads them), else, for left/right runs, from DICOM
     laterality or a LEFT/RIGHT token in the file name. Labels the run does not know are not shown.
+    A run trained on points needs `points` (a points CSV) and writes one overlay per point, labelled by the file.
     """
-    from perceiver_med.report import save_overlay
+    from perceiver_med.point_runs import check_point_run
 
     config, model = load_model(run)
     for scan in scans:
         refuse_inside(out / "x.png", scan)
     check_new_output(out / "x.png", overwrite=True)  # not inside a run directory, and writable
+    check_point_run(config, points)
+    if points is not None:
+        return _explain_points(model, config, scans, Path(points), out, overwrite)
     given = {Path(path).resolve(): label for path, label in (labels or {}).items()}
     written, skipped = [], []
     for scan in scans:
@@ -117,30 +121,59 @@ def explain_run(run: Path, scans: list[Path], out: Path, labels: Mapping[Path, s
         except ScanError as exc:
             skipped.append(Skip(scan, str(exc)))
             continue
-        x = torch.from_numpy(array)[None]
-        with torch.no_grad():
-            probs = torch.softmax(model(x).float(), dim=1)[0]
-        window = occlusion_window(model, max(x.shape[-2:]))
-        evidence = evidence_map(model, x, window)[0, 0].numpy()
-        picture = np.moveaxis(array, 0, -1) if array.shape[0] == 3 else array[0]
-        predicted = config.classes[int(probs.argmax())]
         truth = given.get(scan.resolve()) or _known_label(found, config.classes)
-        truth = truth if truth in config.classes else None
-        title = "\n".join([*textwrap.wrap(printable(scan.name), 52),
-                           (f"true {truth}, " if truth else "") + f"predicted {predicted} "
-                           f"(p = {float(probs.max()):.3f})",
-                           f"evidence: fall of log p({predicted}) when one {window}x{window} patch is "
-                           "painted dark or bright"])
         target = out / f"{_stem(scan)}_explain.png"
         if target in written:
             target = out / f"{_stem(scan)}_{len(written)}_explain.png"
-        if target.exists() and not overwrite:
-            raise UserError(f"{target} already exists: choose another --out, or add --overwrite")
-        save_overlay(picture, evidence, target, title, f"fall of log p({predicted}), nats")
+        _overlay(model, config, array, printable(scan.name), truth, target, overwrite)
         written.append(target)
     if not written:
         raise UserError(f"no overlay written: {skipped[0].file.name}: {skipped[0].reason}" if skipped else
                         "no scans given")
+    return written, skipped
+
+
+def _overlay(model, config, array: np.ndarray, name: str, truth: str | None, target: Path, overwrite: bool) -> None:
+    """Write one overlay PNG of a model input: the picture in grey, its occlusion evidence in colour."""
+    from perceiver_med.report import save_overlay
+
+    x = torch.from_numpy(array)[None]
+    with torch.no_grad():
+        probs = torch.softmax(model(x).float(), dim=1)[0]
+    window = occlusion_window(model, max(x.shape[-2:]))
+    evidence = evidence_map(model, x, window)[0, 0].numpy()
+    picture = np.moveaxis(array, 0, -1) if array.shape[0] == 3 else array[0]
+    predicted = config.classes[int(probs.argmax())]
+    truth = truth if truth in config.classes else None
+    title = "\n".join([*textwrap.wrap(name, 52),
+                       (f"true {truth}, " if truth else "") + f"predicted {predicted} "
+                       f"(p = {float(probs.max()):.3f})",
+                       f"evidence: fall of log p({predicted}) when one {window}x{window} patch is "
+                       "painted dark or bright"])
+    if target.exists() and not overwrite:
+        raise UserError(f"{target} already exists: choose another --out, or add --overwrite")
+    save_overlay(picture, evidence, target, title, f"fall of log p({predicted}), nats")
+
+
+def _explain_points(model, config, scans: list[Path], points: Path, out: Path, overwrite: bool
+                    ) -> tuple[list[Path], list[Skip]]:
+    """One overlay per usable row of a points file, named after the scan and the row's line."""
+    from perceiver_med.point_runs import prepare_points
+    from perceiver_med.points import NOT_FOUND
+
+    prepared = prepare_points(points, scans, config)
+    written = []
+    for sample, array in zip(prepared.samples, prepared.inputs):
+        x, y, z = sample.row.point
+        name = f"{printable(sample.scan.path.name)} line {sample.row.line} ({x:.1f}, {y:.1f}, {z:.1f}) mm LPS"
+        target = out / f"{_stem(sample.scan.path)}_line{sample.row.line}_explain.png"
+        _overlay(model, config, array, name, sample.row.label or None, target, overwrite)
+        written.append(target)
+    # explain is given a few scans: rows of other scans were not asked for, and are counted, not listed
+    others = [skip for skip in prepared.skipped if NOT_FOUND in skip.reason]
+    skipped = [skip for skip in prepared.skipped if NOT_FOUND not in skip.reason]
+    if others:
+        skipped.append(Skip(points, f"{len(others)} row(s) of the points file name scans not among those given"))
     return written, skipped
 
 

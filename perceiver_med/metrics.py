@@ -49,3 +49,32 @@ def _roc_auc(labels, probs, indices, positive=None):
     if len(set(labels.tolist())) < len(indices):
         return None
     return float(roc_auc_score(labels, probs, multi_class="ovr", average="macro", labels=indices))
+
+
+def decisions(probs: np.ndarray, positive: int, threshold: float | None) -> np.ndarray:
+    """Predicted class indices: with two classes and a threshold, `positive` where its probability is at least
+    the threshold (else the other class); otherwise the most probable class."""
+    probs = np.asarray(probs, dtype=np.float64)
+    if threshold is None or probs.shape[1] != 2:
+        return probs.argmax(axis=1)
+    return np.where(probs[:, positive] >= threshold, positive, 1 - positive)
+
+
+def threshold_metrics(labels: np.ndarray, probs: np.ndarray, positive: int, threshold: float) -> dict:
+    """Two classes, decisions at `threshold` for class `positive`: accuracy, balanced accuracy, sensitivity,
+    specificity, PPV, NPV (None where a denominator is 0) and the confusion matrix (rows true, columns called)."""
+    labels = np.asarray(labels, dtype=np.int64)
+    called = decisions(probs, positive, threshold)
+    is_positive, called_positive = labels == positive, called == positive
+    tp, fn = int((is_positive & called_positive).sum()), int((is_positive & ~called_positive).sum())
+    tn, fp = int((~is_positive & ~called_positive).sum()), int((~is_positive & called_positive).sum())
+
+    def ratio(a, b):
+        return float(a / b) if b else None
+
+    sensitivity, specificity = ratio(tp, tp + fn), ratio(tn, tn + fp)
+    return {"value": float(threshold), "accuracy": ratio(tp + tn, len(labels)),
+            "balanced_accuracy": (sensitivity + specificity) / 2 if None not in (sensitivity, specificity) else None,
+            "sensitivity": sensitivity, "specificity": specificity, "ppv": ratio(tp, tp + fp),
+            "npv": ratio(tn, tn + fn),
+            "confusion_matrix": np.bincount(labels * 2 + called, minlength=4).reshape(2, 2).tolist()}

@@ -131,6 +131,28 @@ def save_confusion(matrix: list[list[int]], classes: list[str], split: str, path
     save_figure(figure, path)
 
 
+def save_reliability(reliability: dict, temperature: float, split: str, path) -> None:
+    """Reliability diagram: accuracy against mean confidence per bin, before and after temperature scaling."""
+    plt = _pyplot()
+    figure, axis = plt.subplots(figsize=(4.8, 4.8))
+    axis.plot([0, 1], [0, 1], ":", color="grey", label="perfectly calibrated")
+    for name, style, label in (("before", "o--", "model"), ("after", "s-", f"temperature {temperature:.3g}")):
+        bins = reliability[name]
+        points = [(c, a) for c, a in zip(bins["confidence"], bins["accuracy"]) if c is not None]
+        if points:
+            axis.plot(*zip(*points), style, markersize=4, label=label)
+    axis.set_xlim(0, 1)
+    axis.set_ylim(0, 1.02)
+    axis.set_xlabel("confidence (highest probability), bin mean")
+    axis.set_ylabel("accuracy in the bin")
+    axis.set_title(f"{split}: reliability (n={sum(reliability['after']['count'])})", **PLAIN)
+    axis.grid(alpha=0.3)
+    for text in axis.legend(loc="upper left").get_texts():
+        text.set_parse_math(False)
+    figure.tight_layout()
+    save_figure(figure, path)
+
+
 def overlay_cmap():
     """plasma whose opacity rises with the value: low evidence leaves the picture untinted."""
     from matplotlib.colors import ListedColormap
@@ -177,4 +199,43 @@ def metrics_table(metrics: dict, title: str = "metrics") -> Table:
             value = values.get(column)
             cells.append("" if value is None else str(value) if column == "n" else f"{value:.4f}")
         table.add_row(split, *cells)
+    return table
+
+
+def _with_interval(value, interval) -> str:
+    if value is None:
+        return ""
+    return f"{value:.3f}" + (f" ({interval[0]:.3f}-{interval[1]:.3f})" if interval else "")
+
+
+def trust_table(metrics: dict) -> Table | None:
+    """Per split: ROC AUC and accuracy with 95% patient-bootstrap intervals, the decision at the run's threshold,
+    calibration before -> after temperature scaling, and the patient-level ROC AUC and accuracy."""
+    threshold = metrics.get("threshold") or {}
+    if "bootstrap" not in metrics:
+        return None
+    title = (f"95% intervals ({metrics['bootstrap']['resamples']} patient resamples); threshold "
+             + (f"{threshold['value']:.4g} ({threshold['rule']})" if threshold.get("value") is not None
+                else f"none ({threshold.get('rule')})") + f"; temperature {metrics['temperature']:.4g}")
+    table = Table(title=plain(title))
+    for column in ("split", "ROC AUC", "accuracy", "sens/spec at threshold", "ECE before->after",
+                   "Brier before->after", "per patient or knee: n, ROC AUC, accuracy"):
+        table.add_column(column, justify="left" if column == "split" else "right")
+    for split in ("train", "val", "test"):
+        values = metrics.get(split)
+        if not values or not values.get("n") or "ci95" not in values:
+            continue
+        ci, at, calibration = values["ci95"], values.get("threshold"), values["calibration"]
+        units = values["patient_level"]
+        # left/right labels: a patient with both knees has no single label, and a knee is the unit that has one
+        name = "knee" if units.get("knee") and units["knee"]["mixed_label_units"] < units["patient"][
+            "mixed_label_units"] else "patient"
+        decided = "" if at is None else " / ".join("" if at[k] is None else f"{at[k]:.3f}"
+                                                    for k in ("sensitivity", "specificity"))
+        table.add_row(split, _with_interval(values["roc_auc"], ci.get("roc_auc")),
+                      _with_interval(values["accuracy"], ci.get("accuracy")), decided,
+                      f"{calibration['ece']:.3f}->{calibration['ece_after']:.3f}",
+                      f"{calibration['brier']:.3f}->{calibration['brier_after']:.3f}",
+                      f"{name} {units[name]['n']}, " + ", ".join(
+                          "-" if units[name].get(k) is None else f"{units[name][k]:.3f}" for k in ("roc_auc", "accuracy")))
     return table

@@ -23,7 +23,11 @@ from perceiver_med.io import discover
 from perceiver_med.io.discover import Skip
 from perceiver_med.io.labels import folder_label
 from perceiver_med.models import build_model, default_config
+from perceiver_med.scoring import apply_decision, fit_decision, run_summary, score_split
+from perceiver_med.preprocess import GRID_TILES
 from perceiver_med.splits import SplitRow, find_problems, read_splits, write_splits
+from perceiver_med.trust import parse_threshold_rule
+from perceiver_med.windows import parse_window
 
 MODEL_NAMES = ("perceiver", "vit-rollout-cnn", "cnn")
 # The architecture options each model takes (train --num-latents ...); anything else is refused by name.
@@ -65,7 +69,7 @@ def _sound_rows(splits: Path) -> list[SplitRow]:
 
 
 def _row_set(rows: list[SplitRow]) -> set:
-    return {(str(r.path), r.label, r.patient_id, r.split, r.series_uid, r.slice) for r in rows}
+    return {(str(r.path), r.label, r.patient_id, r.split, r.series_uid, r.slice, r.point) for r in rows}
 
 
 def frozen_rows(run: Path, config: RunConfig) -> list[SplitRow]:
@@ -91,7 +95,8 @@ def _check_output(out: Path, rows, resume: bool) -> None:
 
 # Options that may change when a run is resumed (where it runs, not what it learns).
 RUNTIME_OPTIONS = ("device", "num_workers", "precision")
-OTHER_OPTIONS = ("input", "size", "channels", "grid_pad", "flip", "positive")
+OTHER_OPTIONS = ("input", "size", "channels", "grid_pad", "flip", "positive", "threshold", "fov_mm", "slice_mm",
+                 "window")
 
 
 def _stored_options(config: RunConfig) -> dict:
@@ -99,7 +104,10 @@ def _stored_options(config: RunConfig) -> dict:
     model = config.model["vit"] if config.model["name"] == "vit-rollout-cnn" else config.model
     stored = {"model": config.model["name"], "input": config.preprocess.input, "size": config.preprocess.size,
               "channels": config.preprocess.channels, "grid_pad": config.preprocess.grid_pad,
-              "flip": config.augment.flip, "positive": config.positive_class, **asdict(config.train)}
+              "fov_mm": config.preprocess.fov_mm, "slice_mm": config.preprocess.slice_mm,
+              "window": config.preprocess.window,
+              "flip": config.augment.flip, "positive": config.positive_class, "threshold": config.threshold_rule,
+              **asdict(config.train)}
     stored.update({k: model[k] for k in MODEL_OPTION_NAMES if k in model})
     return stored
 
@@ -125,12 +133,21 @@ def _new_config(rows: list[SplitRow], splits: Path, model_name: str, asked: dict
             raise UserError(f"--{key.replace('_', '-')} is an option of {' and '.join(takers)}, not {model_name}")
     train = TrainConfig(**{k: v for k, v in asked.items() if k in TrainConfig.__dataclass_fields__})
     scans = describe_scans(rows)
-    preprocess = preprocess_config(asked.get("input", scans.input), asked.get("size"), asked.get("channels"),
-                                   asked.get("grid_pad"))
+    with_points = sum(row.point is not None for row in rows)
+    if with_points not in (0, len(rows)):
+        raise UserError(f"{with_points} of the {len(rows)} rows of the splits file have a point: give every row "
+                        "a point, or none")
+    input = asked.get("input", "point" if with_points else scans.input)
+    if (input == "point") != bool(with_points):
+        raise UserError("--input point needs a splits file with points (split --points CSV)" if with_points == 0
+                        else "the splits file has points: train them with --input point (the default)")
+    preprocess = preprocess_config(input, asked.get("size"), asked.get("channels"), asked.get("grid_pad"),
+                                   asked.get("fov_mm"), asked.get("slice_mm"), asked.get("window"))
     classes = sorted({row.label for row in rows})
     if len(classes) < 2:
         raise UserError(f"the splits file has one class ({classes[0]}): a classifier needs two")
-    augment = AugmentConfig(flip=asked.get("flip", not is_laterality(classes)))
+    augment = AugmentConfig(flip=asked.get("flip", not is_laterality(classes)),
+                            tiles=GRID_TILES if preprocess.input in ("grid", "point") else 1)
     model_cfg = default_config(model_name, preprocess.output_shape, len(classes))
     (model_cfg["vit"] if model_name == "vit-rollout-cnn" else model_cfg).update(model_options)
     try:
@@ -140,7 +157,7 @@ def _new_config(rows: list[SplitRow], splits: Path, model_name: str, asked: dict
     return RunConfig(classes, preprocess, model_cfg, train, augment,
                      positive_class=pick_positive(classes, asked.get("positive")), scan_kinds=scans.kinds,
                      modality_groups=scans.modality_groups, splits_file=str(Path(splits).resolve()),
-                     versions=versions())
+                     versions=versions(), threshold_rule=asked.get("threshold", "0.5"))
 
 
 def weights_metadata(config: RunConfig) -> dict[str, str]:
@@ -155,14 +172,19 @@ def train_run(splits: Path | None, model_name: str | None, out: Path, *, resume:
     """Train a model on a splits file and write the complete run directory.
 
     `options` are train's options by name (TrainConfig fields, input, size, channels, grid_pad, flip,
-    positive, and the model options of MODEL_OPTIONS); None means not given. On `resume`, config.json
-    is the truth, an option that contradicts it is refused, and `splits` may be None.
+    positive, threshold, and the model options of MODEL_OPTIONS); None means not given. On `resume`,
+    config.json is the truth, an option that contradicts it is refused, and `splits` may be None. After
+    training, a temperature and the threshold are fitted on the validation split alone, then every split is scored.
     """
     reporter = reporter or Reporter()
     asked = {k: v for k, v in options.items() if v is not None}
     unknown = set(asked) - set(TrainConfig.__dataclass_fields__) - set(OTHER_OPTIONS) - MODEL_OPTION_NAMES
     if unknown:
         raise TypeError(f"train_run got unknown options {sorted(unknown)}")
+    if "threshold" in asked:
+        asked["threshold"] = parse_threshold_rule(asked["threshold"])
+    if "window" in asked:
+        asked["window"] = parse_window(asked["window"])  # canonical, to compare with a resumed run's
     out = Path(out)
     if model_name is not None and model_name not in MODEL_NAMES:
         raise UserError(f"--model must be one of {', '.join(MODEL_NAMES)}")
@@ -238,12 +260,19 @@ def _train(rows, config: RunConfig, out: Path, resume: bool, reporter: Reporter,
                     processes, reporter, resume, weights_metadata(config), on_saved if processes.main else None)
         model.eval()
         positive = config.classes.index(config.positive_class)
-        metrics, probs = evaluate_forward(model.forward, data, config.classes, device, processes=processes,
-                                          positive=positive, precision=train.precision)
-        if config.model["name"] == "vit-rollout-cnn":
+        _, probs = evaluate_forward(model.forward, data, config.classes, device, processes=processes,
+                                    positive=positive, precision=train.precision)
+        labels = {split: split_labels.numpy() for split, (_, split_labels) in data.items()}
+        # fixed from the validation split alone, before any other split is scored
+        seen = [split for split in ("val",) if split in probs]
+        config.decision = fit_decision({s: labels[s] for s in seen}, {s: probs[s] for s in seen},
+                                       config.threshold_rule, config.classes, config.positive_class)
+        if processes.main:
+            _write_config(out, config)
+        metrics = _score(loaded.rows, labels, probs, config)
+        if config.model["name"] == "vit-rollout-cnn":  # stage one alone, as the model gives it (no calibration)
             metrics["vit"], _ = evaluate_forward(model.vit.forward, data, config.classes, device,
                                                  processes=processes, positive=positive, precision=train.precision)
-        metrics = {"positive_class": config.positive_class, **metrics}
         if processes.main:
             _write_outputs(out, loaded, probs, metrics, config, state.history)
         return TrainResult(out, metrics, loaded.skipped, model.num_parameters, config)
@@ -251,34 +280,53 @@ def _train(rows, config: RunConfig, out: Path, resume: bool, reporter: Reporter,
         processes.close()
 
 
+def _score(rows: list[SplitRow], labels: dict, probs: dict, config: RunConfig) -> dict:
+    """metrics.json: the run's positive class, threshold, temperature and bootstrap, and each split's scores."""
+    scored = {split: score_split(labels[split], probs[split], [row for row in rows if row.split == split], config)
+              for split in SPLITS if split in probs}
+    return {"positive_class": config.positive_class, **run_summary(config), **scored}
+
+
 def _write_config(out: Path, config: RunConfig) -> None:
     atomic_text(out / "config.json", lambda h: h.write(config.to_json()))
 
 
 def _write_outputs(out: Path, loaded, probs, metrics, config: RunConfig, history) -> None:
-    from perceiver_med.report import save_confusion, save_curves
+    from perceiver_med.report import save_confusion, save_curves, save_reliability
 
     atomic_text(out / "metrics.json", lambda h: json.dump(metrics, h, indent=2))
-    for split, split_probs in probs.items():
+    positive = config.classes.index(config.positive_class)
+    for split, raw_probs in probs.items():
         split_rows = [row for row in loaded.rows if row.split == split]
+        calibrated, preds = apply_decision(raw_probs, config.decision, positive)
         write_predictions(out / f"predictions_{split}.csv", [str(r.path) for r in split_rows],
-                          [r.label for r in split_rows], split_probs, config.classes)
+                          [r.label for r in split_rows], calibrated, config.classes, preds,
+                          [r.point for r in split_rows] if config.preprocess.input == "point" else None)
         save_confusion(metrics[split]["confusion_matrix"], config.classes, split, out / f"confusion_{split}.png")
+        save_reliability(metrics[split]["calibration"]["reliability"], config.decision.temperature, split,
+                         out / f"reliability_{split}.png")
     write_history(out / "history.csv", history)
     save_curves(history, out / "curves.png")
 
 
 def write_predictions(path: Path, paths: list[str], labels: list[str] | None, probs: np.ndarray,
-                      classes: list[str]) -> None:
-    """path[,label],pred,prob_<class>...; probabilities at full float precision (repr round-trips)."""
+                      classes: list[str], preds: np.ndarray | None = None, points: list | None = None) -> None:
+    """path[,coordX,coordY,coordZ][,label],pred,prob_<class>...; probabilities at full float precision (repr
+    round-trips).
+
+    `preds` are class indices (the run's threshold decisions); by default the most probable class. `points`
+    (LPS mm, one per row) tell the samples of a run trained on points apart.
+    """
     from perceiver_med.csvfiles import write_csv
 
-    columns = ["path"] + (["label"] if labels is not None else []) + ["pred"] + [f"prob_{c}" for c in classes]
+    columns = ["path"] + (["coordX", "coordY", "coordZ"] if points else []) + (
+        ["label"] if labels is not None else []) + ["pred"] + [f"prob_{c}" for c in classes]
+    preds = np.asarray(probs).argmax(axis=1) if preds is None else preds
 
     def row(k: int, scan: str) -> list:
         # floats, not text: the csv module writes their repr, and a probability is never escaped
-        return ([scan] + ([labels[k]] if labels is not None else []) + [classes[int(np.argmax(probs[k]))]]
-                + [float(v) for v in probs[k]])
+        return ([scan] + (list(points[k]) if points else []) + ([labels[k]] if labels is not None else [])
+                + [classes[int(preds[k])]] + [float(v) for v in probs[k]])
 
     write_csv(path, columns, (row(k, scan) for k, scan in enumerate(paths)))
 
@@ -321,7 +369,8 @@ def _num_classes(model: dict):
 
 def evaluate_run(run: Path, splits: Path | None = None, split: str = "all", device: str = "auto",
                  workers: int = 0) -> dict:
-    """Metrics of a saved run on the chosen splits (the run's frozen copy of its splits by default).
+    """Metrics of a saved run on the chosen splits (the run's frozen copy of its splits by default), with the
+    run's own temperature and threshold, as metrics.json has them.
 
     Another splits file may be given; scans or patients the run trained on are refused in its val/test rows.
     """
@@ -337,10 +386,11 @@ def evaluate_run(run: Path, splits: Path | None = None, split: str = "all", devi
     if not rows:
         raise UserError(f"{splits or Path(run) / FROZEN_SPLITS} has no {split} scans")
     loaded = load_split_inputs(rows, config.preprocess, workers)
-    metrics, _ = evaluate_forward(model.forward, _tensors(loaded, config.classes), config.classes, torch_device,
-                                  positive=config.classes.index(config.positive_class),
-                                  precision=config.train.precision)
-    return {"positive_class": config.positive_class, **metrics}
+    data = _tensors(loaded, config.classes)
+    _, probs = evaluate_forward(model.forward, data, config.classes, torch_device,
+                                positive=config.classes.index(config.positive_class),
+                                precision=config.train.precision)
+    return _score(loaded.rows, {split: labels.numpy() for split, (_, labels) in data.items()}, probs, config)
 
 
 def _refuse_training_scans(rows: list[SplitRow], trained_on: list[SplitRow]) -> None:
@@ -357,17 +407,33 @@ def _refuse_training_scans(rows: list[SplitRow], trained_on: list[SplitRow]) -> 
 class Prediction:
     path: Path
     label: str | None
-    probs: np.ndarray
+    probs: np.ndarray  # calibrated with the run's temperature
+    pred: str = ""  # the run's decision: its threshold for two classes, else the most probable class
 
 
 def predict_run(run: Path, scans: Path, out: Path, device: str = "auto", workers: int = 0,
-                on_done: Callable[[int, int], None] | None = None, overwrite: bool = False
-                ) -> tuple[list[Prediction], list[Skip], list[str]]:
-    """Predict every scan in a folder (or one file); writes path[,label],pred,prob_<class>..."""
+                on_done: Callable[[int, int], None] | None = None, overwrite: bool = False,
+                points: Path | None = None) -> tuple[list[Prediction], list[Skip], list[str]]:
+    """Predict every scan in a folder (or one file); writes path[,label],pred,prob_<class>...
+
+    Probabilities are calibrated with the run's temperature, and `pred` applies its threshold. A run trained
+    on points predicts the rows of `points` instead, one output row per point (see point_runs).
+    """
+    from perceiver_med.point_runs import check_point_run, prepare_points, write_point_predictions
+
     torch_device = pick_device(device)
     config, model = load_model(run, torch_device)
     refuse_inside(out, scans)
     check_new_output(out, overwrite)
+    check_point_run(config, points)
+    if points is not None:
+        prepared = prepare_points(Path(points), Path(scans), config, workers, on_done)
+        raw = predict_probs(model.forward, torch.from_numpy(prepared.inputs), torch_device,
+                            precision=config.train.precision)
+        probs, preds = apply_decision(raw, config.decision, config.classes.index(config.positive_class))
+        write_point_predictions(out, prepared, probs, preds, config.classes)
+        return ([Prediction(s.scan.path, _known(s.row.label, config.classes), p, config.classes[int(k)])
+                 for s, p, k in zip(prepared.samples, probs, preds)], prepared.skipped, config.classes)
     found = discover(scans)
     if not found.scans:
         raise UserError(f"no readable scans in {scans} ({len(found.skipped)} file(s) skipped)")
@@ -388,11 +454,13 @@ def predict_run(run: Path, scans: Path, out: Path, device: str = "auto", workers
     if not kept:
         raise UserError(f"no scan in {scans} could be prepared ({skipped[-1].reason})")
     inputs = torch.from_numpy(np.stack([a for _, a in kept]))
-    probs = predict_probs(model.forward, inputs, torch_device, precision=config.train.precision)
+    raw = predict_probs(model.forward, inputs, torch_device, precision=config.train.precision)
+    probs, preds = apply_decision(raw, config.decision, config.classes.index(config.positive_class))
     labels = [_known(folder_label(scan, found.root), config.classes) for scan, _ in kept]
     known = labels if all(label is not None for label in labels) else None
-    write_predictions(out, [str(scan.path) for scan, _ in kept], known, probs, config.classes)
-    predictions = [Prediction(scan.path, label, p) for (scan, _), label, p in zip(kept, labels, probs)]
+    write_predictions(out, [str(scan.path) for scan, _ in kept], known, probs, config.classes, preds)
+    predictions = [Prediction(scan.path, label, p, config.classes[int(k)])
+                   for (scan, _), label, p, k in zip(kept, labels, probs, preds)]
     return predictions, skipped, config.classes
 
 

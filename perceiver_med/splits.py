@@ -92,6 +92,17 @@ class SplitRow:
     split: str
     series_uid: str = ""
     slice: int | None = None
+    point: tuple[float, float, float] | None = None  # LPS mm: the sample is a point-centred grid
+    diameter_mm: float | None = None
+    point_id: str = ""  # where the point came from (its line in the points CSV)
+
+    @property
+    def sample_key(self) -> tuple:
+        """What makes a row one sample: its scan, and its slice or point."""
+        return (self.path, self.series_uid, self.slice, self.point)
+
+
+POINT_COLUMNS = ["coordX", "coordY", "coordZ", "diameter_mm", "point_id"]
 
 
 def rows_from_items(items: list[LabelledScan], splits: list[str]) -> list[SplitRow]:
@@ -106,10 +117,15 @@ def write_splits(rows: list[SplitRow], out: Path) -> None:
     any other scan is written absolute, since a relative path may not climb out with `..`.
     """
     paths = Counter(row.path for row in rows)
-    with_series = any(paths[row.path] > 1 for row in rows)
+    # a series folder holding other scans (a series spread over sub-folders is named by their common folder)
+    # is ambiguous without its UID, like a folder holding two series
+    folders = {parent for row in rows for parent in Path(row.path).parents}
+    with_series = any(paths[row.path] > 1 or (row.series_uid and row.path in folders) for row in rows)
     with_slice = any(row.slice is not None for row in rows)
+    with_point = any(row.point is not None for row in rows)
+    with_series = with_series or (with_point and any(row.series_uid for row in rows))
     columns = ["path", "label", "patient_id", "split"] + (["series_uid"] if with_series else []) + (
-        ["slice"] if with_slice else [])
+        ["slice"] if with_slice else []) + (POINT_COLUMNS if with_point else [])
     out_dir = Path(out).resolve().parent
 
     def values(row: SplitRow) -> list:
@@ -118,6 +134,9 @@ def write_splits(rows: list[SplitRow], out: Path) -> None:
             cells.append(row.series_uid)
         if with_slice:
             cells.append("" if row.slice is None else row.slice)
+        if with_point:  # floats, written as their repr: the point round-trips exactly
+            cells += list(row.point) if row.point is not None else ["", "", ""]
+            cells += ["" if row.diameter_mm is None else row.diameter_mm, row.point_id]
         return cells
 
     write_csv(out, columns, map(values, rows))
@@ -148,7 +167,22 @@ def _split_row(record: CsvRow) -> SplitRow:
     if not patient:
         raise record.error("empty patient_id: every scan needs one, or a patient could sit in two splits")
     return SplitRow(_scan_path(record), record.text("label", required=True), patient, split,
-                    record.text("series_uid"), record.integer("slice"))
+                    record.text("series_uid"), record.integer("slice"), *_point_cells(record))
+
+
+def _point_cells(record: CsvRow) -> tuple:
+    """(point, diameter_mm, point_id) of a splits row; (None, None, "") when it has no point."""
+    texts = [record.text(name) for name in POINT_COLUMNS[:3]]
+    if not any(texts):
+        return None, None, ""
+    try:
+        point = tuple(float(text) for text in texts)
+        diameter = float(record.text("diameter_mm")) if record.text("diameter_mm") else None
+    except ValueError:
+        raise record.error("coordX, coordY, coordZ and diameter_mm must be numbers in mm") from None
+    if not all(np.isfinite(point)):
+        raise record.error("coordX, coordY and coordZ must be finite numbers in mm")
+    return point, diameter, record.text("point_id")
 
 
 def _scan_path(record: CsvRow) -> Path:
@@ -183,7 +217,7 @@ def find_problems(rows: list[SplitRow]) -> list[str]:
     if shared:
         problems.append(f"{len(shared)} scan(s) or series in more than one split, e.g. "
                         f"{printable(shared[0][1])} in {', '.join(sorted(splits_of_image[shared[0]]))}")
-    repeated = [key for key, n in Counter((row.path, row.series_uid, row.slice) for row in rows).items() if n > 1]
+    repeated = [key for key, n in Counter(row.sample_key for row in rows).items() if n > 1]
     if repeated:
         problems.append(f"{len(repeated)} scan(s) listed more than once, e.g. {printable(repeated[0][0])}")
     classes = sorted({row.label for row in rows})

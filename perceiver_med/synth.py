@@ -6,7 +6,7 @@ image's left, and the left knee's on the image's right. The medial femoral condy
 Lung: CT volumes in Hounsfield units with a nodule that is either benign or malignant. The "easy"
 phantom gives them away by size and a calcified core; the harder ones (`LungDifficulty`) draw both
 classes at the same size and contrast, and only the shape tells them apart: smooth, or lobulated
-with spicules.
+with spicules. `synth lung --points` (synth_points.py) writes several nodules per patient, and their centres.
 """
 from __future__ import annotations
 
@@ -278,6 +278,37 @@ def write_lung(out: Path, patients: int = 100, fmt: str = "dicom", seed: int = 0
 
 
 # ---------------------------------------------------------------- DICOM helpers
+def write_ct_series(folder: Path, volume: np.ndarray, geometry, patient: str, number: int, series_uid: str,
+                    seed: int, rng: np.random.Generator) -> None:
+    """Write an HU volume (slices, rows, cols) as an axial CT series with `geometry` (synth_points.Geometry).
+
+    Files get opaque names and are written in shuffled order; instance numbers run head to feet or feet to
+    head, as scanners differ: only ImagePositionPatient orders the slices.
+    """
+    folder.mkdir()
+    stored = np.clip(np.round(volume) + 1024, 0, 4095).astype(np.uint16)
+    depth = volume.shape[0]
+    downwards = rng.random() < 0.5
+    frame = generate_uid(entropy_srcs=[str(seed), patient, "frame"])
+    for k in rng.permutation(depth):
+        ds = _dicom_base(CT_SOP, "CT", patient, number, series_uid, seed, f"points-slice{k}")
+        ds.FrameOfReferenceUID = frame
+        ds.PatientPosition = "HFS"
+        ds.BodyPartExamined = "CHEST"
+        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]  # rows run along LPS x, columns along y: axial
+        position = geometry.origin + np.array([0.0, 0.0, k * geometry.step_mm])
+        ds.ImagePositionPatient = [round(float(c), 4) for c in position]
+        ds.SliceLocation = round(float(position[2]), 4)
+        ds.PixelSpacing = [geometry.pixel_mm, geometry.pixel_mm]
+        ds.SliceThickness = geometry.thickness_mm
+        ds.SpacingBetweenSlices = geometry.step_mm
+        ds.InstanceNumber = int(depth - k if downwards else k + 1)
+        ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = -1024, 1, "HU"
+        ds.WindowCenter, ds.WindowWidth = -600, 1500  # lung window
+        _set_pixels(ds, stored[k], bits=12)
+        ds.save_as(folder / f"{ds.SOPInstanceUID.split('.')[-1][-10:]}", enforce_file_format=True)
+
+
 def _dicom_base(sop_class, modality, patient, number, series_uid, seed, instance) -> Dataset:
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
@@ -306,15 +337,25 @@ def _set_pixels(ds: Dataset, pixels: np.ndarray, bits: int) -> None:
 
 
 def synth(kind: str, out: Path, patients: int, fmt: str | None, seed: int,
-          difficulty: str | LungDifficulty = "easy") -> tuple[Path, int]:
+          difficulty: str | LungDifficulty = "easy", points: bool = False, masks: bool = False) -> tuple[Path, int]:
     """Write a phantom set into a new folder `out` (written beside it, then renamed into place).
 
     `difficulty` (lung only): a name of DIFFICULTIES, or a LungDifficulty.
+    `points` (lung only): several nodules per patient, labelled in OUT/points.csv (see synth_points);
+    `masks` adds their label maps.
     """
     if kind not in ("knee", "lung"):
         raise UserError("synth writes 'knee' or 'lung'")
     if kind == "knee" and difficulty != "easy":
         raise UserError("--difficulty is an option of synth lung")
+    if kind == "knee" and points:
+        raise UserError("--points is an option of synth lung")
+    if points and difficulty != "easy":
+        raise UserError("--points writes its own nodules: leave out --difficulty")
+    if masks and not points:
+        raise UserError("--masks needs --points: the masks outline the nodules listed in points.csv")
+    if points and fmt == "png":
+        raise UserError("synth lung writes volumes: use --format dicom or --format nifti")
     if isinstance(difficulty, str) and difficulty not in DIFFICULTIES:
         raise UserError(f"--difficulty must be one of {', '.join(DIFFICULTIES)}")
     fmt = fmt or ("png" if kind == "knee" else "dicom")
@@ -331,6 +372,10 @@ def synth(kind: str, out: Path, patients: int, fmt: str | None, seed: int,
     try:
         if kind == "knee":
             count = write_knee(temp, patients, fmt, seed)
+        elif points:
+            from perceiver_med.synth_points import write_points
+
+            count = write_points(temp, patients, fmt, seed, masks)
         else:
             count = write_lung(temp, patients, fmt, seed, difficulty)
         if out.exists():

@@ -36,7 +36,8 @@ def test_run_directory_holds_every_artefact(perceiver_run):
                  "confusion_test.png", "predictions_train.csv", "predictions_val.csv", "predictions_test.csv"):
         assert (run / name).is_file(), name
     metrics = json.loads((run / "metrics.json").read_text())
-    assert set(metrics) == {"positive_class", "train", "val", "test"} and metrics["positive_class"] == "right"
+    assert set(metrics) == {"positive_class", "train", "val", "test", "bootstrap", "threshold", "temperature",
+                            "temperature_fitted_on"} and metrics["positive_class"] == "right"
     for split in (metrics[name] for name in ("train", "val", "test")):
         assert {"loss", "accuracy", "balanced_accuracy", "roc_auc", "f1_macro", "confusion_matrix", "n",
                 "sensitivity", "specificity"} <= set(split)
@@ -191,6 +192,8 @@ def test_two_process_training_matches_a_one_process_evaluation(knee, tmp_path, m
     trained = json.loads((out / "metrics.json").read_text())
     again = evaluate_run(out, device="cpu")
     for split in ("train", "val", "test"):
-        assert again[split]["loss"] == pytest.approx(trained[split]["loss"], rel=1e-9)
+        # 1e-6: convolution kernels are picked by batch size, and each process evaluates a different batch; batch-norm
+        # statistics that differ between processes move the loss by 1e-2
+        assert again[split]["loss"] == pytest.approx(trained[split]["loss"], rel=1e-6)
         assert again[split]["accuracy"] == trained[split]["accuracy"]
     assert len(list(csv.DictReader(open(out / "history.csv")))) == 2 * (1 if model == "perceiver" else 2)

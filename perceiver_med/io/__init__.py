@@ -1,6 +1,11 @@
-"""Readers: a scan's files -> (array, metadata). Images are (rows, cols); volumes (slices, rows, cols)."""
+"""Readers: a scan's files -> ScanImage (voxels in the display convention, affine to patient LPS mm).
+
+Images are (rows, cols); volumes (slices, rows, cols); see io/image.py for the affine and io/orientation.py
+for the display convention, the same for every format.
+"""
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from pathlib import Path
 from typing import Callable
@@ -10,31 +15,33 @@ import numpy as np
 from perceiver_med.errors import ScanError
 from perceiver_med.io import dicom, nifti, raster
 from perceiver_med.io.discover import Discovery, Scan, Skip, _os_reason, discover
+from perceiver_med.io.image import ScanImage, placed
 from perceiver_med.io.limits import unexpected
-from perceiver_med.io.orientation import display_slices, display_spacing, to_display
+from perceiver_med.io.orientation import display_slices, to_display
 
-__all__ = ["Discovery", "Scan", "Skip", "discover", "read_scan"]
+__all__ = ["Discovery", "Scan", "ScanImage", "Skip", "discover", "read_scan"]
 
 Pick = Callable[[int], list]
 
 
-def read_scan(scan: Scan, pick: Pick | None = None) -> tuple[np.ndarray, dict]:
+def read_scan(scan: Scan, pick: Pick | None = None) -> ScanImage:
     """Decode a scan found by `discover`. Raises ScanError with a one-line reason, whatever went wrong.
 
     `pick(num_slices)` -> display slice indices: for a volume, only those slices are read and returned
-    (in that order), with `meta["num_slices"]` and `meta["slices"]`; 2D images ignore it.
+    (in that order), with `slices` and `num_slices` set; 2D images ignore it.
     """
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             if scan.format == "nifti":
-                array, meta = nifti.read(scan.files[0], _pick_for(scan, pick))
+                image = nifti.read(scan.files[0], _pick_for(scan, pick))
             elif scan.format == "dicom":
-                array, meta = _read_dicom(scan, pick)
+                image = _read_dicom(scan, pick)
             else:
-                array, meta = raster.read(scan.files[0])
-            if not np.isfinite(array).all():
-                array = np.nan_to_num(array, nan=0.0, posinf=0.0, neginf=0.0)
+                image = raster.read(scan.files[0])
+            voxels = image.voxels
+            if not np.isfinite(voxels).all():
+                voxels = np.nan_to_num(voxels, nan=0.0, posinf=0.0, neginf=0.0)
     except ScanError:
         raise
     except OSError as exc:
@@ -42,8 +49,7 @@ def read_scan(scan: Scan, pick: Pick | None = None) -> tuple[np.ndarray, dict]:
         raise ScanError(f"{file.name}: {_os_reason(exc, file)}") from None
     except Exception as exc:  # never more than this scan's skip
         raise ScanError(unexpected(exc, "DICOM" if scan.format == "dicom" else scan.format)) from None
-    meta["warnings"] = list(scan.warnings) + list(meta.get("warnings", []))
-    return array, meta
+    return dataclasses.replace(image, voxels=voxels, warnings=tuple(scan.warnings) + tuple(image.warnings))
 
 
 def _pick_for(scan: Scan, pick: Pick | None) -> list[int] | None:
@@ -52,76 +58,65 @@ def _pick_for(scan: Scan, pick: Pick | None) -> list[int] | None:
     return [int(k) for k in pick(scan.shape[0])]
 
 
-def _read_dicom(scan: Scan, pick: Pick | None) -> tuple[np.ndarray, dict]:
+def _read_dicom(scan: Scan, pick: Pick | None) -> ScanImage:
     if len(scan.files) == 1:
         return _read_dicom_file(scan, pick)
     return _read_series(scan, pick)
 
 
-def _read_dicom_file(scan: Scan, pick: Pick | None) -> tuple[np.ndarray, dict]:
-    array, meta = dicom.decode(scan.files[0])
-    positions, orientation = meta.get("frame_positions"), meta.get("orientation")
-    if array.ndim == 3 and positions and dicom.valid_orientation(orientation):
-        order = dicom.order_along_normal(orientation, positions)
-        array = array[order]
-        positions = [positions[k] for k in order]
-        affine = dicom.stack_affine(orientation, positions, meta["pixel_spacing"])
-        array, spacing = to_display(array.transpose(2, 1, 0), affine)
-        meta["spacing"] = spacing
-    else:
-        meta["spacing"] = meta["pixel_spacing"]
-    if pick is not None and array.ndim == 3:
-        slices = [int(k) for k in pick(array.shape[0])]
-        meta.update(num_slices=array.shape[0], slices=slices)
-        array = array[slices]
-    return array, meta
+def _read_dicom_file(scan: Scan, pick: Pick | None) -> ScanImage:
+    """One file, single- or multi-frame, reoriented by its own geometry (`dicom.frame_grid`, as discovery)."""
+    pixels, meta = dicom.decode(scan.files[0])
+    order, affine, assumed, ordering = dicom.frame_grid(meta)
+    # stored (frames, rows, cols) -> voxel grid (column, row, frame)
+    data = pixels[order].transpose(2, 1, 0) if pixels.ndim == 3 else pixels.T
+    voxels, _ = to_display(data, affine)
+    picked = {}
+    if pick is not None and voxels.ndim == 3:
+        slices = tuple(int(k) for k in pick(voxels.shape[0]))
+        picked = dict(slices=slices, num_slices=voxels.shape[0])
+        voxels = voxels[list(slices)]
+    elif voxels.ndim == 3:
+        picked = dict(num_slices=voxels.shape[0])
+    return placed(voxels, affine, data.shape, modality=meta["modality"], window=meta["window"], ordering=ordering,
+                  format="dicom", assumed=assumed, warnings=tuple(dicom.assumption_warning(assumed)),
+                  voi=meta["voi"], **picked)
 
 
-def _decode_slice(scan: Scan, index: int, expected: tuple) -> tuple[np.ndarray, dict]:
+def _decode_slice(scan: Scan, index: int, expected: tuple) -> np.ndarray:
     file = scan.files[index]
     try:
-        pixels, meta = dicom.decode(file)
+        pixels, _ = dicom.decode(file)
     except ScanError as exc:
         raise ScanError(f"slice {file.name} of this series cannot be read ({exc}), so the series is skipped") \
             from None
     if pixels.shape != tuple(expected):
         raise ScanError(f"slice {file.name} is {'x'.join(map(str, pixels.shape))}, unlike the rest of its "
                         "series, so the series is skipped")
-    return pixels, meta
+    return pixels
 
 
-def _read_series(scan: Scan, pick: Pick | None) -> tuple[np.ndarray, dict]:
-    """A volume of single-frame files; with `pick`, only the files its slices come from are decoded."""
-    count = len(scan.files)
-    if scan.ordering == "position" and scan.affine is not None:
-        affine = np.asarray(scan.affine, dtype=float)
-        columns, rows, _ = scan.voxel_shape
-        metas: dict[int, dict] = {}
+def _read_series(scan: Scan, pick: Pick | None) -> ScanImage:
+    """A volume of single-frame files in stack order, on the grid discovery found for them (by position or by
+    InstanceNumber); with `pick`, only the files its slices come from are decoded."""
+    affine = np.asarray(scan.grid_affine, dtype=float)
+    columns, rows, count = scan.grid_shape
 
-        def read_planes(axis: int, planes: list[int]) -> np.ndarray:
-            taken = []
-            for k in (planes if axis == 2 else range(count)):
-                pixels, metas[k] = _decode_slice(scan, k, (rows, columns))
-                taken.append(pixels if axis == 2 else pixels[:, planes] if axis == 0 else pixels[planes, :])
-            return np.stack(taken).transpose(2, 1, 0)
+    def read_planes(axis: int, planes: list[int]) -> np.ndarray:
+        taken = []
+        for k in (planes if axis == 2 else range(count)):
+            pixels = _decode_slice(scan, k, (rows, columns))
+            taken.append(pixels if axis == 2 else pixels[:, planes] if axis == 0 else pixels[planes, :])
+        return np.stack(taken).transpose(2, 1, 0)
 
-        if pick is None:
-            array, spacing = to_display(read_planes(2, list(range(count))), affine)
-            meta = dict(metas[0])
-        else:
-            slices = [int(k) for k in pick(scan.shape[0])]
-            array = display_slices(read_planes, scan.voxel_shape, affine, slices)
-            meta = dict(next(iter(metas.values())))
-            meta.update(num_slices=scan.shape[0], slices=slices)
-            spacing = display_spacing(affine)
-        meta["spacing"] = spacing
+    picked = {}
+    if pick is None:
+        voxels, _ = to_display(read_planes(2, list(range(count))), affine)
     else:
-        wanted = list(range(count)) if pick is None else [int(k) for k in pick(count)]
-        decoded = {k: _decode_slice(scan, k, tuple(scan.shape[-2:])) for k in sorted(set(wanted))}
-        array = np.stack([decoded[k][0] for k in wanted])
-        meta = dict(decoded[wanted[0]][1])
-        meta["spacing"] = meta["pixel_spacing"]
-        if pick is not None:
-            meta.update(num_slices=count, slices=wanted)
-    meta["window"] = scan.window  # the same for every slice, or None (decided from all the headers)
-    return array, meta
+        slices = tuple(int(k) for k in pick(scan.shape[0]))
+        voxels = display_slices(read_planes, scan.grid_shape, affine, slices)
+        picked = dict(slices=slices)
+    return placed(voxels, affine, scan.grid_shape, modality=scan.modality, ordering=scan.ordering, format="dicom",
+                  window=scan.window,  # the same for every slice, or None (decided from all the headers)
+                  assumed=scan.assumed, warnings=tuple(dicom.assumption_warning(scan.assumed)),
+                  num_slices=scan.shape[0], **picked)

@@ -12,6 +12,7 @@ import struct
 import warnings
 import zlib
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -547,20 +548,82 @@ def decode(path: Path) -> tuple[np.ndarray, dict]:
         # pydicom already converted YBR to RGB; ITU-R 601 luma weights give the grey level.
         array = (pixels[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32))
         window = None
+        voi = None
     else:
         array = _modality_lut(pixels, ds)
-        window = _voi_window(ds)
+        window, inverted_about = _voi_window(ds), None
         if photometric == "MONOCHROME1":
             # MONOCHROME1 shows dense tissue dark; invert so dense is always bright, window included.
             low, high = float(array.min()), float(array.max())
-            array = (high + low) - array
+            inverted_about = high + low
+            array = inverted_about - array
             if window is not None:
                 window = (high + low - window[0], window[1])
+        voi = _voi(ds, inverted_about)
     expected = (rows, columns) if frames == 1 else (frames, rows, columns)
     if array.shape != expected:
         raise ScanError(f"decoded pixel data is {'x'.join(map(str, array.shape))}, "
                         f"not the {'x'.join(map(str, expected))} its header declares")
-    return array, {**_geometry(ds, frames), "window": window}
+    return array, {**_geometry(ds, frames), "window": window, "voi": voi}
+
+
+VOI_FUNCTIONS = ("LINEAR", "LINEAR_EXACT", "SIGMOID")
+
+
+@dataclass(frozen=True, eq=False)
+class DicomVoi:
+    """A DICOM image's VOI LUT module, kept for preprocessing (windows.apply_dicom_voi); reading applies none of it.
+
+    Args:
+        attributes: a Dataset holding the first VOI view only (VOI LUT Sequence item and/or Window Center, Width
+            and VOI LUT Function), with BitsStored 16, unsigned and no rescale: the values it is applied to are
+            already modality values, so these only fix pydicom's windowing output range at 0..65535.
+        inverted_about: for MONOCHROME1, the voxels are (inverted_about - modality values); None otherwise.
+    """
+
+    attributes: pydicom.Dataset
+    inverted_about: float | None = None
+
+    @property
+    def has_transform(self) -> bool:
+        return "VOILUTSequence" in self.attributes or "WindowCenter" in self.attributes
+
+
+def _voi(ds, inverted_about: float | None) -> DicomVoi | None:
+    """The first usable VOI view of a file, or None. Views pydicom cannot apply are left out, not failed on."""
+    attributes = pydicom.Dataset()
+    try:
+        item = _first(ds.get("VOILUTSequence"))
+    except Exception:  # a malformed sequence: the image is still readable, without its table
+        item = None
+    if item is not None and _usable_lut(item):
+        attributes.VOILUTSequence = [item]
+        attributes.file_meta = FileMetaDataset()  # pydicom reads OW LUT data in the file's byte order
+        attributes.file_meta.TransferSyntaxUID = _transfer_syntax(ds)
+    window = _voi_window(ds)
+    function = str(ds.get("VOILUTFunction", "") or "LINEAR").strip().upper()
+    if window is not None and function in VOI_FUNCTIONS and not (function == "LINEAR" and window[1] < 1):
+        attributes.WindowCenter, attributes.WindowWidth = window
+        attributes.VOILUTFunction = function
+    if not attributes:
+        return None
+    attributes.BitsStored, attributes.PixelRepresentation = 16, 0
+    attributes.PhotometricInterpretation = "MONOCHROME2"
+    return DicomVoi(attributes, inverted_about)
+
+
+def _usable_lut(item) -> bool:
+    """A VOI LUT pydicom applies: 3 descriptor values, 8 or 10..16 bits, and as many entries as it declares."""
+    try:
+        entries, _, bits = (int(v) for v in item.LUTDescriptor)
+        data = item.LUTData
+    except (AttributeError, TypeError, ValueError):
+        return False
+    if isinstance(data, bytes):
+        count = len(data) // 2  # OW: 16-bit words
+    else:
+        count = len(data) if isinstance(data, (list, tuple, pydicom.multival.MultiValue)) else 1
+    return (bits == 8 or 10 <= bits <= 16) and count >= (entries or 1 << 16)
 
 
 def _modality_lut(pixels: np.ndarray, ds) -> np.ndarray:
@@ -586,7 +649,23 @@ def _geometry(ds, frames: int) -> dict:
         "frame_positions": _frame_positions(ds) if frames > 1 else None,
         "orientation": _floats(ds.get("ImageOrientationPatient")) or _shared_orientation(ds),
         "position": _floats(ds.get("ImagePositionPatient")),
+        "slice_spacing": _slice_spacing(ds),
     }
+
+
+def _slice_spacing(ds) -> float | None:
+    """SpacingBetweenSlices, else SliceThickness (top level, or an enhanced file's shared pixel measures)."""
+    places = [ds]
+    if "SharedFunctionalGroupsSequence" in ds:
+        shared = _first(ds.SharedFunctionalGroupsSequence)
+        if shared is not None and "PixelMeasuresSequence" in shared:
+            places.append(_first(shared.PixelMeasuresSequence))
+    for keyword in ("SpacingBetweenSlices", "SliceThickness"):
+        for place in places:
+            value = _floats(place.get(keyword)) if place is not None else None
+            if value and value[0] > 0:
+                return value[0]
+    return None
 
 
 def _shared_orientation(ds):
@@ -659,3 +738,68 @@ def stack_affine(orientation, positions, pixel_spacing) -> np.ndarray:
 def order_along_normal(orientation, positions) -> np.ndarray:
     along = np.array([np.dot(slice_normal(orientation), p) for p in positions])
     return np.argsort(along, kind="stable")
+
+
+AXIAL = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
+_ASSUMPTIONS = {
+    "orientation": "no ImageOrientationPatient, so an axial orientation is assumed (rows anterior to posterior, "
+                   "columns patient right to left: the image as stored)",
+    "position": "no ImagePositionPatient, so the first voxel is placed at the origin",
+    "pixel spacing": "no PixelSpacing, so 1 mm pixels are assumed",
+    "slice order": "no per-slice positions, so the slices are assumed to run along the slice normal (row "
+                   "direction x column direction) in the order stored",
+    "slice spacing": "no SpacingBetweenSlices or SliceThickness, so 1 mm between slices is assumed",
+}
+
+
+def grid(geometry: dict, count: int = 1, positions=None) -> tuple[np.ndarray, tuple[str, ...]]:
+    """Stored voxel (column, row, slice) -> RAS mm for `count` slices sharing `geometry` (a `header` or
+    `decode` dict), and what had to be assumed for it (see `assumption_warning`).
+
+    `positions`: every slice's ImagePositionPatient in stack order along the normal; without them, the slices
+    start at the geometry's position and step along the normal by its slice spacing.
+    """
+    orientation, spacing = geometry["orientation"], geometry["pixel_spacing"]
+    assumed = [] if spacing else ["pixel spacing"]
+    if not valid_orientation(orientation):
+        orientation = AXIAL
+        assumed.append("orientation")
+    if positions is not None and count > 1:
+        return stack_affine(orientation, positions, spacing), tuple(assumed)
+    first = geometry.get("position")
+    if "orientation" in assumed or not first or len(first) != 3:
+        first = (0.0, 0.0, 0.0)
+        assumed.append("position")
+    step = geometry.get("slice_spacing")
+    if count > 1:
+        assumed += ["slice order"] + ([] if step else ["slice spacing"])
+    return series_affine(orientation, first, slice_normal(orientation) * (step or 1.0), spacing), tuple(assumed)
+
+
+def frame_grid(geometry: dict) -> tuple[list[int], np.ndarray, tuple[str, ...], str]:
+    """A single file's frames: (stored frames in stack order, affine as `grid`, what was assumed, ordering).
+
+    Frames with a position each are sorted along the normal ("position"); others keep their stored order
+    ("frames", or "image" for a single frame).
+    """
+    frames, positions, orientation = geometry["frames"], geometry["frame_positions"], geometry["orientation"]
+    if frames > 1 and positions and valid_orientation(orientation):
+        order = [int(k) for k in order_along_normal(orientation, positions)]
+        affine, assumed = grid(geometry, frames, [positions[k] for k in order])
+        return order, affine, assumed, "position"
+    affine, assumed = grid(geometry, frames)
+    return list(range(frames)), affine, assumed, "frames" if frames > 1 else "image"
+
+
+def assumption_warning(assumed) -> list[str]:
+    """One warning sentence for what `grid` assumed ([] when nothing was)."""
+    if not assumed:
+        return []
+    return ["patient geometry assumed: " + "; ".join(_ASSUMPTIONS[a] for a in assumed if a in _ASSUMPTIONS)]
+
+
+def plane_name(orientation) -> str:
+    """axial, coronal, sagittal or oblique: the patient axis the slice normal is closest to (within ~20 deg)."""
+    normal = np.abs(slice_normal(orientation))
+    axis = int(np.argmax(normal))
+    return ("sagittal", "coronal", "axial")[axis] if normal[axis] > 0.94 else "oblique"

@@ -30,7 +30,7 @@ class Scan:
     """One model input's worth of files: a 2D image, or a volume (a DICOM series or a NIfTI)."""
 
     id: str
-    path: Path  # the file, or the folder holding a DICOM series
+    path: Path  # the file, or the folder holding all the files of a DICOM series (their common folder)
     files: list[Path]  # in slice order for a DICOM series volume
     format: str
     kind: str  # "image" or "volume"
@@ -43,9 +43,11 @@ class Scan:
     ordering: str = ""  # how a DICOM series was ordered: "position", "instance", or ""
     warnings: list[str] = field(default_factory=list)
     window: tuple | None = None  # a DICOM series' VOI window when every slice has the same one
-    # DICOM volumes ordered by position: voxel (column, row, slice) -> RAS mm, and that voxel grid's shape
-    affine: tuple | None = None
-    voxel_shape: tuple = ()
+    # For the reader only, DICOM series: stored voxel (column, row, slice) -> RAS mm, and that grid's shape.
+    # Geometry for everyone else is ScanImage.affine (display voxel -> LPS), from read_scan.
+    grid_affine: tuple | None = None
+    grid_shape: tuple = ()
+    assumed: tuple = ()  # what a DICOM file did not say about its geometry (see ScanImage.assumed)
 
 
 @dataclass
@@ -245,20 +247,26 @@ def _unique_images(members: list[tuple[Path, dict]]) -> tuple[list[tuple[Path, d
     return kept, copies
 
 
-def _dicom_scan(base, files, info, uid, kind, id_, ordering="", warnings=None, shape=None, spacing=None,
-                window=None, affine=None, voxel_shape=()) -> Scan:
-    if shape is None:
-        shape = (info["rows"], info["columns"])
-        if kind == "volume":
-            shape = (info["frames"] if len(files) == 1 else len(files), *shape)
-    if spacing is None:
-        spacing = info["pixel_spacing"]
-    folder = files[0].parent
-    return Scan(id=id_, path=files[0] if len(files) == 1 else folder, files=list(files), format="dicom",
+def _dicom_scan(base, files, info, uid, kind, id_, ordering="", warnings=None, window=None, affine=None,
+                grid_shape=(), assumed=()) -> Scan:
+    """One DICOM scan: a file (its frames in the display convention, as `read_scan` gives them), or a series
+    of files in stack order whose grid `affine` (column, row, slice -> RAS) and `grid_shape` are given."""
+    series = affine is not None
+    if not series:  # the reader finds the same grid again from the decoded file's geometry
+        _, affine, assumed, ordering = dicom.frame_grid(info)
+        grid_shape = (info["columns"], info["rows"]) + ((info["frames"],) if info["frames"] > 1 else ())
+    shape = display_shape(grid_shape, affine)
+    spacing = display_spacing(affine, len(shape)) if info["pixel_spacing"] else None
+    return Scan(id=id_, path=series_folder(files) if series else files[0], files=list(files), format="dicom",
                 kind=kind, modality=info["modality"], shape=tuple(shape), spacing=spacing, series_uid=uid,
                 patient_id=info["patient_id"], laterality=info["laterality"], ordering=ordering,
-                warnings=list(warnings or []), window=window, voxel_shape=tuple(voxel_shape),
-                affine=None if affine is None else tuple(map(tuple, np.asarray(affine, float))))
+                warnings=list(warnings or []), window=window, grid_shape=tuple(grid_shape) if series else (),
+                grid_affine=tuple(map(tuple, np.asarray(affine, float))) if series else None, assumed=tuple(assumed))
+
+
+def series_folder(files: list[Path]) -> Path:
+    """The folder that holds every file of a series: discovering it again (with the series UID) finds them all."""
+    return Path(os.path.commonpath([str(f.parent) for f in files]))
 
 
 def _has_geometry(info: dict) -> bool:
@@ -266,15 +274,8 @@ def _has_geometry(info: dict) -> bool:
 
 
 def _multiframe_scan(base: Path, file: Path, info: dict, uid: str) -> Scan:
-    """A multi-frame file: frames sorted along the normal and reoriented when every frame has a position."""
-    positions, orientation = info["frame_positions"], info["orientation"]
-    shape = spacing = None
-    if positions and dicom.valid_orientation(orientation):
-        order = dicom.order_along_normal(orientation, positions)
-        affine = dicom.stack_affine(orientation, [positions[k] for k in order], info["pixel_spacing"])
-        shape = display_shape((info["columns"], info["rows"], info["frames"]), affine)
-        spacing = display_spacing(affine)
-    return _dicom_scan(base, [file], info, uid, "volume", id_=_rel(file, base), shape=shape, spacing=spacing)
+    """A multi-frame file: frames sorted along the normal when every frame has a position, and reoriented."""
+    return _dicom_scan(base, [file], info, uid, "volume", id_=_rel(file, base))
 
 
 def _series_scans(members: list[tuple[Path, dict]], base: Path, uid: str) -> tuple[list[Scan], list[Skip]]:
@@ -284,10 +285,14 @@ def _series_scans(members: list[tuple[Path, dict]], base: Path, uid: str) -> tup
     file is skipped with its reason and the series carries a warning saying what became of it. A series
     with more unreadable slices than readable ones is skipped whole.
     """
-    folder = members[0][0].parent
-    series_id = f"{_rel(folder, base)}/{uid}" if uid else _rel(folder, base)
+    folder = series_folder([f for f, _ in members])
+    where = "" if folder == base else _rel(folder, base)
+    series_id = f"{where}/{uid}".lstrip("/") if uid else (where or folder.name)
     bad = [(f, i["problem"]) for f, i in members if i["problem"]]
     good = [(f, i) for f, i in members if not i["problem"]]
+    mixed = _mixed_planes(good)
+    if mixed:
+        return [], [Skip(f, mixed) for f, _ in good] + [Skip(f, reason) for f, reason in bad]
     odd: list[tuple[Path, dict]] = []
     sizes = Counter((i["rows"], i["columns"]) for _, i in good)
     if len(sizes) > 1:
@@ -328,6 +333,31 @@ def _series_unread(members, bad, readable) -> tuple[list[Scan], list[Skip]]:
     return [], [Skip(f, reason) for f, reason in bad] + [Skip(f, note) for f, _ in readable]
 
 
+def _orientations(members) -> list[np.ndarray]:
+    """The distinct slice orientations of a series' members (those that have one)."""
+    distinct: list[np.ndarray] = []
+    for _, info in members:
+        if dicom.valid_orientation(info["orientation"]):
+            orientation = np.asarray(info["orientation"], float)
+            # direction cosines of one stack agree to far better than 0.01 (written rounded to ~16 characters)
+            if not any(np.abs(orientation - seen).max() < 0.01 for seen in distinct):
+                distinct.append(orientation)
+    return distinct
+
+
+def _mixed_planes(members) -> str:
+    """Why a volume series (CT, MR, PET, NM) is refused when its slices lie in different planes (a three-plane
+    localiser), or "". Other modalities' images are kept apart, each one read (see `_stack`)."""
+    if not members or members[0][1]["modality"] not in dicom.VOLUME_MODALITIES:
+        return ""
+    distinct = _orientations(members)
+    if len(distinct) < 2:
+        return ""
+    planes = sorted({dicom.plane_name(o) for o in distinct}, key=["axial", "coronal", "sagittal", "oblique"].index)
+    return (f"its series mixes {len(distinct)} slice orientations ({', '.join(planes)}: a localiser?), so it is "
+            "not stacked into a volume and not read")
+
+
 def _separate_warning(members) -> list[str] | None:
     same_size = len({(i["rows"], i["columns"]) for _, i in members}) == 1
     if same_size and len(members) > 1 and all(_has_geometry(i) for _, i in members):
@@ -343,6 +373,8 @@ def _stack(members: list[tuple[Path, dict]], base: Path, uid: str, series_id: st
     if len({(i["rows"], i["columns"]) for _, i in members}) != 1:
         return None
     window = _series_window(members)
+    if len(_orientations(members)) > 1:
+        return None  # slices in different planes are no volume
     if all(_has_geometry(i) for _, i in members):
         orientation = first["orientation"]
         normal = dicom.slice_normal(orientation)
@@ -352,19 +384,21 @@ def _stack(members: list[tuple[Path, dict]], base: Path, uid: str, series_id: st
         order = dicom.order_along_normal(orientation, [i["position"] for _, i in members])
         files = [members[k][0] for k in order]
         positions = [members[k][1]["position"] for k in order]
-        affine = dicom.stack_affine(orientation, positions, first["pixel_spacing"])
-        voxel_shape = (first["columns"], first["rows"], len(files))
+        affine, assumed = dicom.grid(first, len(files), positions)
+        grid_shape = (first["columns"], first["rows"], len(files))
         warnings = _gap_warning(np.sort(along))
-        return _dicom_scan(base, files, first, uid, "volume", series_id, ordering="position",
-                           warnings=warnings, shape=display_shape(voxel_shape, affine),
-                           spacing=display_spacing(affine), window=window, affine=affine, voxel_shape=voxel_shape)
+        return _dicom_scan(base, files, first, uid, "volume", series_id, "position", warnings, window, affine,
+                           grid_shape, assumed)
     if first["modality"] in dicom.VOLUME_MODALITIES:
         numbers = [i["instance_number"] for _, i in members]
         if None not in numbers and len(set(numbers)) == len(numbers):
             order = np.argsort(numbers)
             files = [members[k][0] for k in order]
+            # the lowest InstanceNumber gives the orientation, spacing and (if it has one) the first position
+            affine, assumed = dicom.grid(members[order[0]][1], len(files))
             warning = "no slice positions: slices ordered by InstanceNumber"
-            return _dicom_scan(base, files, first, uid, "volume", series_id, "instance", [warning], window=window)
+            return _dicom_scan(base, files, first, uid, "volume", series_id, "instance", [warning], window, affine,
+                               (first["columns"], first["rows"], len(files)), assumed)
     return None
 
 

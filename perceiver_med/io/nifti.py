@@ -1,4 +1,8 @@
-"""NIfTI (.nii, .nii.gz) -> (array, metadata), reoriented to the common display convention.
+"""NIfTI (.nii, .nii.gz) -> ScanImage, reoriented to the common display convention.
+
+nibabel's affine maps voxels to RAS millimetres; the ScanImage affine is in DICOM's LPS (x and y negated).
+A file with neither qform nor sform code has no patient geometry: nibabel's default affine (voxel sizes
+only) is used, and `assumed` says so.
 
 Files are read through nibabel's array proxy: a header read costs no voxel data, and a model input
 that needs a few slices reads only those planes. Sizes are checked against the voxel budget first.
@@ -14,6 +18,7 @@ import nibabel as nib
 import numpy as np
 
 from perceiver_med.errors import ScanError
+from perceiver_med.io.image import ScanImage, placed
 from perceiver_med.io.limits import check_size, describe, file_access_error
 from perceiver_med.io.orientation import display_shape, display_slices, display_spacing, to_display
 
@@ -99,18 +104,23 @@ def header(path: Path) -> dict:
             "spacing": volume.spacing}
 
 
-def read(path: Path, slices: list[int] | None = None) -> tuple[np.ndarray, dict]:
+def read(path: Path, slices: list[int] | None = None) -> ScanImage:
     """Decode the scan (display orientation, float32, scaling applied once).
 
     With `slices` (display slice indices of a volume), only those slices are read and returned, in that
-    order; `meta["num_slices"]` then gives the volume's slice count.
+    order, with `slices` and `num_slices` set.
     """
     volume = _load(path)
     proxy = volume.image.dataobj
     stored = len(volume.image.shape)
     tail = (0,) * (stored - min(stored, 3))
-    meta = {"format": "nifti", "modality": "", "spacing": volume.spacing, "window": None,
-            "warnings": volume.warnings}
+    header = volume.image.header
+    unplaced = int(header["sform_code"]) == 0 and int(header["qform_code"]) == 0
+    notes = ["no qform or sform code: the NIfTI's orientation and position in the patient are unknown (only its "
+             "voxel sizes are used)"] if unplaced else []
+    fields = dict(format="nifti", ordering="nifti", warnings=tuple(volume.warnings + notes),
+                  assumed=("orientation", "position") if unplaced else (),
+                  num_slices=volume.shape[0] if len(volume.shape) == 3 else 1)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -124,8 +134,7 @@ def read(path: Path, slices: list[int] | None = None) -> tuple[np.ndarray, dict]
                     return np.stack(taken, axis=axis)
 
                 array = display_slices(read_planes, volume.voxel_shape, volume.affine, slices)
-                meta.update(num_slices=volume.shape[0], slices=list(slices))
-                return array, meta
+                return placed(array, volume.affine, volume.voxel_shape, slices=tuple(slices), **fields)
             data = np.asarray(proxy[(slice(None),) * min(stored, 3) + tail], dtype=np.float32)
     except ScanError:
         raise
@@ -137,4 +146,4 @@ def read(path: Path, slices: list[int] | None = None) -> tuple[np.ndarray, dict]
     if len(volume.order) == 3 and len(volume.voxel_shape) == 2:
         data = data[..., 0]
     array, _ = to_display(data, volume.affine)
-    return array, meta
+    return placed(array, volume.affine, volume.voxel_shape, **fields)

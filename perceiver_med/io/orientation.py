@@ -7,14 +7,18 @@ and flipping its first two axes, so the same anatomy gives the same array from e
 Shapes and spacings are reported in the same order, (slices, rows, cols), by every reader.
 
 `display_slices` gives some display slices of a volume while reading only the voxel planes they
-come from, equal to the same slices of `to_display` of the whole volume.
+come from, equal to the same slices of `to_display` of the whole volume. `display_affine` says where
+every display voxel sits in the patient (DICOM LPS millimetres), for the array `to_display` gives.
+
+Affines given to these functions map stored voxel indices (i, j[, k]) to RAS millimetres, as nibabel's
+do; only `display_affine` answers in LPS, the space every ScanImage is placed in.
 """
 from __future__ import annotations
 
 from typing import Callable, Sequence
 
 import numpy as np
-from nibabel.orientations import apply_orientation, axcodes2ornt, io_orientation, ornt_transform
+from nibabel.orientations import apply_orientation, axcodes2ornt, inv_ornt_aff, io_orientation, ornt_transform
 
 from perceiver_med.errors import ScanError
 
@@ -61,6 +65,46 @@ def _squeeze(display: np.ndarray, spacing: tuple, axis: int) -> tuple[np.ndarray
     if axis != 0:  # a coronal or sagittal slice: superior at the top
         image = image[::-1]
     return np.ascontiguousarray(image), tuple(s for k, s in enumerate(spacing) if k != axis)
+
+
+LPS_FROM_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])  # its own inverse
+
+
+def display_affine(affine: np.ndarray, shape_ijk: Sequence[int]) -> np.ndarray:
+    """(slice, row, col, 1) of the array `to_display(data, affine)` gives -> LPS mm (a 4x4 matrix).
+
+    For 2D data the display image is one plane, indexed (0, row, col): the first column is then the plane's
+    normal (towards superior for an axial plane, posterior for a coronal one, patient-left for a sagittal
+    one), one voxel of the stored third axis long.
+    """
+    shape = tuple(int(s) for s in shape_ijk)
+    padded = shape + (1,) * (3 - len(shape))
+    transform = _transform(affine)
+    ras_shape = [0, 0, 0]
+    for axis, (target, _) in enumerate(transform):
+        ras_shape[int(target)] = padded[axis]
+    columns, rows, slices = ras_shape  # sizes along R, A, S after reorienting
+    # display[s, r, c] = ras[columns - 1 - c, rows - 1 - r, s]
+    display_to_ras = np.array([[0, 0, -1, columns - 1], [0, -1, 0, rows - 1], [1, 0, 0, 0], [0, 0, 0, 1]], float)
+    index = inv_ornt_aff(transform, padded) @ display_to_ras
+    if len(shape) == 2:
+        index = index @ _plane_to_volume(2 - int(transform[2, 0]), slices)
+    return LPS_FROM_RAS @ np.asarray(affine, float) @ index
+
+
+def _plane_to_volume(axis: int, slices: int) -> np.ndarray:
+    """(normal, row, col) of a 2D display image -> (slice, row, col) of the one-plane display volume it came from.
+
+    Mirrors `_squeeze`: a coronal or sagittal image has superior at the top, so its rows count slices down.
+    """
+    if axis == 0:
+        return np.eye(4)
+    matrix = np.zeros((4, 4))
+    matrix[0, 1], matrix[0, 3] = -1.0, slices - 1  # display slice = slices - 1 - image row
+    matrix[axis, 0] = 1.0  # the squeezed axis is the plane's normal
+    matrix[3 - axis, 2] = 1.0  # coronal: image column = display column; sagittal: = display row
+    matrix[3, 3] = 1.0
+    return matrix
 
 
 def display_shape(shape_ijk: Sequence[int], affine: np.ndarray) -> tuple[int, ...]:

@@ -1,4 +1,7 @@
-"""PNG / JPEG -> (array, metadata). The AKOA knee release ships PNG slices.
+"""PNG / JPEG -> ScanImage. The AKOA knee release ships PNG slices.
+
+A picture has no patient geometry: its affine is the stated default (axial, 1 mm pixels, at the origin), and
+`assumed` says so.
 
 The image size is read from the header and checked against the voxel budget before any pixel is
 decoded; Pillow's own decompression-bomb check (a fixed 89M/179M pixels, a warning then an error)
@@ -15,7 +18,9 @@ import numpy as np
 from PIL import Image, JpegImagePlugin, PngImagePlugin
 
 from perceiver_med.errors import ScanError
+from perceiver_med.io.image import ScanImage, placed
 from perceiver_med.io.limits import check_size, describe, file_access_error
+from perceiver_med.io.orientation import LPS_FROM_RAS
 
 SUFFIXES = (".png", ".jpg", ".jpeg")
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -86,8 +91,9 @@ def header(path: Path) -> dict:
             "kind": "image", "warnings": []}
 
 
-def read(path: Path) -> tuple[np.ndarray, dict]:
+def read(path: Path) -> ScanImage:
     with _open(path) as image:
+        kind = "jpeg" if image.format in ("JPEG", "MPO") else "png"
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
@@ -110,4 +116,6 @@ def read(path: Path) -> tuple[np.ndarray, dict]:
             raise ScanError(f"truncated or corrupt image: {describe(exc)}") from None
     if array.ndim != 2:
         raise ScanError(f"image mode {image.mode} gives {array.ndim} dimensions, not a 2D picture")
-    return array, {"format": "raster", "modality": "", "spacing": None, "window": None, "warnings": []}
+    # stored grid (column, row) with LPS axes: the picture as it is, columns to patient-left, rows posterior
+    return placed(array, LPS_FROM_RAS, array.T.shape, format=kind, ordering="image",
+                  assumed=("orientation", "position", "pixel spacing"))

@@ -1,4 +1,4 @@
-"""Attention shared by the transformer models (the Perceiver's latent blocks and the ViT)."""
+"""Layers shared by the models: attention (the Perceiver's latent blocks and the ViT) and normalisation."""
 from __future__ import annotations
 
 import math
@@ -8,7 +8,23 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-Linear = nn.Linear  # kept only until vit.py builds nn.Linear itself; the custom bf16 Linear is gone
+NORMS = ("batch", "group", "none")
+
+
+def check_norm(norm: str) -> None:
+    if norm not in NORMS:
+        raise ValueError(f"norm must be one of {', '.join(NORMS)}, not {norm!r}")
+
+
+def norm_layers(norm: str, width: int) -> list[nn.Module]:
+    """The normalisation after a convolution of `width` channels, as a list to splice into nn.Sequential.
+
+    "group" (one group per 8 channels) is the same in training and evaluation, with no running statistics.
+    """
+    check_norm(norm)
+    if norm == "batch":
+        return [nn.BatchNorm2d(width)]
+    return [nn.GroupNorm(max(1, width // 8), width)] if norm == "group" else []
 
 
 # Where attention is explicit, the batch is cut into slices of at most this many scores (16 MB in bf16): glibc maps

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from perceiver_med.models.cnn import ConvStem
 from perceiver_med.models.layers import attend, self_attend
 
 
@@ -161,26 +162,34 @@ class Perceiver(nn.Module):
         self_per_cross_attn: latent blocks after each cross-attention.
         num_iterations: cross-attend + process repetitions.
         weight_sharing: "after_first" (iterations 2.. share weights), "all", or "none".
-        patch_size: 1 for pixels; p > 1 feeds p x p patches (C*p*p values per element).
+        patch_size: 1 for pixels; p > 1 feeds p x p patches (C*p*p values per element) of the image, or of the
+            stem's feature map when there is a stem.
+        stem_widths: channels of a convolutional stem (conv3x3-BN-ReLU-maxpool per stage, Perceiver IO's conv
+            preprocessing) that turns the image into the byte array; () for none. Each stage halves the side.
+        stem_norm: the stem's normalisation, "batch" (default), "group" or "none".
         attn_dropout, ff_dropout: dropout rates.
+
+    `patch_size` as an attribute is the side, in input pixels, of the square one element of the byte array covers.
     """
 
     def __init__(self, *, in_channels: int = 1, image_size: int = 64, num_classes: int = 2,
                  num_freq_bands: int = 6, max_freq: float | None = None, num_latents: int = 128,
                  latent_dim: int = 256, cross_heads: int = 1, cross_dim_head: int = 64, latent_heads: int = 8,
                  latent_dim_head: int = 64, self_per_cross_attn: int = 2, num_iterations: int = 2,
-                 weight_sharing: str = "after_first", patch_size: int = 1, attn_dropout: float = 0.0,
-                 ff_dropout: float = 0.0):
+                 weight_sharing: str = "after_first", patch_size: int = 1, stem_widths: tuple[int, ...] = (),
+                 stem_norm: str = "batch", attn_dropout: float = 0.0, ff_dropout: float = 0.0):
         super().__init__()
         if weight_sharing not in ("after_first", "all", "none"):
             raise ValueError("weight_sharing must be after_first, all or none")
-        if image_size % patch_size:
-            raise ValueError("image_size must be a multiple of patch_size")
-        self.image_size, self.patch_size = image_size, patch_size
+        self.stem = ConvStem(in_channels, tuple(stem_widths), stem_norm) if stem_widths else None
+        channels, reduction = (self.stem.out_channels, self.stem.reduction) if self.stem else (in_channels, 1)
+        if image_size % (patch_size * reduction):
+            raise ValueError(f"image_size must be a multiple of {patch_size * reduction} (patch size x stem reduction)")
+        self.image_size, self.element_patch, self.patch_size = image_size, patch_size, patch_size * reduction
         self.num_freq_bands = num_freq_bands
         self.max_freq = float(max_freq if max_freq is not None else image_size)
         self.num_iterations = num_iterations
-        pixel_dim = in_channels * patch_size * patch_size
+        pixel_dim = channels * patch_size * patch_size
         position_dim = 2 * (2 * num_freq_bands + 1)
         self.latents = nn.Parameter(torch.randn(num_latents, latent_dim))
 
@@ -205,8 +214,10 @@ class Perceiver(nn.Module):
         return self.layers[min(iteration, len(self.layers) - 1)]
 
     def to_elements(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, C, H, W) -> (B, N, C*p*p): pixels, or p x p patches, in row-major order."""
-        p = self.patch_size
+        """(B, C, H, W) -> (B, N, C'*p*p): pixels, p x p patches, or the stem's features, in row-major order."""
+        if self.stem is not None:
+            x = self.stem(x)
+        p = self.element_patch
         return rearrange(x, "b c (h p1) (w p2) -> b (h w) (c p1 p2)", p1=p, p2=p)
 
     def forward_features(self, x: torch.Tensor, return_attention: bool = False):

@@ -4,8 +4,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from perceiver_med.models.layers import Linear
-from perceiver_med.models.perceiver import self_attend
+from perceiver_med.models.cnn import ConvStem
+from perceiver_med.models.layers import self_attend
 
 
 def sincos_embedding(grid: int, dim: int) -> torch.Tensor:
@@ -26,7 +26,7 @@ def sincos_embedding(grid: int, dim: int) -> torch.Tensor:
 class MLP(nn.Module):
     def __init__(self, dim: int, hidden: int, dropout: float = 0.0):
         super().__init__()
-        self.net = nn.Sequential(Linear(dim, hidden), nn.GELU(), nn.Dropout(dropout), Linear(hidden, dim),
+        self.net = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, dim),
                                  nn.Dropout(dropout))
 
     def forward(self, x):
@@ -37,8 +37,8 @@ class Attention(nn.Module):
     def __init__(self, dim: int, heads: int, dropout: float = 0.0):
         super().__init__()
         self.heads, self.dropout = heads, dropout
-        self.qkv = Linear(dim, dim * 3)
-        self.proj = Linear(dim, dim)
+        self.qkv = nn.Linear(dim, dim * 3)
+        self.proj = nn.Linear(dim, dim)
 
     def forward(self, x, return_attention: bool = False):
         out, weights = self_attend(self.qkv(x), self.heads, self.dropout, self.training, return_attention)
@@ -64,30 +64,44 @@ class ViT(nn.Module):
     Args:
         in_channels: image channels.
         image_size: side of the square input.
-        patch_size: side of a patch; image_size must be a multiple of it.
+        patch_size: side of a patch, in pixels of the image or of the stem's feature map; image_size must be a
+            multiple of patch_size times the stem's reduction.
         num_classes: output logits.
         dim: token width.
         depth: transformer blocks.
         heads: attention heads.
         mlp_ratio: hidden width of the MLP relative to dim.
         dropout: dropout rate.
+        stem_widths: channels of a convolutional stem (conv3x3-BN-ReLU-maxpool stages, as in the hybrid ViT of
+            Dosovitskiy et al.) whose feature map is cut into patches; () for patches of the image itself.
+        stem_norm: the stem's normalisation, "batch" (default), "group" or "none".
+        pool: "cls" (the class token) or "mean" (the mean of the patch tokens) feeds the head.
+
+    `patch_size` as an attribute is the side, in input pixels, of the square one token covers.
     """
 
     def __init__(self, *, in_channels: int = 1, image_size: int = 64, patch_size: int = 8, num_classes: int = 2,
-                 dim: int = 128, depth: int = 4, heads: int = 4, mlp_ratio: float = 4.0, dropout: float = 0.0):
+                 dim: int = 128, depth: int = 4, heads: int = 4, mlp_ratio: float = 4.0, dropout: float = 0.0,
+                 stem_widths: tuple[int, ...] = (), stem_norm: str = "batch", pool: str = "cls"):
         super().__init__()
-        if image_size % patch_size:
-            raise ValueError("image_size must be a multiple of patch_size")
-        self.image_size, self.patch_size = image_size, patch_size
-        self.grid = image_size // patch_size
-        self.patch_embed = nn.Conv2d(in_channels, dim, kernel_size=patch_size, stride=patch_size)
+        if pool not in ("cls", "mean"):
+            raise ValueError(f"pool must be cls or mean, not {pool!r}")
+        stem = ConvStem(in_channels, tuple(stem_widths), stem_norm) if stem_widths else None
+        channels, reduction = (stem.out_channels, stem.reduction) if stem else (in_channels, 1)
+        if image_size % (patch_size * reduction):
+            raise ValueError(f"image_size must be a multiple of {patch_size * reduction} (patch size x stem reduction)")
+        self.image_size, self.patch_size, self.pool = image_size, patch_size * reduction, pool
+        self.grid = image_size // self.patch_size
+        self.patch_embed = nn.Conv2d(channels, dim, kernel_size=patch_size, stride=patch_size)
+        if stem is not None:
+            self.patch_embed = nn.Sequential(stem, self.patch_embed)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
         # learned, but started from 2D sin-cos (as in MAE): with small random starts a ViT on a few hundred
         # images sits position-blind at chance for a long time, and laterality is all about position
         self.pos_embed = nn.Parameter(sincos_embedding(self.grid, dim)[None])
         self.blocks = nn.ModuleList([Block(dim, heads, mlp_ratio, dropout) for _ in range(depth)])
         self.norm = nn.LayerNorm(dim)
-        self.head = Linear(dim, num_classes)
+        self.head = nn.Linear(dim, num_classes)
 
     def forward_features(self, x: torch.Tensor, return_attention: bool = False):
         tokens = self.patch_embed(x).flatten(2).transpose(1, 2)  # (B, N, D)
@@ -99,7 +113,7 @@ class ViT(nn.Module):
         return self.norm(tokens), attentions
 
     def forward_head(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.head(tokens[:, 0])
+        return self.head(tokens[:, 0] if self.pool == "cls" else tokens[:, 1:].mean(dim=1))
 
     def forward(self, x: torch.Tensor, return_attention: bool = False):
         """Logits; with return_attention also each block's weights (B, heads, T, T), T = patches + 1."""

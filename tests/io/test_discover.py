@@ -21,16 +21,16 @@ def test_shuffled_series_with_opaque_names_is_one_volume_in_slice_order(tmp_path
     assert len(found.scans) == 1 and not found.skipped
     scan = found.scans[0]
     assert scan.kind == "volume" and scan.shape == (12, 16, 16) and scan.ordering == "position"
-    array, meta = read_scan(scan)
-    np.testing.assert_allclose(array[:, 0, 0], volume[:, 0, 0])
-    assert meta["spacing"][0] == 2.0
+    image = read_scan(scan)
+    np.testing.assert_allclose(image.voxels[:, 0, 0], volume[:, 0, 0])
+    assert image.spacing[0] == 2.0
 
 
 def test_series_stacked_along_the_normal_not_by_file_name(tmp_path):
     volume = index_volume(slices=10)
     # z runs downwards (feet first): the volume still comes out inferior -> superior
     write_series(tmp_path / "ct", volume[::-1].copy(), spacing=-3.0)
-    array, _ = read_scan(discover(tmp_path).scans[0])
+    array = read_scan(discover(tmp_path).scans[0]).voxels
     np.testing.assert_allclose(array[:, 0, 0], volume[:, 0, 0])
 
 
@@ -54,7 +54,7 @@ def test_missing_positions_fall_back_to_instance_number_with_a_warning(tmp_path)
     write_series(tmp_path / "nopos", volume, order=[3, 1, 4, 0, 5, 8, 2, 6, 7], positions=False)
     scan = discover(tmp_path).scans[0]
     assert scan.ordering == "instance" and "InstanceNumber" in scan.warnings[0]
-    array, _ = read_scan(scan)
+    array = read_scan(scan).voxels
     np.testing.assert_allclose(array[:, 0, 0], volume[:, 0, 0])
 
 
@@ -87,8 +87,8 @@ def test_nifti_with_a_flipped_affine_gives_the_same_array(tmp_path):
     _nifti(tmp_path / "a.nii.gz", display)
     _nifti(tmp_path / "b.nii", display, flip_x=True)
     scans = {s.id: s for s in discover(tmp_path).scans}
-    a, _ = read_scan(scans["a.nii.gz"])
-    b, _ = read_scan(scans["b.nii"])
+    a = read_scan(scans["a.nii.gz"]).voxels
+    b = read_scan(scans["b.nii"]).voxels
     np.testing.assert_array_equal(a, display)
     np.testing.assert_array_equal(b, display)
 
@@ -99,7 +99,7 @@ def test_dicom_series_and_nifti_of_one_volume_give_the_same_grid(tmp_path):
     write_series(tmp_path / "dicom", volume, order=np.random.default_rng(1).permutation(13))
     _nifti(tmp_path / "vol.nii.gz", volume)
     config = PreprocessConfig(input="grid", size=16)
-    grids = [make_grid(read_scan(scan)[0], config) for scan in discover(tmp_path).scans]
+    grids = [make_grid(read_scan(scan).voxels, config) for scan in discover(tmp_path).scans]
     assert len(grids) == 2
     np.testing.assert_allclose(grids[0], grids[1], atol=1e-5)
 
@@ -108,9 +108,9 @@ def test_4d_nifti_uses_the_first_volume_with_a_warning(tmp_path):
     data = np.stack([np.full((4, 5, 9), v, np.float32) for v in (1, 2)], axis=-1)
     nib.save(nib.Nifti1Image(data, np.eye(4)), tmp_path / "fmri.nii.gz")
     scan = discover(tmp_path).scans[0]
-    array, meta = read_scan(scan)
-    assert array.shape == (9, 5, 4) and np.all(array == 1)
-    assert any("4D" in w for w in meta["warnings"])
+    image = read_scan(scan)
+    assert image.voxels.shape == (9, 5, 4) and np.all(image.voxels == 1)
+    assert any("4D" in w for w in image.warnings)
 
 
 # ---------------------------------------------------------------- one bad slice, named; the series read without it
@@ -138,10 +138,10 @@ def test_a_series_with_a_truncated_slice_is_read_from_the_other_slices(tmp_path)
     assert skip.reason.endswith("the rest of its series (ct/" + scan.series_uid + ") is read without this slice.")
     rows = {row["file"]: row for row in found.records()}
     assert rows["ct/0007.dcm"]["status"] == "skipped" and rows["ct/0008.dcm"]["shape"] == "23x16x16"
-    array, meta = read_scan(scan)  # what inspect said is what is read
-    assert array.shape == scan.shape
-    np.testing.assert_allclose(array[:, 0, 0], np.delete(volume[:, 0, 0], 7))
-    assert any("uneven slice spacing" in w for w in meta["warnings"])
+    image = read_scan(scan)  # what inspect said is what is read
+    assert image.voxels.shape == scan.shape
+    np.testing.assert_allclose(image.voxels[:, 0, 0], np.delete(volume[:, 0, 0], 7))
+    assert any("uneven slice spacing" in w for w in image.warnings)
 
 
 def test_a_series_mostly_unreadable_is_skipped_saying_why_for_every_file(tmp_path):
@@ -174,8 +174,8 @@ def test_dicom_and_nifti_of_one_volume_report_the_same_shape_and_spacing(tmp_pat
     assert scans["dicom"].shape == scans["nifti"].shape == (13, 20, 24)
     assert scans["dicom"].spacing == pytest.approx(scans["nifti"].spacing) == (2.0, 0.8, 0.8)
     for scan in scans.values():
-        array, meta = read_scan(scan)
-        assert array.shape == scan.shape and tuple(meta["spacing"]) == scan.spacing
+        image = read_scan(scan)
+        assert image.voxels.shape == scan.shape and image.spacing == scan.spacing
 
 
 def _sagittal_series(folder, volume):
@@ -206,14 +206,14 @@ def test_a_sagittal_series_reports_its_display_shape_and_reads_only_what_a_grid_
     scans = {s.format: s for s in discover(tmp_path).scans}
     sagittal = scans["dicom"]
     assert sagittal.shape == (12, 10, 14)
-    array, meta = read_scan(sagittal)
+    array = read_scan(sagittal).voxels
     assert array.shape == sagittal.shape
-    reference, _ = read_scan(scans["nifti"])
+    reference = read_scan(scans["nifti"]).voxels
     np.testing.assert_array_equal(array, reference)
     for config in (PreprocessConfig(input="grid", size=8, window=None), PreprocessConfig(input="image", size=8)):
         for scan in scans.values():
-            whole, meta = read_scan(scan)
-            np.testing.assert_array_equal(scan_input(scan, config), model_input(whole, meta, config))
+            whole = read_scan(scan)
+            np.testing.assert_array_equal(scan_input(scan, config), model_input(whole, config))
 
 
 @pytest.mark.parametrize("codes", ["RAS", "LPI", "ASR", "SPL", "IRA"])
@@ -229,17 +229,17 @@ def test_nifti_read_slice_by_slice_equals_the_whole_volume_in_any_storage_orient
     affine = np.diag([0.9, 1.1, 2.0, 1.0]) @ inv_ornt_aff(transform, ras.shape)
     nib.save(nib.Nifti1Image(data, affine), tmp_path / "v.nii")
     scan = discover(tmp_path).scans[0]
-    whole, meta = read_scan(scan)
-    assert whole.shape == scan.shape == (15, 13, 11)
+    whole = read_scan(scan)
+    assert whole.voxels.shape == scan.shape == (15, 13, 11)
     for config in (PreprocessConfig(input="grid", size=8, window=None), PreprocessConfig(input="image", size=8)):
-        np.testing.assert_array_equal(scan_input(scan, config), model_input(whole, meta, config))
+        np.testing.assert_array_equal(scan_input(scan, config), model_input(whole, config))
 
 
 def test_nifti_scaling_is_applied_once(tmp_path):
     image = nib.Nifti1Image(np.arange(24, dtype=np.int16).reshape(2, 3, 4), np.eye(4))
     image.header.set_slope_inter(2.0, 10.0)
     nib.save(image, tmp_path / "s.nii")
-    array, _ = read_scan(discover(tmp_path).scans[0])
+    array = read_scan(discover(tmp_path).scans[0]).voxels
     assert array.min() == 10.0 and array.max() == 23 * 2 + 10
 
 
@@ -248,7 +248,7 @@ def test_a_single_coronal_nifti_slice_is_a_2d_image_with_superior_at_the_top(tmp
     data[:, 0, 4] = 7  # the most superior row
     nib.save(nib.Nifti1Image(data, np.eye(4)), tmp_path / "coronal.nii")
     scan = discover(tmp_path).scans[0]
-    array, _ = read_scan(scan)
+    array = read_scan(scan).voxels
     assert scan.kind == "image" and array.shape == scan.shape == (5, 6)
     assert np.all(array[0] == 7) and not array[1:].any()
 
@@ -301,7 +301,7 @@ def test_a_truncated_png_is_found_by_inspect_and_odd_png_modes_read_as_grey(tmp_
     found = discover(tmp_path)
     assert [s.file.name for s in found.skipped] == ["cut.png"] and "truncated PNG" in found.skipped[0].reason
     for scan in found.scans:
-        array, _ = read_scan(scan)
+        array = read_scan(scan).voxels
         assert array.shape == scan.shape == (20, 10)
 
 

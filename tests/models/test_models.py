@@ -15,6 +15,11 @@ TINY = {
                           "cross_dim_head": 8, "latent_heads": 2, "latent_dim_head": 16, "num_iterations": 2},
     "vit": {"name": "vit", "in_channels": 1, "image_size": 16, "patch_size": 4, "num_classes": 3, "dim": 32,
             "depth": 2, "heads": 2},
+    "perceiver-stem": {"name": "perceiver", "in_channels": 1, "image_size": 16, "num_classes": 3, "stem_widths": [4, 8],
+                       "num_latents": 8, "latent_dim": 32, "cross_dim_head": 16, "latent_heads": 2,
+                       "latent_dim_head": 16, "self_per_cross_attn": 1, "num_iterations": 2},
+    "vit-stem": {"name": "vit", "in_channels": 1, "image_size": 16, "patch_size": 1, "stem_widths": [4, 8],
+                 "num_classes": 3, "dim": 32, "depth": 2, "heads": 2, "pool": "mean"},
     "cnn": {"name": "cnn", "in_channels": 1, "num_classes": 3, "widths": [8, 16]},
     "vit-rollout-cnn": {"name": "vit-rollout-cnn", "vit": {"in_channels": 1, "image_size": 16, "patch_size": 4,
                                                            "num_classes": 3, "dim": 32, "depth": 2, "heads": 2},
@@ -204,3 +209,37 @@ def test_default_configs_build_for_images_and_grids(name):
     for shape in ((1, 64, 64), (1, 192, 192)):
         model = build_model(default_config(name, shape, 2))
         assert model.num_parameters > 1000
+
+
+def test_a_conv_stem_makes_one_element_per_reduced_pixel_and_patch_size_counts_input_pixels():
+    """explain and the occlusion window read patch_size as input pixels per element, stem or not."""
+    perceiver = build_model(TINY["perceiver-stem"])
+    assert perceiver.to_elements(torch.rand(2, 1, 16, 16)).shape == (2, 16, 8)  # 4x4 elements of 8 channels
+    assert perceiver.patch_size == 4
+    _, attentions = perceiver(torch.rand(2, 1, 16, 16), return_attention=True)
+    assert attentions[0].shape[-1] == 16
+    vit = build_model(TINY["vit-stem"])
+    assert vit.patch_size == 4 and vit.grid == 4
+    _, weights = vit(torch.rand(2, 1, 16, 16), return_attention=True)
+    assert weights[0].shape[-1] == 17  # 16 tokens and the class token
+    with pytest.raises(ValueError, match="multiple of 32"):
+        build_model({**TINY["perceiver-stem"], "stem_widths": [4, 8, 8, 8, 8]})
+    with pytest.raises(ValueError, match="norm must be"):
+        build_model({**TINY["perceiver-stem"], "stem_norm": "layer"})
+
+
+def test_a_stem_carries_a_one_pixel_dot_at_full_strength_where_linear_patches_dilute_it():
+    """Why the stem (benchmarks/README.md): max pooling keeps a 1-pixel lesion as strong as it is, in its place."""
+    from perceiver_med.models.cnn import ConvStem
+
+    torch.manual_seed(0)
+    stem = ConvStem(1, (4, 4, 4), norm="none").eval()
+    for conv in (m for m in stem.modules() if isinstance(m, torch.nn.Conv2d)):
+        torch.nn.init.constant_(conv.weight, 0.0)
+        conv.weight.data[:, :, 1, 1] = 1.0 / conv.in_channels  # identity-like: each channel copies the mean
+        torch.nn.init.constant_(conv.bias, 0.0)
+    image = torch.zeros(1, 1, 64, 64)
+    image[0, 0, 37, 21] = 1.0
+    features = stem(image)  # (1, 4, 8, 8)
+    assert features.amax().item() == pytest.approx(1.0)
+    assert torch.nonzero(features[0, 0] == features[0, 0].amax()).tolist() == [[37 // 8, 21 // 8]]

@@ -1,0 +1,88 @@
+"""`predict` and `explain` for runs trained on points: one sample per row of a points CSV."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from perceiver_med.cache import InputRequest, prepare_many
+from perceiver_med.csvfiles import printable, write_csv
+from perceiver_med.datasets import scan_mismatch
+from perceiver_med.errors import UserError
+from perceiver_med.io import discover
+from perceiver_med.io.discover import Skip
+from perceiver_med.points import COORDINATES, RAS_HINT, PointSample, all_outside, match_points, read_points
+
+
+def check_point_run(config, points: Path | None) -> None:
+    """A run trained on points needs points, and points need such a run: the same input everywhere."""
+    if config.preprocess.input == "point" and points is None:
+        raise UserError("this run was trained on grids centred on points: give the points with --points CSV")
+    if config.preprocess.input != "point" and points is not None:
+        raise UserError(f"this run was trained on whole scans ({config.preprocess.input}), not on points: leave "
+                        "out --points")
+
+
+@dataclass
+class PreparedPoints:
+    by: str  # "seriesuid" or "path": the points file's column naming the scan
+    samples: list[PointSample]
+    inputs: np.ndarray  # (N, C, H, W)
+    skipped: list[Skip]
+
+
+def prepare_points(points: Path, scans: Path | list[Path], config, workers: int = 0,
+                   on_done: Callable[[int, int], None] | None = None) -> PreparedPoints:
+    """The model input of every usable row of a points file; the others skipped with their reason."""
+    folders = [Path(scans)] if isinstance(scans, (str, Path)) else [Path(p) for p in scans]
+    for folder in folders:
+        if not folder.exists():
+            raise UserError(f"{printable(folder)} does not exist")
+    table = read_points(points)
+    found = discover(folders[0])
+    for folder in folders[1:]:  # explain takes several scans or folders: their points are matched together
+        more = discover(folder)
+        found.scans += more.scans
+        found.skipped += more.skipped
+    samples, skipped = match_points(table, found)
+    skipped = list(found.skipped) + skipped
+    usable = []
+    for sample in samples:
+        reason = scan_mismatch(sample.scan, config)
+        if reason:
+            skipped.append(Skip(sample.scan.path, f"{printable(points)}:{sample.row.line}: {reason}"))
+        else:
+            usable.append(sample)
+    requests = [InputRequest(s.scan.path, s.scan.series_uid, point=s.row.point) for s in usable]
+    arrays, reasons = prepare_many(requests, config.preprocess, workers, on_done=on_done)
+    kept, inputs = [], []
+    for sample, array, reason in zip(usable, arrays, reasons):
+        if array is None:
+            skipped.append(Skip(sample.scan.path, f"{printable(points)}:{sample.row.line}: {reason}"))
+        else:
+            kept.append(sample)
+            inputs.append(array)
+    if not kept:
+        hint = f" ({RAS_HINT})" if all_outside(skipped) else ""
+        first = skipped[-1].reason if skipped else "the points file lists no points"
+        raise UserError(f"no point of {printable(points)} could be used: {first}{hint}")
+    return PreparedPoints(table.by, kept, np.stack(inputs).astype(np.float32), skipped)
+
+
+def write_point_predictions(out: Path, prepared: PreparedPoints, probs: np.ndarray, preds: np.ndarray,
+                            classes: list[str]) -> None:
+    """One row per point: its scan and coordinates as the points file wrote them, [label,] pred, prob_<class>."""
+    labels = [s.row.label for s in prepared.samples]
+    with_label = all(label in classes for label in labels)
+    columns = [prepared.by, *COORDINATES] + (["label"] if with_label else []) + ["pred"] + [
+        f"prob_{c}" for c in classes]
+
+    def row(k: int) -> list:
+        cells = prepared.samples[k].row.cells
+        # the coordinates as numbers: their repr is the value given, and a number is never formula-escaped
+        return ([cells.get(prepared.by, ""), *prepared.samples[k].row.point]
+                + ([labels[k]] if with_label else []) + [classes[int(preds[k])]] + [float(v) for v in probs[k]])
+
+    write_csv(out, columns, (row(k) for k in range(len(prepared.samples))))

@@ -1,0 +1,121 @@
+"""What a run reports about its predictions: the temperature and threshold fitted on the validation split,
+then per split the metrics with patient-bootstrap intervals, calibration before and after, and patient-level
+results. The glue between runs.py (rows, probabilities) and the statistics of trust.py.
+"""
+from __future__ import annotations
+
+import re
+
+import numpy as np
+
+from perceiver_med.config import Decision, RunConfig, is_laterality
+from perceiver_med.metrics import decisions, split_metrics, threshold_metrics
+from perceiver_med.splits import SplitRow
+from perceiver_med.trust import (RESAMPLES, apply_temperature, bootstrap_ci, brier_score, choose_threshold,
+                                 expected_calibration_error, fit_temperature, reliability_bins, aggregate)
+
+AGGREGATION_RULE = ("mean of the calibrated probabilities of a unit's samples; units whose samples carry "
+                    "different labels are left out (counted in mixed_label_units)")
+# the LEFT/RIGHT token io.labels reads in AKOA/OAI file names
+_SIDE = re.compile(r"(?<![a-z])(left|right)(?![a-z])", re.IGNORECASE)
+
+
+def fit_decision(labels: dict[str, np.ndarray], probs: dict[str, np.ndarray], rule: str, classes: list[str],
+                 positive_class: str) -> Decision:
+    """Temperature and threshold from the "val" entries of `labels` and `probs` alone: other splits are never read.
+
+    Without a validation split, or with one class in it, the temperature stays 1 and the threshold 0.5 (two
+    classes), and `rule` says why. With more than two classes the decision is the most probable class.
+    """
+    val_labels, val_probs = labels.get("val"), probs.get("val")
+    binary = len(classes) == 2
+    missing = ("no validation split" if val_labels is None or len(val_labels) == 0 else
+               "one class in the validation split" if len(set(np.asarray(val_labels).tolist())) < 2 else "")
+    if missing:
+        return Decision(1.0, f"default: {missing}", 0.5 if binary else None, f"default: {missing}", "")
+    temperature = fit_temperature(val_labels, val_probs)
+    if not binary:
+        return Decision(temperature, "val", None, f"argmax: more than two classes (asked: {rule})", "")
+    positive = classes.index(positive_class)
+    calibrated = apply_temperature(val_probs, temperature)
+    threshold = choose_threshold(np.asarray(val_labels) == positive, calibrated[:, positive], rule)
+    return Decision(temperature, "val", threshold, rule, "fixed" if rule == "0.5" else "val")
+
+
+def apply_decision(raw_probs: np.ndarray, decision: Decision, positive: int) -> tuple[np.ndarray, np.ndarray]:
+    """The run's calibrated probabilities and its predicted class indices."""
+    probs = apply_temperature(raw_probs, decision.temperature)
+    return probs, decisions(probs, positive, decision.threshold)
+
+
+def run_summary(config: RunConfig) -> dict:
+    """metrics.json's top-level record of how intervals, threshold and temperature were made."""
+    decision = config.decision
+    return {"bootstrap": {"resamples": RESAMPLES, "seed": config.train.seed, "unit": "patient",
+                          "interval": "percentile, resamples where a metric is undefined left out"},
+            "threshold": {"rule": decision.rule, "value": decision.threshold, "chosen_on": decision.chosen_on or None,
+                          "applies_to": f"calibrated probability of {config.positive_class}"},
+            "temperature": decision.temperature, "temperature_fitted_on": decision.temperature_fitted_on or None}
+
+
+def unit_keys(rows: list[SplitRow], classes: list[str]) -> dict[str, list | None]:
+    """Each sample's patient, knee (patient x laterality) and series. Laterality is the label for left/right
+    runs, else a LEFT/RIGHT token in the file name; knee is None unless every sample has one. A series is the
+    splits file's series_uid where it has one, else the scan's file or folder."""
+    sides = [row.label.strip().lower()[:1] if is_laterality(classes) else _side(row.path.name) for row in rows]
+    return {"patient": [row.patient_id for row in rows],
+            "knee": None if "" in sides else [(row.patient_id, side) for row, side in zip(rows, sides)],
+            "series": [(row.patient_id, row.series_uid or str(row.path)) for row in rows]}
+
+
+def _side(name: str) -> str:
+    found = {match.lower()[:1] for match in _SIDE.findall(name)}
+    return found.pop() if len(found) == 1 else ""
+
+
+def score_split(labels: np.ndarray, raw_probs: np.ndarray, rows: list[SplitRow], config: RunConfig,
+                resamples: int = RESAMPLES) -> dict:
+    """One split's metrics.json entry from the model's raw probabilities and the split's rows (same order)."""
+    decision, classes, seed = config.decision, config.classes, config.train.seed
+    positive = classes.index(config.positive_class)
+    probs = apply_temperature(raw_probs, decision.temperature)
+    patients = [row.patient_id for row in rows]
+    result, after = _scored(labels, probs, patients, config, resamples)
+    if result["n"] == 0:
+        return result
+    before = bootstrap_ci(labels, raw_probs, patients, positive, resamples=resamples, seed=seed,
+                          calibration_only=True)
+    result["calibration"] = {
+        "ece": expected_calibration_error(labels, raw_probs), "brier": brier_score(labels, raw_probs),
+        "loss": split_metrics(labels, raw_probs, classes, positive)["loss"],
+        "ece_after": expected_calibration_error(labels, probs), "brier_after": brier_score(labels, probs),
+        "loss_after": result["loss"], "temperature": decision.temperature,
+        "reliability": {"before": reliability_bins(labels, raw_probs), "after": reliability_bins(labels, probs)}}
+    result["ci95"].update({"calibration.ece": before["ece"], "calibration.brier": before["brier"],
+                           "calibration.loss": before["loss"], "calibration.ece_after": after["ece"],
+                           "calibration.brier_after": after["brier"]})
+    result["patient_level"] = {"rule": AGGREGATION_RULE}
+    for unit, keys in unit_keys(rows, classes).items():
+        if keys is None:
+            result["patient_level"][unit] = None  # laterality unknown for some samples
+            continue
+        units = aggregate(labels, probs, keys, patients)
+        scored, _ = _scored(units["labels"], units["probs"], units["patients"], config, resamples)
+        result["patient_level"][unit] = {**scored, "mixed_label_units": units["mixed"]}
+    return result
+
+
+def _scored(labels, probs, patients, config: RunConfig, resamples: int) -> tuple[dict, dict]:
+    """split_metrics, the metrics at the threshold, and 95% patient-bootstrap intervals of all of them; second,
+    the intervals of ECE and Brier score, which go under other names."""
+    positive = config.classes.index(config.positive_class)
+    threshold = config.decision.threshold if len(config.classes) == 2 else None
+    result = split_metrics(labels, probs, config.classes, positive)
+    if result["n"] == 0:
+        return result, {}
+    if threshold is not None:
+        result["threshold"] = threshold_metrics(labels, probs, positive, threshold)
+    intervals = bootstrap_ci(labels, probs, patients, positive, threshold, resamples, config.train.seed)
+    calibration = {name: intervals.pop(name) for name in ("ece", "brier")}
+    result["ci95"] = intervals
+    return result, calibration

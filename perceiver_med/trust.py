@@ -1,0 +1,304 @@
+"""Statistics a reviewer can check: patient-bootstrap intervals, the decision threshold, calibration and
+patient-level aggregation. Pure numpy/scipy functions of labels (N,) and probabilities (N, K).
+
+Images of one patient are not independent draws: the bootstrap resamples patients, and a patient drawn
+twice brings all of its samples twice. Each resample is a vector of per-patient counts, so every metric of
+every resample is a weighted sum over the samples, and all resamples are scored at once with matrix products.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from perceiver_med.errors import UserError
+from perceiver_med.metrics import decisions
+
+RESAMPLES = 1000
+BINS = 10  # equal-width confidence bins of the reliability diagram and ECE
+CHUNK_ELEMENTS = 1 << 22  # resamples x samples scored at once (32 MiB of float64)
+TINY = np.finfo(np.float64).tiny
+
+# ---------------------------------------------------------------- the decision threshold
+THRESHOLD_CHOICES = "youden, f1, 0.5, sensitivity=X or specificity=X (0 < X <= 1)"
+
+
+def parse_threshold_rule(text: str) -> str:
+    """The canonical spelling of a --threshold rule (any case, spaces ignored); anything else is a UserError."""
+    cleaned = str(text).strip().lower().replace(" ", "")
+    if cleaned in ("youden", "f1"):
+        return cleaned
+    name, equals, value = cleaned.partition("=")
+    try:
+        number = float(value if equals else cleaned)
+    except ValueError:
+        number = math.nan
+    if not equals and number == 0.5:
+        return "0.5"
+    if equals and name in ("sensitivity", "specificity") and 0 < number <= 1:
+        return f"{name}={number:g}"
+    raise UserError(f"--threshold must be one of {THRESHOLD_CHOICES}, not {text!r}")
+
+
+def choose_threshold(is_positive: np.ndarray, scores: np.ndarray, rule: str) -> float:
+    """The threshold t that `rule` picks on these samples (a sample is called positive when score >= t).
+
+    youden maximises sensitivity + specificity - 1, f1 the positive class's F1, sensitivity=X the specificity
+    among thresholds with sensitivity >= X (specificity=X likewise); 0.5 is fixed. Candidates lie midway
+    between consecutive distinct scores (and beyond both ends), so t never sits on a score it was chosen from;
+    ties go to the candidate nearest 0.5.
+    """
+    rule = parse_threshold_rule(rule)
+    if rule == "0.5":
+        return 0.5
+    is_positive = np.asarray(is_positive, dtype=bool)
+    scores = np.asarray(scores, dtype=np.float64)
+    if is_positive.all() or not is_positive.any():
+        raise ValueError("choosing a threshold needs samples of both classes")
+    distinct = np.unique(scores)
+    top = max((distinct[-1] + 1) / 2, np.nextafter(distinct[-1], np.inf))
+    cuts = np.concatenate([[distinct[0] / 2 if distinct[0] > 0 else distinct[0]],
+                           (distinct[:-1] + distinct[1:]) / 2, [top]])
+    positives, negatives = np.sort(scores[is_positive]), np.sort(scores[~is_positive])
+    tp = len(positives) - np.searchsorted(positives, cuts, "left")
+    fp = len(negatives) - np.searchsorted(negatives, cuts, "left")
+    sensitivity, specificity = tp / len(positives), 1 - fp / len(negatives)
+    if rule == "youden":
+        keys = [sensitivity + specificity - 1]
+    elif rule == "f1":
+        keys = [2 * tp / (2 * tp + fp + (len(positives) - tp))]
+    else:
+        name, target = rule.split("=")
+        held, other = (sensitivity, specificity) if name == "sensitivity" else (specificity, sensitivity)
+        keys = [np.where(held >= float(target) - 1e-12, other, -np.inf), held]
+    # rounded, so equal objectives reached by different sums tie; lexsort's last key is its first, best last
+    keys = [np.round(key, 12) for key in keys]
+    order = np.lexsort([-np.abs(cuts - 0.5)] + keys[::-1])
+    return float(cuts[order[-1]])
+
+
+# ---------------------------------------------------------------- calibration
+def brier_terms(labels: np.ndarray, probs: np.ndarray) -> np.ndarray:
+    """Per-sample Brier terms: (p_positive - y)^2 with two classes (scikit-learn's brier_score_loss), else the
+    sum over classes of (p_k - y_k)^2."""
+    labels, probs = np.asarray(labels, dtype=np.int64), np.asarray(probs, dtype=np.float64)
+    onehot = np.eye(probs.shape[1])[labels]
+    terms = ((probs - onehot) ** 2).sum(axis=1)
+    return terms / 2 if probs.shape[1] == 2 else terms
+
+
+def brier_score(labels: np.ndarray, probs: np.ndarray) -> float:
+    return float(brier_terms(labels, probs).mean())
+
+
+def _bin_index(confidence: np.ndarray, bins: int) -> np.ndarray:
+    return np.minimum((confidence * bins).astype(np.int64), bins - 1)  # [k/B, (k+1)/B), the last bin closed
+
+
+def reliability_bins(labels: np.ndarray, probs: np.ndarray, bins: int = BINS) -> dict:
+    """Top-label reliability diagram: per equal-width bin of confidence (the highest probability), the number of
+    samples, their mean confidence and their accuracy (None for an empty bin)."""
+    labels, probs = np.asarray(labels, dtype=np.int64), np.asarray(probs, dtype=np.float64)
+    confidence, correct = probs.max(axis=1), probs.argmax(axis=1) == labels
+    index = _bin_index(confidence, bins)
+    count = np.bincount(index, minlength=bins)
+    mean_confidence = np.bincount(index, confidence, minlength=bins)
+    accuracy = np.bincount(index, correct.astype(np.float64), minlength=bins)
+    return {"edges": np.linspace(0, 1, bins + 1).tolist(), "count": count.tolist(),
+            "confidence": [float(c / n) if n else None for c, n in zip(mean_confidence, count)],
+            "accuracy": [float(a / n) if n else None for a, n in zip(accuracy, count)]}
+
+
+def expected_calibration_error(labels: np.ndarray, probs: np.ndarray, bins: int = BINS) -> float:
+    """ECE (Guo et al. 2017): sum over confidence bins of (bin size / N) * |accuracy - mean confidence|."""
+    table = reliability_bins(labels, probs, bins)
+    n = sum(table["count"])
+    return float(sum(count / n * abs(acc - conf) for count, acc, conf in
+                     zip(table["count"], table["accuracy"], table["confidence"]) if count))
+
+
+def fit_temperature(labels: np.ndarray, probs: np.ndarray, bounds: tuple[float, float] = (0.01, 100.0)) -> float:
+    """The temperature T minimising the mean negative log-likelihood of softmax(log(probs) / T) (Guo et al. 2017).
+
+    log(probs) equals the logits up to a per-row constant, which softmax ignores, so no logits are needed.
+    L-BFGS-B in float64 on log T, with its exact gradient. Argmax, hence accuracy, is unchanged by any T > 0.
+    """
+    from scipy.optimize import minimize
+
+    labels = np.asarray(labels, dtype=np.int64)
+    logs = np.log(np.clip(np.asarray(probs, dtype=np.float64), TINY, None))
+    rows = np.arange(len(labels))
+
+    def objective(log_t: np.ndarray) -> tuple[float, np.ndarray]:
+        t = math.exp(float(log_t[0]))
+        scaled = logs / t
+        scaled -= scaled.max(axis=1, keepdims=True)
+        log_q = scaled - np.log(np.exp(scaled).sum(axis=1, keepdims=True))
+        nll = -log_q[rows, labels].mean()
+        # d nll / d log T = mean(log p_true - E_q[log p]) / T
+        gradient = ((logs[rows, labels] - (np.exp(log_q) * logs).sum(axis=1)).mean()) / t
+        return float(nll), np.array([gradient])
+
+    found = minimize(objective, np.zeros(1), jac=True, method="L-BFGS-B",
+                     bounds=[(math.log(bounds[0]), math.log(bounds[1]))])
+    return float(math.exp(float(found.x[0])))
+
+
+def apply_temperature(probs: np.ndarray, temperature: float) -> np.ndarray:
+    """softmax(log(probs) / T) in float64; T = 1 returns the probabilities untouched."""
+    probs = np.asarray(probs, dtype=np.float64)
+    if temperature == 1.0 or probs.size == 0:
+        return probs.copy()
+    scaled = np.log(np.clip(probs, TINY, None)) / temperature
+    scaled = np.exp(scaled - scaled.max(axis=1, keepdims=True))
+    return scaled / scaled.sum(axis=1, keepdims=True)
+
+
+# ---------------------------------------------------------------- patient-level aggregation
+def aggregate(labels: np.ndarray, probs: np.ndarray, keys: list, patients: list[str]) -> dict:
+    """Mean probability over the samples of each unit (`keys[i]` names sample i's unit: a patient, a knee, a
+    series). A unit whose samples carry different labels has no single label and is left out.
+
+    Returns labels (U,), probs (U, K), patients (U,) of the units in order of first appearance, and `mixed`,
+    the number of units left out.
+    """
+    labels, probs = np.asarray(labels, dtype=np.int64), np.asarray(probs, dtype=np.float64)
+    first: dict = {}
+    unit = np.array([first.setdefault(key, len(first)) for key in keys], dtype=np.int64)
+    count = np.bincount(unit, minlength=len(first)).astype(np.float64)
+    mean = np.stack([np.bincount(unit, probs[:, k], minlength=len(first)) for k in range(probs.shape[1])], 1)
+    mean /= count[:, None]
+    lowest = np.full(len(first), np.iinfo(np.int64).max)
+    highest = np.full(len(first), -1)
+    np.minimum.at(lowest, unit, labels)
+    np.maximum.at(highest, unit, labels)
+    keep = lowest == highest
+    owner = np.empty(len(first), dtype=object)
+    owner[unit] = np.asarray(patients, dtype=object)
+    return {"labels": lowest[keep], "probs": mean[keep], "patients": list(owner[keep]), "mixed": int((~keep).sum())}
+
+
+# ---------------------------------------------------------------- the patient bootstrap
+def patient_counts(patients: list[str], resamples: int = RESAMPLES, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """How often each patient is drawn in each resample (resamples, P), all drawn at once, and each sample's
+    patient index (N,). Drawing P patients with replacement is one multinomial draw of P over P equal cells."""
+    index: dict = {}
+    owner = np.array([index.setdefault(p, len(index)) for p in patients], dtype=np.int64)
+    rng = np.random.default_rng(seed)
+    counts = rng.multinomial(len(index), np.full(len(index), 1 / len(index)), size=resamples)
+    return counts, owner
+
+
+def _ratio(numerator, denominator):
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(denominator > 0, numerator / np.where(denominator > 0, denominator, 1), np.nan)
+
+
+def _confusion_scores(confusion: np.ndarray, positive: int, prefix: str = "") -> dict:
+    """Scores of weighted confusion matrices (B, K, K) as split_metrics defines them; nan where undefined."""
+    k = confusion.shape[1]
+    total = confusion.sum(axis=(1, 2))
+    diagonal = np.diagonal(confusion, axis1=1, axis2=2)
+    support, called = confusion.sum(axis=2), confusion.sum(axis=1)
+    present = support > 0
+    recall = _ratio(diagonal, support)
+    classes_present = present.sum(1)
+    balanced = np.where(classes_present > 1, np.where(present, recall, 0).sum(1) / np.maximum(classes_present, 1),
+                        np.nan)
+    f1 = np.nan_to_num(_ratio(2 * diagonal, support + called), nan=0.0)  # zero_division=0, as split_metrics
+    tp = diagonal[:, positive]
+    fn, fp = support[:, positive] - tp, called[:, positive] - tp
+    tn = total - tp - fn - fp
+    scores = {"accuracy": _ratio(diagonal.sum(1), total), "balanced_accuracy": balanced,
+              "sensitivity": _ratio(tp, tp + fn), "specificity": _ratio(tn, tn + fp)}
+    if prefix:
+        scores.update(ppv=_ratio(tp, tp + fp), npv=_ratio(tn, tn + fn))
+    else:
+        scores["f1_macro"] = f1.sum(1) / k
+    return {prefix + name: value for name, value in scores.items()}
+
+
+def _weighted_auc(weights: np.ndarray, is_positive: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """ROC AUC of each row of sample weights (B, N): the weighted Mann-Whitney statistic, ties counting half."""
+    order = np.argsort(scores, kind="stable")
+    sorted_scores, positive = scores[order], is_positive[order]
+    negative_weights = weights[:, order] * ~positive
+    below = np.concatenate([np.zeros((len(weights), 1)), np.cumsum(negative_weights, axis=1)], axis=1)
+    columns = np.flatnonzero(positive)
+    left = np.searchsorted(sorted_scores, sorted_scores[columns], "left")
+    right = np.searchsorted(sorted_scores, sorted_scores[columns], "right")
+    beaten = below[:, left] + 0.5 * (below[:, right] - below[:, left])
+    positive_weights = weights[:, order][:, columns]
+    pairs = positive_weights.sum(1) * negative_weights.sum(1)
+    return _ratio((positive_weights * beaten).sum(1), pairs)
+
+
+def weighted_metrics(weights: np.ndarray, labels: np.ndarray, probs: np.ndarray, positive: int,
+                     threshold: float | None = None, bins: int = BINS, calibration_only: bool = False) -> dict:
+    """Every metric for each row of sample weights (B, N); weights of ones give the ordinary (point) metrics.
+
+    Keys: loss, ece, brier, and unless `calibration_only` accuracy, balanced_accuracy, roc_auc, f1_macro,
+    sensitivity, specificity, and with a threshold threshold.{accuracy, balanced_accuracy, sensitivity,
+    specificity, ppv, npv}. Values (B,), nan where undefined (one class drawn, an empty denominator).
+    """
+    labels, probs = np.asarray(labels, dtype=np.int64), np.asarray(probs, dtype=np.float64)
+    weights = np.asarray(weights, dtype=np.float64)
+    n, k = probs.shape
+    rows = np.arange(n)
+    confidence, predicted = probs.max(axis=1), probs.argmax(axis=1)
+    deviation = np.zeros((n, bins))  # ECE: |sum over a bin of (confidence - correct)|, per bin
+    deviation[rows, _bin_index(confidence, bins)] = confidence - (predicted == labels)
+    columns = [-np.log(np.clip(probs[rows, labels], 1e-12, None))[:, None], brier_terms(labels, probs)[:, None],
+               deviation]
+    if not calibration_only:
+        columns.append(np.eye(k * k)[labels * k + predicted])
+        if threshold is not None and k == 2:
+            columns.append(np.eye(4)[labels * 2 + decisions(probs, positive, threshold)])
+    sums = weights @ np.concatenate(columns, axis=1)
+    total = weights.sum(axis=1)
+    result = {"loss": _ratio(sums[:, 0], total), "brier": _ratio(sums[:, 1], total),
+              "ece": _ratio(np.abs(sums[:, 2:2 + bins]).sum(1), total)}
+    if calibration_only:
+        return result
+    start = 2 + bins
+    result.update(_confusion_scores(sums[:, start:start + k * k].reshape(-1, k, k), positive))
+    if threshold is not None and k == 2:
+        result.update(_confusion_scores(sums[:, start + k * k:].reshape(-1, 2, 2), positive, "threshold."))
+    if k == 2:
+        result["roc_auc"] = _weighted_auc(weights, labels == positive, probs[:, positive])
+    else:  # macro one-vs-rest, undefined unless every class is present (as split_metrics)
+        per_class = np.stack([_weighted_auc(weights, labels == c, probs[:, c]) for c in range(k)])
+        result["roc_auc"] = per_class.mean(axis=0)
+    return result
+
+
+def bootstrap_distribution(labels: np.ndarray, probs: np.ndarray, patients: list[str], positive: int,
+                           threshold: float | None = None, resamples: int = RESAMPLES, seed: int = 0,
+                           bins: int = BINS, calibration_only: bool = False) -> dict[str, np.ndarray]:
+    """weighted_metrics over `resamples` patient resamples: {metric: (resamples,)}, nan where undefined."""
+    counts, owner = patient_counts(patients, resamples, seed)
+    chunk = max(1, CHUNK_ELEMENTS // max(1, len(owner)))
+    parts = [weighted_metrics(counts[start:start + chunk][:, owner], labels, probs, positive, threshold, bins,
+                              calibration_only) for start in range(0, resamples, chunk)]
+    return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
+
+
+def percentile_interval(values: np.ndarray, level: float = 0.95) -> list[float] | None:
+    """The percentile interval of a bootstrap distribution, leaving out resamples where the metric is
+    undefined; None when it is undefined in every resample."""
+    values = np.asarray(values, dtype=np.float64)
+    values = values[np.isfinite(values)]
+    if not len(values):
+        return None
+    tail = (1 - level) / 2 * 100
+    low, high = np.percentile(values, [tail, 100 - tail])
+    return [float(low), float(high)]
+
+
+def bootstrap_ci(labels: np.ndarray, probs: np.ndarray, patients: list[str], positive: int,
+                 threshold: float | None = None, resamples: int = RESAMPLES, seed: int = 0,
+                 calibration_only: bool = False) -> dict[str, list[float] | None]:
+    """95% percentile intervals of every metric of weighted_metrics, resampling patients (not images)."""
+    distribution = bootstrap_distribution(labels, probs, patients, positive, threshold, resamples, seed,
+                                          calibration_only=calibration_only)
+    return {name: percentile_interval(values) for name, values in distribution.items()}
