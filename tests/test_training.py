@@ -192,8 +192,8 @@ def test_two_process_training_matches_a_one_process_evaluation(knee, tmp_path, m
     trained = json.loads((out / "metrics.json").read_text())
     again = evaluate_run(out, device="cpu")
     for split in ("train", "val", "test"):
-        # 1e-6: convolution kernels are picked by batch size, and each process evaluates a different batch; batch-norm
-        # statistics that differ between processes move the loss by 1e-2
-        assert again[split]["loss"] == pytest.approx(trained[split]["loss"], rel=1e-6)
+        # 1e-4: convolution kernels are picked by batch size and each process evaluates a different batch (2e-6 seen,
+        # after temperature scaling); batch-norm statistics that differ between processes move the loss by 1e-2
+        assert again[split]["loss"] == pytest.approx(trained[split]["loss"], rel=1e-4)
         assert again[split]["accuracy"] == trained[split]["accuracy"]
     assert len(list(csv.DictReader(open(out / "history.csv")))) == 2 * (1 if model == "perceiver" else 2)
