@@ -35,6 +35,19 @@ class ConvStem(nn.Module):
         return self.body(x)
 
 
+def optional_stem(in_channels: int, widths: tuple[int, ...], norm: str, image_size: int, patch_size: int
+                  ) -> tuple[ConvStem | None, int, int]:
+    """A tokeniser's stem, or None for (); with the channels and the reduction its patches of `patch_size` see.
+
+    A token covers patch_size x reduction input pixels, and image_size must be a multiple of that.
+    """
+    stem = ConvStem(in_channels, tuple(widths), norm) if widths else None
+    channels, reduction = (stem.out_channels, stem.reduction) if stem else (in_channels, 1)
+    if image_size % (patch_size * reduction):
+        raise ValueError(f"image_size must be a multiple of {patch_size * reduction} (patch size x stem reduction)")
+    return stem, channels, reduction
+
+
 class ResidualBlock(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, stride: int = 1):
         super().__init__()

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from perceiver_med.models.cnn import ConvStem
+from perceiver_med.models.cnn import optional_stem
 from perceiver_med.models.layers import attend, self_attend
 
 
@@ -181,10 +181,7 @@ class Perceiver(nn.Module):
         super().__init__()
         if weight_sharing not in ("after_first", "all", "none"):
             raise ValueError("weight_sharing must be after_first, all or none")
-        self.stem = ConvStem(in_channels, tuple(stem_widths), stem_norm) if stem_widths else None
-        channels, reduction = (self.stem.out_channels, self.stem.reduction) if self.stem else (in_channels, 1)
-        if image_size % (patch_size * reduction):
-            raise ValueError(f"image_size must be a multiple of {patch_size * reduction} (patch size x stem reduction)")
+        self.stem, channels, reduction = optional_stem(in_channels, stem_widths, stem_norm, image_size, patch_size)
         self.image_size, self.element_patch, self.patch_size = image_size, patch_size, patch_size * reduction
         self.num_freq_bands = num_freq_bands
         self.max_freq = float(max_freq if max_freq is not None else image_size)

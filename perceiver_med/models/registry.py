@@ -29,7 +29,7 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-STEM_WIDTHS = (16, 32, 64)  # the Perceiver's conv stem: three conv-BN-ReLU-maxpool stages, 8x smaller
+STEM_WIDTHS = (16, 32, 64)  # the conv stem of the Perceiver and the ViT: three conv-BN-ReLU-maxpool stages, 8x smaller
 
 
 def cnn_config(num_classes: int) -> dict:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from perceiver_med.models.cnn import ConvStem
+from perceiver_med.models.cnn import optional_stem
 from perceiver_med.models.layers import self_attend
 
 
@@ -86,10 +86,7 @@ class ViT(nn.Module):
         super().__init__()
         if pool not in ("cls", "mean"):
             raise ValueError(f"pool must be cls or mean, not {pool!r}")
-        stem = ConvStem(in_channels, tuple(stem_widths), stem_norm) if stem_widths else None
-        channels, reduction = (stem.out_channels, stem.reduction) if stem else (in_channels, 1)
-        if image_size % (patch_size * reduction):
-            raise ValueError(f"image_size must be a multiple of {patch_size * reduction} (patch size x stem reduction)")
+        stem, channels, reduction = optional_stem(in_channels, stem_widths, stem_norm, image_size, patch_size)
         self.image_size, self.patch_size, self.pool = image_size, patch_size * reduction, pool
         self.grid = image_size // self.patch_size
         self.patch_embed = nn.Conv2d(channels, dim, kernel_size=patch_size, stride=patch_size)
