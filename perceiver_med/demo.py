@@ -33,7 +33,7 @@ def run_demo(out: Path, patients: int = 60, epochs: int = 40, seed: int = 0, rep
         f"loss {test['loss']:.4f}, ROC AUC {test['roc_auc']:.4f}")
     unseen, _ = synth("knee", out / "unseen", max(4, patients // 8), "png", seed + 1000)
     predictions, _, classes = predict_run(out / "run", unseen, out / "predictions.csv", device="cpu")
-    correct = sum(classes[int(p.probs.argmax())] in p.path.name.lower() for p in predictions)
+    correct = sum(p.pred in p.path.name.lower() for p in predictions)
     say(f"5. predictions for {len(predictions)} unseen scans: {out / 'predictions.csv'} "
         f"({correct}/{len(predictions)} match the LEFT/RIGHT in their names)")
     examples = sorted(unseen.iterdir())[:4]

@@ -26,6 +26,7 @@ from perceiver_med.io.discover import Skip
 from perceiver_med.io.labels import folder_label, laterality_of
 from perceiver_med.models import Perceiver, ViTRolloutCNN
 from perceiver_med.runs import load_model
+from perceiver_med.scoring import apply_decision
 
 FILL_QUANTILES = (0.02, 0.98)  # "dark" and "bright" paint, taken from the image itself
 
@@ -36,8 +37,10 @@ def occlusion_window(model, side: int) -> int:
     return max(int(patch), -(-side // 16))
 
 
-def evidence_map(model, x: torch.Tensor, window: int | None = None, batch_size: int = 64) -> torch.Tensor:
-    """(B, 1, H, W), in nats: the fall of log p(predicted class) when a window of the input is painted over.
+def evidence_map(model, x: torch.Tensor, window: int | None = None, batch_size: int = 64,
+                 classes: torch.Tensor | None = None) -> torch.Tensor:
+    """(B, 1, H, W), in nats: the fall of log p(class) when a window of the input is painted over; the class is
+    `classes[b]` (the run's decision), by default the most probable one.
 
     Each window is painted once with the image's dark value and once with its bright one, and the larger
     fall is kept: a place can be evidence by what is there (a bone) or by what is not (no bone where the other
@@ -49,7 +52,7 @@ def evidence_map(model, x: torch.Tensor, window: int | None = None, batch_size: 
     evidence = torch.zeros(batch, rows * cols)
     with torch.no_grad():
         log_probs = torch.log_softmax(model(x).float(), dim=1)
-        predicted = log_probs.argmax(dim=1)
+        predicted = log_probs.argmax(dim=1) if classes is None else classes
         for b in range(batch):
             image = x[b]
             fills = torch.quantile(image.float().flatten(), torch.tensor(FILL_QUANTILES)).to(image.dtype)
@@ -139,15 +142,17 @@ def _overlay(model, config, array: np.ndarray, name: str, truth: str | None, tar
 
     x = torch.from_numpy(array)[None]
     with torch.no_grad():
-        probs = torch.softmax(model(x).float(), dim=1)[0]
+        raw = torch.softmax(model(x).float(), dim=1).numpy()
+    # the run's decision and calibrated probability, as predict writes them
+    probs, decided = apply_decision(raw, config.decision, config.classes.index(config.positive_class))
     window = occlusion_window(model, max(x.shape[-2:]))
-    evidence = evidence_map(model, x, window)[0, 0].numpy()
+    evidence = evidence_map(model, x, window, classes=torch.from_numpy(decided))[0, 0].numpy()
     picture = np.moveaxis(array, 0, -1) if array.shape[0] == 3 else array[0]
-    predicted = config.classes[int(probs.argmax())]
+    predicted = config.classes[int(decided[0])]
     truth = truth if truth in config.classes else None
     title = "\n".join([*textwrap.wrap(name, 52),
                        (f"true {truth}, " if truth else "") + f"predicted {predicted} "
-                       f"(p = {float(probs.max()):.3f})",
+                       f"(p = {float(probs[0, decided[0]]):.3f})",
                        f"evidence: fall of log p({predicted}) when one {window}x{window} patch is "
                        "painted dark or bright"])
     if target.exists() and not overwrite:

@@ -5,8 +5,12 @@ import numpy as np
 from sklearn.metrics import balanced_accuracy_score, confusion_matrix, f1_score, roc_auc_score
 
 
-def split_metrics(labels: np.ndarray, probs: np.ndarray, classes: list[str], positive: int | None = None) -> dict:
+def split_metrics(labels: np.ndarray, probs: np.ndarray, classes: list[str], positive: int | None = None,
+                  threshold: float | None = None) -> dict:
     """labels (N,) ints, probs (N, K) -> loss, accuracy, balanced accuracy, ROC AUC, macro F1, confusion, n.
+
+    The decisions behind accuracy, F1, sensitivity, specificity and the confusion matrix are the run's: with two
+    classes and a `threshold`, class `positive` where its probability reaches it; otherwise the most probable class.
 
     The loss is mean(-log p(true class)) over these N samples: no label smoothing, no class
     weights, and no division by any other split's size. Sensitivity and specificity are those of class
@@ -18,7 +22,7 @@ def split_metrics(labels: np.ndarray, probs: np.ndarray, classes: list[str], pos
     if n == 0:
         return {"n": 0}
     picked = np.clip(probs[np.arange(n), labels], 1e-12, None)
-    preds = probs.argmax(axis=1)
+    preds = decisions(probs, 1 if positive is None else positive, threshold)
     indices = list(range(len(classes)))
     matrix = confusion_matrix(labels, preds, labels=indices)
     result = {

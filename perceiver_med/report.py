@@ -204,38 +204,46 @@ def metrics_table(metrics: dict, title: str = "metrics") -> Table:
 
 def _with_interval(value, interval) -> str:
     if value is None:
-        return ""
-    return f"{value:.3f}" + (f" ({interval[0]:.3f}-{interval[1]:.3f})" if interval else "")
+        return "-"
+    return f"{value:.3f}" + (f"\n[{interval[0]:.3f}, {interval[1]:.3f}]" if interval else "")
 
 
 def trust_table(metrics: dict) -> Table | None:
-    """Per split: ROC AUC and accuracy with 95% patient-bootstrap intervals, the decision at the run's threshold,
-    calibration before -> after temperature scaling, and the patient-level ROC AUC and accuracy."""
+    """One column per split, one row per result: ROC AUC and accuracy with 95% patient-bootstrap intervals, the
+    decision at the run's threshold, calibration before -> after temperature scaling, and the patient-level ROC
+    AUC and accuracy. Splits are columns so that it fits an 80-column terminal."""
     threshold = metrics.get("threshold") or {}
     if "bootstrap" not in metrics:
         return None
+    splits = [s for s in ("train", "val", "test") if (metrics.get(s) or {}).get("n") and "ci95" in metrics[s]]
     title = (f"95% intervals ({metrics['bootstrap']['resamples']} patient resamples); threshold "
              + (f"{threshold['value']:.4g} ({threshold['rule']})" if threshold.get("value") is not None
                 else f"none ({threshold.get('rule')})") + f"; temperature {metrics['temperature']:.4g}")
     table = Table(title=plain(title))
-    for column in ("split", "ROC AUC", "accuracy", "sens/spec at threshold", "ECE before->after",
-                   "Brier before->after", "per patient or knee: n, ROC AUC, accuracy"):
-        table.add_column(column, justify="left" if column == "split" else "right")
-    for split in ("train", "val", "test"):
-        values = metrics.get(split)
-        if not values or not values.get("n") or "ci95" not in values:
+    table.add_column("")
+    for split in splits:
+        table.add_column(split, justify="right")
+
+    def number(value) -> str:
+        return "-" if value is None else f"{value:.3f}"
+
+    def row(name: str, cell) -> None:
+        table.add_row(name, *(cell(metrics[split]) for split in splits))
+
+    row("ROC AUC", lambda v: _with_interval(v["roc_auc"], v["ci95"].get("roc_auc")))
+    row("accuracy", lambda v: _with_interval(v["accuracy"], v["ci95"].get("accuracy")))
+    if all(v.get("threshold") for v in map(metrics.get, splits)):
+        row("sensitivity", lambda v: number(v["threshold"]["sensitivity"]))
+        row("specificity", lambda v: number(v["threshold"]["specificity"]))
+    row("ECE before -> after", lambda v: f"{v['calibration']['ece']:.3f} -> {v['calibration']['ece_after']:.3f}")
+    row("Brier before -> after",
+        lambda v: f"{v['calibration']['brier']:.3f} -> {v['calibration']['brier_after']:.3f}")
+    for unit in ("patient", "knee"):
+        if not all(metrics[split]["patient_level"].get(unit) for split in splits):
             continue
-        ci, at, calibration = values["ci95"], values.get("threshold"), values["calibration"]
-        units = values["patient_level"]
         # left/right labels: a patient with both knees has no single label, and a knee is the unit that has one
-        name = "knee" if units.get("knee") and units["knee"]["mixed_label_units"] < units["patient"][
-            "mixed_label_units"] else "patient"
-        decided = "" if at is None else " / ".join("" if at[k] is None else f"{at[k]:.3f}"
-                                                    for k in ("sensitivity", "specificity"))
-        table.add_row(split, _with_interval(values["roc_auc"], ci.get("roc_auc")),
-                      _with_interval(values["accuracy"], ci.get("accuracy")), decided,
-                      f"{calibration['ece']:.3f}->{calibration['ece_after']:.3f}",
-                      f"{calibration['brier']:.3f}->{calibration['brier_after']:.3f}",
-                      f"{name} {units[name]['n']}, " + ", ".join(
-                          "-" if units[name].get(k) is None else f"{units[name][k]:.3f}" for k in ("roc_auc", "accuracy")))
+        row(f"per {unit}: n (mixed)", lambda v: f"{v['patient_level'][unit]['n']} "
+            f"({v['patient_level'][unit]['mixed_label_units']})")
+        row(f"per {unit}: ROC AUC", lambda v: number(v["patient_level"][unit].get("roc_auc")))
+        row(f"per {unit}: accuracy", lambda v: number(v["patient_level"][unit].get("accuracy")))
     return table

@@ -32,7 +32,8 @@ def fit_decision(labels: dict[str, np.ndarray], probs: dict[str, np.ndarray], ru
     missing = ("no validation split" if val_labels is None or len(val_labels) == 0 else
                "one class in the validation split" if len(set(np.asarray(val_labels).tolist())) < 2 else "")
     if missing:
-        return Decision(1.0, f"default: {missing}", 0.5 if binary else None, f"default: {missing}", "")
+        asked = f" (asked: {rule})" if rule != "0.5" and binary else ""  # a fallback never passes for the rule asked
+        return Decision(1.0, f"default: {missing}", 0.5 if binary else None, f"default: {missing}{asked}", "")
     temperature = fit_temperature(val_labels, val_probs)
     if not binary:
         return Decision(temperature, "val", None, f"argmax: more than two classes (asked: {rule})", "")
@@ -110,7 +111,7 @@ def _scored(labels, probs, patients, config: RunConfig, resamples: int) -> tuple
     the intervals of ECE and Brier score, which go under other names."""
     positive = config.classes.index(config.positive_class)
     threshold = config.decision.threshold if len(config.classes) == 2 else None
-    result = split_metrics(labels, probs, config.classes, positive)
+    result = split_metrics(labels, probs, config.classes, positive, threshold)
     if result["n"] == 0:
         return result, {}
     if threshold is not None:

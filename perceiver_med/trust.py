@@ -245,13 +245,14 @@ def weighted_metrics(weights: np.ndarray, labels: np.ndarray, probs: np.ndarray,
     weights = np.asarray(weights, dtype=np.float64)
     n, k = probs.shape
     rows = np.arange(n)
-    confidence, predicted = probs.max(axis=1), probs.argmax(axis=1)
+    confidence, predicted = probs.max(axis=1), probs.argmax(axis=1)  # calibration is of the top label
+    called = decisions(probs, positive, threshold)  # the run's decisions, as split_metrics makes them
     deviation = np.zeros((n, bins))  # ECE: |sum over a bin of (confidence - correct)|, per bin
     deviation[rows, _bin_index(confidence, bins)] = confidence - (predicted == labels)
     columns = [-np.log(np.clip(probs[rows, labels], 1e-12, None))[:, None], brier_terms(labels, probs)[:, None],
                deviation]
     if not calibration_only:
-        columns.append(np.eye(k * k)[labels * k + predicted])
+        columns.append(np.eye(k * k)[labels * k + called])
         if threshold is not None and k == 2:
             columns.append(np.eye(4)[labels * 2 + decisions(probs, positive, threshold)])
     sums = weights @ np.concatenate(columns, axis=1)
@@ -298,7 +299,12 @@ def percentile_interval(values: np.ndarray, level: float = 0.95) -> list[float] 
 def bootstrap_ci(labels: np.ndarray, probs: np.ndarray, patients: list[str], positive: int,
                  threshold: float | None = None, resamples: int = RESAMPLES, seed: int = 0,
                  calibration_only: bool = False) -> dict[str, list[float] | None]:
-    """95% percentile intervals of every metric of weighted_metrics, resampling patients (not images)."""
+    """95% percentile intervals of every metric of weighted_metrics, resampling patients (not images); None for
+    every metric when there is one patient, whose resamples are all the same sample and say nothing of spread."""
+    if len(set(patients)) < 2:
+        names = weighted_metrics(np.ones((1, len(labels))), labels, probs, positive, threshold,
+                                 calibration_only=calibration_only)
+        return dict.fromkeys(names)
     distribution = bootstrap_distribution(labels, probs, patients, positive, threshold, resamples, seed,
                                           calibration_only=calibration_only)
     return {name: percentile_interval(values) for name, values in distribution.items()}

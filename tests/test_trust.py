@@ -59,7 +59,8 @@ def test_each_resample_scores_what_its_explicit_sample_list_scores(num_classes):
     scored = weighted_metrics(counts[:, owner], labels, probs, positive, threshold)
     for b in range(25):
         picked = np.repeat(np.arange(40), counts[b, owner])
-        expected = split_metrics(labels[picked], probs[picked], [str(k) for k in range(num_classes)], positive)
+        expected = split_metrics(labels[picked], probs[picked], [str(k) for k in range(num_classes)], positive,
+                                 threshold)
         expected["ece"] = expected_calibration_error(labels[picked], probs[picked])
         expected["brier"] = brier_score(labels[picked], probs[picked])
         if num_classes == 2:
@@ -71,6 +72,14 @@ def test_each_resample_scores_what_its_explicit_sample_list_scores(num_classes):
                 continue
             got = scored[name][b]
             assert (np.isnan(got) if value is None else got == pytest.approx(value, abs=1e-12)), (name, b)
+
+
+def test_one_patient_has_no_interval():
+    """Every resample of one patient is that patient: a zero-width interval would claim a certainty it lacks."""
+    labels, probs = np.array([0, 1, 1, 0]), np.array([[0.8, 0.2], [0.3, 0.7], [0.6, 0.4], [0.9, 0.1]])
+    intervals = bootstrap_ci(labels, probs, ["P"] * 4, 1, 0.5)
+    assert intervals and all(value is None for value in intervals.values())
+    assert bootstrap_ci(labels, probs, ["P", "P", "Q", "Q"], 1, 0.5)["loss"] is not None
 
 
 def test_bootstrap_of_a_thousand_resamples_is_reproducible_from_its_seed():
@@ -174,9 +183,12 @@ def test_threshold_is_chosen_on_val_and_never_sees_test():
 def test_without_a_usable_validation_split_the_defaults_say_why():
     probs = {"test": np.array([[0.2, 0.8], [0.9, 0.1]])}
     missing = fit_decision({"test": np.array([1, 0])}, probs, "youden", ["a", "b"], "b")
-    assert (missing.threshold, missing.temperature, missing.rule) == (0.5, 1.0, "default: no validation split")
+    assert (missing.threshold, missing.temperature, missing.rule) == (0.5, 1.0,
+                                                                    "default: no validation split (asked: youden)")
     one_class = fit_decision({"val": np.array([1, 1])}, {"val": probs["test"]}, "f1", ["a", "b"], "b")
-    assert one_class.rule == "default: one class in the validation split" and one_class.threshold == 0.5
+    assert one_class.rule == "default: one class in the validation split (asked: f1)" and one_class.threshold == 0.5
+    fixed = fit_decision({"test": np.array([1, 0])}, probs, "0.5", ["a", "b"], "b")
+    assert fixed.rule == "default: no validation split"
 
 
 @pytest.mark.parametrize("text, canonical", [("youden", "youden"), ("F1", "f1"), ("0.5", "0.5"), ("0.50", "0.5"),
@@ -265,6 +277,11 @@ def test_a_chosen_threshold_is_reproduced_from_the_validation_predictions_alone(
     test = list(csv.DictReader(open(result.run / "predictions_test.csv")))
     assert [r["pred"] for r in test] == ["right" if float(r["prob_right"]) >= metrics["threshold"]["value"]
                                          else "left" for r in test]
+    # the headline scores count the decisions the predictions file shows, not the most probable class
+    for split in ("val", "test"):
+        rows = list(csv.DictReader(open(result.run / f"predictions_{split}.csv")))
+        assert metrics[split]["accuracy"] == pytest.approx(np.mean([r["pred"] == r["label"] for r in rows]))
+        assert metrics[split]["accuracy"] == metrics[split]["threshold"]["accuracy"]
     again = evaluate_run(result.run, device="cpu")
     assert again["test"]["threshold"] == metrics["test"]["threshold"]
     assert again["test"]["ci95"] == metrics["test"]["ci95"]
@@ -283,3 +300,22 @@ def test_a_bad_threshold_is_one_line_and_writes_nothing(run_installed, knee, tmp
     code, out, _ = run_installed("train", "--help", env={"COLUMNS": "200"})
     assert code == 0 and "youden, f1, 0.5, sensitivity=X or specificity=X" in " ".join(out.split())
     assert "specificity=X (two classes) [default: (0.5)]" in " ".join(out.split())
+
+
+def test_the_trust_table_fits_80_columns_and_shows_every_interval(tiny_run):
+    from rich.console import Console
+
+    from perceiver_med.report import trust_table
+
+    metrics = json.loads((tiny_run.run / "metrics.json").read_text())
+    console = Console(width=80, record=True, color_system=None)
+    console.print(trust_table(metrics))
+    text = console.export_text()
+    assert "…" not in text and max(map(len, text.splitlines())) <= 80
+    for split in ("train", "val", "test"):
+        scores = metrics[split]
+        for name in ("accuracy", "roc_auc"):
+            interval = scores["ci95"][name]
+            assert f"{scores[name]:.3f}" in text
+            assert interval is None or f"[{interval[0]:.3f}, {interval[1]:.3f}]" in text, (split, name)
+        assert f"{scores['calibration']['ece']:.3f} -> {scores['calibration']['ece_after']:.3f}" in text
