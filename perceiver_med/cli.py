@@ -274,6 +274,9 @@ def split(data: Annotated[Optional[Path], typer.Argument(help="folder of scans",
           patient_regex: Annotated[Optional[str], typer.Option(help="regex for patient ids in paths",
                                                                metavar="REGEX")] = None,
           points: PointsOption = None,
+          folds: Annotated[Optional[int], typer.Option(
+              help="also deal the train and val patients into K cross-validation folds (a fold column; fold 0 "
+                   "is the val split; test patients stay held out)", metavar="K", min=2)] = None,
           overwrite: Overwrite = False, max_voxels: MaxVoxels = None):
     """Stratified, patient-grouped train/val/test split (or --check an existing one)."""
     from perceiver_med import dataset_ops
@@ -284,6 +287,8 @@ def split(data: Annotated[Optional[Path], typer.Argument(help="folder of scans",
     if check is not None:
         checked = dataset_ops.check_splits_file(check)
         console.print(counts_table(count_table(checked.rows)))
+        if any(row.fold is not None for row in checked.rows):
+            console.print(counts_table(count_table(checked.rows, by_fold=True), "fold"))
         for note in checked.notes:
             console.print(f"[yellow]note[/]: {escape(note)}")
         console.print(f"[green]ok[/]: {len(checked.rows)} scans, no patient in two splits, every file present")
@@ -295,8 +300,11 @@ def split(data: Annotated[Optional[Path], typer.Argument(help="folder of scans",
     except ValueError:
         raise UserError(f"--ratios must be three numbers like 0.6,0.2,0.2, got {ratios!r}") from None
     check_new_output(out, overwrite)
-    result = dataset_ops.split_folder(data, out, parsed, seed, label_from.value, labels, patient_regex, points)
+    result = dataset_ops.split_folder(data, out, parsed, seed, label_from.value, labels, patient_regex, points,
+                                      folds)
     console.print(counts_table(count_table(result.rows)))
+    if folds is not None:
+        console.print(counts_table(count_table(result.rows, by_fold=True), "fold"))
     _print_skips(result.discovery.skipped + result.labelled.skipped)
     for note in result.notes:
         console.print(f"[yellow]note[/]: {escape(note)}")
@@ -414,6 +422,11 @@ def train(splits: Annotated[Optional[Path], typer.Argument(help="splits CSV from
           dim: Annotated[Optional[int], typer.Option(help="ViT width (vit-rollout-cnn)", min=1, metavar="N")] = None,
           num_workers: Annotated[int, typer.Option(help="preprocessing processes (0: one per core, up to 8)", min=0,
                                                    metavar="N")] = 0,
+          fold: Annotated[Optional[int], typer.Option(
+              help="train one cross-validation fold: its rows are val, the other folds' train (split --folds)",
+              min=0, metavar="K")] = None,
+          cv: Annotated[bool, typer.Option("--cv", metavar="", help="train every fold into RUN/fold_<k>, score the "
+                                           "out-of-fold predictions, and make RUN their ensemble")] = False,
           resume: Annotated[bool, typer.Option("--resume", metavar="", help="continue an interrupted run in --out "
                                                "with the settings in its config.json")] = False,
           quiet: Annotated[bool, typer.Option("--quiet", metavar="", help="no per-epoch output")] = False,
@@ -426,18 +439,31 @@ def train(splits: Annotated[Optional[Path], typer.Argument(help="splits CSV from
     options = dict(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, patience=patience,
                    seed=seed, device=device.value, precision=precision.value, num_workers=num_workers,
                    class_weights=_value(class_weights), input=_value(input), size=size, channels=channels,
-                   grid_pad=grid_pad, fov_mm=fov_mm, slice_mm=slice_mm, window=window, flip=flip, positive=positive, threshold=threshold, num_latents=num_latents,
-                   latent_dim=latent_dim, num_iterations=num_iterations, depth=depth, dim=dim)
+                   grid_pad=grid_pad, fov_mm=fov_mm, slice_mm=slice_mm, window=window, flip=flip, positive=positive,
+                   threshold=threshold, num_latents=num_latents, latent_dim=latent_dim, num_iterations=num_iterations,
+                   depth=depth, dim=dim, fold=fold)
     try:
         with RichReporter(quiet or not main_process) as reporter:
-            result = train_run(splits, _value(model), out, resume=resume, reporter=reporter,
-                               on_prepared=reporter.preparing, **options)
+            trainer = train_run
+            if cv:
+                from perceiver_med.cv import train_cv as trainer
+            result = trainer(splits, _value(model), out, resume=resume, reporter=reporter,
+                             on_prepared=reporter.preparing, **options)
     except KeyboardInterrupt:
         if (out / "checkpoint.pt").is_file():
             raise Interrupted(f"interrupted; the last completed epoch is kept: continue with "
                               f"perceiver-med train --resume --out {out}") from None
         raise Interrupted("interrupted before the first epoch ended: nothing to resume") from None
     if not main_process:
+        return
+    if cv:
+        console.print(metrics_table(result.metrics, f"{len(result.config.ensemble)}-fold cross-validation of "
+                                                    f"{result.config.model['name']}: out of fold, and the folds' "
+                                                    f"ensemble on test (positive class: "
+                                                    f"{escape(result.config.positive_class)})"))
+        _print_trust(result.metrics)
+        console.print(f"run written to [bold]{escape(str(out))}[/] (fold_<k>/, metrics.json, "
+                      "predictions_out_of_fold.csv, predictions_test.csv)")
         return
     _print_skips(result.skipped)
     if "vit" in result.metrics:
@@ -519,6 +545,19 @@ def explain(run: Annotated[Path, typer.Argument(help="run directory", metavar="R
     for path in written:
         console.print(f"wrote [bold]{escape(str(path))}[/]")
     _print_skips(skipped)
+
+
+@app.command(short_help="The run as one self-contained HTML page (and Markdown): flow, metrics, checklist.")
+def report(run: Annotated[Path, typer.Argument(help="run directory", metavar="RUN")],
+           out: Annotated[Path, typer.Option(help="HTML file to write; OUT.md and OUT_files/ go beside it",
+                                             metavar="HTML")],
+           overwrite: Overwrite = False):
+    """A model card of a trained run: flow of patients, per-split characteristics, configuration and file hashes,
+    metrics with 95% intervals, calibration, the most confident errors, and a CLAIM 2024 checklist."""
+    from perceiver_med.reporting import write_report
+
+    written = write_report(run, out, overwrite)
+    console.print(f"wrote [bold]{escape(str(written))}[/] and [bold]{escape(str(written.with_suffix('.md')))}[/]")
 
 
 @app.command(short_help="Phantom knees end to end: synth, split, train, evaluate, predict, explain.")

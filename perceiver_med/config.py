@@ -84,6 +84,9 @@ class RunConfig:
         checkpoint_sha256: SHA-256 of the last two checkpoint.pt files written (a resume accepts either).
         threshold_rule: train's --threshold as asked (youden, f1, 0.5, sensitivity=X, specificity=X).
         decision: the temperature and threshold fitted after training (defaults for older runs: none, argmax).
+        fold: the cross-validation fold this run held out as its val split (train --fold), else None.
+        ensemble: for a cross-validated run (train --cv), its members' folders (fold_<k>), whose calibrated
+            probabilities are averaged; its own decision is then fitted on their out-of-fold predictions.
     """
 
     classes: list[str]
@@ -101,6 +104,8 @@ class RunConfig:
     versions: dict = field(default_factory=dict)
     threshold_rule: str = "0.5"
     decision: Decision = field(default_factory=Decision)
+    fold: int | None = None
+    ensemble: list[str] = field(default_factory=list)
 
     def to_json(self) -> str:
         data = {"classes": self.classes, "positive_class": self.positive_class,
@@ -109,7 +114,7 @@ class RunConfig:
                 "modality_groups": self.modality_groups, "splits_file": self.splits_file,
                 "splits_sha256": self.splits_sha256, "weights_sha256": self.weights_sha256,
                 "checkpoint_sha256": self.checkpoint_sha256, "threshold_rule": self.threshold_rule,
-                "decision": asdict(self.decision),
+                "decision": asdict(self.decision), "fold": self.fold, "ensemble": self.ensemble,
                 "versions": self.versions or versions()}
         return json.dumps(data, indent=2)
 
@@ -126,7 +131,9 @@ class RunConfig:
                    weights_sha256=data.get("weights_sha256", ""),
                    checkpoint_sha256=list(data.get("checkpoint_sha256", [])), versions=data.get("versions", {}),
                    threshold_rule=str(data.get("threshold_rule", "0.5")),
-                   decision=Decision(**data.get("decision", {})))
+                   decision=Decision(**data.get("decision", {})),
+                   fold=None if data.get("fold") is None else int(data["fold"]),
+                   ensemble=[str(member) for member in data.get("ensemble", [])])
 
 
 def load_run_config(run: Path) -> RunConfig:

@@ -18,8 +18,8 @@ from perceiver_med.io.labels import LabelledScan, LabelledSet, label_scans
 from perceiver_med.points import PointSample, match_points, read_points
 from perceiver_med.preprocess import PreprocessConfig
 from perceiver_med.windows import parse_window
-from perceiver_med.splits import (SPLITS, SplitRow, assign_splits, check_ratios, find_problems, read_splits,
-                                  rows_from_items, split_notes, write_splits)
+from perceiver_med.splits import (SPLITS, SplitRow, assign_folds, assign_splits, check_ratios, find_problems,
+                                  fold_notes, read_splits, rows_from_items, split_notes, write_splits)
 
 INSPECT_COLUMNS = ["file", "scan", "status", "reason", "kind", "modality", "shape"]
 
@@ -53,9 +53,10 @@ class SplitResult:
 
 def split_folder(data: Path, out: Path, ratios=(0.6, 0.2, 0.2), seed: int = 0, label_from: str = "auto",
                  labels_csv: Path | None = None, patient_regex: str | None = None,
-                 points_csv: Path | None = None) -> SplitResult:
+                 points_csv: Path | None = None, folds: int | None = None) -> SplitResult:
     """Discover, label and split a folder of scans; write splits.csv. With `points_csv`, one row per point,
-    labelled by the points file, its patient from the file or else the scan's DICOM PatientID."""
+    labelled by the points file, its patient from the file or else the scan's DICOM PatientID. With `folds`,
+    the train and val patients together are dealt into that many cross-validation folds (see assign_folds)."""
     check_ratios(tuple(ratios))
     refuse_inside(out, data)
     discovery = discover(data)
@@ -71,12 +72,14 @@ def split_folder(data: Path, out: Path, ratios=(0.6, 0.2, 0.2), seed: int = 0, l
     if points_csv is not None:
         for row, sample in zip(rows, samples):
             row.point, row.diameter_mm, row.point_id = sample.row.point, sample.row.diameter_mm, sample.row.point_id
+    if folds is not None:
+        assign_folds(rows, folds, seed)
     problems = find_problems(rows)  # what `split --check` and `train` would refuse is never written
     if problems:
         raise UserError(f"{printable(data)}: " + "; ".join(problems))
     write_splits(rows, out)
     asked = [split for split, ratio in zip(SPLITS, ratios) if split != "train" and ratio > 0]
-    return SplitResult(discovery, labelled, rows, labelled.notes + split_notes(rows, asked))
+    return SplitResult(discovery, labelled, rows, labelled.notes + split_notes(rows, asked) + fold_notes(rows))
 
 
 def label_points(points_csv: Path, discovery: Discovery) -> tuple[LabelledSet, list[PointSample]]:
@@ -109,7 +112,7 @@ def check_splits_file(csv_path: Path) -> SplitCheck:
     problems = find_problems(rows)
     if problems:
         raise UserError(f"{printable(csv_path)}: " + "; ".join(problems))
-    return SplitCheck(rows, split_notes(rows))
+    return SplitCheck(rows, split_notes(rows) + fold_notes(rows))
 
 
 def preview_scan(scan: Path, prefix: Path, input: str = "auto", size: int | None = None,

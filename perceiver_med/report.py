@@ -56,10 +56,10 @@ def summary_line(read: int, skipped: int, what: str = "scan(s) read") -> str:
     return f"[bold]{read}[/] {what}, [bold]{skipped}[/] file(s) skipped"
 
 
-def counts_table(counts: dict[str, dict[str, tuple[int, int]]]) -> Table:
+def counts_table(counts: dict[str, dict[str, tuple[int, int]]], unit: str = "split") -> Table:
     labels = sorted({label for per_split in counts.values() for label in per_split})
-    table = Table(title="scans (patients) per split and class")
-    table.add_column("split")
+    table = Table(title=f"scans (patients) per {unit} and class")
+    table.add_column(unit)
     for label in labels:
         table.add_column(plain(label), justify="right")
     table.add_column("total", justify="right")
@@ -184,21 +184,27 @@ def save_overlay(picture: np.ndarray, heat: np.ndarray, path, title: str, heat_l
     save_figure(figure, path, {"Title": title, "Description": f"colour: {heat_label}"})
 
 
+# a cross-validated run reports its out-of-fold predictions where a single run reports val
+REPORTED_SPLITS = ("train", "val", "out_of_fold", "test")
+
+
 def metrics_table(metrics: dict, title: str = "metrics") -> Table:
-    columns = ("n", "loss", "accuracy", "balanced_accuracy", "roc_auc", "f1_macro", "sensitivity", "specificity")
+    # short headings and three decimals: nine columns fit an 80-column terminal
+    columns = {"n": "n", "loss": "loss", "accuracy": "acc.", "balanced_accuracy": "bal. acc.", "roc_auc": "AUC",
+               "f1_macro": "F1 macro", "sensitivity": "sens.", "specificity": "spec."}
     table = Table(title=title)
     table.add_column("split")
-    for column in columns:
-        table.add_column(column.replace("_", " "), justify="right")
-    for split in ("train", "val", "test"):
+    for heading in columns.values():
+        table.add_column(heading, justify="right")
+    for split in REPORTED_SPLITS:
         if split not in metrics:
             continue
         values = metrics[split]
         cells = []
         for column in columns:
             value = values.get(column)
-            cells.append("" if value is None else str(value) if column == "n" else f"{value:.4f}")
-        table.add_row(split, *cells)
+            cells.append("" if value is None else str(value) if column == "n" else f"{value:.3f}")
+        table.add_row(split.replace("_", " "), *cells)
     return table
 
 
@@ -215,14 +221,14 @@ def trust_table(metrics: dict) -> Table | None:
     threshold = metrics.get("threshold") or {}
     if "bootstrap" not in metrics:
         return None
-    splits = [s for s in ("train", "val", "test") if (metrics.get(s) or {}).get("n") and "ci95" in metrics[s]]
+    splits = [s for s in REPORTED_SPLITS if (metrics.get(s) or {}).get("n") and "ci95" in metrics[s]]
     title = (f"95% intervals ({metrics['bootstrap']['resamples']} patient resamples); threshold "
              + (f"{threshold['value']:.4g} ({threshold['rule']})" if threshold.get("value") is not None
                 else f"none ({threshold.get('rule')})") + f"; temperature {metrics['temperature']:.4g}")
     table = Table(title=plain(title))
     table.add_column("")
     for split in splits:
-        table.add_column(split, justify="right")
+        table.add_column(split.replace("_", " "), justify="right")
 
     def number(value) -> str:
         return "-" if value is None else f"{value:.3f}"

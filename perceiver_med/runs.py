@@ -25,7 +25,7 @@ from perceiver_med.io.labels import folder_label
 from perceiver_med.models import build_model, default_config
 from perceiver_med.scoring import apply_decision, fit_decision, run_summary, score_split
 from perceiver_med.preprocess import GRID_TILES
-from perceiver_med.splits import SplitRow, find_problems, read_splits, write_splits
+from perceiver_med.splits import SplitRow, find_problems, fold_rows, read_splits, write_splits
 from perceiver_med.trust import parse_threshold_rule
 from perceiver_med.windows import parse_window
 
@@ -96,7 +96,7 @@ def _check_output(out: Path, rows, resume: bool) -> None:
 # Options that may change when a run is resumed (where it runs, not what it learns).
 RUNTIME_OPTIONS = ("device", "num_workers", "precision")
 OTHER_OPTIONS = ("input", "size", "channels", "grid_pad", "flip", "positive", "threshold", "fov_mm", "slice_mm",
-                 "window")
+                 "window", "fold")
 
 
 def _stored_options(config: RunConfig) -> dict:
@@ -107,7 +107,7 @@ def _stored_options(config: RunConfig) -> dict:
               "fov_mm": config.preprocess.fov_mm, "slice_mm": config.preprocess.slice_mm,
               "window": config.preprocess.window,
               "flip": config.augment.flip, "positive": config.positive_class, "threshold": config.threshold_rule,
-              **asdict(config.train)}
+              "fold": config.fold, **asdict(config.train)}
     stored.update({k: model[k] for k in MODEL_OPTION_NAMES if k in model})
     return stored
 
@@ -157,7 +157,7 @@ def _new_config(rows: list[SplitRow], splits: Path, model_name: str, asked: dict
     return RunConfig(classes, preprocess, model_cfg, train, augment,
                      positive_class=pick_positive(classes, asked.get("positive")), scan_kinds=scans.kinds,
                      modality_groups=scans.modality_groups, splits_file=str(Path(splits).resolve()),
-                     versions=versions(), threshold_rule=asked.get("threshold", "0.5"))
+                     versions=versions(), threshold_rule=asked.get("threshold", "0.5"), fold=asked.get("fold"))
 
 
 def weights_metadata(config: RunConfig) -> dict[str, str]:
@@ -191,6 +191,8 @@ def train_run(splits: Path | None, model_name: str | None, out: Path, *, resume:
     if splits is None and not resume:
         raise UserError("train needs a splits file (or --resume --out RUN to continue a run)")
     rows = _sound_rows(splits) if splits is not None else []
+    if rows and asked.get("fold") is not None:
+        rows = fold_rows(rows, asked["fold"])
     main_process = Processes.planned().main  # under torchrun, rank 0 alone owns the run directory
     with RunLock(out, enabled=main_process):
         _check_output(out, rows, resume)
@@ -349,6 +351,8 @@ def load_model(run: Path, device: torch.device | None = None):
     if not run.is_dir():
         raise UserError(f"run directory {run} does not exist")
     config = load_run_config(run)
+    if config.ensemble:
+        return config, _load_ensemble(run, config, device)
     weights = run / "model.safetensors"
     if not weights.is_file():
         raise UserError(f"{run} has no model.safetensors (training stopped before its first epoch ended)")
@@ -361,6 +365,21 @@ def load_model(run: Path, device: torch.device | None = None):
         raise UserError(f"{run}/config.json describes no model this version can build: {exc}") from None
     load_weights(model, weights, config.weights_sha256, weights_metadata(config))
     return config, model.to(device or torch.device("cpu")).eval()
+
+
+def _load_ensemble(run: Path, config: RunConfig, device: torch.device | None):
+    """A cross-validated run's members (its own sub-folders), each checked as a run, as one model."""
+    from perceiver_med.models.ensemble import Ensemble
+
+    members = []
+    for name in config.ensemble:
+        if Path(name).name != name or name.startswith("."):
+            raise UserError(f"{run}/config.json names an ensemble member outside the run: {name!r}")
+        member, model = load_model(run / name, device)
+        if member.classes != config.classes or member.ensemble:
+            raise UserError(f"{run / name} is not a member of this run (its classes or kind differ)")
+        members.append((member.decision.temperature, model))
+    return Ensemble([m for _, m in members], [t for t, _ in members]).to(device or torch.device("cpu")).eval()
 
 
 def _num_classes(model: dict):

@@ -6,8 +6,9 @@ and test. Here the unit of assignment is the patient: every scan of a patient go
 from __future__ import annotations
 
 import os
+import warnings
 from collections import Counter, defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -95,6 +96,7 @@ class SplitRow:
     point: tuple[float, float, float] | None = None  # LPS mm: the sample is a point-centred grid
     diameter_mm: float | None = None
     point_id: str = ""  # where the point came from (its line in the points CSV)
+    fold: int | None = None  # cross-validation fold of a train/val row (split --folds); None for test rows
 
     @property
     def sample_key(self) -> tuple:
@@ -103,6 +105,40 @@ class SplitRow:
 
 
 POINT_COLUMNS = ["coordX", "coordY", "coordZ", "diameter_mm", "point_id"]
+
+
+def assign_folds(rows: list[SplitRow], folds: int, seed: int = 0) -> None:
+    """Give every train/val row a fold 0..folds-1 in place: patient-grouped, stratified by label
+    (scikit-learn's StratifiedGroupKFold); test rows stay held out, without a fold. A row's split becomes val
+    in fold 0 and train elsewhere, so the file trains fold 0 when no fold is asked for."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    pool = [row for row in rows if row.split != "test"]
+    patients = sorted({row.patient_id for row in pool})
+    if folds < 2 or folds > len(patients):
+        raise UserError(f"--folds must be between 2 and the number of train/val patients ({len(patients)}), "
+                        f"not {folds}")
+    labels = [row.label for row in pool]
+    # a class with fewer patients than folds leaves some folds without it: allowed, and said by split_notes
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "The least populated class", UserWarning)
+        splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+        assigned = splitter.split(np.zeros(len(pool)), labels, [row.patient_id for row in pool])
+        for fold, (_, held) in enumerate(assigned):
+            for k in held:
+                pool[k].fold = fold
+                pool[k].split = "val" if fold == 0 else "train"
+
+
+def fold_rows(rows: list[SplitRow], fold: int) -> list[SplitRow]:
+    """The rows as fold `fold` trains on them: its own rows are val, the other folds' train, test stays."""
+    folds = sorted({row.fold for row in rows if row.fold is not None})
+    if not folds:
+        raise UserError("--fold needs a splits file with a fold column (split --folds K)")
+    if fold not in folds:
+        raise UserError(f"--fold {fold} is not a fold of this splits file (folds {folds[0]}..{folds[-1]})")
+    return [replace(row, split=row.split if row.fold is None else "val" if row.fold == fold else "train")
+            for row in rows]
 
 
 def rows_from_items(items: list[LabelledScan], splits: list[str]) -> list[SplitRow]:
@@ -124,8 +160,9 @@ def write_splits(rows: list[SplitRow], out: Path) -> None:
     with_slice = any(row.slice is not None for row in rows)
     with_point = any(row.point is not None for row in rows)
     with_series = with_series or (with_point and any(row.series_uid for row in rows))
+    with_fold = any(row.fold is not None for row in rows)
     columns = ["path", "label", "patient_id", "split"] + (["series_uid"] if with_series else []) + (
-        ["slice"] if with_slice else []) + (POINT_COLUMNS if with_point else [])
+        ["slice"] if with_slice else []) + (POINT_COLUMNS if with_point else []) + (["fold"] if with_fold else [])
     out_dir = Path(out).resolve().parent
 
     def values(row: SplitRow) -> list:
@@ -137,6 +174,8 @@ def write_splits(rows: list[SplitRow], out: Path) -> None:
         if with_point:  # floats, written as their repr: the point round-trips exactly
             cells += list(row.point) if row.point is not None else ["", "", ""]
             cells += ["" if row.diameter_mm is None else row.diameter_mm, row.point_id]
+        if with_fold:
+            cells.append("" if row.fold is None else row.fold)
         return cells
 
     write_csv(out, columns, map(values, rows))
@@ -166,8 +205,11 @@ def _split_row(record: CsvRow) -> SplitRow:
     patient = record.text("patient_id", any_bytes=True)
     if not patient:
         raise record.error("empty patient_id: every scan needs one, or a patient could sit in two splits")
+    fold = record.integer("fold")
+    if fold is not None and split == "test":
+        raise record.error("a test row has no fold: test patients are held out of cross-validation")
     return SplitRow(_scan_path(record), record.text("label", required=True), patient, split,
-                    record.text("series_uid"), record.integer("slice"), *_point_cells(record))
+                    record.text("series_uid"), record.integer("slice"), *_point_cells(record), fold=fold)
 
 
 def _point_cells(record: CsvRow) -> tuple:
@@ -217,6 +259,16 @@ def find_problems(rows: list[SplitRow]) -> list[str]:
     if shared:
         problems.append(f"{len(shared)} scan(s) or series in more than one split, e.g. "
                         f"{printable(shared[0][1])} in {', '.join(sorted(splits_of_image[shared[0]]))}")
+    folds_of: dict[str, set] = defaultdict(set)
+    for row in rows:
+        if row.split != "test":
+            folds_of[row.patient_id].add(row.fold)
+    if any(row.fold is not None for row in rows):
+        split_up = sorted(p for p, f in folds_of.items() if len(f) > 1 or None in f)
+        if split_up:
+            problems.append(f"{len(split_up)} train/val patient(s) without one fold, e.g. patient "
+                            f"{printable(split_up[0])} in folds "
+                            f"{', '.join('none' if f is None else str(f) for f in sorted(folds_of[split_up[0]], key=str))}")
     repeated = [key for key, n in Counter(row.sample_key for row in rows).items() if n > 1]
     if repeated:
         problems.append(f"{len(repeated)} scan(s) listed more than once, e.g. {printable(repeated[0][0])}")
@@ -237,12 +289,28 @@ def split_notes(rows: list[SplitRow], splits=("val", "test")) -> list[str]:
             for split in splits if not any(row.split == split for row in rows)]
 
 
-def count_table(rows: list[SplitRow]) -> dict[str, dict[str, tuple[int, int]]]:
-    """{split: {label: (scans, patients)}}."""
-    scans = Counter((row.split, row.label) for row in rows)
+def fold_notes(rows: list[SplitRow]) -> list[str]:
+    """Warnings about cross-validation folds that lack a class (too few patients of it for the folds)."""
+    classes = sorted({row.label for row in rows})
+    folds = sorted({row.fold for row in rows if row.fold is not None})
+    notes = []
+    for fold in folds:
+        missing = sorted(set(classes) - {row.label for row in rows if row.fold == fold})
+        if missing:
+            notes.append(f"fold {fold} has no {', '.join(missing)} scans: its validation scores are one-sided")
+    return notes
+
+
+def count_table(rows: list[SplitRow], by_fold: bool = False) -> dict[str, dict[str, tuple[int, int]]]:
+    """{split: {label: (scans, patients)}}, or {"fold k": ...} over the rows that have a fold."""
+    def group(row: SplitRow) -> str | None:
+        return (None if row.fold is None else f"fold {row.fold}") if by_fold else row.split
+
+    scans = Counter((group(row), row.label) for row in rows)
     patients = defaultdict(set)
     for row in rows:
-        patients[(row.split, row.label)].add(row.patient_id)
+        patients[(group(row), row.label)].add(row.patient_id)
     labels = sorted({row.label for row in rows})
-    return {split: {label: (scans[(split, label)], len(patients[(split, label)])) for label in labels}
-            for split in SPLITS}
+    groups = [f"fold {k}" for k in sorted({r.fold for r in rows if r.fold is not None})] if by_fold else SPLITS
+    return {name: {label: (scans[(name, label)], len(patients[(name, label)])) for label in labels}
+            for name in groups}

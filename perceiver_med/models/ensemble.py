@@ -1,0 +1,32 @@
+"""The folds of a cross-validated run as one model (train --cv)."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class Ensemble(nn.Module):
+    """Returns the log of the mean of the members' calibrated probabilities, softmax(logits / T_k).
+
+    Being log-probabilities already, softmax of the output is that mean itself, so `predict_probs`, `evaluate`
+    and occlusion evidence use an ensemble exactly as they use one model.
+    """
+
+    def __init__(self, members: list[nn.Module], temperatures: list[float]):
+        super().__init__()
+        if not members or len(members) != len(temperatures):
+            raise ValueError("an ensemble needs one temperature per member, and at least one member")
+        self.members = nn.ModuleList(members)
+        self.temperatures = [float(t) for t in temperatures]
+        # occlusion windows follow the members' token patch
+        self.patch_size = getattr(members[0], "patch_size", None) or getattr(
+            getattr(members[0], "vit", None), "patch_size", None)
+
+    @property
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        probs = torch.stack([torch.softmax(member(x).float() / t, dim=1)
+                             for member, t in zip(self.members, self.temperatures)]).mean(dim=0)
+        return probs.clamp_min(torch.finfo(probs.dtype).tiny).log()
