@@ -107,6 +107,10 @@ WindowOption = Annotated[Optional[str], typer.Option(
     help="intensities to [0, 1]: auto (CT volumes: lung window; other volumes: 0.5-99.5th percentiles of the "
          "volume; 2D images: their DICOM VOI, else percentiles), percentile, lung, mediastinum, soft-tissue, bone, "
          "brain, or LOW,HIGH in the scan's units (HU for CT)")]
+TtaOption = Annotated[int, typer.Option(
+    help="test-time augmentation: average the probabilities over N label-preserving views of each scan (the scan, "
+         "its mirror unless labels are sides, then warps within the training ranges); 1: none", min=1, max=64,
+    metavar="N")]
 PointsOption = Annotated[Optional[Path], typer.Option(
     help="CSV of points, one sample each: seriesuid or path, coordX,coordY,coordZ in DICOM patient mm (LPS), "
          "optionally diameter_mm, label, patient_id (LUNA16's annotations.csv)", metavar="CSV")]
@@ -480,13 +484,15 @@ def evaluate(run: Annotated[Path, typer.Argument(help="run directory", metavar="
                                                             "are refused", metavar="CSV",
                                                             show_default="the run's frozen copy")] = None,
              split: Annotated[SplitName, _choice("which split")] = SplitName.all,
-             device: DeviceOption = Device.auto, max_voxels: MaxVoxels = None):
+             tta: TtaOption = 1, device: DeviceOption = Device.auto, max_voxels: MaxVoxels = None):
     """Metrics of a trained run on the chosen splits."""
     from perceiver_med.runs import evaluate_run
 
     _voxel_budget(max_voxels)
-    metrics = evaluate_run(run, splits, split.value, device.value)
-    console.print(metrics_table(metrics, f"{escape(str(run))} (positive class: {escape(metrics['positive_class'])})"))
+    metrics = evaluate_run(run, splits, split.value, device.value, tta=tta)
+    views = f", mean of {tta} test-time views" if tta > 1 else ""
+    console.print(metrics_table(metrics, f"{escape(str(run))} (positive class: "
+                                         f"{escape(metrics['positive_class'])}{views})"))
     _print_trust(metrics)
 
 
@@ -500,7 +506,7 @@ def _print_trust(metrics: dict) -> None:
 def predict(run: Annotated[Path, typer.Argument(help="run directory", metavar="RUN")],
             scans: Annotated[Path, typer.Argument(help="folder of scans, or one file", metavar="SCANS")],
             out: Annotated[Path, typer.Option(help="predictions CSV to write", metavar="CSV")],
-            points: PointsOption = None,
+            points: PointsOption = None, tta: TtaOption = 1,
             device: DeviceOption = Device.auto, overwrite: Overwrite = False, max_voxels: MaxVoxels = None):
     """Predict every scan found in a folder with the run's preprocessing."""
     from rich.table import Table
@@ -510,8 +516,9 @@ def predict(run: Annotated[Path, typer.Argument(help="run directory", metavar="R
     _voxel_budget(max_voxels)
     with RichReporter() as reporter:
         predictions, skipped, classes = predict_run(run, scans, out, device.value, on_done=reporter.preparing,
-                                                    overwrite=overwrite, points=points)
-    table = Table(title=f"{len(predictions)} prediction(s)")
+                                                    overwrite=overwrite, points=points, tta=tta)
+    table = Table(title=f"{len(predictions)} prediction(s)" + (f", each the mean of {tta} test-time views"
+                                                                if tta > 1 else ""))
     for column in ("scan", "label", "pred", *(f"p({c})" for c in classes)):
         table.add_column(plain(column))
     for p in predictions[:30]:

@@ -345,8 +345,15 @@ def write_history(path: Path, history: list[dict]) -> None:
 
 
 # ---------------------------------------------------------------- using a finished run
-def load_model(run: Path, device: torch.device | None = None):
-    """The run's config and its best model, in eval mode; weights checked against config.json."""
+def load_model(run: Path, device: torch.device | None = None, tta: int = 1):
+    """The run's config and its best model, in eval mode; weights checked against config.json. With `tta` > 1
+    the model averages its probabilities over that many label-preserving views of each input (tta.py)."""
+    if tta != 1:
+        from perceiver_med.tta import AugmentedViews, check_views
+
+        check_views(tta)
+        config, model = load_model(run, device)
+        return config, AugmentedViews(model, config.augment, tta, config.train.seed).eval()
     run = Path(run)
     if not run.is_dir():
         raise UserError(f"run directory {run} does not exist")
@@ -387,16 +394,17 @@ def _num_classes(model: dict):
 
 
 def evaluate_run(run: Path, splits: Path | None = None, split: str = "all", device: str = "auto",
-                 workers: int = 0) -> dict:
+                 workers: int = 0, tta: int = 1) -> dict:
     """Metrics of a saved run on the chosen splits (the run's frozen copy of its splits by default), with the
-    run's own temperature and threshold, as metrics.json has them.
+    run's own temperature and threshold, as metrics.json has them; with `tta` > 1, of the mean probabilities
+    over that many label-preserving views of each scan (see tta.py).
 
     Another splits file may be given; scans or patients the run trained on are refused in its val/test rows.
     """
     if split not in (*SPLITS, "all"):
         raise UserError("--split must be train, val, test or all")
     torch_device = pick_device(device)
-    config, model = load_model(run, torch_device)
+    config, model = load_model(run, torch_device, tta)
     trained_on = frozen_rows(run, config)
     rows = trained_on if splits is None else _sound_rows(Path(splits))
     if splits is not None:
@@ -432,16 +440,17 @@ class Prediction:
 
 def predict_run(run: Path, scans: Path, out: Path, device: str = "auto", workers: int = 0,
                 on_done: Callable[[int, int], None] | None = None, overwrite: bool = False,
-                points: Path | None = None) -> tuple[list[Prediction], list[Skip], list[str]]:
+                points: Path | None = None, tta: int = 1) -> tuple[list[Prediction], list[Skip], list[str]]:
     """Predict every scan in a folder (or one file); writes path[,label],pred,prob_<class>...
 
-    Probabilities are calibrated with the run's temperature, and `pred` applies its threshold. A run trained
-    on points predicts the rows of `points` instead, one output row per point (see point_runs).
+    Probabilities are calibrated with the run's temperature, and `pred` applies its threshold; with `tta` > 1
+    they are the mean over that many label-preserving views of each scan (see tta.py). A run trained on points
+    predicts the rows of `points` instead, one output row per point (see point_runs).
     """
     from perceiver_med.point_runs import check_point_run, prepare_points, write_point_predictions
 
     torch_device = pick_device(device)
-    config, model = load_model(run, torch_device)
+    config, model = load_model(run, torch_device, tta)
     refuse_inside(out, scans)
     check_new_output(out, overwrite)
     check_point_run(config, points)
