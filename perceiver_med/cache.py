@@ -28,7 +28,7 @@ from perceiver_med.errors import ScanError
 from perceiver_med.files import atomic_path
 from perceiver_med.io import discover
 from perceiver_med.io.limits import describe
-from perceiver_med.preprocess import PreprocessConfig, scan_input
+from perceiver_med.preprocess import PreprocessConfig, point_inputs, scan_input
 
 
 def cache_root() -> Path:
@@ -85,10 +85,11 @@ def _identity(path: Path, series_uid: str) -> list:
 INPUT_VERSION = 2
 
 
-def cache_key(request: InputRequest, config: PreprocessConfig) -> str:
+def cache_key(request: InputRequest, config: PreprocessConfig, identity: list | None = None) -> str:
+    """`identity`: `_identity` of the request's files, when the caller has it already (points of one scan)."""
     point = None if request.point is None else [float(v) for v in request.point]
     blob = json.dumps([__version__, INPUT_VERSION, config.to_dict(), request.slice, point,
-                       _identity(request.path, request.series_uid)])
+                       identity if identity is not None else _identity(request.path, request.series_uid)])
     return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
 
@@ -130,13 +131,25 @@ def prepare(request: InputRequest, config: PreprocessConfig, root: Path | None =
                 return cached
     tensor = scan_input(find_scan(request.path, request.series_uid), config, request.slice,  # reads only the slices used
                         request.point)
+    _store(entry, tensor)
+    return tensor
+
+
+def _store(entry: Path | None, tensor: np.ndarray) -> None:
     if entry is not None:
         try:
             with atomic_path(entry, suffix=".npy") as temp:
                 np.save(temp, tensor)
         except OSError:
             pass  # a full or read-only cache costs speed, never the result
-    return tensor
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, ScanError):
+        return str(exc)
+    if isinstance(exc, MemoryError):
+        return "not enough memory to read this scan"
+    return f"could not be prepared ({type(exc).__name__}: {describe(exc)})"
 
 
 def _prepare_or_reason(args) -> tuple[np.ndarray | None, str]:
@@ -144,12 +157,54 @@ def _prepare_or_reason(args) -> tuple[np.ndarray | None, str]:
     request, config, root, use_cache = args
     try:
         return prepare(request, config, root, use_cache), ""
-    except ScanError as exc:
-        return None, str(exc)
-    except MemoryError:
-        return None, "not enough memory to read this scan"
     except Exception as exc:
-        return None, f"could not be prepared ({type(exc).__name__}: {describe(exc)})"
+        return None, _reason(exc)
+
+
+def _prepare_points_or_reasons(args) -> list[tuple[np.ndarray | None, str]]:
+    """The point grids of one scan (requests of one path and series): its files are identified, found and
+    decoded once for all the points not in the cache. A failure is the reason of every point it concerns."""
+    requests, config, root, use_cache = args
+    results: list[tuple[np.ndarray | None, str] | None] = [None] * len(requests)
+    entries: list[Path | None] = [None] * len(requests)
+    try:
+        if use_cache:
+            identity = _identity(requests[0].path, requests[0].series_uid)
+            for n, request in enumerate(requests):
+                entries[n] = (root or cache_root()) / f"{cache_key(request, config, identity)}.npy"
+                cached = _load_entry(entries[n], config) if entries[n].exists() else None
+                if cached is not None:
+                    results[n] = (cached, "")
+        missing = [n for n, result in enumerate(results) if result is None]
+        if missing:
+            scan = find_scan(requests[0].path, requests[0].series_uid)
+            for n, grid in zip(missing, point_inputs(scan, config, [requests[n].point for n in missing])):
+                if isinstance(grid, ScanError):
+                    results[n] = (None, str(grid))
+                else:
+                    _store(entries[n], grid)
+                    results[n] = (grid, "")
+    except Exception as exc:
+        reason = _reason(exc)
+        results = [result or (None, reason) for result in results]
+    return results
+
+
+def _prepare_job(args) -> list[tuple[np.ndarray | None, str]]:
+    requests, config, root, use_cache = args
+    if config.input == "point":
+        return _prepare_points_or_reasons(args)
+    return [_prepare_or_reason((requests[0], config, root, use_cache))]
+
+
+def _jobs(requests: list[InputRequest], config: PreprocessConfig) -> list[list[int]]:
+    """Indices of the requests each job prepares: one scan's points together, any other request alone."""
+    if config.input != "point":
+        return [[k] for k in range(len(requests))]
+    groups: dict[tuple, list[int]] = {}
+    for k, request in enumerate(requests):
+        groups.setdefault((str(request.path), request.series_uid), []).append(k)
+    return list(groups.values())
 
 
 def _worker_start(parent: int) -> None:
@@ -192,38 +247,41 @@ def prepare_many(requests: list[InputRequest], config: PreprocessConfig, workers
     """Prepare many scans in parallel processes. Returns arrays (None where a scan failed) and reasons.
 
     `on_done(done, total)` reports progress. A worker that dies (killed, out of memory) costs the scans it
-    held a retry in a fresh pool, never a hang.
+    held a retry in a fresh pool, never a hang. Point requests of one scan are one job (see point_inputs).
     """
     root = usable_cache_root() if use_cache else None
-    jobs = [(request, config, root, root is not None) for request in requests]
+    groups = _jobs(requests, config)
+    jobs = [(tuple(requests[k] for k in group), config, root, root is not None) for group in groups]
     workers = workers or min(os.cpu_count() or 1, 8)
-    results: list[tuple[np.ndarray | None, str] | None] = [None] * len(jobs)
+    results: list[tuple[np.ndarray | None, str] | None] = [None] * len(requests)
     done = 0
 
-    def finish(index, result):
+    def finish(job, job_results):
         nonlocal done
-        results[index] = result
-        done += 1
-        if on_done:
-            on_done(done, len(jobs))
+        for index, result in zip(groups[job], job_results):
+            results[index] = result
+            done += 1
+            if on_done:
+                on_done(done, len(requests))
 
     if workers <= 1 or len(jobs) < 16:
-        for index, job in enumerate(jobs):
-            finish(index, _prepare_or_reason(job))
+        for job in range(len(jobs)):
+            finish(job, _prepare_job(jobs[job]))
     else:
         for _attempt in range(2):
-            pending = [k for k, result in enumerate(results) if result is None]
+            pending = [g for g, group in enumerate(groups) if any(results[k] is None for k in group)]
             if not pending:
                 break
             with ProcessPoolExecutor(max_workers=min(workers, len(pending)), mp_context=_pool_context(),
                                      initializer=_worker_start, initargs=(os.getpid(),)) as pool:
-                futures = {pool.submit(_prepare_or_reason, jobs[k]): k for k in pending}
+                futures = {pool.submit(_prepare_job, jobs[g]): g for g in pending}
                 for future in as_completed(futures):
                     try:
                         finish(futures[future], future.result())
                     except BrokenProcessPool:
                         continue
-        for index, result in enumerate(results):
-            if result is None:
-                finish(index, (None, "a preprocessing worker died while reading this scan (out of memory?)"))
+        died = (None, "a preprocessing worker died while reading this scan (out of memory?)")
+        for job, group in enumerate(groups):
+            if results[group[0]] is None:  # a job's results come back together, or not at all
+                finish(job, [died] * len(group))
     return [array for array, _ in results], [reason for _, reason in results]

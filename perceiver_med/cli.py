@@ -318,6 +318,39 @@ def split(data: Annotated[Optional[Path], typer.Argument(help="folder of scans",
     console.print(f"splits written to [bold]{escape(str(out))}[/]")
 
 
+@app.command(short_help="Segmentation masks -> a points CSV: one point per connected component.")
+def points(masks: Annotated[Path, typer.Argument(help="folder of masks (NIfTI label maps named as their scans, "
+                                                      "or DICOM SEG), or one mask", metavar="MASKS")],
+           scans: Annotated[Path, typer.Option(help="folder of the scans the masks segment", metavar="DIR")],
+           out: Annotated[Path, typer.Option(help="points CSV to write", metavar="CSV")],
+           mask_labels: Annotated[Optional[str], typer.Option(
+               help="class of each label value (SEG: segment number), e.g. 1=benign,2=malignant; other values are "
+                    "left out (default: every value, labelled by the scan's class folder)",
+               metavar="VALUE=CLASS,...")] = None,
+           overwrite: Overwrite = False):
+    """Each connected component of a mask becomes one row: its centroid in patient mm (LPS), the diameter of a
+    sphere of its volume, its label; `split DATA --points CSV` takes the file."""
+    from rich.table import Table
+
+    from perceiver_med.files import check_new_output
+    from perceiver_med.masks import points_from_masks
+
+    check_new_output(out, overwrite)
+    result = points_from_masks(masks, scans, out, mask_labels)
+    table = Table(title=f"components per scan ({len(result.scans)} mask(s) used)")
+    for column in ("mask", "scan", "components"):
+        table.add_column(column, justify="right" if column == "components" else "left")
+    for item in result.scans:
+        table.add_row(plain(item.mask.name), plain(item.scan.id), str(len(item.components)))
+    console.print(table)
+    _print_skips(result.skipped, "skipped (masks and other files)")
+    for note in result.notes:
+        console.print(f"[yellow]note[/]: {escape(note)}")
+    console.print(f"labels from {escape(result.label_source)}; "
+                  + summary_line(result.rows, len(result.skipped), "point(s) from masks"))
+    console.print(f"points written to [bold]{escape(str(out))}[/]")
+
+
 @app.command()
 def preview(scan: Annotated[Path, typer.Argument(help="a scan file, or a folder holding one series",
                                                  metavar="SCAN")],
@@ -567,17 +600,24 @@ def report(run: Annotated[Path, typer.Argument(help="run directory", metavar="RU
     console.print(f"wrote [bold]{escape(str(written))}[/] and [bold]{escape(str(written.with_suffix('.md')))}[/]")
 
 
-@app.command(short_help="Phantom knees end to end: synth, split, train, evaluate, predict, explain.")
+class DemoKind(str, Enum):
+    knee = "knee"
+    lung = "lung"
+
+
+@app.command(short_help="Phantom data end to end: synth, split, train, evaluate, predict, explain.")
 def demo(out: Annotated[Path, typer.Option(help="folder for everything the demo writes", metavar="DIR")
                         ] = Path("demo-output"),
+         kind: Annotated[DemoKind, _choice("knee: laterality of phantom radiographs; lung: benign or malignant "
+                                           "nodule points in phantom chest CTs")] = DemoKind.knee,
          patients: Annotated[int, typer.Option(help="synthetic patients", min=8, metavar="N")] = 60,
          epochs: Annotated[int, typer.Option(help="maximum training epochs", min=1, metavar="N")] = 40,
          seed: Annotated[int, typer.Option(help="random seed", metavar="N")] = 0):
-    """synth knee -> split -> train a Perceiver -> evaluate -> predict -> explain, on the CPU in minutes."""
+    """synth -> split -> train a Perceiver -> evaluate -> predict -> explain, on the CPU in minutes."""
     from perceiver_med.demo import run_demo
 
     with RichReporter() as reporter:
-        run_demo(out, patients, epochs, seed, reporter, reporter.say)
+        run_demo(out, patients, epochs, seed, reporter, reporter.say, kind.value)
 
 
 def _usage_error_types() -> tuple[type, ...]:

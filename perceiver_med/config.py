@@ -146,12 +146,20 @@ def load_run_config(run: Path) -> RunConfig:
         raise UserError(f"{path} is damaged or not a perceiver-med config: {exc}") from None
 
 
-def versions() -> dict:
-    import numpy
-    import torch
+VERSIONED = ("torch", "numpy", "pydicom", "nibabel", "scikit-learn", "scipy", "safetensors", "pillow")
 
-    return {"perceiver_med": __version__, "torch": torch.__version__, "numpy": numpy.__version__,
-            "python": platform.python_version()}
+
+def versions() -> dict:
+    """The software a run was made with, for its report (packages by their distribution names)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {"perceiver_med": __version__, "python": platform.python_version()}
+    for name in VERSIONED:
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            found[name] = None
+    return found
 
 
 # Class names that usually mean "the finding is present": the default positive class.

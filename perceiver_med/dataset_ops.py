@@ -17,6 +17,7 @@ from perceiver_med.io.discover import Skip
 from perceiver_med.io.labels import LabelledScan, LabelledSet, label_scans
 from perceiver_med.points import PointSample, match_points, read_points
 from perceiver_med.preprocess import PreprocessConfig
+from perceiver_med.reporting.flow import write_flow_record
 from perceiver_med.windows import parse_window
 from perceiver_med.splits import (SPLITS, SplitRow, assign_folds, assign_splits, check_ratios, find_problems,
                                   fold_notes, read_splits, rows_from_items, split_notes, write_splits)
@@ -78,6 +79,7 @@ def split_folder(data: Path, out: Path, ratios=(0.6, 0.2, 0.2), seed: int = 0, l
     if problems:
         raise UserError(f"{printable(data)}: " + "; ".join(problems))
     write_splits(rows, out)
+    write_flow_record(out, discovery, labelled)  # files found and skipped, for the report's flow diagram
     asked = [split for split, ratio in zip(SPLITS, ratios) if split != "train" and ratio > 0]
     return SplitResult(discovery, labelled, rows, labelled.notes + split_notes(rows, asked) + fold_notes(rows))
 

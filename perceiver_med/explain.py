@@ -153,8 +153,8 @@ def _overlay(model, config, array: np.ndarray, name: str, truth: str | None, tar
     title = "\n".join([*textwrap.wrap(name, 52),
                        (f"true {truth}, " if truth else "") + f"predicted {predicted} "
                        f"(p = {float(probs[0, decided[0]]):.3f})",
-                       f"evidence: fall of log p({predicted}) when one {window}x{window} patch is "
-                       "painted dark or bright"])
+                       *textwrap.wrap(f"evidence: fall of log p({predicted}) when one {window}x{window} patch "
+                                      "is painted dark or bright", 52)])
     if target.exists() and not overwrite:
         raise UserError(f"{target} already exists: choose another --out, or add --overwrite")
     save_overlay(picture, evidence, target, title, f"fall of log p({predicted}), nats")

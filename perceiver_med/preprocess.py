@@ -211,6 +211,30 @@ def scan_input(scan, config: PreprocessConfig, center: int | None = None, point=
     return model_input(image, config, center)
 
 
+def point_inputs(scan, config: PreprocessConfig, points) -> list:
+    """The point grids of several points of one volume, decoding it once (a CT with four nodules was read four
+    times, a NIfTI whole each time): the slices from the lowest any point needs to the highest, or all of them
+    where `point_pick` cannot tell. Each item is the grid, or the ScanError that point alone raised."""
+    from perceiver_med.io import read_scan
+
+    if scan.kind != "volume":
+        raise ScanError("a 3x3 slice grid needs a volume, and this scan is a single 2D image")
+    picks = [point_pick(scan, config, point) for point in points]
+    pick = None
+    if picks and all(p is not None for p in picks):
+        def pick(num_slices: int) -> list[int]:
+            wanted = [k for p in picks for k in p(num_slices)]
+            return list(range(min(wanted), max(wanted) + 1))  # consecutive, as point_grid needs
+    image = read_scan(scan, pick)
+    grids = []
+    for point in points:
+        try:
+            grids.append(model_input(image, config, point=point))
+        except ScanError as exc:
+            grids.append(exc)
+    return grids
+
+
 # ---------------------------------------------------------------- grids centred on a point, in millimetres
 def point_lattice(image, point_lps, fov_mm: float, slice_mm: float, size: int) -> np.ndarray:
     """(9, S, S, 3): LPS mm of the samples of a point-centred grid.

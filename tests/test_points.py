@@ -338,3 +338,30 @@ def test_reading_only_the_slices_a_point_needs_gives_the_same_grid(phantom):
             assert len(pick(sample.scan.shape[0])) < sample.scan.shape[0]
         whole = model_input(read_scan(sample.scan), CONFIG, point=sample.row.point)
         np.testing.assert_array_equal(scan_input(sample.scan, CONFIG, point=sample.row.point), whole)
+
+
+def test_the_points_of_one_scan_read_together_give_each_points_own_grid(phantom, monkeypatch):
+    """prepare_many decodes a scan once for all its points (the union of their slices): each grid must be the one
+    that point alone gives, and a point outside its scan fails alone."""
+    import perceiver_med.io as io
+    from perceiver_med.cache import InputRequest, prepare, prepare_many
+
+    fmt, out = phantom
+    table = read_points(out / "points.csv")
+    samples, _ = match_points(table, discover(out / "scans"))
+    requests = [InputRequest(s.scan.path, s.scan.series_uid, point=s.row.point) for s in samples]
+    first = requests[0]
+    requests.append(InputRequest(first.path, first.series_uid, point=(first.point[0], first.point[1], 1e4)))
+    reads = []
+    real_read = io.read_scan
+    monkeypatch.setattr(io, "read_scan", lambda scan, pick=None: reads.append(scan.path) or real_read(scan, pick))
+    arrays, reasons = prepare_many(requests, CONFIG, workers=1)
+    assert sorted(reads) == sorted({s.scan.path for s in samples})  # one read per scan, not per point
+    assert "lies outside this scan" in reasons[-1] and arrays[-1] is None
+    monkeypatch.setattr(io, "read_scan", real_read)
+    for request, array, reason in zip(requests[:-1], arrays, reasons):
+        assert reason == ""
+        np.testing.assert_array_equal(array, prepare(request, CONFIG, use_cache=False))
+    again, _ = prepare_many(requests, CONFIG, workers=1)  # from the cache, the same arrays
+    for before, after in zip(arrays[:-1], again):
+        np.testing.assert_array_equal(before, after)

@@ -447,6 +447,8 @@ def header(path: Path) -> dict:
     if "Rows" not in ds or "Columns" not in ds:
         name = getattr(ds.get("SOPClassUID"), "name", "") or ds.get("Modality", "unknown")
         raise ScanError(f"no pixel data ({name})")
+    if str(ds.get("Modality", "")).upper() == "SEG":  # a label map beside its CT (TCIA layouts), not a scan
+        raise ScanError("a segmentation (DICOM SEG), not an image: `perceiver-med points` turns it into points")
     rows, columns, frames = _image_size(ds)
     return {
         **_geometry(ds, frames),

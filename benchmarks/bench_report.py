@@ -1,0 +1,83 @@
+"""What `perceiver-med report` adds to a demo-sized run: seconds of write_report, against the demo's own time.
+
+    python benchmarks/bench_report.py [--epochs 2] [--json report.json]
+    python benchmarks/bench_report.py --run RUN        # an existing run (e.g. demo-output/run)
+
+Without --run it builds the demo's data set (60 phantom knee patients, PNG, the demo's seed and Perceiver) and
+trains it for --epochs epochs only: the report's cost does not depend on the epochs, and a barely trained model
+makes errors, so the failure gallery (the report's dearest part) is drawn. The demo's 40-epoch time is then
+estimated from the measured time per epoch. The report is written twice: cold (first imports, matplotlib's
+font cache) and warm. Prints JSON.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+DEMO_EPOCHS = 40  # perceiver-med demo's default
+
+
+def _demo_run(folder: Path, epochs: int) -> tuple[Path, dict]:
+    from perceiver_med.dataset_ops import split_folder
+    from perceiver_med.runs import train_run
+    from perceiver_med.synth import synth
+
+    started = time.perf_counter()
+    data, _ = synth("knee", folder / "knee", 60, "png", 0)
+    split_folder(data, folder / "splits.csv", seed=0)
+    train_run(folder / "splits.csv", "perceiver", folder / "run", epochs=epochs, seed=0, device="cpu",
+              precision="fp32")
+    seconds = time.perf_counter() - started
+    with open(folder / "run" / "history.csv", newline="") as handle:
+        per_epoch = [float(row["seconds"]) for row in csv.DictReader(handle)]
+    mean_epoch = sum(per_epoch) / len(per_epoch)
+    return folder / "run", {"epochs_trained": len(per_epoch), "pipeline_seconds": round(seconds, 2),
+                            "seconds_per_epoch": round(mean_epoch, 2),
+                            "demo_seconds_estimate": round(seconds - sum(per_epoch) + DEMO_EPOCHS * mean_epoch, 1)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--run", type=Path, help="report this run instead of building a demo-sized one")
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--json", type=Path, help="write the figures here too")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as temp:
+        temp = Path(temp)
+        os.environ.setdefault("PERCEIVER_MED_CACHE", str(temp / "cache"))
+        import torch
+
+        from perceiver_med.reporting import write_report
+
+        run, demo = (args.run, {}) if args.run else _demo_run(temp, args.epochs)
+        timings = []
+        for attempt in ("cold", "warm"):
+            started = time.perf_counter()
+            html = write_report(run, temp / attempt / "report.html")
+            timings.append(time.perf_counter() - started)
+        errors = len(list((temp / "warm" / "report_files").glob("error_*.png")))
+        with open(run / "predictions_test.csv", newline="") as handle:
+            wrong = sum(row["pred"] != row.get("label", row["pred"]) for row in csv.DictReader(handle))
+        result = {"benchmark": "report", "report_seconds_cold": round(timings[0], 2),
+                  "report_seconds_warm": round(timings[1], 2), "html_bytes": html.stat().st_size,
+                  "test_errors": wrong, "gallery_images": errors, **demo,
+                  "platform": {"python": platform.python_version(), "torch": torch.__version__,
+                               "cpu_count": os.cpu_count(), "threads": torch.get_num_threads(),
+                               "machine": platform.machine()}}
+        if demo:
+            result["report_fraction_of_demo"] = round(timings[0] / demo["demo_seconds_estimate"], 4)
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.json:
+        args.json.write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

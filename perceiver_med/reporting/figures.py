@@ -1,0 +1,167 @@
+"""The report's figures as PNG files in one folder: ROC curves, confusion matrices, reliability diagrams, the
+training curves, and occlusion-evidence overlays of the most confident test errors.
+
+Confusion matrices and reliability diagrams are drawn by perceiver_med.report from metrics.json, so the
+figures show exactly the numbers the tables do. No figure title names a file: paths may hold patient ids.
+"""
+from __future__ import annotations
+
+import math
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from perceiver_med.reporting.run_record import REPORT_SPLITS, Prediction, RunRecord
+
+GALLERY_SIZE = 6
+OCCLUSION_GRID = 8  # windows per side at most: the gallery must stay cheap beside training
+
+
+@dataclass
+class Figure:
+    file: str  # name inside the images folder
+    caption: str
+
+
+def roc_figure(record: RunRecord, folder: Path) -> Figure | None:
+    """ROC curves of the positive class (against all others) for each split, with the run's operating point."""
+    from sklearn.metrics import roc_curve
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from perceiver_med.report import PLAIN, save_figure
+
+    positive = record.config.positive_class
+    threshold = (record.metrics.get("threshold") or {}).get("value")
+    figure, axis = plt.subplots(figsize=(5.2, 5.2))
+    axis.plot([0, 1], [0, 1], ":", color="grey", label="chance")
+    drawn = False
+    for split in REPORT_SPLITS:
+        rows = record.predictions.get(split, [])
+        truth = np.array([p.label == positive for p in rows])
+        if len(rows) == 0 or truth.all() or not truth.any():
+            continue  # ROC needs both classes
+        scores = np.array([p.probs[positive] for p in rows])
+        fpr, tpr, _ = roc_curve(truth, scores)
+        auc = record.metrics.get(split, {}).get("roc_auc")
+        line, = axis.plot(fpr, tpr, "--" if split == "val" else "-", linewidth=2.2 if split == "test" else 1.2,
+                          label=f"{split} (n={len(rows)}" + (f", AUC {auc:.3f})" if auc is not None else ")"))
+        if threshold is not None and len(record.config.classes) == 2:
+            called = scores >= threshold
+            axis.plot([called[~truth].mean()], [called[truth].mean()], "o", color=line.get_color(), markersize=7)
+        drawn = True
+    if not drawn:
+        plt.close(figure)
+        return None
+    axis.set_xlabel(f"1 - specificity ({positive} against the rest)", **PLAIN)
+    axis.set_ylabel("sensitivity", **PLAIN)
+    axis.set_title("ROC curves; dots: the run's threshold" if threshold is not None else "ROC curves", **PLAIN)
+    axis.grid(alpha=0.3)
+    for text in axis.legend(loc="lower right").get_texts():
+        text.set_parse_math(False)
+    figure.tight_layout()
+    save_figure(figure, folder / "roc.png")
+    return Figure("roc.png", f"ROC curves of {positive} against the other classes, from the run's "
+                             "predictions_<split>.csv (calibrated probabilities); a dot marks the threshold.")
+
+
+def split_figures(record: RunRecord, folder: Path) -> dict[str, list[Figure]]:
+    """{split: [confusion matrix at the run's decisions, reliability diagram before and after temperature]}."""
+    from perceiver_med.report import save_confusion, save_reliability
+
+    figures: dict[str, list[Figure]] = {}
+    for split in REPORT_SPLITS:
+        values = record.metrics.get(split) or {}
+        if not values.get("n"):
+            continue
+        at = values.get("threshold")
+        matrix = at["confusion_matrix"] if at else values["confusion_matrix"]
+        rule = f"at threshold {at['value']:.4g}" if at else "most probable class"
+        save_confusion(matrix, record.config.classes, f"{split}, {rule}", folder / f"confusion_{split}.png")
+        figures[split] = [Figure(f"confusion_{split}.png", f"{split}: confusion matrix ({rule}); rows true, "
+                                                           "columns predicted")]
+        calibration = values.get("calibration")
+        if calibration:
+            save_reliability(calibration["reliability"], record.config.decision.temperature, split,
+                             folder / f"reliability_{split}.png")
+            figures[split].append(Figure(f"reliability_{split}.png",
+                                         f"{split}: reliability before and after temperature scaling"))
+    return figures
+
+
+def curves_figure(record: RunRecord, folder: Path) -> Figure | None:
+    source = record.run / "curves.png"
+    if not source.is_file():
+        return None
+    shutil.copyfile(source, folder / "curves.png")
+    return Figure("curves.png", "loss and accuracy per epoch (the run's curves.png)")
+
+
+def confident_errors(predictions: list[Prediction], limit: int = GALLERY_SIZE) -> list[int]:
+    """Indices of wrong predictions with a known label, most confident (highest p of the call) first."""
+    wrong = [k for k, p in enumerate(predictions) if p.label and p.pred != p.label]
+    return sorted(wrong, key=lambda k: -predictions[k].probs[predictions[k].pred])[:limit]
+
+
+def _rows_of_predictions(record: RunRecord, split: str) -> list:
+    """The splits row behind each prediction: predictions follow the split's rows in order, skipping any row
+    that was unreadable at training time, so one walk pairs them (repeated paths, points, included)."""
+    rows = [row for row in record.rows if row.split == split]
+    paired, start = [], 0
+    for path in record.prediction_paths.get(split, []):
+        found = next((k for k in range(start, len(rows)) if str(rows[k].path) == path), None)
+        paired.append(None if found is None else rows[found])
+        start = start if found is None else found + 1
+    return paired
+
+
+def gallery(record: RunRecord, folder: Path, split: str = "test") -> tuple[list[Figure], str]:
+    """Occlusion-evidence overlays of the most confident errors of `split`, and a sentence about them."""
+    import torch
+
+    from perceiver_med.cache import InputRequest, prepare
+    from perceiver_med.errors import ScanError
+    from perceiver_med.explain import evidence_map, occlusion_window
+    from perceiver_med.report import overlay_figure, save_figure
+    from perceiver_med.runs import load_model
+
+    predictions = record.predictions.get(split)
+    if not predictions:
+        return [], f"The run has no predictions_{split}.csv, so there is no failure analysis."
+    picked = confident_errors(predictions)
+    if not picked:
+        return [], f"No errors: every {split} prediction with a known label is correct."
+    config, model = load_model(record.run)
+    rows = _rows_of_predictions(record, split)
+    figures, unreadable = [], 0
+    for rank, k in enumerate(picked, 1):
+        p, row = predictions[k], rows[k]
+        try:
+            if row is None:
+                raise ScanError("not in the splits file")
+            array = prepare(InputRequest(row.path, row.series_uid, row.slice, row.point), config.preprocess)
+        except (ScanError, OSError):
+            unreadable += 1
+            continue
+        x = torch.from_numpy(array)[None]
+        side = max(x.shape[-2:])
+        window = max(occlusion_window(model, side), math.ceil(side / OCCLUSION_GRID))
+        heat = evidence_map(model, x, window)[0, 0].numpy()
+        picture = np.moveaxis(array, 0, -1) if array.shape[0] == 3 else array[0]
+        title = f"{split} error {rank}: true {p.label}, predicted {p.pred} (p = {p.probs[p.pred]:.3f})"
+        figure = overlay_figure(picture, heat, title, f"fall of log p({p.pred}), nats")
+        name = f"error_{rank}.png"
+        save_figure(figure, folder / name)
+        figures.append(Figure(name, f"{title}; line {p.line} of predictions_{split}.csv. Colour: how much "
+                                    f"log p({p.pred}) falls when a {window}\u00d7{window} patch is painted dark "
+                                    "or bright (occlusion evidence, perceiver_med.explain)."))
+    wrong = sum(1 for q in predictions if q.label and q.pred != q.label)
+    sentence = (f"{wrong} of {len(predictions)} {split} predictions are wrong; the {len(figures)} most confident "
+                "are shown with the evidence the model used" + (f" ({unreadable} could not be read again)"
+                                                                if unreadable else "") + ".")
+    return figures, sentence

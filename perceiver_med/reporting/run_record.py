@@ -1,0 +1,103 @@
+"""What a finished run directory holds, read once for the report: config, metrics, frozen splits, predictions,
+file digests, and the software it was trained with and is reported with."""
+from __future__ import annotations
+
+import json
+import platform
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+from perceiver_med.config import RunConfig, load_run_config
+from perceiver_med.csvfiles import read_csv
+from perceiver_med.engine import file_sha256
+from perceiver_med.errors import UserError
+from perceiver_med.runs import frozen_rows
+from perceiver_med.splits import SplitRow
+
+# a cross-validated run scores out-of-fold predictions where a single run scores val
+REPORT_SPLITS = ("train", "val", "out_of_fold", "test")
+# distributions whose versions a reader needs to rebuild the environment
+DISTRIBUTIONS = ("perceiver-med", "torch", "numpy", "scipy", "scikit-learn", "pydicom", "nibabel", "Pillow",
+                 "matplotlib", "safetensors", "einops")
+
+
+@dataclass
+class Prediction:
+    line: int  # the row's line in predictions_<split>.csv, so an author can look it up
+    label: str
+    pred: str
+    probs: dict[str, float]
+
+
+@dataclass
+class RunRecord:
+    run: Path
+    config: RunConfig
+    metrics: dict
+    rows: list[SplitRow]
+    predictions: dict[str, list[Prediction]]
+    prediction_paths: dict[str, list[str]]  # kept apart: paths may hold patient ids and never reach the report
+
+
+def read_run(run: Path) -> RunRecord:
+    """Everything the report shows, from the run alone; a run without metrics is a UserError."""
+    run = Path(run)
+    if not run.is_dir():
+        raise UserError(f"run directory {run} does not exist")
+    config = load_run_config(run)
+    metrics_path = run / "metrics.json"
+    if not metrics_path.is_file():
+        raise UserError(f"{run} has no metrics.json (training has not finished): nothing to report")
+    try:
+        metrics = json.loads(metrics_path.read_text())
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{metrics_path} cannot be read: {exc}") from None
+    rows = frozen_rows(run, config)
+    predictions, paths = {}, {}
+    for split in REPORT_SPLITS:
+        path = run / f"predictions_{split}.csv"
+        if path.is_file():
+            table = read_csv(path, "predictions file", ("path", "pred"))
+            predictions[split] = [Prediction(row.line, row.cells.get("label", ""), row.cells["pred"],
+                                             {c: float(row.cells[f"prob_{c}"]) for c in config.classes})
+                                  for row in table.rows]
+            paths[split] = [row.path() for row in table.rows]
+    return RunRecord(run, config, metrics, rows, predictions, paths)
+
+
+@dataclass
+class FileDigest:
+    name: str
+    size: int
+    sha256: str
+    recorded: str  # what config.json says of it: "matches", "DIFFERS" or ""
+
+
+def file_digests(run: Path, config: RunConfig) -> list[FileDigest]:
+    """SHA-256 of every file in the run (folds included), checked against config.json where it records one."""
+    recorded = {"model.safetensors": [config.weights_sha256], "splits.csv": [config.splits_sha256],
+                "checkpoint.pt": config.checkpoint_sha256}
+    digests = []
+    for path in sorted(p for p in Path(run).rglob("*") if p.is_file()):
+        name = path.relative_to(run).as_posix()
+        if any(part.startswith(".") for part in Path(name).parts):
+            continue  # the lock, temporaries of an interrupted write
+        digest = file_sha256(path)
+        known = [d for d in recorded.get(name, []) if d] if "/" not in name else []
+        status = "" if not known else "matches config.json" if digest in known else "DIFFERS from config.json"
+        digests.append(FileDigest(name, path.stat().st_size, digest, status))
+    return digests
+
+
+def software_versions(config: RunConfig) -> list[tuple[str, str, str]]:
+    """(name, version at training as config.json records it, version writing this report)."""
+    trained = {key.replace("_", "-"): value for key, value in (config.versions or {}).items()}
+    rows = [("python", trained.get("python", ""), platform.python_version())]
+    for name in DISTRIBUTIONS:
+        try:
+            now = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            now = "not installed"
+        rows.append((name, trained.get(name, ""), now))
+    return rows
