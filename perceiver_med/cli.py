@@ -109,7 +109,7 @@ WindowOption = Annotated[Optional[str], typer.Option(
          "brain, or LOW,HIGH in the scan's units (HU for CT)")]
 TtaOption = Annotated[int, typer.Option(
     help="test-time augmentation: average the probabilities over N label-preserving views of each scan (the scan, "
-         "its mirror unless labels are sides, then warps within the training ranges); 1: none", min=1, max=64,
+         "its mirror unless labels are sides, then warps within the training ranges); 1: none", min=1,
     metavar="N")]
 PointsOption = Annotated[Optional[Path], typer.Option(
     help="CSV of points, one sample each: seriesuid or path, coordX,coordY,coordZ in DICOM patient mm (LPS), "
@@ -487,12 +487,16 @@ def train(splits: Annotated[Optional[Path], typer.Argument(help="splits CSV from
             result = trainer(splits, _value(model), out, resume=resume, reporter=reporter,
                              on_prepared=reporter.preparing, **options)
     except KeyboardInterrupt:
+        if cv and (out / "cv.json").is_file():
+            raise Interrupted(f"interrupted; finished folds and the last completed epoch are kept: continue with "
+                              f"perceiver-med train --resume --cv --out {out}") from None
         if (out / "checkpoint.pt").is_file():
             raise Interrupted(f"interrupted; the last completed epoch is kept: continue with "
                               f"perceiver-med train --resume --out {out}") from None
         raise Interrupted("interrupted before the first epoch ended: nothing to resume") from None
     if not main_process:
         return
+    _print_skips(result.skipped)
     if cv:
         console.print(metrics_table(result.metrics, f"{len(result.config.ensemble)}-fold cross-validation of "
                                                     f"{result.config.model['name']}: out of fold, and the folds' "
@@ -502,7 +506,6 @@ def train(splits: Annotated[Optional[Path], typer.Argument(help="splits CSV from
         console.print(f"run written to [bold]{escape(str(out))}[/] (fold_<k>/, metrics.json, "
                       "predictions_out_of_fold.csv, predictions_test.csv)")
         return
-    _print_skips(result.skipped)
     if "vit" in result.metrics:
         console.print(metrics_table(result.metrics["vit"], "stage 1: ViT alone"))
     console.print(metrics_table(result.metrics, f"best checkpoint of {result.config.model['name']} "

@@ -146,7 +146,10 @@ def load_run_config(run: Path) -> RunConfig:
         raise UserError(f"{path} is damaged or not a perceiver-med config: {exc}") from None
 
 
-VERSIONED = ("torch", "numpy", "pydicom", "nibabel", "scikit-learn", "scipy", "safetensors", "pillow")
+# distributions whose versions a reader needs to rebuild the environment (recorded in config.json; the report
+# shows them beside the versions that wrote it)
+VERSIONED = ("torch", "numpy", "scipy", "scikit-learn", "pydicom", "nibabel", "highdicom", "pillow", "matplotlib",
+             "safetensors", "einops")
 
 
 def versions() -> dict:

@@ -16,16 +16,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from perceiver_med.config import Decision, RunConfig, load_run_config
+from perceiver_med.config import RunConfig, load_run_config
 from perceiver_med.datasets import load_split_inputs
 from perceiver_med.engine import Processes, Reporter, file_sha256, pick_device, predict_probs
 from perceiver_med.errors import UserError
-from perceiver_med.files import RunLock, atomic_text, holds_files, refuse_inside
+from perceiver_med.files import RunLock, atomic_text, holds_files
 from perceiver_med.runs import (FROZEN_SPLITS, MODEL_NAMES, RUNTIME_OPTIONS, TrainResult, load_model,
-                                train_run, write_predictions)
-from perceiver_med.scoring import apply_decision, run_summary, score_split
+                                refuse_inside_scans, train_run, write_predictions)
+from perceiver_med.scoring import apply_decision, fit_decision, run_summary, score_split
 from perceiver_med.splits import SplitRow, find_problems, fold_rows, read_splits, write_splits
-from perceiver_med.trust import choose_threshold, parse_threshold_rule
+from perceiver_med.trust import parse_threshold_rule
+from perceiver_med.windows import parse_window
 
 CV_FILE = "cv.json"  # how the folds are trained: the model and options, so a resume trains the rest alike
 
@@ -36,6 +37,11 @@ class CvResult:
     metrics: dict
     folds: list[TrainResult | None]  # None for a fold finished before a resume
     config: RunConfig
+
+    @property
+    def skipped(self) -> list:
+        """The scans that could not be prepared (every fold reads the same scans)."""
+        return next((fold.skipped for fold in self.folds if fold is not None), [])
 
 
 def train_cv(splits: Path | None, model_name: str | None, out: Path, *, resume: bool = False,
@@ -52,40 +58,66 @@ def train_cv(splits: Path | None, model_name: str | None, out: Path, *, resume: 
         raise UserError("--cv trains every fold: leave out --fold")
     if model_name is not None and model_name not in MODEL_NAMES:
         raise UserError(f"--model must be one of {', '.join(MODEL_NAMES)}")
-    main_process = Processes.planned().main
-    with RunLock(out, enabled=main_process):
+    options = _canonical({k: v for k, v in options.items() if v is not None})
+    processes = Processes.planned()
+    with RunLock(out, enabled=processes.main):
         if resume:
-            model_name, options, rows = _resumed(out, model_name, options, splits)
+            model_name, options, source = _resumed(out, model_name, options, splits)
+            rows = read_splits(out / FROZEN_SPLITS)
         else:
             if splits is None:
                 raise UserError("train --cv needs a splits file with a fold column (split --folds K)")
             if holds_files(out):
                 raise UserError(f"{out} already holds files: choose a new --out, or add --resume to continue")
-            rows = _cv_rows(Path(splits))
-            for folder in {row.path if row.path.is_dir() else row.path.parent for row in rows}:
-                refuse_inside(out, folder)
+            source = Path(splits).resolve()
+            rows = _cv_rows(source)
+            refuse_inside_scans(out, rows)
             model_name = model_name or "perceiver"
-            if main_process:
+            if processes.main:
                 out.mkdir(parents=True, exist_ok=True)
                 write_splits(rows, out / FROZEN_SPLITS)
-                record = {"model": model_name, "options": {k: v for k, v in options.items() if v is not None}}
+                record = {"model": model_name, "options": options, "splits_file": str(source)}
                 atomic_text(out / CV_FILE, lambda h: json.dump(record, h, indent=2))
         folds = sorted({row.fold for row in rows if row.fold is not None})
-        trained: list[TrainResult | None] = []
-        for fold in folds:
-            member = out / f"fold_{fold}"
-            if (member / "metrics.json").is_file():
-                reporter.message(f"fold {fold} of {len(folds)}: finished earlier, kept")
-                trained.append(None)
-                continue
-            again = (member / "checkpoint.pt").is_file()
-            reporter.message(f"fold {fold} of {len(folds)}" + (": resuming" if again else ""))
-            trained.append(train_run(None if again else out / FROZEN_SPLITS, model_name, member, resume=again,
-                                     reporter=reporter, on_prepared=on_prepared, fold=fold, **options))
-        if not main_process:
+        try:
+            trained = [_train_fold(out, fold, len(folds), source, model_name, options, reporter, on_prepared)
+                       for fold in folds]
+        except BaseException:
+            if not any((out / f"fold_{f}" / name).exists() for f in folds for name in ("checkpoint.pt",
+                                                                                       "metrics.json")):
+                for name in (CV_FILE, FROZEN_SPLITS):  # nothing to resume: a corrected retry starts afresh
+                    (out / name).unlink(missing_ok=True)
+            raise
+        if not processes.main:
             return CvResult(out, {}, trained, load_run_config(out / f"fold_{folds[0]}"))
-        config, metrics = _ensemble(out, rows, folds, options.get("device") or "auto")
+        config, metrics = _ensemble(out, rows, folds, str(source), options.get("device") or "auto")
         return CvResult(out, metrics, trained, config)
+
+
+def _train_fold(out: Path, fold: int, count: int, source: Path, model_name: str, options: dict,
+                reporter: Reporter, on_prepared) -> TrainResult | None:
+    """Fold `fold` into OUT/fold_<k>: kept when finished, resumed from its checkpoint, else trained afresh."""
+    member = out / f"fold_{fold}"
+    if (member / "metrics.json").is_file():
+        reporter.message(f"fold {fold} of {count}: finished earlier, kept")
+        return None
+    resuming = (member / "checkpoint.pt").is_file()
+    if not resuming:  # stopped before its first epoch ended: only the files train_run writes first are there
+        for name in ("config.json", FROZEN_SPLITS):
+            (member / name).unlink(missing_ok=True)
+    reporter.message(f"fold {fold} of {count}" + (": resuming" if resuming else ""))
+    # the user's splits file, not OUT's copy: under torchrun every process reads it before OUT's copy exists
+    return train_run(None if resuming else source, model_name, member, resume=resuming, reporter=reporter,
+                     on_prepared=on_prepared, fold=fold, **options)
+
+
+def _canonical(options: dict) -> dict:
+    """Options as train_run stores them, so a resume compares like with like (--threshold Youden = youden)."""
+    if "threshold" in options:
+        options["threshold"] = parse_threshold_rule(options["threshold"])
+    if "window" in options:
+        options["window"] = parse_window(options["window"])
+    return options
 
 
 def _cv_rows(splits: Path) -> list[SplitRow]:
@@ -101,85 +133,87 @@ def _cv_rows(splits: Path) -> list[SplitRow]:
     return [row if row.fold is None else replace(row, split="train") for row in rows]
 
 
-def _resumed(out: Path, model_name: str | None, options: dict, splits: Path | None):
+def _resumed(out: Path, model_name: str | None, options: dict, splits: Path | None) -> tuple[str, dict, Path]:
+    """The model, options and splits file a cross-validation started with; asked options must agree."""
     record_path = out / CV_FILE
     if not record_path.is_file():
         raise UserError(f"--resume --cv needs a cross-validation run directory, and {out} has no {CV_FILE}")
-    record = json.loads(record_path.read_text())
-    asked = {k: v for k, v in options.items() if v is not None and k not in RUNTIME_OPTIONS}
-    stored = record["options"]
-    conflicts = [f"--{k.replace('_', '-')} {v} (run: {stored.get(k, 'default')})" for k, v in asked.items()
-                 if stored.get(k) != v]
-    if model_name is not None and model_name != record["model"]:
-        conflicts.insert(0, f"--model {model_name} (run: {record['model']})")
+    try:
+        record = json.loads(record_path.read_text())
+        stored, started_with = dict(record["options"]), str(record["model"])
+    except (ValueError, KeyError, TypeError):
+        raise UserError(f"{record_path} is damaged: start the cross-validation again in a new --out") from None
+    conflicts = [f"--{k.replace('_', '-')} {v} (run: {stored.get(k, 'not given')})" for k, v in options.items()
+                 if k not in RUNTIME_OPTIONS and stored.get(k) != v]
+    if model_name is not None and model_name != started_with:
+        conflicts.insert(0, f"--model {model_name} (run: {started_with})")
     if conflicts:
         raise UserError(f"--resume continues {out} as its {CV_FILE} says; drop the options that contradict it: "
                         + ", ".join(conflicts))
-    rows = read_splits(out / FROZEN_SPLITS)
-    if splits is not None and _keys(_cv_rows(Path(splits))) != _keys(rows):
+    if splits is not None and {r.identity for r in _cv_rows(Path(splits))} != {
+            r.identity for r in read_splits(out / FROZEN_SPLITS)}:
         raise UserError(f"{splits} differs from the splits the cross-validation started with "
                         f"({out / FROZEN_SPLITS}): leave it out to resume")
-    runtime = {k: v for k, v in options.items() if v is not None and k in RUNTIME_OPTIONS}
-    return record["model"], {**stored, **runtime}, rows
+    source = Path(record.get("splits_file") or out / FROZEN_SPLITS)
+    if not source.is_file():  # moved since: the run's own copy has the same rows and folds
+        source = out / FROZEN_SPLITS
+    runtime = {k: v for k, v in options.items() if k in RUNTIME_OPTIONS}
+    return started_with, {**stored, **runtime}, source
 
 
-def _keys(rows: list[SplitRow]) -> set:
-    return {(str(r.path), r.label, r.patient_id, r.split, r.series_uid, r.slice, r.point, r.fold) for r in rows}
-
-
-def _calibrated(run: Path, rows: list[SplitRow], device: torch.device) -> tuple[list[SplitRow], np.ndarray]:
-    """A member's calibrated probabilities for `rows` (those it can prepare), as its predictions files hold."""
+def _calibrated(run: Path, rows: list[SplitRow], device: torch.device) -> dict[tuple, np.ndarray]:
+    """A member's calibrated probabilities, as its predictions files hold them, by sample, for the rows it can
+    prepare."""
     config, model = load_model(run, device)
     loaded = load_split_inputs(rows, config.preprocess)
     raw = predict_probs(model.forward, torch.from_numpy(loaded.inputs), device, precision=config.train.precision)
     probs, _ = apply_decision(raw, config.decision, config.classes.index(config.positive_class))
-    return loaded.rows, probs
+    return {row.sample_key: p for row, p in zip(loaded.rows, probs)}
 
 
-def _ensemble(out: Path, rows: list[SplitRow], folds: list[int], device: str) -> tuple[RunConfig, dict]:
+def _ensemble(out: Path, rows: list[SplitRow], folds: list[int], splits_file: str, device: str
+              ) -> tuple[RunConfig, dict]:
     """Score the out-of-fold predictions and the ensemble on test; write OUT's config, metrics and predictions."""
     torch_device = pick_device(device)
     members = [f"fold_{fold}" for fold in folds]
-    first = load_run_config(out / members[0])
-    classes, positive = first.classes, first.classes.index(first.positive_class)
+    member_config = load_run_config(out / members[0])
+    classes = member_config.classes
     index = {name: k for k, name in enumerate(classes)}
-    oof_rows, oof_probs, test_probs, per_fold = [], [], [], []
     test = [row for row in rows if row.split == "test"]
-    test_rows = test
+    out_of_fold: dict[tuple, np.ndarray] = {}
+    test_probs: list[dict[tuple, np.ndarray]] = []
+    per_fold = []
     for fold, member in zip(folds, members):
-        held = [row for row in fold_rows(rows, fold) if row.split == "val"]
-        kept, probs = _calibrated(out / member, held, torch_device)
-        oof_rows += kept
-        oof_probs.append(probs)
+        held_out = [row for row in fold_rows(rows, fold) if row.split == "val"]
+        out_of_fold.update(_calibrated(out / member, held_out, torch_device))
+        if test:
+            test_probs.append(_calibrated(out / member, test, torch_device))
         fold_metrics = json.loads((out / member / "metrics.json").read_text())
         per_fold.append({"fold": fold, **{split: {k: fold_metrics.get(split, {}).get(k)
                                                   for k in ("n", "accuracy", "roc_auc", "loss")}
                                           for split in ("train", "val", "test")}})
-        if test:
-            test_rows, probs = _calibrated(out / member, test, torch_device)
-            test_probs.append(probs)
-    oof = np.concatenate(oof_probs)
+    oof_rows = [row for row in rows if row.sample_key in out_of_fold]
+    oof = np.array([out_of_fold[row.sample_key] for row in oof_rows])
     oof_labels = np.array([index[row.label] for row in oof_rows])
-    rule = first.threshold_rule
-    decision = Decision(1.0, "each member on its own val fold", None if len(classes) != 2 else 0.5, rule,
-                        "fixed" if rule == "0.5" else "")
-    if len(classes) == 2 and parse_threshold_rule(rule) != "0.5":
-        if len(set(oof_labels.tolist())) < 2:
-            decision = replace(decision, rule=f"default: one class out of fold (asked: {rule})")
-        else:
-            decision = replace(decision, threshold=choose_threshold(oof_labels == positive, oof[:, positive], rule),
-                               chosen_on="out_of_fold")
-    config = replace(first, decision=decision, fold=None, ensemble=members, weights_sha256="", checkpoint_sha256=[],
-                     splits_sha256=file_sha256(out / FROZEN_SPLITS))
+    decision = fit_decision({"val": oof_labels}, {"val": oof}, member_config.threshold_rule, classes,
+                            member_config.positive_class, calibrate=False, source="out_of_fold")
+    decision = replace(decision, temperature_fitted_on="each member's own, on its val fold")
+    config = replace(member_config, decision=decision, fold=None, ensemble=members, weights_sha256="",
+                     checkpoint_sha256=[], splits_file=splits_file, splits_sha256=file_sha256(out / FROZEN_SPLITS))
     metrics = {"positive_class": config.positive_class, **run_summary(config),
-               "cross_validation": {"folds": len(folds), "members": members, "per_fold": per_fold,
-                                    "ensemble": "mean of the members' calibrated probabilities"},
+               "cross_validation": {
+                   "folds": len(folds), "members": members, "per_fold": per_fold,
+                   "ensemble": "mean of the members' calibrated probabilities",
+                   "out_of_fold_note": "each member's temperature and best epoch were chosen on its own val fold, "
+                                       "and the threshold on all of them: out-of-fold scores are optimistic; "
+                                       "test is held out from all of it"},
                "out_of_fold": score_split(oof_labels, oof, oof_rows, config)}
     _write(out, "out_of_fold", oof_rows, oof, config)
-    if test_probs:
-        ensemble = np.mean(test_probs, axis=0)
-        labels = np.array([index[row.label] for row in test_rows])
-        metrics["test"] = score_split(labels, ensemble, test_rows, config)
+    # a test sample counts only where every member could prepare it
+    test_rows = [row for row in test if all(row.sample_key in probs for probs in test_probs)]
+    if test_rows:
+        ensemble = np.mean([[probs[row.sample_key] for row in test_rows] for probs in test_probs], axis=0)
+        metrics["test"] = score_split(np.array([index[row.label] for row in test_rows]), ensemble, test_rows, config)
         _write(out, "test", test_rows, ensemble, config)
     atomic_text(out / "metrics.json", lambda h: json.dump(metrics, h, indent=2))
     atomic_text(out / "config.json", lambda h: h.write(config.to_json()))  # last: its presence marks a whole run

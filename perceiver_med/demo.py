@@ -33,13 +33,7 @@ def run_demo(out: Path, patients: int = 60, epochs: int = 40, seed: int = 0, rep
     say(f"1. phantom knee radiographs (PNG, AKOA-style names): {data}")
     split_folder(data, out / "splits.csv", seed=seed)
     say(f"2. patient-grouped splits: {out / 'splits.csv'}")
-    # fp32: the demo gives the same numbers on every CPU, with or without bf16 units
-    result = train_run(out / "splits.csv", "perceiver", out / "run", epochs=epochs, seed=seed, device="cpu",
-                       precision="fp32", reporter=reporter)
-    say(f"3. trained Perceiver: {out / 'run'} (config.json, model.safetensors, metrics.json, curves.png)")
-    test = evaluate_run(out / "run", split="test", device="cpu")["test"]
-    say(f"4. evaluated again from the saved weights: test accuracy {test['accuracy']:.4f}, "
-        f"loss {test['loss']:.4f}, ROC AUC {test['roc_auc']:.4f}")
+    result, test = _train_and_evaluate(out, epochs, seed, reporter, say, "on the radiographs")
     unseen, _ = synth("knee", out / "unseen", max(4, patients // 8), "png", seed + 1000)
     predictions, _, classes = predict_run(out / "run", unseen, out / "predictions.csv", device="cpu")
     correct = sum(p.pred in p.path.name.lower() for p in predictions)
@@ -52,6 +46,19 @@ def run_demo(out: Path, patients: int = 60, epochs: int = 40, seed: int = 0, rep
     return {"test": test, "train_metrics": result.metrics, "unseen_correct": correct, "unseen": len(predictions)}
 
 
+def _train_and_evaluate(out: Path, epochs: int, seed: int, reporter: Reporter | None, say: Callable[[str], None],
+                        what: str):
+    """Steps 3 and 4 of either demo: train the Perceiver on OUT/splits.csv, then score the saved weights."""
+    # fp32: the demo gives the same numbers on every CPU, with or without bf16 units
+    result = train_run(out / "splits.csv", "perceiver", out / "run", epochs=epochs, seed=seed, device="cpu",
+                       precision="fp32", reporter=reporter)
+    say(f"3. trained Perceiver {what}: {out / 'run'}")
+    test = evaluate_run(out / "run", split="test", device="cpu")["test"]
+    say(f"4. evaluated again from the saved weights: test accuracy {test['accuracy']:.4f}, "
+        f"loss {test['loss']:.4f}, ROC AUC {test['roc_auc']:.4f}")
+    return result, test
+
+
 def _lung_demo(out: Path, patients: int, epochs: int, seed: int, reporter: Reporter | None,
                say: Callable[[str], None]) -> dict:
     """The CT nodule path: chest CTs with several labelled nodules each, one sample per point."""
@@ -61,12 +68,7 @@ def _lung_demo(out: Path, patients: int, epochs: int, seed: int, reporter: Repor
         f"their centres (LUNA16 style, patient mm): {data / 'points.csv'}")
     split_folder(data / "scans", out / "splits.csv", seed=seed, points_csv=data / "points.csv")
     say(f"2. patient-grouped splits, one row per nodule point: {out / 'splits.csv'}")
-    result = train_run(out / "splits.csv", "perceiver", out / "run", epochs=epochs, seed=seed, device="cpu",
-                       precision="fp32", reporter=reporter)
-    say(f"3. trained Perceiver on 3x3 grids around each point: {out / 'run'}")
-    test = evaluate_run(out / "run", split="test", device="cpu")["test"]
-    say(f"4. evaluated again from the saved weights: test accuracy {test['accuracy']:.4f}, "
-        f"loss {test['loss']:.4f}, ROC AUC {test['roc_auc']:.4f}")
+    result, test = _train_and_evaluate(out, epochs, seed, reporter, say, "on 3x3 grids around each point")
     unseen, _ = synth("lung", out / "unseen", max(4, patients // 8), "dicom", seed + 1000, points=True)
     predictions, _, _ = predict_run(out / "run", unseen / "scans", out / "predictions.csv", device="cpu",
                                     points=unseen / "points.csv")

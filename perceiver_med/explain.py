@@ -24,7 +24,7 @@ from perceiver_med.csvfiles import printable
 from perceiver_med.files import check_new_output, refuse_inside
 from perceiver_med.io.discover import Skip
 from perceiver_med.io.labels import folder_label, laterality_of
-from perceiver_med.models import Perceiver, ViTRolloutCNN
+from perceiver_med.models import Perceiver, ViTRolloutCNN, token_patch
 from perceiver_med.runs import load_model
 from perceiver_med.scoring import apply_decision
 
@@ -33,7 +33,7 @@ FILL_QUANTILES = (0.02, 0.98)  # "dark" and "bright" paint, taken from the image
 
 def occlusion_window(model, side: int) -> int:
     """The side of an occluded patch: the model's token patch, but no more than 16 x 16 windows per image."""
-    patch = getattr(model, "patch_size", None) or getattr(getattr(model, "vit", None), "patch_size", None) or 8
+    patch = token_patch(model) or 8
     return max(int(patch), -(-side // 16))
 
 

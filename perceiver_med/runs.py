@@ -69,7 +69,7 @@ def _sound_rows(splits: Path) -> list[SplitRow]:
 
 
 def _row_set(rows: list[SplitRow]) -> set:
-    return {(str(r.path), r.label, r.patient_id, r.split, r.series_uid, r.slice, r.point) for r in rows}
+    return {row.identity for row in rows}
 
 
 def frozen_rows(run: Path, config: RunConfig) -> list[SplitRow]:
@@ -88,8 +88,12 @@ def _check_output(out: Path, rows, resume: bool) -> None:
             raise UserError(f"--resume needs an existing run directory, and {out} has no config.json")
     elif holds_files(out):
         raise UserError(f"{out} already holds files: choose a new --out, or add --resume to continue that run")
-    folders = {row.path if row.path.is_dir() else row.path.parent for row in rows}
-    for folder in folders:
+    refuse_inside_scans(out, rows)
+
+
+def refuse_inside_scans(out: Path, rows: list[SplitRow]) -> None:
+    """An output inside a folder of the scans would write into the user's data."""
+    for folder in {row.path if row.path.is_dir() else row.path.parent for row in rows}:
         refuse_inside(out, folder)
 
 

@@ -21,26 +21,31 @@ _SIDE = re.compile(r"(?<![a-z])(left|right)(?![a-z])", re.IGNORECASE)
 
 
 def fit_decision(labels: dict[str, np.ndarray], probs: dict[str, np.ndarray], rule: str, classes: list[str],
-                 positive_class: str) -> Decision:
+                 positive_class: str, *, calibrate: bool = True, source: str = "val") -> Decision:
     """Temperature and threshold from the "val" entries of `labels` and `probs` alone: other splits are never read.
 
     Without a validation split, or with one class in it, the temperature stays 1 and the threshold 0.5 (two
     classes), and `rule` says why. With more than two classes the decision is the most probable class.
+    Without `calibrate` the temperature stays 1 (probabilities calibrated already, as a cross-validated run's
+    out-of-fold ones); `source` names where the threshold was chosen ("val", "out_of_fold").
     """
     val_labels, val_probs = labels.get("val"), probs.get("val")
     binary = len(classes) == 2
-    missing = ("no validation split" if val_labels is None or len(val_labels) == 0 else
-               "one class in the validation split" if len(set(np.asarray(val_labels).tolist())) < 2 else "")
+    place = "the validation split" if source == "val" else source.replace("_", "-") + " predictions"
+    missing = (f"no {place}" if val_labels is None or len(val_labels) == 0 else
+               f"one class in {place}" if len(set(np.asarray(val_labels).tolist())) < 2 else "")
+    fitted_on = source if calibrate else ""
     if missing:
         asked = f" (asked: {rule})" if rule != "0.5" and binary else ""  # a fallback never passes for the rule asked
-        return Decision(1.0, f"default: {missing}", 0.5 if binary else None, f"default: {missing}{asked}", "")
-    temperature = fit_temperature(val_labels, val_probs)
+        return Decision(1.0, f"default: {missing}" if calibrate else "", 0.5 if binary else None,
+                        f"default: {missing}{asked}", "")
+    temperature = fit_temperature(val_labels, val_probs) if calibrate else 1.0
     if not binary:
-        return Decision(temperature, "val", None, f"argmax: more than two classes (asked: {rule})", "")
+        return Decision(temperature, fitted_on, None, f"argmax: more than two classes (asked: {rule})", "")
     positive = classes.index(positive_class)
     calibrated = apply_temperature(val_probs, temperature)
     threshold = choose_threshold(np.asarray(val_labels) == positive, calibrated[:, positive], rule)
-    return Decision(temperature, "val", threshold, rule, "fixed" if rule == "0.5" else "val")
+    return Decision(temperature, fitted_on, threshold, rule, "fixed" if rule == "0.5" else source)
 
 
 def apply_decision(raw_probs: np.ndarray, decision: Decision, positive: int) -> tuple[np.ndarray, np.ndarray]:

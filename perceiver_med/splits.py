@@ -99,6 +99,12 @@ class SplitRow:
     fold: int | None = None  # cross-validation fold of a train/val row (split --folds); None for test rows
 
     @property
+    def identity(self) -> tuple:
+        """Everything a splits file says of the row: two files are the same splits when these sets are equal."""
+        return (str(self.path), self.label, self.patient_id, self.split, self.series_uid, self.slice, self.point,
+                self.fold)
+
+    @property
     def sample_key(self) -> tuple:
         """What makes a row one sample: its scan, and its slice or point."""
         return (self.path, self.series_uid, self.slice, self.point)

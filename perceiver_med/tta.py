@@ -17,6 +17,7 @@ from torch import nn
 
 from perceiver_med.datasets import AugmentConfig, augment_batch
 from perceiver_med.errors import UserError
+from perceiver_med.models import token_patch
 
 MAX_VIEWS = 64
 
@@ -40,7 +41,7 @@ class AugmentedViews(nn.Module):
         super().__init__()
         self.model, self.views, self.seed = model, check_views(views), seed
         self.augment = augment
-        self.patch_size = getattr(model, "patch_size", None)
+        self.patch_size = token_patch(model)  # occlusion windows follow the model's token patch
 
     def view(self, x: torch.Tensor, k: int) -> torch.Tensor:
         """View k of every input of a (B, C, H, W) batch."""

@@ -140,14 +140,30 @@ def test_a_stopped_cross_validation_resumes_with_its_own_options(cv_run, tmp_pat
     run = tmp_path / "run"
     shutil.copytree(cv_run.run, run)
     kept = (run / "fold_0" / "model.safetensors").read_bytes()
-    shutil.rmtree(run / "fold_2")  # stopped before its last fold began
+    shutil.rmtree(run / "fold_1")  # stopped before this fold began
+    for path in (run / "fold_2").iterdir():  # killed before the first epoch of this one ended
+        if path.name not in ("config.json", "splits.csv"):
+            path.unlink()
     (run / "config.json").unlink()
     with pytest.raises(UserError, match="--lr"):
         train_cv(None, None, run, resume=True, lr=0.5)
-    result = train_cv(None, None, run, resume=True, device="cpu")
+    # the same options in another spelling are the same options
+    result = train_cv(None, None, run, resume=True, device="cpu", threshold="YOUDEN")
     assert (run / "fold_0" / "model.safetensors").read_bytes() == kept and result.folds[0] is None
     assert json.loads((run / "fold_2" / "config.json").read_text())["train"]["epochs"] == TINY_PERCEIVER_RUN["epochs"]
     assert (run / "config.json").is_file() and "test" in result.metrics
+
+
+def test_a_refused_option_leaves_nothing_to_block_the_corrected_command(folded, tmp_path):
+    from perceiver_med.cv import train_cv
+
+    with pytest.raises(UserError, match="--threshold"):
+        train_cv(folded, "perceiver", tmp_path / "run", threshold="bogus", **TINY_PERCEIVER_RUN)
+    with pytest.raises(UserError, match="not perceiver"):  # refused inside the first fold
+        train_cv(folded, "perceiver", tmp_path / "run", depth=2, **TINY_PERCEIVER_RUN)
+    from perceiver_med.files import holds_files
+
+    assert not holds_files(tmp_path / "run")  # what makes train refuse an --out
 
 
 def test_cross_validation_mistakes_are_one_line(run_installed, knee, folded, tmp_path):

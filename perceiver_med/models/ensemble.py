@@ -4,6 +4,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from perceiver_med.models.registry import token_patch
+
 
 class Ensemble(nn.Module):
     """Returns the log of the mean of the members' calibrated probabilities, softmax(logits / T_k).
@@ -18,9 +20,7 @@ class Ensemble(nn.Module):
             raise ValueError("an ensemble needs one temperature per member, and at least one member")
         self.members = nn.ModuleList(members)
         self.temperatures = [float(t) for t in temperatures]
-        # occlusion windows follow the members' token patch
-        self.patch_size = getattr(members[0], "patch_size", None) or getattr(
-            getattr(members[0], "vit", None), "patch_size", None)
+        self.patch_size = token_patch(members[0])  # occlusion windows follow the members' token patch
 
     @property
     def num_parameters(self) -> int:

@@ -66,3 +66,8 @@ def default_config(name: str, input_shape: tuple[int, int, int], num_classes: in
     if name == "cnn":
         return {"name": name, "in_channels": channels, **cnn_config(num_classes)}
     raise ValueError(f"no default configuration for {name!r}")
+
+
+def token_patch(model) -> int | None:
+    """Input pixels per token of a model, or of the ViT of a hybrid (None when it has no tokens: the CNN)."""
+    return getattr(model, "patch_size", None) or getattr(getattr(model, "vit", None), "patch_size", None)

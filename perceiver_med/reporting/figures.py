@@ -151,7 +151,8 @@ def gallery(record: RunRecord, folder: Path, split: str = "test") -> tuple[list[
         x = torch.from_numpy(array)[None]
         side = max(x.shape[-2:])
         window = max(occlusion_window(model, side), math.ceil(side / OCCLUSION_GRID))
-        heat = evidence_map(model, x, window)[0, 0].numpy()
+        # the evidence for the class the run decided (its threshold), as the title names it
+        heat = evidence_map(model, x, window, classes=torch.tensor([config.classes.index(p.pred)]))[0, 0].numpy()
         picture = np.moveaxis(array, 0, -1) if array.shape[0] == 3 else array[0]
         title = f"{split} error {rank}: true {p.label}, predicted {p.pred} (p = {p.probs[p.pred]:.3f})"
         figure = overlay_figure(picture, heat, title, f"fall of log p({p.pred}), nats")

@@ -41,7 +41,8 @@ def write_flow_record(splits: Path, discovery, labelled) -> Path:
 
 
 def _row_key(row: SplitRow) -> tuple:
-    return (str(row.path), row.label, row.patient_id, row.split, row.series_uid, row.slice, row.point)
+    """A row's sample, label and patient, not its split: a fold of a cross-validation re-assigns splits."""
+    return row.sample_key + (row.label, row.patient_id)
 
 
 def read_flow_record(splits_file: str, rows: list[SplitRow]) -> tuple[dict | None, str]:

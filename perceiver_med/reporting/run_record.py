@@ -8,18 +8,16 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
-from perceiver_med.config import RunConfig, load_run_config
+from perceiver_med.config import VERSIONED, RunConfig, load_run_config
 from perceiver_med.csvfiles import read_csv
 from perceiver_med.engine import file_sha256
 from perceiver_med.errors import UserError
+from perceiver_med.report import REPORTED_SPLITS
 from perceiver_med.runs import frozen_rows
 from perceiver_med.splits import SplitRow
 
-# a cross-validated run scores out-of-fold predictions where a single run scores val
-REPORT_SPLITS = ("train", "val", "out_of_fold", "test")
-# distributions whose versions a reader needs to rebuild the environment
-DISTRIBUTIONS = ("perceiver-med", "torch", "numpy", "scipy", "scikit-learn", "pydicom", "nibabel", "Pillow",
-                 "matplotlib", "safetensors", "einops")
+REPORT_SPLITS = REPORTED_SPLITS
+DISTRIBUTIONS = ("perceiver-med", *VERSIONED)
 
 
 @dataclass

@@ -11,8 +11,8 @@ from perceiver_med.reporting.run_record import REPORT_SPLITS, FileDigest, RunRec
 
 SAMPLE_METRICS = (("n", "samples scored"), ("roc_auc", "ROC AUC"), ("accuracy", "accuracy"),
                   ("balanced_accuracy", "balanced accuracy"), ("f1_macro", "F1 (macro)"),
-                  ("sensitivity", "sensitivity (most probable class)"),
-                  ("specificity", "specificity (most probable class)"), ("loss", "cross-entropy (calibrated)"))
+                  ("sensitivity", "sensitivity (run's decisions)"),
+                  ("specificity", "specificity (run's decisions)"), ("loss", "cross-entropy (calibrated)"))
 THRESHOLD_METRICS = (("accuracy", "accuracy"), ("balanced_accuracy", "balanced accuracy"),
                      ("sensitivity", "sensitivity"), ("specificity", "specificity"), ("ppv", "PPV"), ("npv", "NPV"))
 CALIBRATION_METRICS = (("ece", "ECE before", "calibration.ece"), ("ece_after", "ECE after", "calibration.ece_after"),
@@ -22,8 +22,8 @@ CALIBRATION_METRICS = (("ece", "ECE before", "calibration.ece"), ("ece_after", "
                        ("loss_after", "cross-entropy after", "loss"))
 UNIT_METRICS = (("n", "units"), ("mixed_label_units", "units left out (mixed labels)"), ("roc_auc", "ROC AUC"),
                 ("accuracy", "accuracy"), ("balanced_accuracy", "balanced accuracy"),
-                ("sensitivity", "sensitivity (most probable class)"),
-                ("specificity", "specificity (most probable class)"))
+                ("sensitivity", "sensitivity (run's decisions)"),
+                ("specificity", "specificity (run's decisions)"))
 
 
 def number(value, interval=None) -> str:
