@@ -31,9 +31,9 @@ def fit_decision(labels: dict[str, np.ndarray], probs: dict[str, np.ndarray], ru
     """
     val_labels, val_probs = labels.get("val"), probs.get("val")
     binary = len(classes) == 2
-    place = "the validation split" if source == "val" else source.replace("_", "-") + " predictions"
+    place = "validation split" if source == "val" else source.replace("_", "-") + " predictions"
     missing = (f"no {place}" if val_labels is None or len(val_labels) == 0 else
-               f"one class in {place}" if len(set(np.asarray(val_labels).tolist())) < 2 else "")
+               f"one class in the {place}" if len(set(np.asarray(val_labels).tolist())) < 2 else "")
     fitted_on = source if calibrate else ""
     if missing:
         asked = f" (asked: {rule})" if rule != "0.5" and binary else ""  # a fallback never passes for the rule asked

@@ -75,6 +75,12 @@ def _summary(record: RunRecord) -> Section:
     lines = [f"{config.model['name']} classifying {', '.join(config.classes)} (positive class "
              f"{config.positive_class}), trained on {config.preprocess.input} inputs of {config.preprocess.size} "
              "pixels."]
+    if config.ensemble:
+        oof = record.metrics.get("out_of_fold") or {}
+        lines.append(f"{len(config.ensemble)}-fold cross-validation: the test split is scored by the ensemble of "
+                     f"the {len(config.ensemble)} fold models (mean of their calibrated probabilities); out of fold, "
+                     f"{oof.get('n', 0)} samples, ROC AUC "
+                     f"{number(oof.get('roc_auc'), (oof.get('ci95') or {}).get('roc_auc'))}.")
     if test.get("n"):
         lines.append(f"Test split: {test['n']} samples; ROC AUC {number(test.get('roc_auc'), ci.get('roc_auc'))}; "
                      + (f"sensitivity {number(at.get('sensitivity'), ci.get('threshold.sensitivity'))} and "

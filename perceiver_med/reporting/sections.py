@@ -37,13 +37,13 @@ def number(value, interval=None) -> str:
 
 
 # ---------------------------------------------------------------- flow
-def _split_box(split: str, counts: SplitCounts) -> Box:
+def _split_box(split: str, counts: SplitCounts, title: str = "") -> Box:
     lines = [Cell(f"patients: {counts.patients}", f"flow-{split}-patients"),
              Cell(f"scans: {counts.scans}", f"flow-{split}-scans")]
     if counts.samples != counts.scans:
         lines.append(Cell(f"samples (points or slices): {counts.samples}", f"flow-{split}-samples"))
     lines += [Cell(f"{label}: {n} samples, {p} patients") for label, (n, p) in counts.per_class.items()]
-    return Box(split, lines, "split")
+    return Box(title or split, lines, "split")
 
 
 def _redactor(record: RunRecord):
@@ -82,7 +82,12 @@ def flow_section(record: RunRecord) -> Section:
                                                    Cell(f"scans: {total.scans}", "flow-all-scans")]
                      + ([Cell(f"samples: {total.samples}", "flow-all-samples")] if total.samples != total.scans
                         else []))])
-    rows.append([_split_box(split, counts[split]) for split in SPLITS])
+    folds = len(record.config.ensemble)
+    if folds:  # a cross-validated run: its train and val patients are dealt into folds, each one val in turn
+        rows.append([_split_box("train", counts["train"], f"train and val, in {folds} folds"),
+                     _split_box("test", counts["test"])])
+    else:
+        rows.append([_split_box(split, counts[split]) for split in SPLITS])
     scored = []
     for split in scored_splits(record.metrics):
         n = record.metrics[split].get("n", 0)
