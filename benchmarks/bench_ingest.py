@@ -60,12 +60,7 @@ def scans_benchmark(args) -> dict:
         files = sum(len(scan.files) for scan in found.scans)
         requests = [InputRequest(scan.path, scan.series_uid) for scan in found.scans]
         config = PreprocessConfig(input="grid", size=64)
-        timings = {}
-        for phase in ("cold", "warm"):
-            started = time.perf_counter()
-            arrays, reasons = prepare_many(requests, config, args.workers)
-            timings[phase] = time.perf_counter() - started
-            assert all(a is not None for a in arrays), reasons
+        timings = cold_and_warm(prepare_many, requests, config, args.workers)
     return {
         "benchmark": "ingest", "scans": len(requests), "files": files, "patients": args.patients,
         "input": "grid 3x3 of 64x64 tiles from 20-slice 80x80 CT series", "workers": args.workers or os.cpu_count(),
@@ -76,6 +71,17 @@ def scans_benchmark(args) -> dict:
         "discover_files_per_second": round(files / discover_seconds, 1),
         "synth_seconds": round(synth_seconds, 2),
     }
+
+
+def cold_and_warm(prepare_many, requests, config, workers: int) -> dict[str, float]:
+    """Seconds to prepare every request from the files (cold), then again from the cache (warm)."""
+    timings = {}
+    for phase in ("cold", "warm"):
+        started = time.perf_counter()
+        arrays, reasons = prepare_many(requests, config, workers)
+        timings[phase] = time.perf_counter() - started
+        assert all(a is not None for a in arrays), reasons
+    return timings
 
 
 def points_benchmark(args, fmt: str) -> dict:
@@ -94,12 +100,7 @@ def points_benchmark(args, fmt: str) -> dict:
         assert not skipped, skipped
         requests = [InputRequest(s.scan.path, s.scan.series_uid, point=s.row.point) for s in samples]
         config = PreprocessConfig(input="point", size=64)
-        timings = {}
-        for phase in ("cold", "warm"):
-            started = time.perf_counter()
-            arrays, reasons = prepare_many(requests, config, args.workers)
-            timings[phase] = time.perf_counter() - started
-            assert all(a is not None for a in arrays), reasons
+        timings = cold_and_warm(prepare_many, requests, config, args.workers)
         # what prepare_many did before it grouped a scan's points: find, read and window the scan for every point
         started = time.perf_counter()
         for request in requests:

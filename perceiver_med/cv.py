@@ -22,9 +22,9 @@ from perceiver_med.engine import Processes, Reporter, file_sha256, pick_device, 
 from perceiver_med.errors import UserError
 from perceiver_med.files import RunLock, atomic_text, holds_files
 from perceiver_med.runs import (FROZEN_SPLITS, MODEL_NAMES, RUNTIME_OPTIONS, TrainResult, load_model,
-                                refuse_inside_scans, train_run, write_predictions)
+                                refuse_inside_scans, sound_rows, train_run, write_predictions)
 from perceiver_med.scoring import apply_decision, fit_decision, run_summary, score_split
-from perceiver_med.splits import SplitRow, find_problems, fold_rows, read_splits, write_splits
+from perceiver_med.splits import SplitRow, fold_rows, read_splits, write_splits
 from perceiver_med.trust import parse_threshold_rule
 from perceiver_med.windows import parse_window
 
@@ -122,10 +122,7 @@ def _canonical(options: dict) -> dict:
 
 def _cv_rows(splits: Path) -> list[SplitRow]:
     """The splits file's rows as the ensemble sees them: every row of a fold is a training row."""
-    rows = read_splits(splits)
-    problems = find_problems(rows)
-    if problems:
-        raise UserError(f"{splits}: " + "; ".join(problems))
+    rows = sound_rows(splits)
     if not any(row.fold is not None for row in rows):
         raise UserError(f"{splits} has no fold column: write one with split --folds K")
     if any(row.fold is None and row.split != "test" for row in rows):

@@ -60,7 +60,8 @@ def _tensors(loaded: LoadedInputs, classes: list[str]) -> dict:
     return data
 
 
-def _sound_rows(splits: Path) -> list[SplitRow]:
+def sound_rows(splits: Path) -> list[SplitRow]:
+    """A splits file's rows, refused (UserError naming every problem) where train would refuse them."""
     rows = read_splits(splits)
     problems = find_problems(rows)
     if problems:
@@ -76,7 +77,7 @@ def frozen_rows(run: Path, config: RunConfig) -> list[SplitRow]:
     """The splits a run was trained on: its own copy, refused if it changed since it was written."""
     frozen = Path(run) / FROZEN_SPLITS
     if not frozen.is_file():  # runs written before the copy existed
-        return _sound_rows(Path(config.splits_file))
+        return sound_rows(Path(config.splits_file))
     if config.splits_sha256 and file_sha256(frozen) != config.splits_sha256:
         raise UserError(f"{frozen} was changed after training (its SHA-256 differs from config.json)")
     return read_splits(frozen)
@@ -194,7 +195,7 @@ def train_run(splits: Path | None, model_name: str | None, out: Path, *, resume:
         raise UserError(f"--model must be one of {', '.join(MODEL_NAMES)}")
     if splits is None and not resume:
         raise UserError("train needs a splits file (or --resume --out RUN to continue a run)")
-    rows = _sound_rows(splits) if splits is not None else []
+    rows = sound_rows(splits) if splits is not None else []
     if rows and asked.get("fold") is not None:
         rows = fold_rows(rows, asked["fold"])
     main_process = Processes.planned().main  # under torchrun, rank 0 alone owns the run directory
@@ -410,7 +411,7 @@ def evaluate_run(run: Path, splits: Path | None = None, split: str = "all", devi
     torch_device = pick_device(device)
     config, model = load_model(run, torch_device, tta)
     trained_on = frozen_rows(run, config)
-    rows = trained_on if splits is None else _sound_rows(Path(splits))
+    rows = trained_on if splits is None else sound_rows(Path(splits))
     if splits is not None:
         _refuse_training_scans(rows, trained_on)
     rows = [row for row in rows if split == "all" or row.split == split]
