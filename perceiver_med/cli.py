@@ -614,7 +614,9 @@ def demo(out: Annotated[Path, typer.Option(help="folder for everything the demo 
          kind: Annotated[DemoKind, _choice("knee: laterality of phantom radiographs; lung: benign or malignant "
                                            "nodule points in phantom chest CTs")] = DemoKind.knee,
          patients: Annotated[int, typer.Option(help="synthetic patients", min=8, metavar="N")] = 60,
-         epochs: Annotated[int, typer.Option(help="maximum training epochs", min=1, metavar="N")] = 40,
+         epochs: Annotated[Optional[int], typer.Option(help="maximum training epochs (0: train's default, about "
+                                                             "600 steps)", min=0, metavar="N",
+                                                        show_default="40 for knee, 0 for lung")] = None,
          seed: Annotated[int, typer.Option(help="random seed", metavar="N")] = 0):
     """synth -> split -> train a Perceiver -> evaluate -> predict -> explain, on the CPU in minutes."""
     from perceiver_med.demo import run_demo
