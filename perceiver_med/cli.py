@@ -223,8 +223,8 @@ def synth(kind: Annotated[Kind, typer.Argument(help="knee or lung", case_sensiti
               "--points", help="lung: 1-4 benign or malignant nodules per patient, with their centres in "
               "OUT/points.csv (LUNA16 style, patient mm) and the scans in OUT/scans", metavar="")] = False,
           masks: Annotated[bool, typer.Option(
-              "--masks", help="with --points: a NIfTI label map per scan in OUT/masks (value k: the scan's k-th "
-              "point)", metavar="")] = False):
+              "--masks", help="with --points: a NIfTI label map per scan in OUT/masks (value 1: a benign nodule, "
+              "2: a malignant one)", metavar="")] = False):
     """Write a phantom data set as real DICOM / NIfTI / PNG files."""
     from perceiver_med.files import refuse_inside_runs
     from perceiver_med.synth import synth as write
@@ -547,14 +547,19 @@ def predict(run: Annotated[Path, typer.Argument(help="run directory", metavar="R
     """Predict every scan found in a folder with the run's preprocessing."""
     from rich.table import Table
 
+    from perceiver_med.config import load_run_config
     from perceiver_med.runs import predict_run
 
     _voxel_budget(max_voxels)
     with RichReporter() as reporter:
         predictions, skipped, classes = predict_run(run, scans, out, device.value, on_done=reporter.preparing,
                                                     overwrite=overwrite, points=points, tta=tta)
+    config = load_run_config(run)
+    decision = config.decision
     table = Table(title=f"{len(predictions)} prediction(s)" + (f", each the mean of {tta} test-time views"
-                                                                if tta > 1 else ""))
+                                                                if tta > 1 else "")
+                  + (f"; pred is {escape(config.positive_class)} where its probability is at least "
+                     f"{decision.threshold:.6g}" if decision.threshold not in (None, 0.5) else ""))
     for column in ("scan", "label", "pred", *(f"p({c})" for c in classes)):
         table.add_column(plain(column))
     for p in predictions[:30]:
@@ -566,7 +571,7 @@ def predict(run: Annotated[Path, typer.Argument(help="run directory", metavar="R
     known = [p for p in predictions if p.label is not None]
     if known and len(known) == len(predictions):
         accuracy = sum(p.pred == p.label for p in known) / len(known)
-        console.print(f"accuracy against the {'points file' if points else 'class folders'}' labels: "
+        console.print(f"accuracy against the labels of the {'points file' if points else 'class folders'}: "
                       f"[bold]{accuracy:.4f}[/]")
     _print_skips(skipped)
     console.print(summary_line(len(predictions), len(skipped), "scan(s) predicted")

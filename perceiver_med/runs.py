@@ -85,6 +85,9 @@ def frozen_rows(run: Path, config: RunConfig) -> list[SplitRow]:
 
 def _check_output(out: Path, rows, resume: bool) -> None:
     if resume:
+        if (out / "cv.json").is_file() and not (out / "checkpoint.pt").is_file():
+            raise UserError(f"{out} is a cross-validation: continue it with perceiver-med train --resume --cv "
+                            f"--out {out}")
         if not (out / "config.json").is_file():
             raise UserError(f"--resume needs an existing run directory, and {out} has no config.json")
     elif holds_files(out):
@@ -360,6 +363,8 @@ def load_model(run: Path, device: torch.device | None = None, tta: int = 1):
         config, model = load_model(run, device)
         return config, AugmentedViews(model, config.augment, tta, config.train.seed).eval()
     run = Path(run)
+    if run.is_file():
+        raise UserError(f"{run} is a file: give the run directory that holds it")
     if not run.is_dir():
         raise UserError(f"run directory {run} does not exist")
     config = load_run_config(run)

@@ -11,8 +11,9 @@ import numpy as np
 from perceiver_med.config import Decision, RunConfig, is_laterality
 from perceiver_med.metrics import decisions, split_metrics, threshold_metrics
 from perceiver_med.splits import SplitRow
-from perceiver_med.trust import (RESAMPLES, apply_temperature, bootstrap_ci, brier_score, choose_threshold,
-                                 expected_calibration_error, fit_temperature, reliability_bins, aggregate)
+from perceiver_med.trust import (RESAMPLES, TEMPERATURE_BOUNDS, aggregate, apply_temperature, bootstrap_ci,
+                                 brier_score, choose_threshold, expected_calibration_error, fit_temperature,
+                                 reliability_bins)
 
 AGGREGATION_RULE = ("mean of the calibrated probabilities of a unit's samples; units whose samples carry "
                     "different labels are left out (counted in mixed_label_units)")
@@ -40,6 +41,13 @@ def fit_decision(labels: dict[str, np.ndarray], probs: dict[str, np.ndarray], ru
         return Decision(1.0, f"default: {missing}" if calibrate else "", 0.5 if binary else None,
                         f"default: {missing}{asked}", "")
     temperature = fit_temperature(val_labels, val_probs) if calibrate else 1.0
+    low, high = TEMPERATURE_BOUNDS
+    if not low * 1.001 < temperature < high / 1.001:
+        # the likelihood has no interior optimum: validation predictions all right (T -> 0 makes them certain)
+        # or no better than chance (T -> infinity makes every probability 1/K); neither is a calibration
+        why = "all right, so no finite temperature fits" if temperature < 1 else "no better than chance"
+        temperature, fitted_on = 1.0, f"default: the {place}'s predictions are {why} (the fit ran to T = " \
+                                      f"{low if temperature < 1 else high:g})"
     if not binary:
         return Decision(temperature, fitted_on, None, f"argmax: more than two classes (asked: {rule})", "")
     positive = classes.index(positive_class)

@@ -8,7 +8,7 @@ with spicules). Both classes draw size and contrast from the same ranges: only t
 OUT/points.csv holds one row per nodule, its centre in DICOM patient coordinates (LPS, mm), as LUNA16's
 annotations.csv does: `seriesuid,coordX,coordY,coordZ,diameter_mm,label,patient_id` (NIfTI: `path`, relative
 to the CSV, instead of `seriesuid`). The scans lie in OUT/scans/, and with `masks` a label map per scan in
-OUT/masks/<patient_id>.nii.gz (voxel value k: the k-th row of that scan in points.csv), kept apart from the
+OUT/masks/<patient_id>.nii.gz (voxel value 1: a benign nodule, 2: a malignant one; MASK_VALUES), kept apart from the
 scans so that no reader takes a mask for a scan.
 
 Everything is rendered in millimetres at the voxel centres, so the points are the centres exactly, whatever
@@ -264,6 +264,9 @@ def chest_volume(rng: np.random.Generator, layout: ChestLayout = ChestLayout()):
     return volume, labels, geometry, nodules
 
 
+MASK_VALUES = {"benign": 1, "malignant": 2}  # `points --mask-labels 1=benign,2=malignant` reads them back
+
+
 def write_points(out: Path, patients: int, fmt: str, seed: int, masks: bool = False,
                  layout: ChestLayout = ChestLayout()) -> int:
     """Write the nodule-points phantom into `out` (scans/, points.csv, masks/); returns the number of scans."""
@@ -287,8 +290,11 @@ def write_points(out: Path, patients: int, fmt: str, seed: int, masks: bool = Fa
             reference = generate_uid(entropy_srcs=[str(seed), patient, "ct-points"])  # the SeriesInstanceUID
             files_rng = np.random.default_rng([seed, n, 1])
             write_ct_series(scans / patient, volume, geometry, patient, n, reference, seed, files_rng)
-        if masks:
-            image = nib.Nifti1Image(labels.transpose(2, 1, 0), geometry.ras_affine())
+        if masks:  # a semantic label map, as segmentation data sets give them: the value names the class
+            classes = np.zeros_like(labels)
+            for k, nodule in enumerate(nodules, 1):
+                classes[labels == k] = MASK_VALUES[nodule.label]
+            image = nib.Nifti1Image(classes.transpose(2, 1, 0), geometry.ras_affine())
             nib.save(image, mask_folder / f"{patient}.nii.gz")
         for nodule in nodules:
             x, y, z = (float(c) for c in nodule.centre)

@@ -117,7 +117,10 @@ def expected_calibration_error(labels: np.ndarray, probs: np.ndarray, bins: int 
                      zip(table["count"], table["accuracy"], table["confidence"]) if count))
 
 
-def fit_temperature(labels: np.ndarray, probs: np.ndarray, bounds: tuple[float, float] = (0.01, 100.0)) -> float:
+TEMPERATURE_BOUNDS = (0.01, 100.0)
+
+
+def fit_temperature(labels: np.ndarray, probs: np.ndarray, bounds: tuple[float, float] = TEMPERATURE_BOUNDS) -> float:
     """The temperature T minimising the mean negative log-likelihood of softmax(log(probs) / T) (Guo et al. 2017).
 
     log(probs) equals the logits up to a per-row constant, which softmax ignores, so no logits are needed.

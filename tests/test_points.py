@@ -18,7 +18,7 @@ from perceiver_med.io.image import ScanImage
 from perceiver_med.points import match_points, parse_point, read_points
 from perceiver_med.preprocess import PreprocessConfig, point_grid
 from perceiver_med.splits import read_splits
-from perceiver_med.synth_points import write_points
+from perceiver_med.synth_points import MASK_VALUES, write_points
 
 TILE = 32
 POINT = np.array([12.0, -20.0, -150.0])  # LPS mm
@@ -126,10 +126,11 @@ def test_each_point_maps_to_a_voxel_of_its_own_nodule_and_back(phantom):
         image = read_scan(mine[0].scan)
         mask = read_scan(discover(out / "masks" / f"{patient}.nii.gz").scans[0])
         np.testing.assert_allclose(mask.affine, image.affine, atol=1e-3)
-        for number, sample in enumerate(mine, start=1):
+        for sample in mine:
             index = image.to_voxel(sample.row.point)
             np.testing.assert_allclose(image.to_patient(index), sample.row.point, atol=1e-6)
-            assert mask.voxels[tuple(np.round(index).astype(int))] == number
+            # inside a nodule, of the point's class (the phantom's masks: 1 benign, 2 malignant)
+            assert mask.voxels[tuple(np.round(index).astype(int))] == MASK_VALUES[sample.row.label]
 
 
 def test_the_same_nodule_in_dicom_and_nifti_gives_the_same_grid(tmp_path):

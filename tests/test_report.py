@@ -37,7 +37,6 @@ def reported(tmp_path_factory):
     """Phantom DICOM knees with sex, age and manufacturer written into their headers, one non-scan file, a
     splits file with its flow record, a tiny trained run and its report."""
     from perceiver_med.dataset_ops import split_folder
-    from perceiver_med.reporting.flow import write_flow_record
     from perceiver_med.runs import train_run
     from perceiver_med.synth import synth
 
@@ -53,7 +52,6 @@ def reported(tmp_path_factory):
             ds.save_as(file)
     (data / "notes.txt").write_text("not a scan\n")
     result = split_folder(data, root / "splits.csv", seed=0)
-    write_flow_record(root / "splits.csv", result.discovery, result.labelled)
     run = train_run(root / "splits.csv", "perceiver", root / "run", **TINY_PERCEIVER_RUN).run
     html = write_report(run, root / "out" / "report.html")
     return {"root": root, "data": data, "run": run, "html": html, "patients": patients,
@@ -213,6 +211,7 @@ def test_no_patient_id_name_or_path_reaches_the_report(reported):
             assert patient not in text
         assert "PHANTOM" not in text  # the phantoms' PatientName
         assert str(reported["data"]) not in text and "IMG0" not in text
+        assert str(reported["root"]) not in text  # nor the splits file's (a user's folder can name them too)
 
 
 def test_skip_reasons_lose_the_patient_ids_and_file_names_they_quote():

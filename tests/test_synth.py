@@ -159,8 +159,9 @@ def test_points_are_nodule_centres_in_the_nifti_scans_and_masks(points_sets):
                    for p in mine]
         for n, (point, ijk) in enumerate(zip(mine, centres)):
             _check_nodule_centre(volume, ijk, point["label"], centres[:n] + centres[n + 1:])
-            assert labels[tuple(int(v) for v in np.round(ijk[::-1]))] == n + 1  # value k: the scan's k-th point
-        assert set(np.unique(labels)) == set(range(len(mine) + 1))
+            # the value names the point's class: 1 benign, 2 malignant
+            assert labels[tuple(int(v) for v in np.round(ijk[::-1]))] == {"benign": 1, "malignant": 2}[point["label"]]
+        assert set(np.unique(labels)) == {0} | {{"benign": 1, "malignant": 2}[p["label"]] for p in mine}
 
 
 def test_points_dicom_and_nifti_read_the_same(points_sets):
@@ -217,6 +218,7 @@ def _z_by_file_name(folder):
 def test_points_classes_share_size_and_differ_in_shape(points_sets):
     """Diameters overlap between the classes; only malignant nodules reach out (spicules) past their radius."""
     import nibabel as nib
+    from scipy import ndimage
 
     _, points = _points(points_sets / "dicom")
     reach = {"benign": [], "malignant": []}
@@ -225,10 +227,14 @@ def test_points_classes_share_size_and_differ_in_shape(points_sets):
         mask = nib.load(points_sets / "dicom" / "masks" / f"{patient}.nii.gz")
         labels = np.asarray(mask.dataobj)
         mine = [p for p in points if p["patient_id"] == patient]
-        for value, point in enumerate(mine, start=1):
-            ijk = np.argwhere(labels == value)
-            ras = nib.affines.apply_affine(mask.affine, ijk)
+        for point in mine:
+            # the nodule: the connected part of its class's mask that holds its centre
+            parts, _ = ndimage.label(labels == {"benign": 1, "malignant": 2}[point["label"]], np.ones((3, 3, 3)))
             centre = np.array([-float(point["coordX"]), -float(point["coordY"]), float(point["coordZ"])])
+            voxel = np.round(nib.affines.apply_affine(np.linalg.inv(mask.affine), centre)).astype(int)
+            ijk = np.argwhere(parts == parts[tuple(voxel)])
+            assert parts[tuple(voxel)] > 0
+            ras = nib.affines.apply_affine(mask.affine, ijk)
             radius = float(point["diameter_mm"]) / 2
             reach[point["label"]].append(np.linalg.norm(ras - centre, axis=1).max() / radius)
             diameters[point["label"]].append(float(point["diameter_mm"]))

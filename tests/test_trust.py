@@ -191,6 +191,22 @@ def test_without_a_usable_validation_split_the_defaults_say_why():
     assert fixed.rule == "default: no validation split"
 
 
+def test_a_temperature_that_runs_to_its_bound_is_not_applied():
+    """Separable validation predictions drive T to 0 (every probability 0 or 1), chance-level ones drive it up
+    (every probability 1/2): neither is a calibration, so T stays 1 and the reason is recorded."""
+    labels = np.array([0, 0, 0, 1, 1, 1])
+    separable = np.array([[0.9, 0.1], [0.8, 0.2], [0.7, 0.3], [0.4, 0.6], [0.3, 0.7], [0.2, 0.8]])
+    assert fit_temperature(labels, separable) == pytest.approx(0.01)
+    found = fit_decision({"val": labels}, {"val": separable}, "youden", ["a", "b"], "b")
+    assert found.temperature == 1.0 and "all right" in found.temperature_fitted_on
+    # the threshold is chosen on the uncalibrated predictions: midway between 0.3 and 0.6
+    assert found.threshold == pytest.approx(0.45)
+    backwards = separable[:, ::-1].copy()
+    assert fit_temperature(labels, backwards) == pytest.approx(100.0)
+    assert "no better than chance" in fit_decision({"val": labels}, {"val": backwards}, "0.5", ["a", "b"],
+                                                   "b").temperature_fitted_on
+
+
 @pytest.mark.parametrize("text, canonical", [("youden", "youden"), ("F1", "f1"), ("0.5", "0.5"), ("0.50", "0.5"),
                                              ("Sensitivity=0.90", "sensitivity=0.9"),
                                              ("specificity = 1", "specificity=1")])
@@ -272,8 +288,8 @@ def test_a_chosen_threshold_is_reproduced_from_the_validation_predictions_alone(
     is_right = np.array([r["label"] == "right" for r in val])
     assert metrics["threshold"]["value"] == pytest.approx(choose_threshold(is_right, val_probs[:, 1], "youden"))
     # the temperature was fitted on these predictions before calibration: refitted after it, it is 1
-    assert fit_temperature(is_right.astype(int), val_probs) == pytest.approx(1, abs=0.02) or \
-        metrics["temperature"] in (0.01, 100.0)
+    refitted = fit_temperature(is_right.astype(int), val_probs)
+    assert refitted == pytest.approx(1, abs=0.02) or (metrics["temperature"] == 1 and refitted in (0.01, 100.0))
     test = list(csv.DictReader(open(result.run / "predictions_test.csv")))
     assert [r["pred"] for r in test] == ["right" if float(r["prob_right"]) >= metrics["threshold"]["value"]
                                          else "left" for r in test]

@@ -154,6 +154,8 @@ def configuration_section(record: RunRecord, num_parameters: int | None) -> Sect
     data = json.loads(record.config.to_json())
     for key in ("splits_sha256", "weights_sha256", "checkpoint_sha256", "versions"):
         data.pop(key, None)  # shown with the files and the software
+    if data.get("splits_file"):  # a path may name a patient (or a user): the report holds no paths
+        data["splits_file"] = "(path withheld)"
     groups = {key: value for key, value in data.items() if isinstance(value, dict)}
     rest = {key: value for key, value in data.items() if not isinstance(value, dict)}
     rows = [[Cell(name, f"config-{name}"), _settings(value)] for name, value in {**groups, "run": rest}.items()]
