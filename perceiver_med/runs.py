@@ -410,6 +410,7 @@ def evaluate_run(run: Path, splits: Path | None = None, split: str = "all", devi
     over that many label-preserving views of each scan (see tta.py).
 
     Another splits file may be given; scans or patients the run trained on are refused in its val/test rows.
+    A cross-validated run (an ensemble) is scored on its test split unless a split is named.
     """
     if split not in (*SPLITS, "all"):
         raise UserError("--split must be train, val, test or all")
@@ -419,6 +420,8 @@ def evaluate_run(run: Path, splits: Path | None = None, split: str = "all", devi
     rows = trained_on if splits is None else sound_rows(Path(splits))
     if splits is not None:
         _refuse_training_scans(rows, trained_on)
+    if config.ensemble and split == "all" and splits is None:
+        split = "test"  # the folds' own scans trained most of the ensemble: only the held-out test scores it
     rows = [row for row in rows if split == "all" or row.split == split]
     if not rows:
         raise UserError(f"{splits or Path(run) / FROZEN_SPLITS} has no {split} scans")

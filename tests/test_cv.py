@@ -126,6 +126,7 @@ def test_predict_and_evaluate_on_a_cross_validated_run_use_the_ensemble(cv_run, 
     for row in _rows(cv_run.run / "predictions_test.csv"):
         assert predicted[row["path"]]["pred"] == row["pred"]
         assert float(predicted[row["path"]]["prob_right"]) == pytest.approx(float(row["prob_right"]), abs=1e-6)
+    assert set(evaluate_run(cv_run.run, device="cpu")) & {"train", "val", "test"} == {"test"}
     again = evaluate_run(cv_run.run, split="test", device="cpu")
     metrics = json.loads((cv_run.run / "metrics.json").read_text())
     assert again["test"]["accuracy"] == metrics["test"]["accuracy"]
