@@ -469,7 +469,7 @@ def train(splits: Annotated[Optional[Path], typer.Argument(help="splits CSV from
           quiet: Annotated[bool, typer.Option("--quiet", metavar="", help="no per-epoch output")] = False,
           max_voxels: MaxVoxels = None):
     """Train a model; writes config, weights, metrics, history, curves and predictions to --out."""
-    from perceiver_med.runs import train_run
+    from perceiver_med.runs import CV_FILE, train_run
 
     _voxel_budget(max_voxels)
     main_process = _is_main_process()
@@ -487,7 +487,7 @@ def train(splits: Annotated[Optional[Path], typer.Argument(help="splits CSV from
             result = trainer(splits, _value(model), out, resume=resume, reporter=reporter,
                              on_prepared=reporter.preparing, **options)
     except KeyboardInterrupt:
-        if cv and (out / "cv.json").is_file():
+        if cv and (out / CV_FILE).is_file():
             raise Interrupted(f"interrupted; finished folds and the last completed epoch are kept: continue with "
                               f"perceiver-med train --resume --cv --out {out}") from None
         if (out / "checkpoint.pt").is_file():

@@ -21,14 +21,13 @@ from perceiver_med.datasets import load_split_inputs
 from perceiver_med.engine import Processes, Reporter, file_sha256, pick_device, predict_probs
 from perceiver_med.errors import UserError
 from perceiver_med.files import RunLock, atomic_text, holds_files
-from perceiver_med.runs import (FROZEN_SPLITS, MODEL_NAMES, RUNTIME_OPTIONS, TrainResult, load_model,
-                                refuse_inside_scans, sound_rows, train_run, write_predictions)
+from perceiver_med.runs import (CV_FILE, FROZEN_SPLITS, MODEL_NAMES, RUNTIME_OPTIONS, TrainResult, load_model,
+                                refuse_inside_scans, sound_rows, train_run, write_split_predictions)
 from perceiver_med.scoring import apply_decision, fit_decision, run_summary, score_split
 from perceiver_med.splits import SplitRow, fold_rows, read_splits, write_splits
 from perceiver_med.trust import parse_threshold_rule
 from perceiver_med.windows import parse_window
 
-CV_FILE = "cv.json"  # how the folds are trained: the model and options, so a resume trains the rest alike
 
 
 @dataclass
@@ -182,9 +181,12 @@ def _ensemble(out: Path, rows: list[SplitRow], folds: list[int], splits_file: st
     per_fold = []
     for fold, member in zip(folds, members):
         held_out = [row for row in fold_rows(rows, fold) if row.split == "val"]
-        out_of_fold.update(_calibrated(out / member, held_out, torch_device))
+        # one load and one pass per member for its held-out and the test rows (disjoint samples)
+        predicted = _calibrated(out / member, held_out + test, torch_device)
+        out_of_fold.update({row.sample_key: predicted[row.sample_key] for row in held_out
+                            if row.sample_key in predicted})
         if test:
-            test_probs.append(_calibrated(out / member, test, torch_device))
+            test_probs.append(predicted)
         fold_metrics = json.loads((out / member / "metrics.json").read_text())
         per_fold.append({"fold": fold, **{split: {k: fold_metrics.get(split, {}).get(k)
                                                   for k in ("n", "accuracy", "roc_auc", "loss")}
@@ -205,20 +207,14 @@ def _ensemble(out: Path, rows: list[SplitRow], folds: list[int], splits_file: st
                                        "and the threshold on all of them: out-of-fold scores are optimistic; "
                                        "test is held out from all of it"},
                "out_of_fold": score_split(oof_labels, oof, oof_rows, config)}
-    _write(out, "out_of_fold", oof_rows, oof, config)
+    write_split_predictions(out / "predictions_out_of_fold.csv", oof_rows, oof, config)
     # a test sample counts only where every member could prepare it
     test_rows = [row for row in test if all(row.sample_key in probs for probs in test_probs)]
     if test_rows:
         ensemble = np.mean([[probs[row.sample_key] for row in test_rows] for probs in test_probs], axis=0)
         metrics["test"] = score_split(np.array([index[row.label] for row in test_rows]), ensemble, test_rows, config)
-        _write(out, "test", test_rows, ensemble, config)
+        write_split_predictions(out / "predictions_test.csv", test_rows, ensemble, config)
     atomic_text(out / "metrics.json", lambda h: json.dump(metrics, h, indent=2))
     atomic_text(out / "config.json", lambda h: h.write(config.to_json()))  # last: its presence marks a whole run
     return config, metrics
 
-
-def _write(out: Path, split: str, rows: list[SplitRow], probs: np.ndarray, config: RunConfig) -> None:
-    _, preds = apply_decision(probs, config.decision, config.classes.index(config.positive_class))
-    points = [row.point for row in rows] if config.preprocess.input == "point" else None
-    write_predictions(out / f"predictions_{split}.csv", [str(row.path) for row in rows], [row.label for row in rows],
-                      probs, config.classes, preds, points)

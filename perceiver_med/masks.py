@@ -148,8 +148,9 @@ def points_from_masks(masks: Path, scans: Path, out: Path, mask_labels: str | No
     seg_only = masks.resolve() == scans.resolve() or masks.resolve() in scans.resolve().parents
     found = discover(scans)
     inside = masks.resolve()
-    found.scans = [s for s in found.scans if s.modality != "SEG" and (seg_only or (
-        inside not in s.path.resolve().parents and s.path.resolve() != inside))]
+    # (discovery skips DICOM SEG files: only images are scans)
+    found.scans = [s for s in found.scans if seg_only or (
+        inside not in s.path.resolve().parents and s.path.resolve() != inside)]
     if not found.scans:
         raise UserError(f"no readable scans in {printable(scans)}")
     files, skipped = _mask_files(masks, seg_only)

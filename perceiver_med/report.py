@@ -223,7 +223,7 @@ def trust_table(metrics: dict) -> Table | None:
         return None
     splits = [s for s in REPORTED_SPLITS if (metrics.get(s) or {}).get("n") and "ci95" in metrics[s]]
     fitted_on = metrics.get("temperature_fitted_on") or ""
-    temperature = ("each fold's own" if fitted_on.startswith("each member") else
+    temperature = ("each fold's own" if "cross_validation" in metrics else
                    f"{metrics['temperature']:.4g}" + (" (not fitted)" if fitted_on.startswith("default") else ""))
     title = (f"95% intervals ({metrics['bootstrap']['resamples']} patient resamples); threshold "
              + (f"{threshold['value']:.4g} (rule {threshold['rule']})" if threshold.get("value") is not None

@@ -35,6 +35,7 @@ MODEL_OPTIONS = {"perceiver": ("num_latents", "latent_dim", "num_iterations"), "
                  "cnn": ()}
 MODEL_OPTION_NAMES = {name for names in MODEL_OPTIONS.values() for name in names}
 FROZEN_SPLITS = "splits.csv"
+CV_FILE = "cv.json"  # a cross-validation's model and options (cv.py), so a resume trains the rest alike
 
 
 @dataclass
@@ -85,7 +86,7 @@ def frozen_rows(run: Path, config: RunConfig) -> list[SplitRow]:
 
 def _check_output(out: Path, rows, resume: bool) -> None:
     if resume:
-        if (out / "cv.json").is_file() and not (out / "checkpoint.pt").is_file():
+        if (out / CV_FILE).is_file() and not (out / "checkpoint.pt").is_file():
             raise UserError(f"{out} is a cross-validation: continue it with perceiver-med train --resume --cv "
                             f"--out {out}")
         if not (out / "config.json").is_file():
@@ -305,18 +306,22 @@ def _write_outputs(out: Path, loaded, probs, metrics, config: RunConfig, history
     from perceiver_med.report import save_confusion, save_curves, save_reliability
 
     atomic_text(out / "metrics.json", lambda h: json.dump(metrics, h, indent=2))
-    positive = config.classes.index(config.positive_class)
     for split, raw_probs in probs.items():
-        split_rows = [row for row in loaded.rows if row.split == split]
-        calibrated, preds = apply_decision(raw_probs, config.decision, positive)
-        write_predictions(out / f"predictions_{split}.csv", [str(r.path) for r in split_rows],
-                          [r.label for r in split_rows], calibrated, config.classes, preds,
-                          [r.point for r in split_rows] if config.preprocess.input == "point" else None)
+        write_split_predictions(out / f"predictions_{split}.csv", [row for row in loaded.rows if row.split == split],
+                                raw_probs, config)
         save_confusion(metrics[split]["confusion_matrix"], config.classes, split, out / f"confusion_{split}.png")
         save_reliability(metrics[split]["calibration"]["reliability"], config.decision.temperature, split,
                          out / f"reliability_{split}.png")
     write_history(out / "history.csv", history)
     save_curves(history, out / "curves.png")
+
+
+def write_split_predictions(path: Path, rows: list[SplitRow], raw_probs: np.ndarray, config: RunConfig) -> None:
+    """predictions_<split>.csv of splits rows: the run's calibrated probabilities and decisions, and for a run
+    trained on points each row's point."""
+    probs, preds = apply_decision(raw_probs, config.decision, config.classes.index(config.positive_class))
+    write_predictions(path, [str(row.path) for row in rows], [row.label for row in rows], probs, config.classes,
+                      preds, [row.point for row in rows] if config.preprocess.input == "point" else None)
 
 
 def write_predictions(path: Path, paths: list[str], labels: list[str] | None, probs: np.ndarray,
