@@ -258,6 +258,11 @@ def inspect(data: Annotated[Path, typer.Argument(help="folder of scans, or one f
         console.print(f"file list written to [bold]{escape(str(out))}[/]")
 
 
+def _samples(rows) -> str:
+    """What a splits file's rows are, for messages: "points" (point-centred grids) or "scans"."""
+    return "points" if any(row.point for row in rows) else "scans"
+
+
 def _print_skips(skipped, title="skipped"):
     table = skipped_table(skipped, title)
     if table is not None:
@@ -290,12 +295,13 @@ def split(data: Annotated[Optional[Path], typer.Argument(help="folder of scans",
     _voxel_budget(max_voxels)
     if check is not None:
         checked = dataset_ops.check_splits_file(check)
-        console.print(counts_table(count_table(checked.rows)))
+        samples = _samples(checked.rows)
+        console.print(counts_table(count_table(checked.rows), samples=samples))
         if any(row.fold is not None for row in checked.rows):
-            console.print(counts_table(count_table(checked.rows, by_fold=True), "fold"))
+            console.print(counts_table(count_table(checked.rows, by_fold=True), "fold", samples))
         for note in checked.notes:
             console.print(f"[yellow]note[/]: {escape(note)}")
-        console.print(f"[green]ok[/]: {len(checked.rows)} scans, no patient in two splits, every file present")
+        console.print(f"[green]ok[/]: {len(checked.rows)} {samples}, no patient in two splits, every file present")
         return
     if data is None or out is None:
         raise UserError("split needs DATA and --out splits.csv (or --check splits.csv)")
@@ -306,15 +312,16 @@ def split(data: Annotated[Optional[Path], typer.Argument(help="folder of scans",
     check_new_output(out, overwrite)
     result = dataset_ops.split_folder(data, out, parsed, seed, label_from.value, labels, patient_regex, points,
                                       folds)
-    console.print(counts_table(count_table(result.rows)))
+    samples = _samples(result.rows)
+    console.print(counts_table(count_table(result.rows), samples=samples))
     if folds is not None:
-        console.print(counts_table(count_table(result.rows, by_fold=True), "fold"))
+        console.print(counts_table(count_table(result.rows, by_fold=True), "fold", samples))
     _print_skips(result.discovery.skipped + result.labelled.skipped)
     for note in result.notes:
         console.print(f"[yellow]note[/]: {escape(note)}")
     console.print(f"labels from {result.labelled.label_source}, patients from {result.labelled.patient_source}; "
                   + summary_line(len(result.rows), len(result.discovery.skipped) + len(result.labelled.skipped),
-                                 "scan(s) split"))
+                                 f"{samples} split"))
     console.print(f"splits written to [bold]{escape(str(out))}[/]")
 
 
@@ -457,6 +464,9 @@ def train(splits: Annotated[Optional[Path], typer.Argument(help="splits CSV from
           depth: Annotated[Optional[int], typer.Option(help="ViT blocks (vit-rollout-cnn)", min=1, metavar="N")
                            ] = None,
           dim: Annotated[Optional[int], typer.Option(help="ViT width (vit-rollout-cnn)", min=1, metavar="N")] = None,
+          stem_probe: Annotated[Optional[float], typer.Option(
+              help="weight of the deep supervision of the conv stem in training (perceiver; the ViT of "
+                   "vit-rollout-cnn); 0 turns it off", min=0.0, metavar="W", show_default="1.0")] = None,
           num_workers: Annotated[int, typer.Option(help="preprocessing processes (0: one per core, up to 8)", min=0,
                                                    metavar="N")] = 0,
           fold: Annotated[Optional[int], typer.Option(
@@ -478,7 +488,7 @@ def train(splits: Annotated[Optional[Path], typer.Argument(help="splits CSV from
                    class_weights=_value(class_weights), input=_value(input), size=size, channels=channels,
                    grid_pad=grid_pad, fov_mm=fov_mm, slice_mm=slice_mm, window=window, flip=flip, positive=positive,
                    threshold=threshold, num_latents=num_latents, latent_dim=latent_dim, num_iterations=num_iterations,
-                   depth=depth, dim=dim, fold=fold)
+                   depth=depth, dim=dim, stem_probe=stem_probe, fold=fold)
     try:
         with RichReporter(quiet or not main_process) as reporter:
             trainer = train_run

@@ -28,6 +28,7 @@ from perceiver_med.errors import UserError
 from perceiver_med.files import atomic_path
 from perceiver_med.io.limits import describe
 from perceiver_med.metrics import split_metrics
+from perceiver_med.models.cnn import Supervised
 
 SPLITS = ("train", "val", "test")
 
@@ -367,8 +368,11 @@ def fit(model: nn.Module, model_name: str, data: dict, classes: list[str], train
                 y = train_labels[index].to(device, non_blocking=True)
                 x = augment_batch(x, augment, generator)
                 with autocast(device, train_cfg.precision):
-                    logits = forward(x)
+                    outputs = forward(x)
+                logits = outputs.logits if isinstance(outputs, Supervised) else outputs
                 loss = F.cross_entropy(logits.float(), y, weight=weights, label_smoothing=train_cfg.label_smoothing)
+                if isinstance(outputs, Supervised):  # deep supervision of a stem: trains it, never predicts
+                    loss = loss + outputs.weight * F.cross_entropy(outputs.auxiliary.float(), y, weight=weights)
                 if not torch.isfinite(loss):
                     raise TrainingDiverged(
                         f"training diverged: the loss became {loss.item()} at stage {stage.name}, epoch "

@@ -56,9 +56,10 @@ def summary_line(read: int, skipped: int, what: str = "scan(s) read") -> str:
     return f"[bold]{read}[/] {what}, [bold]{skipped}[/] file(s) skipped"
 
 
-def counts_table(counts: dict[str, dict[str, tuple[int, int]]], unit: str = "split") -> Table:
+def counts_table(counts: dict[str, dict[str, tuple[int, int]]], unit: str = "split", samples: str = "scans"
+                 ) -> Table:
     labels = sorted({label for per_split in counts.values() for label in per_split})
-    table = Table(title=f"scans (patients) per {unit} and class")
+    table = Table(title=f"{samples} (patients) per {unit} and class")
     table.add_column(unit)
     for label in labels:
         table.add_column(plain(label), justify="right")

@@ -31,7 +31,8 @@ from perceiver_med.windows import parse_window
 
 MODEL_NAMES = ("perceiver", "vit-rollout-cnn", "cnn")
 # The architecture options each model takes (train --num-latents ...); anything else is refused by name.
-MODEL_OPTIONS = {"perceiver": ("num_latents", "latent_dim", "num_iterations"), "vit-rollout-cnn": ("depth", "dim"),
+MODEL_OPTIONS = {"perceiver": ("num_latents", "latent_dim", "num_iterations", "stem_probe"),
+                 "vit-rollout-cnn": ("depth", "dim", "stem_probe"),
                  "cnn": ()}
 MODEL_OPTION_NAMES = {name for names in MODEL_OPTIONS.values() for name in names}
 FROZEN_SPLITS = "splits.csv"
@@ -256,7 +257,8 @@ def _train(rows, config: RunConfig, out: Path, resume: bool, reporter: Reporter,
             config.splits_sha256 = file_sha256(out / FROZEN_SPLITS)
             _write_config(out, config)
         reporter.message(f"{config.model['name']}: {model.num_parameters:,} parameters, input "
-                         f"{config.preprocess.input} {config.preprocess.output_shape}, {len(loaded.rows)} scans, "
+                         f"{config.preprocess.input} {config.preprocess.output_shape}, {len(loaded.rows)} "
+                         f"{'points' if config.preprocess.input == 'point' else 'scans'}, "
                          f"device {device}" + (f" x {processes.world} processes" if processes.world > 1 else "")
                          + ("" if config.augment.flip else ", no horizontal flip"))
 

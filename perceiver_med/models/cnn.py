@@ -1,6 +1,8 @@
 """A compact ResNet-style 2D CNN."""
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -33,6 +35,42 @@ class ConvStem(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.body(x)
+
+
+class Supervised(NamedTuple):
+    """A training-mode output with deep supervision: the loss is CE(logits) + weight * CE(auxiliary)."""
+
+    logits: torch.Tensor
+    auxiliary: torch.Tensor
+    weight: float
+
+
+class StemProbe(nn.Module):
+    """Deep supervision of a tokeniser's stem (Lee et al. 2015, "Deeply-supervised nets"): a linear classifier on
+    the global max of the stem's feature map, trained beside the model and never used for its predictions.
+
+    On small lesions attention starts uniform: the class token (or the latents) sees the mean of hundreds of tokens,
+    the lesion's few among them, and a ViT or Perceiver sat at chance for tens of epochs while the same stem under a
+    global max pool (the CNN baseline) learnt. The probe's gradient trains the stem at the CNN's pace, so the tokens
+    carry the lesion's features by the time attention has to find them.
+    """
+
+    def __init__(self, channels: int, num_classes: int, weight: float):
+        super().__init__()
+        self.weight = weight
+        self.head = nn.Linear(channels, num_classes)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(features.device.type, enabled=False):
+            return self.head(features.float().amax(dim=(2, 3)))
+
+
+def supervised(module: nn.Module, logits: torch.Tensor, features: torch.Tensor | None, probe: StemProbe | None
+               ) -> torch.Tensor | Supervised:
+    """The model's output: its logits, or in training with a probe, Supervised(logits, probe logits, weight)."""
+    if probe is None or not module.training:
+        return logits
+    return Supervised(logits, probe(features), probe.weight)
 
 
 def optional_stem(in_channels: int, widths: tuple[int, ...], norm: str, image_size: int, patch_size: int

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from perceiver_med.models.cnn import optional_stem
+from perceiver_med.models.cnn import StemProbe, optional_stem, supervised
 from perceiver_med.models.layers import attend, self_attend
 
 
@@ -177,11 +177,13 @@ class Perceiver(nn.Module):
                  latent_dim: int = 256, cross_heads: int = 1, cross_dim_head: int = 64, latent_heads: int = 8,
                  latent_dim_head: int = 64, self_per_cross_attn: int = 2, num_iterations: int = 2,
                  weight_sharing: str = "after_first", patch_size: int = 1, stem_widths: tuple[int, ...] = (),
-                 stem_norm: str = "batch", attn_dropout: float = 0.0, ff_dropout: float = 0.0):
+                 stem_norm: str = "batch", attn_dropout: float = 0.0, ff_dropout: float = 0.0,
+                 stem_probe: float = 0.0):
         super().__init__()
         if weight_sharing not in ("after_first", "all", "none"):
             raise ValueError("weight_sharing must be after_first, all or none")
         self.stem, channels, reduction = optional_stem(in_channels, stem_widths, stem_norm, image_size, patch_size)
+        self.probe = StemProbe(channels, num_classes, stem_probe) if self.stem is not None and stem_probe > 0 else None
         self.image_size, self.element_patch, self.patch_size = image_size, patch_size, patch_size * reduction
         self.num_freq_bands = num_freq_bands
         self.max_freq = float(max_freq if max_freq is not None else image_size)
@@ -212,14 +214,21 @@ class Perceiver(nn.Module):
 
     def to_elements(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> (B, N, C'*p*p): pixels, p x p patches, or the stem's features, in row-major order."""
-        if self.stem is not None:
-            x = self.stem(x)
+        return self._elements(self._stem(x))
+
+    def _stem(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.stem is None else self.stem(x)
+
+    def _elements(self, features: torch.Tensor) -> torch.Tensor:
         p = self.element_patch
-        return rearrange(x, "b c (h p1) (w p2) -> b (h w) (c p1 p2)", p1=p, p2=p)
+        return rearrange(features, "b c (h p1) (w p2) -> b (h w) (c p1 p2)", p1=p, p2=p)
 
     def forward_features(self, x: torch.Tensor, return_attention: bool = False):
+        return self._attend(x, self._stem(x), return_attention)
+
+    def _attend(self, x: torch.Tensor, features: torch.Tensor, return_attention: bool):
         batch, _, height, width = x.shape
-        pixels = self.to_elements(x)
+        pixels = self._elements(features)
         positions = self.positions(height // self.patch_size, width // self.patch_size, x.device, pixels.dtype)
         context = torch.cat([pixels, positions.expand(batch, -1, -1)], dim=-1)  # the byte array (B, N, D)
         latents = self.latents.expand(batch, -1, -1)
@@ -235,7 +244,11 @@ class Perceiver(nn.Module):
             return self.head(self.norm(latents.float().mean(dim=1)))
 
     def forward(self, x: torch.Tensor, return_attention: bool = False):
-        """Logits (B, classes); with return_attention, also the cross-attention per iteration (B, h, M, N)."""
-        latents, attentions = self.forward_features(x, return_attention)
+        """Logits (B, classes); with return_attention, also the cross-attention per iteration (B, h, M, N); in
+        training with a stem probe, Supervised(logits, probe logits, weight)."""
+        features = self._stem(x)
+        latents, attentions = self._attend(x, features, return_attention)
         logits = self.forward_head(latents)
-        return (logits, attentions) if return_attention else logits
+        if return_attention:
+            return logits, attentions
+        return supervised(self, logits, features, self.probe)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from perceiver_med.models.cnn import optional_stem
+from perceiver_med.models.cnn import StemProbe, optional_stem, supervised
 from perceiver_med.models.layers import self_attend
 
 
@@ -76,13 +76,16 @@ class ViT(nn.Module):
             Dosovitskiy et al.) whose feature map is cut into patches; () for patches of the image itself.
         stem_norm: the stem's normalisation, "batch" (default), "group" or "none".
         pool: "cls" (the class token) or "mean" (the mean of the patch tokens) feeds the head.
+        stem_probe: weight of the stem's deep supervision (StemProbe) in training; 0 for none. The probe never
+            feeds the predictions, nor the attention that rollout reads.
 
     `patch_size` as an attribute is the side, in input pixels, of the square one token covers.
     """
 
     def __init__(self, *, in_channels: int = 1, image_size: int = 64, patch_size: int = 8, num_classes: int = 2,
                  dim: int = 128, depth: int = 4, heads: int = 4, mlp_ratio: float = 4.0, dropout: float = 0.0,
-                 stem_widths: tuple[int, ...] = (), stem_norm: str = "batch", pool: str = "cls"):
+                 stem_widths: tuple[int, ...] = (), stem_norm: str = "batch", pool: str = "cls",
+                 stem_probe: float = 0.0):
         super().__init__()
         if pool not in ("cls", "mean"):
             raise ValueError(f"pool must be cls or mean, not {pool!r}")
@@ -92,6 +95,7 @@ class ViT(nn.Module):
         self.patch_embed = nn.Conv2d(channels, dim, kernel_size=patch_size, stride=patch_size)
         if stem is not None:
             self.patch_embed = nn.Sequential(stem, self.patch_embed)
+        self.probe = StemProbe(channels, num_classes, stem_probe) if stem is not None and stem_probe > 0 else None
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
         # learned, but started from 2D sin-cos (as in MAE): with small random starts a ViT on a few hundred
         # images sits position-blind at chance for a long time, and laterality is all about position
@@ -100,9 +104,20 @@ class ViT(nn.Module):
         self.norm = nn.LayerNorm(dim)
         self.head = nn.Linear(dim, num_classes)
 
+    def embed(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(B, N, D) patch tokens, and the stem's feature map (None without a stem)."""
+        if not isinstance(self.patch_embed, nn.Sequential):
+            return self.patch_embed(x).flatten(2).transpose(1, 2), None
+        stem, project = self.patch_embed
+        features = stem(x)
+        return project(features).flatten(2).transpose(1, 2), features
+
     def forward_features(self, x: torch.Tensor, return_attention: bool = False):
-        tokens = self.patch_embed(x).flatten(2).transpose(1, 2)  # (B, N, D)
-        tokens = torch.cat([self.cls_token.expand(len(x), -1, -1), tokens], dim=1) + self.pos_embed
+        tokens, _ = self.embed(x)
+        return self.encode(tokens, return_attention)
+
+    def encode(self, tokens: torch.Tensor, return_attention: bool = False):
+        tokens = torch.cat([self.cls_token.expand(len(tokens), -1, -1), tokens], dim=1) + self.pos_embed
         attentions = []
         for block in self.blocks:
             tokens, weights = block(tokens, return_attention)
@@ -113,7 +128,9 @@ class ViT(nn.Module):
         return self.head(tokens[:, 0] if self.pool == "cls" else tokens[:, 1:].mean(dim=1))
 
     def forward(self, x: torch.Tensor, return_attention: bool = False):
-        """Logits; with return_attention also each block's weights (B, heads, T, T), T = patches + 1."""
-        tokens, attentions = self.forward_features(x, return_attention)
+        """Logits; with return_attention also each block's weights (B, heads, T, T), T = patches + 1; in training
+        with a stem probe, Supervised(logits, probe logits, weight)."""
+        embedded, features = self.embed(x)
+        tokens, attentions = self.encode(embedded, return_attention)
         logits = self.forward_head(tokens)
-        return (logits, attentions) if return_attention else logits
+        return (logits, attentions) if return_attention else supervised(self, logits, features, self.probe)

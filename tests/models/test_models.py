@@ -243,3 +243,65 @@ def test_a_stem_carries_a_one_pixel_dot_at_full_strength_where_linear_patches_di
     features = stem(image)  # (1, 4, 8, 8)
     assert features.amax().item() == pytest.approx(1.0)
     assert torch.nonzero(features[0, 0] == features[0, 0].amax()).tolist() == [[37 // 8, 21 // 8]]
+
+
+@pytest.mark.parametrize("name", ["perceiver-stem", "vit-stem"])
+def test_a_stem_probe_supervises_the_stem_in_training_and_never_feeds_a_prediction(name):
+    """Deep supervision (StemProbe): in training the model also returns a linear classifier's logits on the global
+    max of its stem's feature map, weighted for the loss; in evaluation the logits do not depend on the probe."""
+    from perceiver_med.models.cnn import Supervised
+
+    torch.manual_seed(0)
+    model = build_model({**TINY[name], "stem_probe": 0.5})
+    x = _input(name)
+    out = model(x)
+    assert isinstance(out, Supervised) and out.weight == 0.5 and out.logits.shape == out.auxiliary.shape == (4, 3)
+    stem = model.stem if name.startswith("perceiver") else model.patch_embed[0]
+    with torch.no_grad():
+        expected = model.probe.head(stem(x).amax(dim=(2, 3)))
+    torch.testing.assert_close(out.auxiliary, expected)
+    (out.logits.pow(2).sum() + out.auxiliary.pow(2).sum()).backward()
+    assert [n for n, p in model.named_parameters() if p.grad is None or not torch.any(p.grad != 0)] == []
+    model.eval()
+    with torch.no_grad():
+        before = model(x)
+        model.probe.head.weight.normal_()
+        torch.testing.assert_close(model(x), before, rtol=0, atol=0)
+        assert torch.is_tensor(before) and model(x, return_attention=True)[0].shape == (4, 3)
+
+
+def test_the_engine_trains_a_stem_probe_beside_the_model(tmp_path):
+    """fit() adds the probe's weighted loss: its classifier moves, and it is absent from the saved predictions."""
+    from perceiver_med.config import TrainConfig
+    from perceiver_med.datasets import AugmentConfig
+    from perceiver_med.engine import Processes, Reporter, fit
+
+    torch.manual_seed(0)
+    model = build_model({**TINY["vit-stem"], "num_classes": 2, "stem_probe": 1.0})
+    start = model.probe.head.weight.detach().clone()
+    x = torch.rand(8, 1, 16, 16, generator=torch.Generator().manual_seed(1))
+    data = {"train": (x, torch.tensor([0, 1] * 4))}
+    config = TrainConfig(epochs=2, batch_size=4, device="cpu", precision="fp32")
+    processes = Processes.start(torch.device("cpu"))
+    try:
+        fit(model, "vit", data, ["a", "b"], config, AugmentConfig(), tmp_path, torch.device("cpu"), processes,
+            Reporter())
+    finally:
+        processes.close()
+    assert not torch.equal(model.probe.head.weight, start)
+
+
+def test_hybrid_second_stage_starts_as_the_cnn_on_the_image_with_zero_rollout():
+    """zero_rollout: at the start the CNN stage's output does not depend on the rollout channel, yet that channel
+    gets a gradient, so the stage can take it up; without it the output does depend on the channel."""
+    options = {k: v for k, v in TINY["vit-rollout-cnn"].items() if k != "name"}
+    x = _input("vit")
+    for zero in (True, False):
+        torch.manual_seed(0)
+        model = ViTRolloutCNN(**options, zero_rollout=zero).eval()
+        dark = model.cnn(torch.cat([x, torch.zeros_like(x)], dim=1))
+        lit = model.cnn(torch.cat([x, torch.rand_like(x)], dim=1))
+        assert torch.allclose(dark, lit) == zero
+        lit.pow(2).sum().backward()
+        first = next(m for m in model.cnn.modules() if isinstance(m, torch.nn.Conv2d))
+        assert torch.any(first.weight.grad[:, -1] != 0)
