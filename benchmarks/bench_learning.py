@@ -43,7 +43,9 @@ def main() -> None:
         from perceiver_med.synth import LungDifficulty, synth
 
         # a stopped benchmark goes on where it was: runs already in --json are kept, not repeated
-        earlier = json.loads(args.json.read_text()).get("results", []) if args.json and args.json.exists() else []
+        previous = json.loads(args.json.read_text()) if args.json and args.json.exists() else {}
+        earlier = previous.get("results", [])
+        kept = {"superseded": previous["superseded"]} if "superseded" in previous else {}  # rows of older defaults
         results = list(earlier)
         done = {(r["size"], r["seed"], r["model"]) for r in earlier}
         for size in args.sizes:
@@ -73,7 +75,7 @@ def main() -> None:
                     print(json.dumps(row), flush=True)
                     if args.json:  # after every run: a long benchmark that is stopped keeps what it measured
                         args.json.write_text(json.dumps({"patients": args.patients, "epochs": args.epochs,
-                                                         "results": results, "complete": False}, indent=2))
+                                                         "results": results, "complete": False, **kept}, indent=2))
         summary = {}
         for size in args.sizes:
             for model in args.models:
@@ -91,7 +93,7 @@ def main() -> None:
                               "threads": torch.get_num_threads(), "torch": torch.__version__,
                               "python": sys.version.split()[0]},
                   "patients": args.patients, "epochs": args.epochs, "results": results, "summary": summary,
-                  "complete": True}
+                  "complete": True, **kept}
         print(json.dumps(summary, indent=2))
         if args.json:
             args.json.write_text(json.dumps(report, indent=2))
