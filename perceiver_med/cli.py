@@ -372,6 +372,9 @@ def preview(scan: Annotated[Path, typer.Argument(help="a scan file, or a folder 
             point: Annotated[Optional[str], typer.Option(help="centre a grid in mm on this point, DICOM patient "
                                                          "coordinates (LPS)", metavar="X,Y,Z")] = None,
             fov_mm: FovMm = None, slice_mm: SliceMm = None, window: WindowOption = None,
+            run: Annotated[Optional[Path], typer.Option(
+                help="preprocess as this run does (its config.json): the input its predict and explain see",
+                metavar="RUN")] = None,
             overwrite: Overwrite = False, max_voxels: MaxVoxels = None):
     """Write the exact model input of one scan as PNG and NumPy."""
     from perceiver_med.dataset_ops import preview_scan
@@ -379,7 +382,7 @@ def preview(scan: Annotated[Path, typer.Argument(help="a scan file, or a folder 
 
     _voxel_budget(max_voxels)
     tensor = preview_scan(scan, out, _value(input), size, channels, grid_pad, series_uid, slice, overwrite,
-                          None if point is None else parse_point(point), fov_mm, slice_mm, window)
+                          None if point is None else parse_point(point), fov_mm, slice_mm, window, run)
     console.print(f"model input {tuple(tensor.shape)} written to [bold]{escape(str(out))}.png[/] and "
                   f"[bold]{escape(str(out))}.npy[/]")
 
@@ -570,11 +573,13 @@ def predict(run: Annotated[Path, typer.Argument(help="run directory", metavar="R
                                                                 if tta > 1 else "")
                   + (f"; pred is {escape(config.positive_class)} where its probability is at least "
                      f"{decision.threshold:.6g}" if decision.threshold not in (None, 0.5) else ""))
-    for column in ("scan", "label", "pred", *(f"p({c})" for c in classes)):
+    with_points = any(p.point is not None for p in predictions)
+    point_column = ["point (LPS mm)"] if with_points else []
+    for column in ("scan", *point_column, "label", "pred", *(f"p({c})" for c in classes)):
         table.add_column(plain(column))
     for p in predictions[:30]:
-        table.add_row(plain(p.path.name), plain(p.label or ""), plain(p.pred),
-                      *(f"{v:.4f}" for v in p.probs))
+        point = [",".join(f"{c:.1f}" for c in p.point)] if with_points else []
+        table.add_row(plain(p.path.name), *point, plain(p.label or ""), plain(p.pred), *(f"{v:.4f}" for v in p.probs))
     if len(predictions) > 30:
         table.caption = f"... and {len(predictions) - 30} more in {escape(str(out))}"
     console.print(table)
@@ -584,7 +589,7 @@ def predict(run: Annotated[Path, typer.Argument(help="run directory", metavar="R
         console.print(f"accuracy against the labels of the {'points file' if points else 'class folders'}: "
                       f"[bold]{accuracy:.4f}[/]")
     _print_skips(skipped)
-    console.print(summary_line(len(predictions), len(skipped), "scan(s) predicted")
+    console.print(summary_line(len(predictions), len(skipped), f"{'point' if points else 'scan'}(s) predicted")
                   + f"; written to [bold]{escape(str(out))}[/]")
 
 

@@ -120,9 +120,10 @@ def check_splits_file(csv_path: Path) -> SplitCheck:
 def preview_scan(scan: Path, prefix: Path, input: str = "auto", size: int | None = None,
                  channels: int | None = None, grid_pad: bool | None = None, series_uid: str = "",
                  center: int | None = None, overwrite: bool = False, point=None, fov_mm: float | None = None,
-                 slice_mm: float | None = None, window: str | None = None) -> np.ndarray:
+                 slice_mm: float | None = None, window: str | None = None, run: Path | None = None) -> np.ndarray:
     """Write the exact model input as PREFIX.npy (float32, C x H x W) and PREFIX.png; input "auto" as train
-    (a point-centred grid when `point`, (x, y, z) LPS mm, is given)."""
+    (a point-centred grid when `point`, (x, y, z) LPS mm, is given). With `run`, the preprocessing is that run's
+    (its config.json), and no other preprocessing option may be given."""
     if not scan.exists():
         raise UserError(f"{scan} does not exist")
     for suffix in (".npy", ".png"):
@@ -131,10 +132,15 @@ def preview_scan(scan: Path, prefix: Path, input: str = "auto", size: int | None
     try:
         if point is not None and input not in ("auto", "point"):
             raise UserError("--point centres a point grid: leave out --input, or give --input point")
-        if input == "auto":
-            input = "point" if point is not None else "grid" if find_scan(scan, series_uid).kind == "volume" \
-                else "image"
-        config = preprocess_config(input, size, channels, grid_pad, fov_mm, slice_mm, window)
+        if run is not None:
+            config = _run_preprocess(run, point, input=None if input == "auto" else input, size=size,
+                                     channels=channels, grid_pad=grid_pad, fov_mm=fov_mm, slice_mm=slice_mm,
+                                     window=window)
+        else:
+            if input == "auto":
+                input = "point" if point is not None else "grid" if find_scan(scan, series_uid).kind == "volume" \
+                    else "image"
+            config = preprocess_config(input, size, channels, grid_pad, fov_mm, slice_mm, window)
         tensor = prepare(InputRequest(scan, series_uid, center, point), config, use_cache=False)
     except ScanError as exc:
         raise UserError(f"{scan}: {exc}") from None
@@ -144,6 +150,20 @@ def preview_scan(scan: Path, prefix: Path, input: str = "auto", size: int | None
     with atomic_path(prefix.parent / f"{prefix.name}.png", suffix=".png") as temp:
         Image.fromarray((np.clip(picture, 0, 1) * 255).round().astype(np.uint8)).save(temp, format="PNG")
     return tensor
+
+
+def _run_preprocess(run: Path, point, **given) -> PreprocessConfig:
+    """A run's preprocessing for preview --run; options that would change it are refused by name."""
+    from perceiver_med.config import load_run_config
+
+    named = [f"--{key.replace('_', '-')}" for key, value in given.items() if value is not None]
+    if named:
+        raise UserError(f"--run previews the input as {run} prepares it: leave out {', '.join(named)}")
+    config = load_run_config(run).preprocess
+    if (config.input == "point") != (point is not None):
+        raise UserError("that run was trained on grids centred on points: give --point X,Y,Z" if point is None
+                        else f"that run was trained on whole scans ({config.input}): leave out --point")
+    return config
 
 
 def prepare_splits(splits: Path, input: str = "auto", size: int | None = None, channels: int | None = None,

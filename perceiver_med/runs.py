@@ -456,6 +456,7 @@ class Prediction:
     label: str | None
     probs: np.ndarray  # calibrated with the run's temperature
     pred: str = ""  # the run's decision: its threshold for two classes, else the most probable class
+    point: tuple[float, float, float] | None = None  # LPS mm, for a run trained on points
 
 
 def predict_run(run: Path, scans: Path, out: Path, device: str = "auto", workers: int = 0,
@@ -480,7 +481,7 @@ def predict_run(run: Path, scans: Path, out: Path, device: str = "auto", workers
                             precision=config.train.precision)
         probs, preds = apply_decision(raw, config.decision, config.classes.index(config.positive_class))
         write_point_predictions(out, prepared, probs, preds, config.classes)
-        return ([Prediction(s.scan.path, _known(s.row.label, config.classes), p, config.classes[int(k)])
+        return ([Prediction(s.scan.path, _known(s.row.label, config.classes), p, config.classes[int(k)], s.row.point)
                  for s, p, k in zip(prepared.samples, probs, preds)], prepared.skipped, config.classes)
     found = discover(scans)
     if not found.scans:

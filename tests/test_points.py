@@ -247,6 +247,8 @@ def test_train_stores_the_point_grid_and_predict_writes_one_row_per_point(point_
     assert code == 0, stderr
     given, written = _points(root / "d" / "points.csv"), _points(root / "preds.csv")
     assert len(written) == len(given)
+    first = ",".join(f"{float(given[0][c]):.1f}" for c in ("coordX", "coordY", "coordZ"))
+    assert first in stdout and f"{len(given)} point(s) predicted" in stdout  # each row of the table is a point
     for row, point in zip(written, given):
         assert [row[c] for c in ("seriesuid", "coordX", "coordY", "coordZ", "label")] == \
                [point[c] for c in ("seriesuid", "coordX", "coordY", "coordZ", "label")]
@@ -282,6 +284,14 @@ def test_preview_of_a_point_is_the_grid_train_used(point_run, run_installed):
     expected = prepare(InputRequest(series, point=tuple(float(v) for v in point.split(","))), config,
                        use_cache=False)
     np.testing.assert_array_equal(np.load(root / "pv.npy"), expected)
+    # --run takes the run's preprocessing whole, and refuses an option that would change it
+    code, stdout, stderr = run_installed("preview", series, "--point", point, "--run", root / "run", "--out",
+                                         root / "pv-run")
+    assert code == 0, stderr
+    np.testing.assert_array_equal(np.load(root / "pv-run.npy"), expected)
+    code, stdout, stderr = run_installed("preview", series, "--point", point, "--run", root / "run", "--size", 32,
+                                         "--out", root / "pv-bad")
+    assert code == 2 and "leave out --size" in stderr and not (root / "pv-bad.npy").exists()
 
 
 def test_bad_points_are_skipped_with_a_reason_and_nothing_usable_is_exit_2(point_run, run_installed, tmp_path):
