@@ -41,7 +41,8 @@ def run_demo(out: Path, patients: int = 60, epochs: int | None = None, seed: int
     split_folder(data, out / "splits.csv", seed=seed)
     say(f"2. patient-grouped splits: {out / 'splits.csv'}")
     result, test = _train_and_evaluate(out, epochs, seed, reporter, say, "on the radiographs")
-    unseen, _ = synth("knee", out / "unseen", max(4, patients // 8), "png", seed + 1000)
+    unseen, _ = synth("knee", out / "unseen", max(4, patients // 8), "png", seed + 1000,
+                      first=patients)
     predictions, _, classes = predict_run(out / "run", unseen, out / "predictions.csv", device="cpu")
     correct = sum(p.pred in p.path.name.lower() for p in predictions)
     say(f"5. predictions for {len(predictions)} unseen scans: {out / 'predictions.csv'} "
@@ -76,7 +77,8 @@ def _lung_demo(out: Path, patients: int, epochs: int, seed: int, reporter: Repor
     split_folder(data / "scans", out / "splits.csv", seed=seed, points_csv=data / "points.csv")
     say(f"2. patient-grouped splits, one row per nodule point: {out / 'splits.csv'}")
     result, test = _train_and_evaluate(out, epochs, seed, reporter, say, "on 3x3 grids around each point")
-    unseen, _ = synth("lung", out / "unseen", max(4, patients // 8), "dicom", seed + 1000, points=True)
+    unseen, _ = synth("lung", out / "unseen", max(4, patients // 8), "dicom", seed + 1000, points=True,
+                      first=patients)
     predictions, _, _ = predict_run(out / "run", unseen / "scans", out / "predictions.csv", device="cpu",
                                     points=unseen / "points.csv")
     correct = sum(p.pred == p.label for p in predictions)

@@ -71,21 +71,21 @@ def knee_image(side: str, rng: np.random.Generator, size: int = KNEE_SIZE) -> np
     return np.clip(image, 0, 1).astype(np.float32)
 
 
-def _knee_plan(patients: int, rng):
+def _knee_plan(patients: int, rng, first: int = 0):
     plan = []
     for n in range(patients):
-        patient = f"OAI{9000000 + n * 37 + int(rng.integers(0, 37)):07d}"
+        patient = f"OAI{9000000 + (first + n) * 37 + int(rng.integers(0, 37)):07d}"
         sides = ["left", "right"] if rng.random() < 0.4 else [("left", "right")[int(rng.integers(0, 2))]]
         for side in sides:
-            plan.append((n, patient, side, int(rng.integers(2, 4))))
+            plan.append((first + n, patient, side, int(rng.integers(2, 4))))
     return plan
 
 
-def write_knee(out: Path, patients: int = 40, fmt: str = "png", seed: int = 0) -> int:
-    """Write a knee laterality phantom set; returns the number of images."""
+def write_knee(out: Path, patients: int = 40, fmt: str = "png", seed: int = 0, first: int = 0) -> int:
+    """Write a knee laterality phantom set; returns the number of images. Patients are numbered from `first`."""
     rng = np.random.default_rng(seed)
     count = 0
-    for n, patient, side, images in _knee_plan(patients, rng):
+    for n, patient, side, images in _knee_plan(patients, rng, first):
         series_uid = generate_uid(entropy_srcs=[str(seed), patient, side])
         for k in range(images):
             image = knee_image(side, rng)
@@ -238,8 +238,9 @@ def nodule_masks(label: str, rng: np.random.Generator, difficulty: LungDifficult
 
 
 def write_lung(out: Path, patients: int = 100, fmt: str = "dicom", seed: int = 0,
-               difficulty: str | LungDifficulty = "easy") -> int:
-    """Write a lung nodule phantom set as class folders; returns the number of volumes."""
+               difficulty: str | LungDifficulty = "easy", first: int = 0) -> int:
+    """Write a lung nodule phantom set as class folders; returns the number of volumes. Patients are numbered
+    from `first`."""
     if fmt == "png":
         raise UserError("synth lung writes volumes: use --format dicom or --format nifti")
     if isinstance(difficulty, str):
@@ -250,7 +251,7 @@ def write_lung(out: Path, patients: int = 100, fmt: str = "dicom", seed: int = 0
     rng = np.random.default_rng(seed)
     for n in range(patients):
         label = ("benign", "malignant")[n % 2]
-        patient = f"LUNG{n:04d}"
+        patient = f"LUNG{first + n:04d}"
         volume = lung_volume(label, rng) if difficulty is None else small_nodule_volume(label, rng, difficulty)
         folder = out / label
         folder.mkdir(exist_ok=True)
@@ -265,7 +266,7 @@ def write_lung(out: Path, patients: int = 100, fmt: str = "dicom", seed: int = 0
         order = rng.permutation(volume.shape[0])  # files written in shuffled order, with opaque names
         corner = [-volume.shape[2] * spacing[2] / 2, -volume.shape[1] * spacing[1] / 2]
         for k in order:
-            ds = _dicom_base(CT_SOP, "CT", patient, n, series_uid, seed, f"slice{k}")
+            ds = _dicom_base(CT_SOP, "CT", patient, first + n, series_uid, seed, f"slice{k}")
             ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
             ds.ImagePositionPatient = [*corner, round(float(k * spacing[0]), 3)]
             ds.PixelSpacing = [spacing[1], spacing[2]]
@@ -337,12 +338,14 @@ def _set_pixels(ds: Dataset, pixels: np.ndarray, bits: int) -> None:
 
 
 def synth(kind: str, out: Path, patients: int, fmt: str | None, seed: int,
-          difficulty: str | LungDifficulty = "easy", points: bool = False, masks: bool = False) -> tuple[Path, int]:
+          difficulty: str | LungDifficulty = "easy", points: bool = False, masks: bool = False, first: int = 0
+          ) -> tuple[Path, int]:
     """Write a phantom set into a new folder `out` (written beside it, then renamed into place).
 
     `difficulty` (lung only): a name of DIFFICULTIES, or a LungDifficulty.
     `points` (lung only): several nodules per patient, labelled in OUT/points.csv (see synth_points);
-    `masks` adds their label maps.
+    `masks` adds their label maps. Patients are numbered from `first` (a set for unseen patients takes other
+    numbers than the training set's).
     """
     if kind not in ("knee", "lung"):
         raise UserError("synth writes 'knee' or 'lung'")
@@ -371,13 +374,13 @@ def synth(kind: str, out: Path, patients: int, fmt: str | None, seed: int,
     temp.mkdir(parents=True)
     try:
         if kind == "knee":
-            count = write_knee(temp, patients, fmt, seed)
+            count = write_knee(temp, patients, fmt, seed, first)
         elif points:
             from perceiver_med.synth_points import write_points
 
-            count = write_points(temp, patients, fmt, seed, masks)
+            count = write_points(temp, patients, fmt, seed, masks, first=first)
         else:
-            count = write_lung(temp, patients, fmt, seed, difficulty)
+            count = write_lung(temp, patients, fmt, seed, difficulty, first)
         if out.exists():
             out.rmdir()
         temp.rename(out)

@@ -268,8 +268,9 @@ MASK_VALUES = {"benign": 1, "malignant": 2}  # `points --mask-labels 1=benign,2=
 
 
 def write_points(out: Path, patients: int, fmt: str, seed: int, masks: bool = False,
-                 layout: ChestLayout = ChestLayout()) -> int:
-    """Write the nodule-points phantom into `out` (scans/, points.csv, masks/); returns the number of scans."""
+                 layout: ChestLayout = ChestLayout(), first: int = 0) -> int:
+    """Write the nodule-points phantom into `out` (scans/, points.csv, masks/); returns the number of scans.
+    Patients are numbered from `first`."""
     from perceiver_med.synth import write_ct_series
 
     scans, mask_folder = out / "scans", out / "masks"
@@ -278,7 +279,7 @@ def write_points(out: Path, patients: int, fmt: str, seed: int, masks: bool = Fa
         mask_folder.mkdir()
     rows = []
     for n in range(patients):
-        patient = f"LUNG{n:04d}"
+        patient = f"LUNG{first + n:04d}"
         # one generator per patient for the anatomy, another for the files: DICOM and NIfTI get the same anatomy
         volume, labels, geometry, nodules = chest_volume(np.random.default_rng([seed, n]), layout)
         if fmt == "nifti":
@@ -289,7 +290,7 @@ def write_points(out: Path, patients: int, fmt: str, seed: int, masks: bool = Fa
         else:
             reference = generate_uid(entropy_srcs=[str(seed), patient, "ct-points"])  # the SeriesInstanceUID
             files_rng = np.random.default_rng([seed, n, 1])
-            write_ct_series(scans / patient, volume, geometry, patient, n, reference, seed, files_rng)
+            write_ct_series(scans / patient, volume, geometry, patient, first + n, reference, seed, files_rng)
         if masks:  # a semantic label map, as segmentation data sets give them: the value names the class
             classes = np.zeros_like(labels)
             for k, nodule in enumerate(nodules, 1):

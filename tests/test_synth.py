@@ -261,3 +261,21 @@ def test_synth_points_through_the_installed_command(tmp_path, run_installed, run
         code, stdout, stderr = run_cli("synth", *bad)
         assert code == 2 and len(stderr.strip().splitlines()) == 1 and "Traceback" not in stderr
     assert sorted(path.name for path in tmp_path.iterdir()) == ["lung"]  # nothing written for a refused command
+
+
+@pytest.mark.parametrize("kind, fmt", [("knee", "dicom"), ("lung", "nifti")])
+def test_a_set_of_unseen_patients_takes_other_patient_ids(tmp_path, kind, fmt):
+    """demo predicts a second phantom set as unseen patients: its ids must not be the training set's."""
+    import pydicom
+
+    from perceiver_med.synth import synth
+
+    def patient_ids(root):
+        if fmt == "dicom":
+            return {pydicom.dcmread(f, stop_before_pixels=True).PatientID for f in root.rglob("*.dcm")}
+        return {f.name.split(".")[0] for f in root.rglob("*.nii.gz")}
+
+    train, _ = synth(kind, tmp_path / "train", 3, fmt, 0)
+    unseen, _ = synth(kind, tmp_path / "unseen", 3, fmt, 1000, first=3)
+    assert len(patient_ids(train)) == len(patient_ids(unseen)) == 3
+    assert not patient_ids(train) & patient_ids(unseen)
