@@ -26,7 +26,7 @@ class TrainConfig:
         weight_decay: AdamW weight decay.
         warmup_epochs: linear warm-up length; cosine decay afterwards.
         patience: stop after this many epochs without a lower validation loss (0: never); epochs are counted
-            only once the training set is fitted (95% training accuracy) or half the epochs have run.
+            only once the training set is fitted (95% training accuracy) or 3/4 of the epochs have run.
         grad_clip: maximum gradient norm.
         seed: seed of weights, shuffling and augmentation.
         num_workers: processes for preprocessing.

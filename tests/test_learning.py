@@ -12,8 +12,8 @@ from perceiver_med.synth import DIFFICULTIES, synth
 FIT_EPOCHS = 80  # of 4 steps (batch 4): the plain CNN fitted 15 of the 16 volumes in 60
 
 
-def test_early_stopping_waits_for_the_training_set_or_half_the_epochs():
-    plateau = [{"stage": "perceiver", "train_accuracy": 0.5} for _ in range(29)]
+def test_early_stopping_waits_for_the_training_set_or_three_quarters_of_the_epochs():
+    plateau = [{"stage": "perceiver", "train_accuracy": 0.5} for _ in range(44)]
     assert not stopping_armed(plateau, "perceiver", 60)
     assert stopping_armed(plateau + [{"stage": "perceiver", "train_accuracy": 0.5}], "perceiver", 60)
     assert stopping_armed(plateau[:3] + [{"stage": "perceiver", "train_accuracy": 0.97}], "perceiver", 60)
