@@ -30,7 +30,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.flop_counter import (FlopCounterMode, register_flop_formula, sdpa_backward_flop_count,
                                       sdpa_flop_count)
 
@@ -124,11 +123,12 @@ def equivalence(device, steps=3, batch=8) -> dict:
 
 def train_step(model, optimizer, x, y, channels_last, bf16, device) -> torch.Tensor:
     """One forward, backward and optimiser step; returns the (detached) loss."""
-    from perceiver_med.engine import autocast
+    from perceiver_med.engine import autocast, training_loss
 
     inputs = x.permute(0, 2, 3, 1) if channels_last else x  # perceiver-pytorch takes (B, H, W, C)
     with autocast(device, "bf16" if bf16 else "fp32"):
-        loss = F.cross_entropy(model(inputs).float(), y)
+        outputs = model(inputs)
+    _, loss, _ = training_loss(outputs, y)  # with our models' deep supervision, as train trains them
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
@@ -163,8 +163,10 @@ def step_flops(model, channels_last, batch, device) -> float:
     x = torch.rand(batch, 1, 64, 64, device=device)
     y = torch.randint(0, 2, (batch,), device=device)
     inputs = x.permute(0, 2, 3, 1) if channels_last else x
+    from perceiver_med.engine import training_loss
+
     with FlopCounterMode(display=False) as counter:
-        F.cross_entropy(model(inputs), y).backward()
+        training_loss(model(inputs), y)[1].backward()
     model.zero_grad(set_to_none=True)
     return counter.get_total_flops() / batch
 

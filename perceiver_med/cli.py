@@ -258,11 +258,6 @@ def inspect(data: Annotated[Path, typer.Argument(help="folder of scans, or one f
         console.print(f"file list written to [bold]{escape(str(out))}[/]")
 
 
-def _samples(rows) -> str:
-    """What a splits file's rows are, for messages: "points" (point-centred grids) or "scans"."""
-    return "points" if any(row.point for row in rows) else "scans"
-
-
 def _print_skips(skipped, title="skipped"):
     table = skipped_table(skipped, title)
     if table is not None:
@@ -290,12 +285,12 @@ def split(data: Annotated[Optional[Path], typer.Argument(help="folder of scans",
     """Stratified, patient-grouped train/val/test split (or --check an existing one)."""
     from perceiver_med import dataset_ops
     from perceiver_med.files import check_new_output
-    from perceiver_med.splits import count_table
+    from perceiver_med.splits import count_table, sample_noun
 
     _voxel_budget(max_voxels)
     if check is not None:
         checked = dataset_ops.check_splits_file(check)
-        samples = _samples(checked.rows)
+        samples = sample_noun(checked.rows)
         console.print(counts_table(count_table(checked.rows), samples=samples))
         if any(row.fold is not None for row in checked.rows):
             console.print(counts_table(count_table(checked.rows, by_fold=True), "fold", samples))
@@ -312,7 +307,7 @@ def split(data: Annotated[Optional[Path], typer.Argument(help="folder of scans",
     check_new_output(out, overwrite)
     result = dataset_ops.split_folder(data, out, parsed, seed, label_from.value, labels, patient_regex, points,
                                       folds)
-    samples = _samples(result.rows)
+    samples = sample_noun(result.rows)
     console.print(counts_table(count_table(result.rows), samples=samples))
     if folds is not None:
         console.print(counts_table(count_table(result.rows, by_fold=True), "fold", samples))
@@ -405,7 +400,8 @@ def prepare(splits: Annotated[Path, typer.Argument(help="splits CSV", metavar="S
                                         reporter.preparing, window)
     _print_skips(loaded.skipped)
     root = usable_cache_root()
-    console.print(summary_line(len(loaded.rows), len(loaded.skipped), f"scan(s) ready as {config.input} "
+    noun = "point(s)" if config.input == "point" else "scan(s)"
+    console.print(summary_line(len(loaded.rows), len(loaded.skipped), f"{noun} ready as {config.input} "
                                f"{config.output_shape}") + (f"; cache in {escape(str(root))}" if root else
                                                             "; [yellow]the cache folder is not writable[/]"))
 
@@ -467,7 +463,7 @@ def train(splits: Annotated[Optional[Path], typer.Argument(help="splits CSV from
           depth: Annotated[Optional[int], typer.Option(help="ViT blocks (vit-rollout-cnn)", min=1, metavar="N")
                            ] = None,
           dim: Annotated[Optional[int], typer.Option(help="ViT width (vit-rollout-cnn)", min=1, metavar="N")] = None,
-          stem_probe: Annotated[Optional[float], typer.Option(
+          deep_supervision: Annotated[Optional[float], typer.Option(
               help="weight of the deep supervision of the conv stem in training (perceiver; the ViT of "
                    "vit-rollout-cnn); 0 turns it off", min=0.0, metavar="W", show_default="1.0")] = None,
           num_workers: Annotated[int, typer.Option(help="preprocessing processes (0: one per core, up to 8)", min=0,
@@ -491,7 +487,7 @@ def train(splits: Annotated[Optional[Path], typer.Argument(help="splits CSV from
                    class_weights=_value(class_weights), input=_value(input), size=size, channels=channels,
                    grid_pad=grid_pad, fov_mm=fov_mm, slice_mm=slice_mm, window=window, flip=flip, positive=positive,
                    threshold=threshold, num_latents=num_latents, latent_dim=latent_dim, num_iterations=num_iterations,
-                   depth=depth, dim=dim, stem_probe=stem_probe, fold=fold)
+                   depth=depth, dim=dim, deep_supervision=deep_supervision, fold=fold)
     try:
         with RichReporter(quiet or not main_process) as reporter:
             trainer = train_run
@@ -576,7 +572,7 @@ def predict(run: Annotated[Path, typer.Argument(help="run directory", metavar="R
     with_points = any(p.point is not None for p in predictions)
     point_column = ["point (LPS mm)"] if with_points else []
     for column in ("scan", *point_column, "label", "pred", *(f"p({c})" for c in classes)):
-        table.add_column(plain(column))
+        table.add_column(plain(column), no_wrap=column in point_column)  # a coordinate cut short misleads
     for p in predictions[:30]:
         point = [",".join(f"{c:.1f}" for c in p.point)] if with_points else []
         table.add_row(plain(p.path.name), *point, plain(p.label or ""), plain(p.pred), *(f"{v:.4f}" for v in p.probs))

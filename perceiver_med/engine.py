@@ -28,7 +28,7 @@ from perceiver_med.errors import UserError
 from perceiver_med.files import atomic_path
 from perceiver_med.io.limits import describe
 from perceiver_med.metrics import split_metrics
-from perceiver_med.models.cnn import Supervised
+from perceiver_med.models.cnn import SupervisedOutput
 
 SPLITS = ("train", "val", "test")
 
@@ -236,6 +236,22 @@ def lr_lambda(warmup_steps: int, total_steps: int):
     return factor
 
 
+def training_loss(outputs, y: torch.Tensor, weights: torch.Tensor | None = None, label_smoothing: float = 0.0
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(logits, the loss to minimise, the model's own loss) of a training-mode forward pass.
+
+    With deep supervision (SupervisedOutput) the loss adds the auxiliary classifier's weighted cross-entropy; it
+    trains the stem, never predicts, and is left out of the reported training loss. No label smoothing there:
+    smoothing calibrates the predictions, which the auxiliary classifier does not make.
+    """
+    logits = outputs.logits if isinstance(outputs, SupervisedOutput) else outputs
+    model_loss = F.cross_entropy(logits.float(), y, weight=weights, label_smoothing=label_smoothing)
+    loss = model_loss
+    if isinstance(outputs, SupervisedOutput):
+        loss = loss + outputs.weight * F.cross_entropy(outputs.auxiliary.float(), y, weight=weights)
+    return logits, loss, model_loss
+
+
 FITTED_ACCURACY = 0.95
 
 
@@ -372,10 +388,7 @@ def fit(model: nn.Module, model_name: str, data: dict, classes: list[str], train
                 x = augment_batch(x, augment, generator)
                 with autocast(device, train_cfg.precision):
                     outputs = forward(x)
-                logits = outputs.logits if isinstance(outputs, Supervised) else outputs
-                loss = F.cross_entropy(logits.float(), y, weight=weights, label_smoothing=train_cfg.label_smoothing)
-                if isinstance(outputs, Supervised):  # deep supervision of a stem: trains it, never predicts
-                    loss = loss + outputs.weight * F.cross_entropy(outputs.auxiliary.float(), y, weight=weights)
+                logits, loss, model_loss = training_loss(outputs, y, weights, train_cfg.label_smoothing)
                 if not torch.isfinite(loss):
                     raise TrainingDiverged(
                         f"training diverged: the loss became {loss.item()} at stage {stage.name}, epoch "
@@ -385,10 +398,10 @@ def fit(model: nn.Module, model_name: str, data: dict, classes: list[str], train
                 torch.nn.utils.clip_grad_norm_(trainable, train_cfg.grad_clip)
                 optimizer.step()
                 scheduler.step()
-                total_loss += loss.item() * len(y)
+                total_loss += model_loss.item() * len(y)  # the model's own loss, comparable to val_loss
                 correct += int((logits.argmax(1) == y).sum())
                 seen += len(y)
-                reporter.step(loss.item())
+                reporter.step(model_loss.item())
             recompute_batch_norm(stage, train_inputs[order[:BATCH_NORM_SAMPLES]], train_cfg, device)
             processes.average_buffers(stage.module)
             stage.module.eval()

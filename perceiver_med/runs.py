@@ -31,8 +31,8 @@ from perceiver_med.windows import parse_window
 
 MODEL_NAMES = ("perceiver", "vit-rollout-cnn", "cnn")
 # The architecture options each model takes (train --num-latents ...); anything else is refused by name.
-MODEL_OPTIONS = {"perceiver": ("num_latents", "latent_dim", "num_iterations", "stem_probe"),
-                 "vit-rollout-cnn": ("depth", "dim", "stem_probe"),
+MODEL_OPTIONS = {"perceiver": ("num_latents", "latent_dim", "num_iterations", "deep_supervision"),
+                 "vit-rollout-cnn": ("depth", "dim", "deep_supervision"),
                  "cnn": ()}
 MODEL_OPTION_NAMES = {name for names in MODEL_OPTIONS.values() for name in names}
 FROZEN_SPLITS = "splits.csv"
@@ -119,6 +119,8 @@ def _stored_options(config: RunConfig) -> dict:
               "flip": config.augment.flip, "positive": config.positive_class, "threshold": config.threshold_rule,
               "fold": config.fold, **asdict(config.train)}
     stored.update({k: model[k] for k in MODEL_OPTION_NAMES if k in model})
+    if "deep_supervision" in MODEL_OPTIONS.get(config.model["name"], ()):
+        stored.setdefault("deep_supervision", 0.0)  # runs from before the option had none
     return stored
 
 

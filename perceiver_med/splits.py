@@ -136,6 +136,11 @@ def assign_folds(rows: list[SplitRow], folds: int, seed: int = 0) -> None:
                 pool[k].split = "val" if fold == 0 else "train"
 
 
+def sample_noun(rows: list[SplitRow]) -> str:
+    """What a splits file's rows are, for messages: "points" (point-centred grids, one or more a scan) or "scans"."""
+    return "points" if any(row.point is not None for row in rows) else "scans"
+
+
 def fold_rows(rows: list[SplitRow], fold: int) -> list[SplitRow]:
     """The rows as fold `fold` trains on them: its own rows are val, the other folds' train, test stays."""
     folds = sorted({row.fold for row in rows if row.fold is not None})

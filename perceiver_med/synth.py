@@ -344,8 +344,8 @@ def synth(kind: str, out: Path, patients: int, fmt: str | None, seed: int,
 
     `difficulty` (lung only): a name of DIFFICULTIES, or a LungDifficulty.
     `points` (lung only): several nodules per patient, labelled in OUT/points.csv (see synth_points);
-    `masks` adds their label maps. Patients are numbered from `first` (a set for unseen patients takes other
-    numbers than the training set's).
+    `masks` adds their label maps. Patients are numbered from `first`: a set of unseen patients takes numbers
+    after the training set's, and another `seed` (`first` changes the ids, not the anatomy the seed draws).
     """
     if kind not in ("knee", "lung"):
         raise UserError("synth writes 'knee' or 'lung'")

@@ -177,8 +177,8 @@ def test_model_options_the_model_does_not_take_are_refused(run_installed, knee, 
                                  "vit-rollout-cnn", "--num-latents", "8"))
     assert "--num-latents is an option of perceiver" in err and not (tmp_path / "r").exists()
     err = one_line(run_installed("train", knee / "splits.csv", "--out", tmp_path / "r", "--model", "cnn",
-                                 "--stem-probe", "0"))
-    assert "--stem-probe is an option of perceiver and vit-rollout-cnn, not cnn" in err
+                                 "--deep-supervision", "0"))
+    assert "--deep-supervision is an option of perceiver and vit-rollout-cnn, not cnn" in err
     assert not (tmp_path / "r").exists()
 
 

@@ -37,7 +37,7 @@ class ConvStem(nn.Module):
         return self.body(x)
 
 
-class Supervised(NamedTuple):
+class SupervisedOutput(NamedTuple):
     """A training-mode output with deep supervision: the loss is CE(logits) + weight * CE(auxiliary)."""
 
     logits: torch.Tensor
@@ -45,18 +45,20 @@ class Supervised(NamedTuple):
     weight: float
 
 
-class StemProbe(nn.Module):
-    """Deep supervision of a tokeniser's stem (Lee et al. 2015, "Deeply-supervised nets"): a linear classifier on
-    the global max of the stem's feature map, trained beside the model and never used for its predictions.
+class DeepSupervision(nn.Module):
+    """Deep supervision of a tokeniser's stem (Lee et al. 2015, "Deeply-supervised nets"): an auxiliary linear
+    classifier on the global max of the stem's feature map, trained beside the model and never used to predict.
 
     On small lesions attention starts uniform: the class token (or the latents) sees the mean of hundreds of tokens,
-    the lesion's few among them, and a ViT or Perceiver sat at chance for tens of epochs while the same stem under a
-    global max pool (the CNN baseline) learnt. The probe's gradient trains the stem at the CNN's pace, so the tokens
-    carry the lesion's features by the time attention has to find them.
+    the lesion's few among them, and a ViT or Perceiver sat at chance for 60 epochs while the same stem under a
+    global max pool (the CNN baseline) learnt. The auxiliary loss trains the stem as the CNN baseline's loss does,
+    so the tokens carry the lesion's features by the time attention has to find them.
     """
 
     def __init__(self, channels: int, num_classes: int, weight: float):
         super().__init__()
+        if weight <= 0:
+            raise ValueError(f"the weight of deep supervision must be positive, not {weight}")
         self.weight = weight
         self.head = nn.Linear(channels, num_classes)
 
@@ -65,12 +67,22 @@ class StemProbe(nn.Module):
             return self.head(features.float().amax(dim=(2, 3)))
 
 
-def supervised(module: nn.Module, logits: torch.Tensor, features: torch.Tensor | None, probe: StemProbe | None
-               ) -> torch.Tensor | Supervised:
-    """The model's output: its logits, or in training with a probe, Supervised(logits, probe logits, weight)."""
-    if probe is None or not module.training:
+def deep_supervision_head(stem: nn.Module | None, channels: int, num_classes: int, weight: float
+                          ) -> DeepSupervision | None:
+    """A model's DeepSupervision of its stem, or None for weight 0; a positive weight needs a stem."""
+    if weight < 0:
+        raise ValueError(f"deep_supervision must be 0 or more, not {weight}")
+    if weight > 0 and stem is None:
+        raise ValueError("deep_supervision needs a convolutional stem (stem_widths)")
+    return DeepSupervision(channels, num_classes, weight) if weight > 0 else None
+
+
+def with_deep_supervision(module: nn.Module, logits: torch.Tensor, features: torch.Tensor | None,
+                          supervision: DeepSupervision | None) -> torch.Tensor | SupervisedOutput:
+    """A model's output: its logits; in training with deep supervision, SupervisedOutput(logits, auxiliary, weight)."""
+    if supervision is None or not module.training:
         return logits
-    return Supervised(logits, probe(features), probe.weight)
+    return SupervisedOutput(logits, supervision(features), supervision.weight)
 
 
 def optional_stem(in_channels: int, widths: tuple[int, ...], norm: str, image_size: int, patch_size: int

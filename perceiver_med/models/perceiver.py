@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from perceiver_med.models.cnn import StemProbe, optional_stem, supervised
+from perceiver_med.models.cnn import deep_supervision_head, optional_stem, with_deep_supervision
 from perceiver_med.models.layers import attend, self_attend
 
 
@@ -178,12 +178,12 @@ class Perceiver(nn.Module):
                  latent_dim_head: int = 64, self_per_cross_attn: int = 2, num_iterations: int = 2,
                  weight_sharing: str = "after_first", patch_size: int = 1, stem_widths: tuple[int, ...] = (),
                  stem_norm: str = "batch", attn_dropout: float = 0.0, ff_dropout: float = 0.0,
-                 stem_probe: float = 0.0):
+                 deep_supervision: float = 0.0):
         super().__init__()
         if weight_sharing not in ("after_first", "all", "none"):
             raise ValueError("weight_sharing must be after_first, all or none")
         self.stem, channels, reduction = optional_stem(in_channels, stem_widths, stem_norm, image_size, patch_size)
-        self.probe = StemProbe(channels, num_classes, stem_probe) if self.stem is not None and stem_probe > 0 else None
+        self.supervision = deep_supervision_head(self.stem, channels, num_classes, deep_supervision)
         self.image_size, self.element_patch, self.patch_size = image_size, patch_size, patch_size * reduction
         self.num_freq_bands = num_freq_bands
         self.max_freq = float(max_freq if max_freq is not None else image_size)
@@ -245,10 +245,10 @@ class Perceiver(nn.Module):
 
     def forward(self, x: torch.Tensor, return_attention: bool = False):
         """Logits (B, classes); with return_attention, also the cross-attention per iteration (B, h, M, N); in
-        training with a stem probe, Supervised(logits, probe logits, weight)."""
+        training with deep supervision, SupervisedOutput(logits, auxiliary logits, weight)."""
         features = self._stem(x)
         latents, attentions = self._attend(x, features, return_attention)
         logits = self.forward_head(latents)
         if return_attention:
             return logits, attentions
-        return supervised(self, logits, features, self.probe)
+        return with_deep_supervision(self, logits, features, self.supervision)

@@ -30,10 +30,10 @@ def count_parameters(model: nn.Module) -> int:
 
 
 STEM_WIDTHS = (16, 32, 64)  # the conv stem of the Perceiver and the ViT: three conv-BN-ReLU-maxpool stages, 8x smaller
-# Deep supervision of that stem (models.cnn.StemProbe) at the weight of the model's own loss: on nodule points a
-# Perceiver fold and the hybrid's ViT sat at chance for 60 epochs without it and fitted their training sets by epoch
-# 50-75 with it (benchmarks/README.md, "Learning small lesions").
-STEM_PROBE = 1.0
+# Deep supervision of that stem (models.cnn.DeepSupervision) at the weight of the model's own loss: on nodule points
+# a Perceiver fold and the hybrid's ViT sat at chance for 60 epochs without it, and with it left chance at epoch ~45
+# and ~52 (benchmarks/README.md, "Learning small lesions", third round).
+DEEP_SUPERVISION = 1.0
 
 
 def cnn_config(num_classes: int) -> dict:
@@ -57,7 +57,7 @@ def default_config(name: str, input_shape: tuple[int, int, int], num_classes: in
                 "cross_heads": 1, "cross_dim_head": 64, "latent_heads": 4, "latent_dim_head": 32,
                 "self_per_cross_attn": 2, "num_iterations": 2, "weight_sharing": "after_first",
                 "patch_size": 1, "stem_widths": list(STEM_WIDTHS), "attn_dropout": 0.0, "ff_dropout": 0.0,
-                "stem_probe": STEM_PROBE}
+                "deep_supervision": DEEP_SUPERVISION}
     if name == "vit-rollout-cnn":
         # The ViT reads the tokens of a conv stem (the hybrid ViT of Dosovitskiy et al.): 8x8 or 16x16 linear
         # patches left it at chance on 3-6 pixel nodules. One more stage for grids keeps 12x12 tokens (8x8 for a
@@ -67,7 +67,7 @@ def default_config(name: str, input_shape: tuple[int, int, int], num_classes: in
         widths = [*STEM_WIDTHS, 128] if side > 96 else list(STEM_WIDTHS)
         vit = {"in_channels": channels, "image_size": side, "patch_size": 1, "stem_widths": widths,
                "num_classes": num_classes, "dim": 128, "depth": 4, "heads": 4, "dropout": 0.1,
-               "stem_probe": STEM_PROBE}
+               "deep_supervision": DEEP_SUPERVISION}
         return {"name": name, "vit": vit, "cnn": cnn_config(num_classes), "head_fusion": "mean",
                 "discard_ratio": 0.0, "zero_rollout": True}
     if name == "cnn":

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from perceiver_med.models.cnn import StemProbe, optional_stem, supervised
+from perceiver_med.models.cnn import deep_supervision_head, optional_stem, with_deep_supervision
 from perceiver_med.models.layers import self_attend
 
 
@@ -76,8 +76,8 @@ class ViT(nn.Module):
             Dosovitskiy et al.) whose feature map is cut into patches; () for patches of the image itself.
         stem_norm: the stem's normalisation, "batch" (default), "group" or "none".
         pool: "cls" (the class token) or "mean" (the mean of the patch tokens) feeds the head.
-        stem_probe: weight of the stem's deep supervision (StemProbe) in training; 0 for none. The probe never
-            feeds the predictions, nor the attention that rollout reads.
+        deep_supervision: weight of the loss of an auxiliary classifier on the stem (DeepSupervision) in training; 0
+            for none. It never feeds the predictions, nor the attention that rollout reads.
 
     `patch_size` as an attribute is the side, in input pixels, of the square one token covers.
     """
@@ -85,7 +85,7 @@ class ViT(nn.Module):
     def __init__(self, *, in_channels: int = 1, image_size: int = 64, patch_size: int = 8, num_classes: int = 2,
                  dim: int = 128, depth: int = 4, heads: int = 4, mlp_ratio: float = 4.0, dropout: float = 0.0,
                  stem_widths: tuple[int, ...] = (), stem_norm: str = "batch", pool: str = "cls",
-                 stem_probe: float = 0.0):
+                 deep_supervision: float = 0.0):
         super().__init__()
         if pool not in ("cls", "mean"):
             raise ValueError(f"pool must be cls or mean, not {pool!r}")
@@ -95,7 +95,7 @@ class ViT(nn.Module):
         self.patch_embed = nn.Conv2d(channels, dim, kernel_size=patch_size, stride=patch_size)
         if stem is not None:
             self.patch_embed = nn.Sequential(stem, self.patch_embed)
-        self.probe = StemProbe(channels, num_classes, stem_probe) if stem is not None and stem_probe > 0 else None
+        self.supervision = deep_supervision_head(stem, channels, num_classes, deep_supervision)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
         # learned, but started from 2D sin-cos (as in MAE): with small random starts a ViT on a few hundred
         # images sits position-blind at chance for a long time, and laterality is all about position
@@ -129,8 +129,10 @@ class ViT(nn.Module):
 
     def forward(self, x: torch.Tensor, return_attention: bool = False):
         """Logits; with return_attention also each block's weights (B, heads, T, T), T = patches + 1; in training
-        with a stem probe, Supervised(logits, probe logits, weight)."""
+        with deep supervision, SupervisedOutput(logits, auxiliary logits, weight)."""
         embedded, features = self.embed(x)
         tokens, attentions = self.encode(embedded, return_attention)
         logits = self.forward_head(tokens)
-        return (logits, attentions) if return_attention else supervised(self, logits, features, self.probe)
+        if return_attention:
+            return logits, attentions
+        return with_deep_supervision(self, logits, features, self.supervision)

@@ -246,49 +246,62 @@ def test_a_stem_carries_a_one_pixel_dot_at_full_strength_where_linear_patches_di
 
 
 @pytest.mark.parametrize("name", ["perceiver-stem", "vit-stem"])
-def test_a_stem_probe_supervises_the_stem_in_training_and_never_feeds_a_prediction(name):
-    """Deep supervision (StemProbe): in training the model also returns a linear classifier's logits on the global
-    max of its stem's feature map, weighted for the loss; in evaluation the logits do not depend on the probe."""
-    from perceiver_med.models.cnn import Supervised
+def test_deep_supervision_trains_the_stem_and_never_feeds_a_prediction(name):
+    """In training the model also returns an auxiliary linear classifier's logits on the global max of its stem's
+    feature map, and the loss adds them with their weight; in evaluation the logits do not depend on them."""
+    from perceiver_med.engine import training_loss
+    from perceiver_med.models.cnn import SupervisedOutput
 
     torch.manual_seed(0)
-    model = build_model({**TINY[name], "stem_probe": 0.5})
+    model = build_model({**TINY[name], "deep_supervision": 0.5})
     x = _input(name)
     out = model(x)
-    assert isinstance(out, Supervised) and out.weight == 0.5 and out.logits.shape == out.auxiliary.shape == (4, 3)
+    assert isinstance(out, SupervisedOutput) and out.weight == 0.5 and out.logits.shape == out.auxiliary.shape == (4, 3)
     stem = model.stem if name.startswith("perceiver") else model.patch_embed[0]
     with torch.no_grad():
-        expected = model.probe.head(stem(x).amax(dim=(2, 3)))
+        expected = model.supervision.head(stem(x).amax(dim=(2, 3)))
     torch.testing.assert_close(out.auxiliary, expected)
+    y = torch.tensor([0, 1, 2, 0])
+    _, loss, model_loss = training_loss(out, y)
+    cross_entropy = torch.nn.functional.cross_entropy
+    torch.testing.assert_close(model_loss, cross_entropy(out.logits, y))
+    torch.testing.assert_close(loss, cross_entropy(out.logits, y) + 0.5 * cross_entropy(expected, y))
     (out.logits.pow(2).sum() + out.auxiliary.pow(2).sum()).backward()
     assert [n for n, p in model.named_parameters() if p.grad is None or not torch.any(p.grad != 0)] == []
     model.eval()
     with torch.no_grad():
         before = model(x)
-        model.probe.head.weight.normal_()
+        model.supervision.head.weight.normal_()
         torch.testing.assert_close(model(x), before, rtol=0, atol=0)
         assert torch.is_tensor(before) and model(x, return_attention=True)[0].shape == (4, 3)
 
 
-def test_the_engine_trains_a_stem_probe_beside_the_model(tmp_path):
-    """fit() adds the probe's weighted loss: its classifier moves, and it is absent from the saved predictions."""
+def test_the_engine_trains_the_deep_supervision_beside_the_model(tmp_path):
+    """fit() adds the auxiliary classifier's weighted loss: without weight decay only its gradient can move it."""
     from perceiver_med.config import TrainConfig
     from perceiver_med.datasets import AugmentConfig
     from perceiver_med.engine import Processes, Reporter, fit
 
     torch.manual_seed(0)
-    model = build_model({**TINY["vit-stem"], "num_classes": 2, "stem_probe": 1.0})
-    start = model.probe.head.weight.detach().clone()
+    model = build_model({**TINY["vit-stem"], "num_classes": 2, "deep_supervision": 1.0})
+    start = model.supervision.head.weight.detach().clone()
     x = torch.rand(8, 1, 16, 16, generator=torch.Generator().manual_seed(1))
     data = {"train": (x, torch.tensor([0, 1] * 4))}
-    config = TrainConfig(epochs=2, batch_size=4, device="cpu", precision="fp32")
+    config = TrainConfig(epochs=2, batch_size=4, device="cpu", precision="fp32", weight_decay=0.0)
     processes = Processes.start(torch.device("cpu"))
     try:
         fit(model, "vit", data, ["a", "b"], config, AugmentConfig(), tmp_path, torch.device("cpu"), processes,
             Reporter())
     finally:
         processes.close()
-    assert not torch.equal(model.probe.head.weight, start)
+    assert not torch.equal(model.supervision.head.weight, start)
+
+
+def test_deep_supervision_is_refused_where_it_cannot_work():
+    with pytest.raises(ValueError, match="needs a convolutional stem"):
+        build_model({**TINY["vit"], "deep_supervision": 1.0})
+    with pytest.raises(ValueError, match="0 or more"):
+        build_model({**TINY["perceiver-stem"], "deep_supervision": -1.0})
 
 
 def test_hybrid_second_stage_starts_as_the_cnn_on_the_image_with_zero_rollout():
