@@ -465,7 +465,7 @@ def train(splits: Annotated[Optional[Path], typer.Argument(help="splits CSV from
           dim: Annotated[Optional[int], typer.Option(help="ViT width (vit-rollout-cnn)", min=1, metavar="N")] = None,
           deep_supervision: Annotated[Optional[float], typer.Option(
               help="weight of the deep supervision of the conv stem in training (perceiver; the ViT of "
-                   "vit-rollout-cnn); 0 turns it off", min=0.0, metavar="W", show_default="3")] = None,
+                   "vit-rollout-cnn); 0 turns it off", min=0.0, metavar="W", show_default="1")] = None,
           num_workers: Annotated[int, typer.Option(help="preprocessing processes (0: one per core, up to 8)", min=0,
                                                    metavar="N")] = 0,
           fold: Annotated[Optional[int], typer.Option(

@@ -30,11 +30,11 @@ def count_parameters(model: nn.Module) -> int:
 
 
 STEM_WIDTHS = (16, 32, 64)  # the conv stem of the Perceiver and the ViT: three conv-BN-ReLU-maxpool stages, 8x smaller
-# Deep supervision of that stem (models.cnn.DeepSupervision): on nodule points a Perceiver fold and the hybrid's ViT
-# sat at chance for 60 epochs without it, and with weight 1 left chance at epoch ~45 and ~52; another fold stayed
-# near chance at weight 1 through all 86 epochs and fitted at weight 3 (benchmarks/README.md, "Learning small
+# Deep supervision of that stem (models.cnn.DeepSupervision) at the weight of the model's own loss: on nodule points
+# a Perceiver fold and the hybrid's ViT sat at chance for 60 epochs without it, and with it left chance at epoch ~45
+# and ~52. Weight 3 was no surer: it rescued one fold and lost another (benchmarks/README.md, "Learning small
 # lesions", third round).
-DEEP_SUPERVISION = 3.0
+DEEP_SUPERVISION = 1.0
 
 
 def cnn_config(num_classes: int) -> dict:
