@@ -268,6 +268,17 @@ def stopping_armed(history: list[dict], stage: str, epochs: int) -> bool:
     return len(rows) >= epochs * 3 / 4 or any(row["train_accuracy"] >= FITTED_ACCURACY for row in rows)
 
 
+def unfitted_note(history: list[dict], stage: str) -> str:
+    """A note when a stage never fitted its training set: on small lesions that is a run still on its initial
+    plateau (a nodule-point fold sat near chance for all of its 86 epochs), which its metrics alone do not say."""
+    rows = [row for row in history if row["stage"] == stage]
+    best = max((row["train_accuracy"] for row in rows), default=0.0)
+    if not rows or best >= FITTED_ACCURACY:
+        return ""
+    return (f"note: stage {stage} never fitted its training set (best training accuracy {best:.2f} in {len(rows)} "
+            "epochs): it may not have left the initial plateau; train longer (--epochs) or with another --seed")
+
+
 def save_weights(model: nn.Module, path: Path, metadata: dict[str, str] | None = None) -> str:
     """Write the weights (with `metadata` in the file's header) atomically; returns the file's SHA-256."""
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
@@ -429,6 +440,9 @@ def fit(model: nn.Module, model_name: str, data: dict, classes: list[str], train
             reporter.epoch_end({**row, "best": improved})
         if processes.world > 1:
             dist.barrier()
+        unfitted = unfitted_note(state.history, stage.name)
+        if unfitted:
+            reporter.message(unfitted)
         load_weights(model, best_path)  # the next stage (and the final evaluation) use the best weights
         model.to(device)
         state.stage_index, state.epoch, state.best_loss, state.bad_epochs = stage_index + 1, 0, math.inf, 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from perceiver_med.dataset_ops import split_folder
-from perceiver_med.engine import stopping_armed
+from perceiver_med.engine import stopping_armed, unfitted_note
 from perceiver_med.runs import train_run
 from perceiver_med.synth import DIFFICULTIES, synth
 
@@ -18,6 +18,14 @@ def test_early_stopping_waits_for_the_training_set_or_three_quarters_of_the_epoc
     assert stopping_armed(plateau + [{"stage": "perceiver", "train_accuracy": 0.5}], "perceiver", 60)
     assert stopping_armed(plateau[:3] + [{"stage": "perceiver", "train_accuracy": 0.97}], "perceiver", 60)
     assert not stopping_armed([{"stage": "vit", "train_accuracy": 1.0}], "cnn", 60)  # each stage for itself
+
+
+def test_a_stage_that_never_fitted_its_training_set_says_so():
+    rows = [{"stage": "vit", "train_accuracy": 0.5 + 0.01 * k} for k in range(40)]
+    note = unfitted_note(rows, "vit")
+    assert "never fitted" in note and "0.89" in note and "40 epochs" in note
+    assert unfitted_note(rows + [{"stage": "vit", "train_accuracy": 0.96}], "vit") == ""
+    assert unfitted_note(rows, "cnn") == ""  # each stage for itself
 
 
 def test_cnn_baseline_learns_knee_laterality_and_is_explained(tmp_path):
