@@ -131,26 +131,27 @@ def autocast(device: torch.device, precision: str = "auto"):
 
 
 # ---------------------------------------------------------------- stages
-def _identity(x):
-    return x
+def _module_alone(module: nn.Module, x: torch.Tensor):
+    return module(x)
 
 
 @dataclass
 class Stage:
-    """One fit: `module` trains on prepare(batch); `frozen` stays in eval mode without gradients."""
+    """One fit: `module` trains on what call(module, batch) returns (the module, or its DDP wrapper, in a larger
+    computation); `frozen` stays in eval mode without gradients."""
 
     name: str
     module: nn.Module
-    prepare: Callable[[torch.Tensor], torch.Tensor] = _identity
+    call: Callable[[nn.Module, torch.Tensor], torch.Tensor] = _module_alone
     frozen: nn.Module | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.module(self.prepare(x))
+        return self.call(self.module, x)
 
 
 def stages_for(model: nn.Module, model_name: str) -> list[Stage]:
-    if model_name == "vit-rollout-cnn":  # the ViT first, then the CNN on [input, rollout of the frozen ViT]
-        return [Stage("vit", model.vit), Stage("cnn", model.cnn, model.stage_two_input, model.vit)]
+    if model_name == "vit-rollout-cnn":  # the ViT first, then the whole hybrid with the CNN the only part training
+        return [Stage("vit", model.vit), Stage("cnn", model.cnn, model.stage_two, model.vit)]
     return [Stage(model_name, model)]
 
 
@@ -377,7 +378,7 @@ def fit(model: nn.Module, model_name: str, data: dict, classes: list[str], train
             scheduler.load_state_dict(saved["scheduler"])
         reporter.stage_start(stage.name, epochs, steps)
         def forward(x, wrapped=wrapped, stage=stage):
-            return wrapped(stage.prepare(x))
+            return stage.call(wrapped, x)
 
         while state.epoch < epochs and not (train_cfg.patience and state.bad_epochs >= train_cfg.patience):
             started = time.perf_counter()

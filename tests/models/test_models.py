@@ -318,3 +318,31 @@ def test_hybrid_second_stage_starts_as_the_cnn_on_the_image_with_zero_rollout():
         lit.pow(2).sum().backward()
         first = next(m for m in model.cnn.modules() if isinstance(m, torch.nn.Conv2d))
         assert torch.any(first.weight.grad[:, -1] != 0)
+
+
+def test_residual_hybrid_starts_as_its_vit_and_its_cnn_stage_learns_a_correction():
+    """residual: the hybrid's logits are the ViT's plus the CNN stage's, whose head starts at zero. So at the start
+    the hybrid decides exactly as its (trained) ViT; a step of the CNN stage, as fit takes it through
+    engine.stages_for, moves the hybrid away from the ViT, and the logits stay the sum computed by hand."""
+    from perceiver_med.engine import stages_for
+
+    options = {k: v for k, v in TINY["vit-rollout-cnn"].items() if k != "name"}
+    torch.manual_seed(0)
+    model = ViTRolloutCNN(**options, residual=True).eval()
+    x = _input("vit")
+    vit_logits = model.vit(x)
+    assert torch.allclose(model(x), vit_logits, atol=1e-6)
+    stage = stages_for(model, "vit-rollout-cnn")[1]
+    model.vit.requires_grad_(False)
+    optimizer = torch.optim.SGD(stage.module.parameters(), lr=0.5)
+    for _ in range(3):
+        optimizer.zero_grad()
+        torch.nn.functional.cross_entropy(stage.forward(x), torch.tensor([0, 1, 0, 1])).backward()
+        optimizer.step()
+    by_hand = vit_logits + model.cnn(torch.cat([x, model.rollout(x)], dim=1))
+    assert torch.allclose(model.vit(x), vit_logits)  # the ViT is frozen
+    assert not torch.allclose(model(x), vit_logits, atol=1e-3)
+    assert torch.allclose(model(x), by_hand, atol=1e-5)
+    torch.manual_seed(0)
+    alone = ViTRolloutCNN(**options).eval()  # without: the CNN stage's logits are the hybrid's
+    assert torch.allclose(alone(x), alone.cnn(torch.cat([x, alone.rollout(x)], dim=1)))
