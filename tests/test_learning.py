@@ -52,9 +52,7 @@ def tiny_hard_lung(tmp_path_factory):
     return root / "splits.csv"
 
 
-# the hybrid is left out: on these 16 volumes its CNN stage fitted 14 (0.875) in 80 epochs (issue 10: its CNN
-# stage is the weaker half; on the benchmark's 72 volumes its ViT alone was right on every test nodule)
-@pytest.mark.parametrize("model", ["cnn", "perceiver"])
+@pytest.mark.parametrize("model", ["cnn", "perceiver", "vit-rollout-cnn"])
 def test_each_family_fits_a_small_hard_nodule_set(model, tiny_hard_lung, tmp_path):
     """The failure of issue 10: with 8x8 linear patch tokens the Perceiver's training loss never left log 2 on
     3-6 pixel nodules, and the hybrid's stages sat at chance. Every family must at least fit such a set; accuracy

@@ -346,3 +346,34 @@ def test_residual_hybrid_starts_as_its_vit_and_its_cnn_stage_learns_a_correction
     torch.manual_seed(0)
     alone = ViTRolloutCNN(**options).eval()  # without: the CNN stage's logits are the hybrid's
     assert torch.allclose(alone(x), alone.cnn(torch.cat([x, alone.rollout(x)], dim=1)))
+
+
+def test_the_frozen_vit_normalises_with_batch_statistics_while_the_cnn_stage_trains():
+    """While the CNN stage trains, the ViT's batch norms use the batch's statistics (as in the ViT's own training)
+    and leave its running statistics alone; in evaluation they use the running statistics."""
+    from perceiver_med.models.hybrid import batch_statistics
+
+    options = {k: v for k, v in TINY["vit-rollout-cnn"].items() if k != "name"}
+    options["vit"] = {**options["vit"], "stem_widths": [4]}
+    torch.manual_seed(0)
+    model = ViTRolloutCNN(**options, residual=True).eval()
+    norm = next(m for m in model.vit.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    norm.running_mean.fill_(5.0)  # statistics far from any batch's
+    x = _input("vit") * 3 + 1
+    evaluated = model.vit(x)
+    model.cnn.train()
+    with torch.no_grad():
+        training = model.stage_two(model.cnn, x)  # the CNN's head starts at zero: these are the ViT's logits
+    reference = ViTRolloutCNN(**options, residual=True)
+    reference.load_state_dict(model.state_dict())
+    reference.vit.train()
+    for module in reference.vit.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.eval()
+    assert torch.allclose(training, reference.vit(x), atol=1e-5)  # batch statistics, as a ViT in training
+    assert not torch.allclose(training, evaluated, atol=1e-3)
+    assert torch.all(norm.running_mean == 5.0) and not norm.training
+    model.eval()
+    assert torch.allclose(model(x), evaluated, atol=1e-5)
+    with batch_statistics(model.vit, enabled=False):
+        assert torch.allclose(model.vit(x), evaluated)
