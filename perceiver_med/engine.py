@@ -29,6 +29,7 @@ from perceiver_med.files import atomic_path
 from perceiver_med.io.limits import describe
 from perceiver_med.metrics import split_metrics
 from perceiver_med.models.cnn import SupervisedOutput
+from perceiver_med.models.layers import batch_norms
 
 SPLITS = ("train", "val", "test")
 
@@ -131,14 +132,14 @@ def autocast(device: torch.device, precision: str = "auto"):
 
 
 # ---------------------------------------------------------------- stages
-def _module_alone(module: nn.Module, x: torch.Tensor):
+def _module_alone(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return module(x)
 
 
 @dataclass
 class Stage:
-    """One fit: `module` trains on what call(module, batch) returns (the module, or its DDP wrapper, in a larger
-    computation); `frozen` stays in eval mode without gradients."""
+    """One fit: `module` trains; call(m, batch) gives the stage's logits, where m is the module or, under DDP, its
+    wrapper (the hybrid's CNN stage: the whole hybrid's logits). `frozen` stays in eval mode without gradients."""
 
     name: str
     module: nn.Module
@@ -466,7 +467,7 @@ def recompute_batch_norm(stage: Stage, inputs: torch.Tensor, train_cfg: TrainCon
     un-augmented inputs with those statistics, a conv-stem Perceiver that fitted its training set scored 0.54 on
     it (1.00 with statistics recomputed) and its validation accuracy swung between 0.5 and 1.0 from epoch to epoch.
     """
-    norms = [m for m in stage.module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    norms = batch_norms(stage.module)
     if not norms or not len(inputs):
         return
     momenta = [m.momentum for m in norms]

@@ -170,7 +170,7 @@ def _trained_hybrid(x, y):
     model = ViTRolloutCNN(vit={"image_size": SIZE, "patch_size": 4, "dim": 32, "depth": 1, "heads": 2},
                           cnn={"widths": [8, 16]})
     _fit(model.vit, x, y)
-    _fit(model.cnn, model.stage_two_input(x), y)  # as training does: the CNN on [input, rollout of the ViT]
+    _fit(model.cnn, torch.cat([x, model.rollout(x)], dim=1), y)  # the CNN on [input, rollout of the ViT]
     return model
 
 

@@ -1,18 +1,19 @@
-"""ViT + attention rollout + CNN: the ViT's rollout map is stacked onto the input for a CNN."""
+"""ViT + attention rollout + CNN: the ViT's rollout map is stacked onto the input for a CNN, whose logits add to
+the ViT's."""
 from __future__ import annotations
-
-from contextlib import contextmanager
 
 import torch
 from torch import nn
 
 from perceiver_med.models.cnn import ConvNet
+from perceiver_med.models.layers import batch_statistics
 from perceiver_med.models.rollout import attention_rollout, rollout_map
 from perceiver_med.models.vit import ViT
 
 
 class ViTRolloutCNN(nn.Module):
-    """Stage 1: `vit` classifies the input. Stage 2: `cnn` classifies [input, rollout map of the frozen ViT].
+    """Stage 1: `vit` classifies the input. Stage 2: `cnn` reads [input, rollout map of the frozen ViT] and classifies
+    it (residual False) or corrects the ViT's logits (residual True, the default of `train`).
 
     Args:
         vit: keyword arguments of the ViT.
@@ -59,19 +60,16 @@ class ViTRolloutCNN(nn.Module):
     def stage_one(self, x: torch.Tensor) -> torch.Tensor:
         return self.vit(x)
 
-    def stage_two_input(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cat([x, self.rollout(x)], dim=1)
-
     def stage_two(self, cnn: nn.Module, x: torch.Tensor) -> torch.Tensor:
         """The hybrid's logits with `cnn` as its second stage (self.cnn, or the wrapper that trains it).
 
-        While the CNN stage trains, the frozen ViT normalises with the statistics of the batch, as in its own
-        training: its running statistics describe un-augmented inputs (engine.recompute_batch_norm), and with them
-        a ViT that fitted 16 hard-set volumes scored 0.56-0.69 on augmented ones, 0.94-1.00 with batch statistics.
-        A residual CNN stage learnt to correct that error, which is not there at evaluation (hybrid 0.69 on its
-        training set, its ViT 1.00).
+        With residual, while the CNN stage trains, the frozen ViT normalises with the statistics of the batch, as in
+        its own training: its running statistics describe un-augmented inputs (engine.recompute_batch_norm), and
+        with them a ViT that fitted 16 hard-set volumes scored 0.56-0.69 on augmented ones, 0.94-1.00 with batch
+        statistics. A residual CNN stage learnt to correct that error, which is not there at evaluation (hybrid 0.69
+        on its training set, its ViT 1.00).
         """
-        with batch_statistics(self.vit, self.cnn.training):
+        with batch_statistics(self.vit, self.residual and self.cnn.training):
             logits, rollout = self.vit_outputs(x)
         corrections = cnn(torch.cat([x, rollout], dim=1))
         return corrections + logits.to(corrections.dtype) if self.residual else corrections
@@ -79,16 +77,3 @@ class ViTRolloutCNN(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.stage_two(self.cnn, x)
 
-
-@contextmanager
-def batch_statistics(module: nn.Module, enabled: bool = True):
-    """Within the block, the batch norms of `module` normalise with the batch's statistics and update nothing."""
-    norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)] if enabled else []
-    saved = [(m.training, m.track_running_stats) for m in norms]
-    for norm in norms:
-        norm.training, norm.track_running_stats = True, False
-    try:
-        yield
-    finally:
-        for norm, (training, tracking) in zip(norms, saved):
-            norm.training, norm.track_running_stats = training, tracking

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +26,26 @@ def norm_layers(norm: str, width: int) -> list[nn.Module]:
     if norm == "batch":
         return [nn.BatchNorm2d(width)]
     return [nn.GroupNorm(max(1, width // 8), width)] if norm == "group" else []
+
+
+def batch_norms(module: nn.Module) -> list[nn.Module]:
+    """Every batch norm inside `module`."""
+    return [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
+@contextmanager
+def batch_statistics(module: nn.Module, enabled: bool = True):
+    """Within the block, the batch norms of `module` normalise with the batch's statistics and update nothing;
+    their modes are restored afterwards. enabled=False changes nothing."""
+    norms = batch_norms(module) if enabled else []
+    saved = [(m.training, m.track_running_stats) for m in norms]
+    for norm in norms:
+        norm.training, norm.track_running_stats = True, False
+    try:
+        yield
+    finally:
+        for norm, (training, tracking) in zip(norms, saved):
+            norm.training, norm.track_running_stats = training, tracking
 
 
 # Where attention is explicit, the batch is cut into slices of at most this many scores (16 MB in bf16): glibc maps

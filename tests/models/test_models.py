@@ -198,10 +198,26 @@ def test_rollout_map_at_input_resolution():
     assert image.shape == (3, 1, 32, 32) and torch.allclose(image.amax(dim=(2, 3)), torch.ones(3, 1))
 
 
-def test_hybrid_stage_two_sees_input_and_rollout():
-    model = ViTRolloutCNN(**{k: v for k, v in TINY["vit-rollout-cnn"].items() if k != "name"})
-    stacked = model.stage_two_input(_input("vit"))
-    assert stacked.shape == (4, 2, 16, 16) and not stacked.requires_grad
+def test_hybrid_stage_two_sees_input_and_rollout_through_the_module_it_is_given():
+    """stage_two calls the module it is given (under DDP, the CNN's wrapper) on [input, rollout], without a
+    gradient to the rollout."""
+    model = ViTRolloutCNN(**{k: v for k, v in TINY["vit-rollout-cnn"].items() if k != "name"}).eval()
+    seen = []
+
+    class Wrapper(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, stacked):
+            seen.append(stacked)
+            return self.inner(stacked)
+
+    x = _input("vit")
+    assert torch.allclose(model.stage_two(Wrapper(model.cnn), x), model(x))
+    (stacked,) = seen
+    assert stacked.shape == (4, 2, 16, 16) and not stacked[:, 1:].requires_grad
+    assert torch.equal(stacked[:, :1], x) and torch.allclose(stacked[:, 1:], model.rollout(x))
 
 
 @pytest.mark.parametrize("name", ["perceiver", "vit-rollout-cnn"])
@@ -339,10 +355,12 @@ def test_residual_hybrid_starts_as_its_vit_and_its_cnn_stage_learns_a_correction
         optimizer.zero_grad()
         torch.nn.functional.cross_entropy(stage.forward(x), torch.tensor([0, 1, 0, 1])).backward()
         optimizer.step()
+    model.eval()
     by_hand = vit_logits + model.cnn(torch.cat([x, model.rollout(x)], dim=1))
     assert torch.allclose(model.vit(x), vit_logits)  # the ViT is frozen
     assert not torch.allclose(model(x), vit_logits, atol=1e-3)
     assert torch.allclose(model(x), by_hand, atol=1e-5)
+    assert torch.allclose(stage.forward(x), model(x))  # the stage fit trains is the whole hybrid
     torch.manual_seed(0)
     alone = ViTRolloutCNN(**options).eval()  # without: the CNN stage's logits are the hybrid's
     assert torch.allclose(alone(x), alone.cnn(torch.cat([x, alone.rollout(x)], dim=1)))
@@ -351,8 +369,6 @@ def test_residual_hybrid_starts_as_its_vit_and_its_cnn_stage_learns_a_correction
 def test_the_frozen_vit_normalises_with_batch_statistics_while_the_cnn_stage_trains():
     """While the CNN stage trains, the ViT's batch norms use the batch's statistics (as in the ViT's own training)
     and leave its running statistics alone; in evaluation they use the running statistics."""
-    from perceiver_med.models.hybrid import batch_statistics
-
     options = {k: v for k, v in TINY["vit-rollout-cnn"].items() if k != "name"}
     options["vit"] = {**options["vit"], "stem_widths": [4]}
     torch.manual_seed(0)
@@ -375,5 +391,24 @@ def test_the_frozen_vit_normalises_with_batch_statistics_while_the_cnn_stage_tra
     assert torch.all(norm.running_mean == 5.0) and not norm.training
     model.eval()
     assert torch.allclose(model(x), evaluated, atol=1e-5)
-    with batch_statistics(model.vit, enabled=False):
-        assert torch.allclose(model.vit(x), evaluated)
+    torch.manual_seed(0)
+    plain = ViTRolloutCNN(**options).eval()  # without residual the ViT keeps its running statistics throughout
+    plain.cnn.train()
+    assert torch.allclose(plain.stage_two(plain.cnn, x), plain.cnn(torch.cat([x, plain.rollout(x)], dim=1)))
+
+
+def test_batch_statistics_restores_the_modes_even_after_an_error():
+    from perceiver_med.models.layers import batch_statistics
+
+    norm = torch.nn.BatchNorm2d(2).eval()
+    x = torch.randn(4, 2, 3, 3) * 2 + 3
+    with pytest.raises(RuntimeError):
+        with batch_statistics(norm):
+            inside = norm(x)
+            raise RuntimeError("stop")
+    assert not norm.training and norm.track_running_stats and torch.all(norm.running_mean == 0)
+    assert torch.allclose(inside.mean(dim=(0, 2, 3)), torch.zeros(2), atol=1e-5)  # normalised by the batch
+    norm.train()
+    with batch_statistics(norm, enabled=False):
+        norm(x)
+    assert torch.all(norm.running_mean > 0)  # disabled: a training batch norm updates its statistics as usual
