@@ -145,6 +145,7 @@ class Stage:
     module: nn.Module
     call: Callable[[nn.Module, torch.Tensor], torch.Tensor] = _module_alone
     frozen: nn.Module | None = None
+    starts_trained: bool = False  # its starting weights are a model already (the residual hybrid: its ViT)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.call(self.module, x)
@@ -152,7 +153,8 @@ class Stage:
 
 def stages_for(model: nn.Module, model_name: str) -> list[Stage]:
     if model_name == "vit-rollout-cnn":  # the ViT first, then the whole hybrid with the CNN the only part training
-        return [Stage("vit", model.vit), Stage("cnn", model.cnn, model.stage_two, model.vit)]
+        return [Stage("vit", model.vit),
+                Stage("cnn", model.cnn, model.stage_two, model.vit, starts_trained=model.residual)]
     return [Stage(model_name, model)]
 
 
@@ -381,6 +383,18 @@ def fit(model: nn.Module, model_name: str, data: dict, classes: list[str], train
         def forward(x, wrapped=wrapped, stage=stage):
             return stage.call(wrapped, x)
 
+        if stage.starts_trained and state.epoch == 0 and monitor == "val":
+            # the stage's start is the first candidate for the best weights: a stage that only makes its trained
+            # start worse on validation ends where it started
+            stage.module.eval()
+            if stage.frozen is not None:
+                stage.frozen.eval()
+            evaluated, _ = evaluate_forward(stage.forward, data, classes, device, precision=train_cfg.precision,
+                                            processes=processes, splits=("val",))
+            state.best_loss = evaluated["val"]["loss"]
+            if processes.main:
+                saved_file(on_saved, best_path, save_weights(model, best_path, weights_metadata))
+            reporter.message(f"stage {stage.name} starts as the trained model: val loss {state.best_loss:.4f}")
         while state.epoch < epochs and not (train_cfg.patience and state.bad_epochs >= train_cfg.patience):
             started = time.perf_counter()
             # one shuffle for all processes, each takes its share; augmentation differs per process

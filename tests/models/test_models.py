@@ -412,3 +412,28 @@ def test_batch_statistics_restores_the_modes_even_after_an_error():
     with batch_statistics(norm, enabled=False):
         norm(x)
     assert torch.all(norm.running_mean > 0)  # disabled: a training batch norm updates its statistics as usual
+
+
+def test_a_residual_hybrid_that_only_gets_worse_on_validation_ends_as_its_vit(tmp_path):
+    """The CNN stage of a residual hybrid starts as the trained ViT, and that start is the first candidate for the
+    best weights: with validation labels the opposite of the training labels every step of the CNN stage raises
+    the validation loss, so the hybrid fit returns is its ViT (the CNN's head still zero)."""
+    from perceiver_med.config import TrainConfig
+    from perceiver_med.datasets import AugmentConfig
+    from perceiver_med.engine import Processes, Reporter, fit
+
+    torch.manual_seed(0)
+    model = build_model({**TINY["vit-rollout-cnn"], "residual": True})
+    x = torch.rand(8, 1, 16, 16, generator=torch.Generator().manual_seed(1))
+    x[4:, :, :8] += 1.0  # class 1 is brighter in the upper half
+    y = torch.tensor([0] * 4 + [1] * 4)
+    data = {"train": (x, y), "val": (x, 1 - y)}
+    config = TrainConfig(epochs=3, batch_size=4, device="cpu", precision="fp32", patience=0)
+    processes = Processes.start(torch.device("cpu"))
+    try:
+        fit(model, "vit-rollout-cnn", data, ["a", "b"], config, AugmentConfig(), tmp_path, torch.device("cpu"),
+            processes, Reporter())
+    finally:
+        processes.close()
+    model.eval()
+    assert torch.all(model.cnn.head.weight == 0) and torch.allclose(model(x), model.vit(x))
