@@ -430,8 +430,8 @@ def train(splits: Annotated[Optional[Path], typer.Argument(help="splits CSV from
           weight_decay: Annotated[Optional[float], typer.Option(help="AdamW weight decay", min=0.0, metavar="WD",
                                                                 show_default=f"{_D.weight_decay:g}")] = None,
           patience: Annotated[Optional[int], typer.Option(
-              help="early-stopping patience in epochs (0: off), counted once the training set is fitted or half the "
-                   "epochs have run", min=0, metavar="N", show_default=str(_D.patience))] = None,
+              help="early-stopping patience in epochs (0: off), counted once the training set is fitted or 3/4 of "
+                   "the epochs have run", min=0, metavar="N", show_default=str(_D.patience))] = None,
           seed: Annotated[Optional[int], typer.Option(help="random seed", metavar="N",
                                                       show_default=str(_D.seed))] = None,
           device: DeviceOption = Device.auto,

@@ -1,6 +1,7 @@
 """A compact ResNet-style 2D CNN."""
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import torch
@@ -70,8 +71,8 @@ class DeepSupervision(nn.Module):
 def deep_supervision_head(stem: nn.Module | None, channels: int, num_classes: int, weight: float
                           ) -> DeepSupervision | None:
     """A model's DeepSupervision of its stem, or None for weight 0; a positive weight needs a stem."""
-    if weight < 0:
-        raise ValueError(f"deep_supervision must be 0 or more, not {weight}")
+    if not math.isfinite(weight) or weight < 0:
+        raise ValueError(f"deep_supervision must be a finite number, 0 or more, not {weight}")
     if weight > 0 and stem is None:
         raise ValueError("deep_supervision needs a convolutional stem (stem_widths)")
     return DeepSupervision(channels, num_classes, weight) if weight > 0 else None

@@ -318,6 +318,8 @@ def test_deep_supervision_is_refused_where_it_cannot_work():
         build_model({**TINY["vit"], "deep_supervision": 1.0})
     with pytest.raises(ValueError, match="0 or more"):
         build_model({**TINY["perceiver-stem"], "deep_supervision": -1.0})
+    with pytest.raises(ValueError, match="finite"):  # inf made the first loss infinite: "training diverged"
+        build_model({**TINY["perceiver-stem"], "deep_supervision": float("inf")})
 
 
 def test_hybrid_second_stage_starts_as_the_cnn_on_the_image_with_zero_rollout():
