@@ -69,6 +69,7 @@ class ViTRolloutCNN(nn.Module):
         statistics. A residual CNN stage learnt to correct that error, which is not there at evaluation (hybrid 0.69
         on its training set, its ViT 1.00).
         """
+        # self.cnn's mode, not cnn's: fit switches the CNN itself between train and eval, never its DDP wrapper
         with batch_statistics(self.vit, self.residual and self.cnn.training):
             logits, rollout = self.vit_outputs(x)
         corrections = cnn(torch.cat([x, rollout], dim=1))
@@ -76,4 +77,3 @@ class ViTRolloutCNN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.stage_two(self.cnn, x)
-

@@ -371,11 +371,13 @@ def test_residual_hybrid_starts_as_its_vit_and_its_cnn_stage_learns_a_correction
 def test_the_frozen_vit_normalises_with_batch_statistics_while_the_cnn_stage_trains():
     """While the CNN stage trains, the ViT's batch norms use the batch's statistics (as in the ViT's own training)
     and leave its running statistics alone; in evaluation they use the running statistics."""
+    from perceiver_med.models.layers import batch_norms
+
     options = {k: v for k, v in TINY["vit-rollout-cnn"].items() if k != "name"}
     options["vit"] = {**options["vit"], "stem_widths": [4]}
     torch.manual_seed(0)
     model = ViTRolloutCNN(**options, residual=True).eval()
-    norm = next(m for m in model.vit.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    (norm,) = batch_norms(model.vit)
     norm.running_mean.fill_(5.0)  # statistics far from any batch's
     x = _input("vit") * 3 + 1
     evaluated = model.vit(x)
