@@ -46,10 +46,10 @@ def scans_benchmark(args) -> dict:
     with tempfile.TemporaryDirectory() as temp:
         temp = Path(temp)
         os.environ["PERCEIVER_MED_CACHE"] = str(temp / "cache")
-        from perceiver_med.cache import InputRequest, prepare_many
+        from perceiver_med.inputs.cache import InputRequest, prepare_many
         from perceiver_med.io import discover
-        from perceiver_med.preprocess import PreprocessConfig
-        from perceiver_med.synth import synth
+        from perceiver_med.inputs.preprocess import PreprocessConfig
+        from perceiver_med.synth.phantoms import synth
 
         started = time.perf_counter()
         data, _ = synth("lung", temp / "lung", args.patients, "dicom", 0)
@@ -89,11 +89,11 @@ def points_benchmark(args, fmt: str) -> dict:
     with tempfile.TemporaryDirectory() as temp:
         temp = Path(temp)
         os.environ["PERCEIVER_MED_CACHE"] = str(temp / "cache")
-        from perceiver_med.cache import InputRequest, prepare, prepare_many
+        from perceiver_med.inputs.cache import InputRequest, prepare, prepare_many
         from perceiver_med.io import discover, read_scan
-        from perceiver_med.points import match_points, read_points
-        from perceiver_med.preprocess import PreprocessConfig
-        from perceiver_med.synth_points import write_points
+        from perceiver_med.inputs.points import match_points, read_points
+        from perceiver_med.inputs.preprocess import PreprocessConfig
+        from perceiver_med.synth.nodules import write_points
 
         write_points(temp, args.point_patients, fmt, seed=0)
         samples, skipped = match_points(read_points(temp / "points.csv"), discover(temp / "scans"))

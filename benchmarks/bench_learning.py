@@ -38,9 +38,9 @@ def main() -> None:
         os.environ["PERCEIVER_MED_CACHE"] = str(temp / "cache")
         import torch
 
-        from perceiver_med.dataset_ops import split_folder
-        from perceiver_med.runs import train_run
-        from perceiver_med.synth import LungDifficulty, synth
+        from perceiver_med.inputs.folders import split_folder
+        from perceiver_med.training.train import train_run
+        from perceiver_med.synth.phantoms import LungDifficulty, synth
 
         # a stopped benchmark goes on where it was: runs already in --json are kept, not repeated
         previous = json.loads(args.json.read_text()) if args.json and args.json.exists() else {}
@@ -86,7 +86,7 @@ def main() -> None:
                     "mean_test_accuracy": round(sum(r["test_accuracy"] for r in rows) / len(rows), 4),
                     "min_test_accuracy": round(min(r["test_accuracy"] for r in rows), 4),
                     "mean_seconds": round(sum(r["seconds"] for r in rows) / len(rows), 1)}
-        from perceiver_med.engine import native_cpu_bf16
+        from perceiver_med.training.engine import native_cpu_bf16
 
         report = {"machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                               "native_cpu_bf16": native_cpu_bf16(),

@@ -10,7 +10,7 @@ throughput: identical configuration (64x64x1, 6 bands, max_freq 10, 128 latents 
   alternately after warm-up, in fp32 and in bf16 autocast, each precision in a fresh process. Also model FLOPs
   per image (torch's FlopCounterMode) and the fraction of this machine's own measured matmul peak.
 accuracy: seconds of training on phantom knees until test accuracy first reaches 0.95.
-precision: perceiver-med trained in fp32 and in bf16 autocast (perceiver_med.engine.autocast) in lockstep,
+precision: perceiver-med trained in fp32 and in bf16 autocast (perceiver_med.training.engine.autocast) in lockstep,
   per seed: epochs and seconds to 0.95 test accuracy, and the test accuracy after a fixed number of epochs.
 scaling: time and peak memory per training sample at 32^2..256^2 pixels, Perceiver vs a transformer
   with self-attention over all pixels; exponents fitted to cost ~ pixels^k.
@@ -123,7 +123,7 @@ def equivalence(device, steps=3, batch=8) -> dict:
 
 def train_step(model, optimizer, x, y, channels_last, bf16, device) -> torch.Tensor:
     """One forward, backward and optimiser step; returns the (detached) loss."""
-    from perceiver_med.engine import autocast, training_loss
+    from perceiver_med.training.engine import autocast, training_loss
 
     inputs = x.permute(0, 2, 3, 1) if channels_last else x  # perceiver-pytorch takes (B, H, W, C)
     with autocast(device, "bf16" if bf16 else "fp32"):
@@ -163,7 +163,7 @@ def step_flops(model, channels_last, batch, device) -> float:
     x = torch.rand(batch, 1, 64, 64, device=device)
     y = torch.randint(0, 2, (batch,), device=device)
     inputs = x.permute(0, 2, 3, 1) if channels_last else x
-    from perceiver_med.engine import training_loss
+    from perceiver_med.training.engine import training_loss
 
     with FlopCounterMode(display=False) as counter:
         training_loss(model(inputs), y)[1].backward()
@@ -244,7 +244,7 @@ def peak_memory_mb(name, bf16, batch, device) -> float | None:
 
 
 def throughput(device, batch=32, warmup=2, measured=4, bf16_measured=None, precisions=("fp32", "bf16")) -> dict:
-    from perceiver_med.engine import native_cpu_bf16
+    from perceiver_med.training.engine import native_cpu_bf16
 
     out = {"batch": batch, "threads": torch.get_num_threads(), "device": str(device)}
     emulated_bf16 = device.type == "cpu" and not native_cpu_bf16()
@@ -294,11 +294,11 @@ def throughput(device, batch=32, warmup=2, measured=4, bf16_measured=None, preci
 
 def phantom_knees() -> dict:
     """60 synthetic knee patients (left or right), split by patient: inputs, labels, train and test masks."""
-    from perceiver_med.datasets import load_split_inputs
-    from perceiver_med.dataset_ops import split_folder
-    from perceiver_med.preprocess import PreprocessConfig
-    from perceiver_med.splits import read_splits
-    from perceiver_med.synth import synth
+    from perceiver_med.inputs.loading import load_split_inputs
+    from perceiver_med.inputs.folders import split_folder
+    from perceiver_med.inputs.preprocess import PreprocessConfig
+    from perceiver_med.inputs.splits import read_splits
+    from perceiver_med.synth.phantoms import synth
 
     with tempfile.TemporaryDirectory() as temp:
         os.environ["PERCEIVER_MED_CACHE"] = str(Path(temp) / "cache")
@@ -317,8 +317,8 @@ def train_epochs(model, data, lr, channels_last, device, bf16=False, seed=0, bat
 
     bf16 trains and evaluates under perceiver_med's autocast.
     """
-    from perceiver_med.datasets import AugmentConfig, augment_batch
-    from perceiver_med.engine import autocast
+    from perceiver_med.inputs.loading import AugmentConfig, augment_batch
+    from perceiver_med.training.engine import autocast
 
     torch.manual_seed(seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
@@ -511,7 +511,7 @@ def _cpu_model() -> str:
 
 
 def main() -> None:
-    from perceiver_med.engine import native_cpu_bf16
+    from perceiver_med.training.engine import native_cpu_bf16
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", type=Path)

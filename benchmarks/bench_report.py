@@ -25,9 +25,9 @@ DEMO_EPOCHS = 40  # perceiver-med demo's default
 
 
 def _demo_run(folder: Path, epochs: int) -> tuple[Path, dict]:
-    from perceiver_med.dataset_ops import split_folder
-    from perceiver_med.runs import train_run
-    from perceiver_med.synth import synth
+    from perceiver_med.inputs.folders import split_folder
+    from perceiver_med.training.train import train_run
+    from perceiver_med.synth.phantoms import synth
 
     started = time.perf_counter()
     data, _ = synth("knee", folder / "knee", 60, "png", 0)
@@ -48,9 +48,9 @@ def _bootstrap_seconds(run: Path) -> dict:
     patient level) for every split of the run, from its own predictions files."""
     import numpy as np
 
-    from perceiver_med.config import load_run_config
-    from perceiver_med.runs import frozen_rows
-    from perceiver_med.scoring import score_split
+    from perceiver_med.training.config import load_run_config
+    from perceiver_med.training.train import frozen_rows
+    from perceiver_med.results.scoring import score_split
 
     config = load_run_config(run)
     rows = frozen_rows(run, config)
@@ -77,7 +77,7 @@ def main() -> None:
         os.environ.setdefault("PERCEIVER_MED_CACHE", str(temp / "cache"))
         import torch
 
-        from perceiver_med.reporting import write_report
+        from perceiver_med.results.report import write_report
 
         run, demo = (args.run, {}) if args.run else _demo_run(temp, args.epochs)
         timings = []

@@ -36,11 +36,11 @@ def main() -> None:
     import torch
 
     from perceiver_med import engine
-    from perceiver_med.config import RunConfig
-    from perceiver_med.datasets import load_split_inputs
+    from perceiver_med.training.config import RunConfig
+    from perceiver_med.inputs.loading import load_split_inputs
     from perceiver_med.models import build_model
-    from perceiver_med.runs import _tensors, sound_rows
-    from perceiver_med.splits import fold_rows
+    from perceiver_med.training.train import _tensors, sound_rows
+    from perceiver_med.inputs.splits import fold_rows
 
     torch.set_num_threads(1)
     config = RunConfig.from_json(args.base.read_text())

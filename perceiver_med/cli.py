@@ -12,9 +12,9 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from perceiver_med import __version__
-from perceiver_med.config import POSITIVE_NAMES, TrainConfig
+from perceiver_med.training.config import POSITIVE_NAMES, TrainConfig
 from perceiver_med.errors import Interrupted, UserError
-from perceiver_med.report import (console, counts_table, err_console, metrics_table, plain, scans_table,
+from perceiver_med.results.display import (console, counts_table, err_console, metrics_table, plain, scans_table,
                                   skipped_table, summary_line, trust_table)
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
@@ -227,7 +227,7 @@ def synth(kind: Annotated[Kind, typer.Argument(help="knee or lung", case_sensiti
               "2: a malignant one)", metavar="")] = False):
     """Write a phantom data set as real DICOM / NIfTI / PNG files."""
     from perceiver_med.files import refuse_inside_runs
-    from perceiver_med.synth import synth as write
+    from perceiver_med.synth.phantoms import synth as write
 
     refuse_inside_runs(out)
     with console.status(f"writing synthetic {kind.value} scans"):
@@ -241,7 +241,7 @@ def inspect(data: Annotated[Path, typer.Argument(help="folder of scans, or one f
             out: Annotated[Optional[Path], typer.Option(help="CSV with one row per file", metavar="CSV")] = None,
             overwrite: Overwrite = False, max_voxels: MaxVoxels = None):
     """List every scan found and every file skipped, with the reason."""
-    from perceiver_med.dataset_ops import inspect_folder
+    from perceiver_med.inputs.folders import inspect_folder
     from perceiver_med.files import check_new_output
 
     _voxel_budget(max_voxels)
@@ -283,9 +283,9 @@ def split(data: Annotated[Optional[Path], typer.Argument(help="folder of scans",
                    "is the val split; test patients stay held out)", metavar="K", min=2)] = None,
           overwrite: Overwrite = False, max_voxels: MaxVoxels = None):
     """Stratified, patient-grouped train/val/test split (or --check an existing one)."""
-    from perceiver_med import dataset_ops
+    from perceiver_med.inputs import folders as dataset_ops
     from perceiver_med.files import check_new_output
-    from perceiver_med.splits import count_table, sample_noun
+    from perceiver_med.inputs.splits import count_table, sample_noun
 
     _voxel_budget(max_voxels)
     if check is not None:
@@ -335,7 +335,7 @@ def points(masks: Annotated[Path, typer.Argument(help="folder of masks (NIfTI la
     from rich.table import Table
 
     from perceiver_med.files import check_new_output
-    from perceiver_med.masks import points_from_masks
+    from perceiver_med.inputs.masks import points_from_masks
 
     check_new_output(out, overwrite)
     result = points_from_masks(masks, scans, out, mask_labels)
@@ -372,8 +372,8 @@ def preview(scan: Annotated[Path, typer.Argument(help="a scan file, or a folder 
                 metavar="RUN")] = None,
             overwrite: Overwrite = False, max_voxels: MaxVoxels = None):
     """Write the exact model input of one scan as PNG and NumPy."""
-    from perceiver_med.dataset_ops import preview_scan
-    from perceiver_med.points import parse_point
+    from perceiver_med.inputs.folders import preview_scan
+    from perceiver_med.inputs.points import parse_point
 
     _voxel_budget(max_voxels)
     tensor = preview_scan(scan, out, _value(input), size, channels, grid_pad, series_uid, slice, overwrite,
@@ -391,8 +391,8 @@ def prepare(splits: Annotated[Path, typer.Argument(help="splits CSV", metavar="S
                                                  metavar="N")] = 0,
             max_voxels: MaxVoxels = None):
     """Preprocess every scan of a splits file into the on-disk cache (training does this too)."""
-    from perceiver_med.cache import usable_cache_root
-    from perceiver_med.dataset_ops import prepare_splits
+    from perceiver_med.inputs.cache import usable_cache_root
+    from perceiver_med.inputs.folders import prepare_splits
 
     _voxel_budget(max_voxels)
     with RichReporter() as reporter:
@@ -478,7 +478,7 @@ def train(splits: Annotated[Optional[Path], typer.Argument(help="splits CSV from
           quiet: Annotated[bool, typer.Option("--quiet", metavar="", help="no per-epoch output")] = False,
           max_voxels: MaxVoxels = None):
     """Train a model; writes config, weights, metrics, history, curves and predictions to --out."""
-    from perceiver_med.runs import CV_FILE, train_run
+    from perceiver_med.training.train import CV_FILE, train_run
 
     _voxel_budget(max_voxels)
     main_process = _is_main_process()
@@ -492,7 +492,7 @@ def train(splits: Annotated[Optional[Path], typer.Argument(help="splits CSV from
         with RichReporter(quiet or not main_process) as reporter:
             trainer = train_run
             if cv:
-                from perceiver_med.cv import train_cv as trainer
+                from perceiver_med.training.cv import train_cv as trainer
             result = trainer(splits, _value(model), out, resume=resume, reporter=reporter,
                              on_prepared=reporter.preparing, **options)
     except KeyboardInterrupt:
@@ -531,7 +531,7 @@ def evaluate(run: Annotated[Path, typer.Argument(help="run directory", metavar="
              split: Annotated[SplitName, _choice("which split")] = SplitName.all,
              tta: TtaOption = 1, device: DeviceOption = Device.auto, max_voxels: MaxVoxels = None):
     """Metrics of a trained run on the chosen splits."""
-    from perceiver_med.runs import evaluate_run
+    from perceiver_med.training.train import evaluate_run
 
     _voxel_budget(max_voxels)
     metrics = evaluate_run(run, splits, split.value, device.value, tta=tta)
@@ -556,8 +556,8 @@ def predict(run: Annotated[Path, typer.Argument(help="run directory", metavar="R
     """Predict every scan found in a folder with the run's preprocessing."""
     from rich.table import Table
 
-    from perceiver_med.config import load_run_config
-    from perceiver_med.runs import predict_run
+    from perceiver_med.training.config import load_run_config
+    from perceiver_med.training.train import predict_run
 
     _voxel_budget(max_voxels)
     with RichReporter() as reporter:
@@ -597,7 +597,7 @@ def explain(run: Annotated[Path, typer.Argument(help="run directory", metavar="R
             overwrite: Overwrite = False, max_voxels: MaxVoxels = None):
     """Overlay PNGs of the evidence for each prediction: the fall of log p(predicted class) when a patch is painted
     dark or bright. Works the same for every model; scans unlike the training scans are skipped."""
-    from perceiver_med.explain import explain_run
+    from perceiver_med.results.explain import explain_run
 
     _voxel_budget(max_voxels)
     written, skipped = explain_run(run, scans, out, overwrite=overwrite, points=points)
@@ -613,7 +613,7 @@ def report(run: Annotated[Path, typer.Argument(help="run directory", metavar="RU
            overwrite: Overwrite = False):
     """A model card of a trained run: flow of patients, per-split characteristics, configuration and file hashes,
     metrics with 95% intervals, calibration, the most confident errors, and a CLAIM 2024 checklist."""
-    from perceiver_med.reporting import write_report
+    from perceiver_med.results.report import write_report
 
     written = write_report(run, out, overwrite)
     console.print(f"wrote [bold]{escape(str(written))}[/] and [bold]{escape(str(written.with_suffix('.md')))}[/]")

@@ -6,12 +6,12 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from perceiver_med.dataset_ops import split_folder
-from perceiver_med.engine import Reporter
+from perceiver_med.inputs.folders import split_folder
+from perceiver_med.training.engine import Reporter
 from perceiver_med.errors import UserError
-from perceiver_med.explain import explain_run
-from perceiver_med.runs import evaluate_run, predict_run, train_run
-from perceiver_med.synth import synth
+from perceiver_med.results.explain import explain_run
+from perceiver_med.training.train import evaluate_run, predict_run, train_run
+from perceiver_med.synth.phantoms import synth
 
 
 KINDS = ("knee", "lung")

@@ -3,8 +3,8 @@ import os
 import numpy as np
 import pytest
 
-from perceiver_med.cache import InputRequest, _load_entry, cache_root, prepare, prepare_many
-from perceiver_med.preprocess import PreprocessConfig
+from perceiver_med.inputs.cache import InputRequest, _load_entry, cache_root, prepare, prepare_many
+from perceiver_med.inputs.preprocess import PreprocessConfig
 from tests.conftest import index_volume, write_series
 
 

@@ -160,7 +160,7 @@ def test_evaluate_uses_the_frozen_splits_and_refuses_leaked_ones(run_installed, 
 
 
 def test_a_knee_model_skips_ct_volumes(run_installed, run, tmp_path):
-    from perceiver_med.synth import synth
+    from perceiver_med.synth.phantoms import synth
 
     mixed = tmp_path / "mixed"
     synth("lung", mixed / "ct", 2, "dicom", 1)
@@ -244,7 +244,7 @@ def test_resume_of_a_hybrid_needs_no_options_and_cleans_killed_writes(run_instal
     saved = torch.load(checkpoint, weights_only=True)
     saved["state"]["stage_index"], saved["state"]["epoch"] = 1, 0  # as if stopped between the two stages
     torch.save(saved, checkpoint)
-    from perceiver_med.engine import file_sha256
+    from perceiver_med.training.engine import file_sha256
 
     config = json.loads((out / "config.json").read_text())
     config["checkpoint_sha256"] = [file_sha256(checkpoint)]  # as training itself records it

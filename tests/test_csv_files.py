@@ -9,11 +9,11 @@ import pytest
 from PIL import Image
 
 from perceiver_med.csvfiles import FORMULA_STARTS, escape_cell, unescape_cell
-from perceiver_med.dataset_ops import check_splits_file, inspect_folder
+from perceiver_med.inputs.folders import check_splits_file, inspect_folder
 from perceiver_med.errors import UserError
 from perceiver_med.io import discover
 from perceiver_med.io.labels import label_scans
-from perceiver_med.runs import write_predictions
+from perceiver_med.training.train import write_predictions
 
 
 def _png(path):

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from perceiver_med.errors import UserError
-from perceiver_med.splits import find_problems, read_splits
-from perceiver_med.trust import choose_threshold
+from perceiver_med.inputs.splits import find_problems, read_splits
+from perceiver_med.results.statistics import choose_threshold
 from tests.conftest import TINY_PERCEIVER_RUN
 
 
@@ -24,7 +24,7 @@ def _rows(path: Path) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def folded(knee, tmp_path_factory):
-    from perceiver_med.dataset_ops import split_folder
+    from perceiver_med.inputs.folders import split_folder
 
     root = tmp_path_factory.mktemp("folded")
     split_folder(knee / "data", root / "splits.csv", seed=0, folds=3)
@@ -74,7 +74,7 @@ def _write(path, rows):
 
 @pytest.fixture(scope="module")
 def cv_run(folded, tmp_path_factory):
-    from perceiver_med.cv import train_cv
+    from perceiver_med.training.cv import train_cv
 
     return train_cv(folded, "perceiver", tmp_path_factory.mktemp("cv") / "run", threshold="youden",
                     **TINY_PERCEIVER_RUN)
@@ -119,7 +119,7 @@ def test_out_of_fold_and_ensemble_predictions_are_the_members_own(cv_run, folded
 
 
 def test_predict_and_evaluate_on_a_cross_validated_run_use_the_ensemble(cv_run, knee, tmp_path):
-    from perceiver_med.runs import evaluate_run, predict_run
+    from perceiver_med.training.train import evaluate_run, predict_run
 
     predict_run(cv_run.run, knee / "data", tmp_path / "predicted.csv", device="cpu")
     predicted = {r["path"]: r for r in _rows(tmp_path / "predicted.csv")}
@@ -136,7 +136,7 @@ def test_predict_and_evaluate_on_a_cross_validated_run_use_the_ensemble(cv_run, 
 def test_a_stopped_cross_validation_resumes_with_its_own_options(cv_run, tmp_path):
     import shutil
 
-    from perceiver_med.cv import train_cv
+    from perceiver_med.training.cv import train_cv
 
     run = tmp_path / "run"
     shutil.copytree(cv_run.run, run)
@@ -156,7 +156,7 @@ def test_a_stopped_cross_validation_resumes_with_its_own_options(cv_run, tmp_pat
 
 
 def test_a_refused_option_leaves_nothing_to_block_the_corrected_command(folded, tmp_path):
-    from perceiver_med.cv import train_cv
+    from perceiver_med.training.cv import train_cv
 
     with pytest.raises(UserError, match="--threshold"):
         train_cv(folded, "perceiver", tmp_path / "run", threshold="bogus", **TINY_PERCEIVER_RUN)

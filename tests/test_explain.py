@@ -5,9 +5,9 @@ import torch
 from PIL import Image
 from torch import nn
 
-from perceiver_med.explain import attention_map, evidence_map, explain_run
+from perceiver_med.results.explain import attention_map, evidence_map, explain_run
 from perceiver_med.models import Perceiver, ViTRolloutCNN
-from perceiver_med.runs import train_run
+from perceiver_med.training.train import train_run
 
 SIZE = 32
 
@@ -102,7 +102,7 @@ def test_evidence_lies_on_the_only_pixels_the_model_reads_whatever_it_predicts(d
 
 
 def test_overlay_is_drawn_pixel_on_pixel_over_the_picture():
-    from perceiver_med.report import overlay_figure
+    from perceiver_med.results.display import overlay_figure
 
     picture = np.full((SIZE, SIZE), 0.5)
     heat = np.zeros((SIZE, SIZE))
@@ -188,7 +188,7 @@ def test_evidence_of_a_trained_model_is_hottest_on_the_dot(build):
 
 def test_figures_draw_names_as_plain_text(tmp_path):
     """Class and file names come from users: '$\\foo$' is not mathtext, and must not stop a run's figures."""
-    from perceiver_med.report import save_confusion, save_curves, save_overlay
+    from perceiver_med.results.display import save_confusion, save_curves, save_overlay
 
     classes = ["$\\foo$", "a [/] $b"]
     save_confusion([[3, 1], [0, 4]], classes, "test", tmp_path / "confusion.png")
@@ -203,7 +203,7 @@ def test_figures_draw_names_as_plain_text(tmp_path):
 @pytest.fixture(scope="module")
 def spot_run(tmp_path_factory):
     """A Perceiver run on class folders dot/ and none/ of 32x32 PNGs (one epoch: only the files matter)."""
-    from perceiver_med.dataset_ops import split_folder
+    from perceiver_med.inputs.folders import split_folder
 
     root = tmp_path_factory.mktemp("spot")
     x, labels = _spot_images(30, seed=2)

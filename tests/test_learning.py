@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from perceiver_med.dataset_ops import split_folder
-from perceiver_med.engine import stopping_armed, unfitted_note
-from perceiver_med.runs import train_run
-from perceiver_med.synth import DIFFICULTIES, synth
+from perceiver_med.inputs.folders import split_folder
+from perceiver_med.training.engine import stopping_armed, unfitted_note
+from perceiver_med.training.train import train_run
+from perceiver_med.synth.phantoms import DIFFICULTIES, synth
 
 FIT_EPOCHS = 80  # of 4 steps (batch 4): the plain CNN fitted 15 of the 16 volumes in 60
 
@@ -31,7 +31,7 @@ def test_a_stage_that_never_fitted_its_training_set_says_so():
 def test_cnn_baseline_learns_knee_laterality_and_is_explained(tmp_path):
     """--model cnn goes through the same engine, metrics and explain as the transformers; global max pooling
     must not cost it laterality (a mirrored knee is the other class)."""
-    from perceiver_med.explain import explain_run
+    from perceiver_med.results.explain import explain_run
 
     data, _ = synth("knee", tmp_path / "knee", 40, "png", 0)
     split_folder(data, tmp_path / "splits.csv", seed=0)

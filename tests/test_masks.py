@@ -14,13 +14,13 @@ import numpy as np
 import pytest
 from pydicom import dcmread
 
-from perceiver_med.dataset_ops import split_folder
+from perceiver_med.inputs.folders import split_folder
 from perceiver_med.errors import UserError
 from perceiver_med.io import discover, read_scan
 from perceiver_med.io.orientation import LPS_FROM_RAS
-from perceiver_med.masks import components, grid_mismatch, parse_mask_labels, points_from_masks
-from perceiver_med.splits import read_splits
-from perceiver_med.synth_points import write_points
+from perceiver_med.inputs.masks import components, grid_mismatch, parse_mask_labels, points_from_masks
+from perceiver_med.inputs.splits import read_splits
+from perceiver_med.synth.nodules import write_points
 from tests.conftest import write_series
 from tests.io.test_geometry import _stored, _stored_to_display
 

@@ -11,14 +11,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from perceiver_med.dataset_ops import split_folder
+from perceiver_med.inputs.folders import split_folder
 from perceiver_med.errors import ScanError, UserError
 from perceiver_med.io import discover, read_scan
 from perceiver_med.io.image import ScanImage
-from perceiver_med.points import match_points, parse_point, read_points
-from perceiver_med.preprocess import PreprocessConfig, point_grid
-from perceiver_med.splits import read_splits
-from perceiver_med.synth_points import MASK_VALUES, write_points
+from perceiver_med.inputs.points import match_points, parse_point, read_points
+from perceiver_med.inputs.preprocess import PreprocessConfig, point_grid
+from perceiver_med.inputs.splits import read_splits
+from perceiver_med.synth.nodules import MASK_VALUES, write_points
 
 TILE = 32
 POINT = np.array([12.0, -20.0, -150.0])  # LPS mm
@@ -90,7 +90,7 @@ def test_one_anatomy_at_1_mm_and_2_5_mm_slices_gives_the_same_grid():
     correlation = np.corrcoef(thin.ravel(), thick.ravel())[0, 1]
     assert correlation > 0.9
     # the oracle can fail: the same volumes' whole-slice grids (9 consecutive slices) cover other anatomy
-    from perceiver_med.preprocess import make_grid
+    from perceiver_med.inputs.preprocess import make_grid
 
     whole = [make_grid(image.voxels, PreprocessConfig(input="grid", size=TILE, window="lung"), modality="CT")
              for image in (scanned(0.6, 1.0, shape=(60, 100, 100)), scanned(0.9, 2.5, shape=(24, 70, 70)))]
@@ -270,8 +270,8 @@ def test_train_stores_the_point_grid_and_predict_writes_one_row_per_point(point_
 
 
 def test_preview_of_a_point_is_the_grid_train_used(point_run, run_installed):
-    from perceiver_med.cache import InputRequest, prepare
-    from perceiver_med.config import load_run_config
+    from perceiver_med.inputs.cache import InputRequest, prepare
+    from perceiver_med.training.config import load_run_config
 
     root, _ = point_run
     first = _points(root / "d" / "points.csv")[0]
@@ -337,7 +337,7 @@ def test_explain_writes_one_overlay_per_point(point_run, run_installed, tmp_path
 
 
 def test_reading_only_the_slices_a_point_needs_gives_the_same_grid(phantom):
-    from perceiver_med.preprocess import model_input, point_pick, scan_input
+    from perceiver_med.inputs.preprocess import model_input, point_pick, scan_input
 
     fmt, out = phantom
     table = read_points(out / "points.csv")
@@ -355,7 +355,7 @@ def test_the_points_of_one_scan_read_together_give_each_points_own_grid(phantom,
     """prepare_many decodes a scan once for all its points (the union of their slices): each grid must be the one
     that point alone gives, and a point outside its scan fails alone."""
     import perceiver_med.io as io
-    from perceiver_med.cache import InputRequest, prepare, prepare_many
+    from perceiver_med.inputs.cache import InputRequest, prepare, prepare_many
 
     fmt, out = phantom
     table = read_points(out / "points.csv")

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from perceiver_med.errors import ScanError
-from perceiver_med.preprocess import PreprocessConfig, grid_slices, make_grid, make_image, scale_to_unit
+from perceiver_med.inputs.preprocess import PreprocessConfig, grid_slices, make_grid, make_image, scale_to_unit
 from tests.conftest import index_volume
 
 

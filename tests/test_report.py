@@ -13,12 +13,12 @@ import pydicom
 import pytest
 
 from perceiver_med.errors import UserError
-from perceiver_med.reporting import write_report
-from perceiver_med.reporting.claim import ITEMS
-from perceiver_med.reporting.document import PLACEHOLDER
-from perceiver_med.reporting.figures import GALLERY_SIZE, confident_errors
-from perceiver_med.reporting.headers import age_band
-from perceiver_med.reporting.run_record import Prediction
+from perceiver_med.results.report import write_report
+from perceiver_med.results.report.claim import ITEMS
+from perceiver_med.results.report.document import PLACEHOLDER
+from perceiver_med.results.report.figures import GALLERY_SIZE, confident_errors
+from perceiver_med.results.report.headers import age_band
+from perceiver_med.results.report.run_record import Prediction
 from tests.conftest import TINY_PERCEIVER_RUN
 
 SPLITS = ("train", "val", "test")
@@ -36,9 +36,9 @@ def _age(index):
 def reported(tmp_path_factory):
     """Phantom DICOM knees with sex, age and manufacturer written into their headers, one non-scan file, a
     splits file with its flow record, a tiny trained run and its report."""
-    from perceiver_med.dataset_ops import split_folder
-    from perceiver_med.runs import train_run
-    from perceiver_med.synth import synth
+    from perceiver_med.inputs.folders import split_folder
+    from perceiver_med.training.train import train_run
+    from perceiver_med.synth.phantoms import synth
 
     root = tmp_path_factory.mktemp("report")
     data, _ = synth("knee", root / "data", 8, "dicom", 5)
@@ -217,8 +217,8 @@ def test_no_patient_id_name_or_path_reaches_the_report(reported):
 def test_skip_reasons_lose_the_patient_ids_and_file_names_they_quote():
     from types import SimpleNamespace
 
-    from perceiver_med.reporting.sections import _redactor
-    from perceiver_med.splits import SplitRow
+    from perceiver_med.results.report.sections import _redactor
+    from perceiver_med.inputs.splits import SplitRow
 
     rows = [SplitRow(Path("/data/OAI9000042/IMG00007.dcm"), "left", "OAI9000042", "test"),
             SplitRow(Path("/data/7/x.dcm"), "left", "7", "train")]

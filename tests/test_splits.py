@@ -4,12 +4,12 @@ from pathlib import Path
 
 import pytest
 
-from perceiver_med.dataset_ops import check_splits_file, split_folder
+from perceiver_med.inputs.folders import check_splits_file, split_folder
 from perceiver_med.errors import UserError
 from perceiver_med.io import discover
 from perceiver_med.io.discover import Scan
 from perceiver_med.io.labels import LabelledScan, label_scans
-from perceiver_med.splits import assign_splits, find_problems, read_splits, rows_from_items, write_splits
+from perceiver_med.inputs.splits import assign_splits, find_problems, read_splits, rows_from_items, write_splits
 
 
 def _items(patients=30, seed=0):

@@ -4,11 +4,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from perceiver_med.cache import InputRequest, prepare
+from perceiver_med.inputs.cache import InputRequest, prepare
 from perceiver_med.io import discover
 from perceiver_med.io.labels import folder_label
-from perceiver_med.preprocess import PreprocessConfig, grid_slices
-from perceiver_med.synth import DIFFICULTIES, LUNG_CENTRES, nodule_masks
+from perceiver_med.inputs.preprocess import PreprocessConfig, grid_slices
+from perceiver_med.synth.phantoms import DIFFICULTIES, LUNG_CENTRES, nodule_masks
 
 
 def _nodules(difficulty, label, count=20):
@@ -68,7 +68,7 @@ POINTS_PATIENTS = 6
 @pytest.fixture(scope="module")
 def points_sets(tmp_path_factory):
     """The same six phantom patients as DICOM series and as NIfTI volumes, with masks."""
-    from perceiver_med.synth import synth
+    from perceiver_med.synth.phantoms import synth
 
     root = tmp_path_factory.mktemp("points")
     synth("lung", root / "dicom", POINTS_PATIENTS, "dicom", 5, points=True, masks=True)
@@ -268,7 +268,7 @@ def test_a_set_of_unseen_patients_takes_other_patient_ids(tmp_path, kind, fmt):
     """demo predicts a second phantom set as unseen patients: its ids must not be the training set's."""
     import pydicom
 
-    from perceiver_med.synth import synth
+    from perceiver_med.synth.phantoms import synth
 
     def patient_ids(root):
         if fmt == "dicom":

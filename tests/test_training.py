@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from perceiver_med.runs import evaluate_run, train_run
+from perceiver_med.training.train import evaluate_run, train_run
 
 TINY_PERCEIVER = {"num_latents": 8, "latent_dim": 32, "num_iterations": 2}
 TINY_VIT = {"depth": 1, "dim": 32}
@@ -105,7 +105,7 @@ def test_hybrid_reports_both_stages(knee, tmp_path):
 
 
 def test_predict_and_explain_on_a_folder_the_model_has_not_seen(perceiver_run, tmp_path, run_cli):
-    from perceiver_med.synth import synth
+    from perceiver_med.synth.phantoms import synth
 
     unseen, count = synth("knee", tmp_path / "unseen", 3, "dicom", 99)
     (unseen / "README.txt").write_text("not a scan")
@@ -137,7 +137,7 @@ def test_tampered_or_foreign_run_files_are_refused(perceiver_run, tmp_path, run_
         def __reduce__(self):
             return (os.system, ("touch " + str(tmp_path / "pwned"),))
     torch.save({"model": Evil()}, run / "checkpoint.pt")
-    from perceiver_med.engine import load_checkpoint
+    from perceiver_med.training.engine import load_checkpoint
     from perceiver_med.errors import UserError
 
     with pytest.raises(UserError, match="damaged or not"):

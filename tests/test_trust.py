@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 from sklearn.metrics import brier_score_loss
 
-from perceiver_med.config import Decision, RunConfig
+from perceiver_med.training.config import Decision, RunConfig
 from perceiver_med.errors import UserError
-from perceiver_med.metrics import split_metrics, threshold_metrics
-from perceiver_med.scoring import fit_decision
-from perceiver_med.trust import (aggregate, apply_temperature, bootstrap_ci, bootstrap_distribution, brier_score,
+from perceiver_med.results.metrics import split_metrics, threshold_metrics
+from perceiver_med.results.scoring import fit_decision
+from perceiver_med.results.statistics import (aggregate, apply_temperature, bootstrap_ci, bootstrap_distribution, brier_score,
                                  choose_threshold, expected_calibration_error, fit_temperature, parse_threshold_rule,
                                  patient_counts, reliability_bins, weighted_metrics)
 
@@ -276,7 +276,7 @@ def _split_rows(run, split):
 
 
 def test_a_chosen_threshold_is_reproduced_from_the_validation_predictions_alone(knee, tmp_path):
-    from perceiver_med.runs import evaluate_run, predict_run, train_run
+    from perceiver_med.training.train import evaluate_run, predict_run, train_run
     from tests.conftest import TINY_PERCEIVER_RUN
 
     # 5 epochs, not the tiny run's 2: a model still at chance has a flat likelihood in the temperature, and a refit
@@ -323,7 +323,7 @@ def test_a_bad_threshold_is_one_line_and_writes_nothing(run_installed, knee, tmp
 def test_the_trust_table_fits_80_columns_and_shows_every_interval(tiny_run):
     from rich.console import Console
 
-    from perceiver_med.report import trust_table
+    from perceiver_med.results.display import trust_table
 
     metrics = json.loads((tiny_run.run / "metrics.json").read_text())
     console = Console(width=80, record=True, color_system=None)

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from perceiver_med.datasets import AugmentConfig
-from perceiver_med.tta import AugmentedViews, mirror
+from perceiver_med.inputs.loading import AugmentConfig
+from perceiver_med.run.tta import AugmentedViews, mirror
 
 
 def test_a_mirror_flips_each_tile_about_its_own_centre():

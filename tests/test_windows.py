@@ -11,8 +11,8 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from perceiver_med.errors import UserError
 from perceiver_med.io import discover, read_scan
-from perceiver_med.preprocess import PreprocessConfig, scan_input
-from perceiver_med.windows import parse_window
+from perceiver_med.inputs.preprocess import PreprocessConfig, scan_input
+from perceiver_med.inputs.windows import parse_window
 from tests.conftest import TINY_PERCEIVER_RUN, write_series
 
 SIDE = 16  # scans as big as a tile: resizing is then the identity, and values can be checked exactly
@@ -105,7 +105,7 @@ def test_old_runs_without_a_window_name_load_as_auto():
 
 
 def test_the_cache_key_changes_with_the_window(tmp_path):
-    from perceiver_med.cache import InputRequest, cache_key
+    from perceiver_med.inputs.cache import InputRequest, cache_key
 
     (tmp_path / "a.png").write_bytes(b"not read")
     request = InputRequest(tmp_path / "a.png")
@@ -205,8 +205,8 @@ def test_a_bad_window_through_the_installed_command_is_one_line_and_exit_2(run_i
 
 
 def test_the_window_is_recorded_in_config_json_and_used_from_the_run(knee, tmp_path, tiny_run):
-    from perceiver_med.config import load_run_config
-    from perceiver_med.runs import train_run
+    from perceiver_med.training.config import load_run_config
+    from perceiver_med.training.train import train_run
 
     assert json.loads((tiny_run.run / "config.json").read_text())["preprocess"]["window"] == "auto"
     options = {**TINY_PERCEIVER_RUN, "epochs": 1, "size": 16}

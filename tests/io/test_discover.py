@@ -9,7 +9,7 @@ import pytest
 from perceiver_med.errors import ScanError, UserError
 from perceiver_med.io import discover, read_scan
 from perceiver_med.io.orientation import from_display
-from perceiver_med.preprocess import PreprocessConfig, make_grid
+from perceiver_med.inputs.preprocess import PreprocessConfig, make_grid
 from tests.conftest import index_volume, write_series
 
 
@@ -197,7 +197,7 @@ def _sagittal_series(folder, volume):
 
 
 def test_a_sagittal_series_reports_its_display_shape_and_reads_only_what_a_grid_needs(tmp_path):
-    from perceiver_med.preprocess import model_input, scan_input
+    from perceiver_med.inputs.preprocess import model_input, scan_input
 
     rng = np.random.default_rng(0)
     volume = np.round(rng.normal(size=(12, 10, 14)) * 100).astype(np.float32)
@@ -220,7 +220,7 @@ def test_a_sagittal_series_reports_its_display_shape_and_reads_only_what_a_grid_
 def test_nifti_read_slice_by_slice_equals_the_whole_volume_in_any_storage_orientation(tmp_path, codes):
     from nibabel.orientations import apply_orientation, axcodes2ornt, inv_ornt_aff, ornt_transform
 
-    from perceiver_med.preprocess import model_input, scan_input
+    from perceiver_med.inputs.preprocess import model_input, scan_input
 
     rng = np.random.default_rng(1)
     ras = rng.normal(size=(11, 13, 15)).astype(np.float32)

@@ -265,7 +265,7 @@ def test_a_stem_carries_a_one_pixel_dot_at_full_strength_where_linear_patches_di
 def test_deep_supervision_trains_the_stem_and_never_feeds_a_prediction(name):
     """In training the model also returns an auxiliary linear classifier's logits on the global max of its stem's
     feature map, and the loss adds them with their weight; in evaluation the logits do not depend on them."""
-    from perceiver_med.engine import training_loss
+    from perceiver_med.training.engine import training_loss
     from perceiver_med.models.cnn import SupervisedOutput
 
     torch.manual_seed(0)
@@ -294,9 +294,9 @@ def test_deep_supervision_trains_the_stem_and_never_feeds_a_prediction(name):
 
 def test_the_engine_trains_the_deep_supervision_beside_the_model(tmp_path):
     """fit() adds the auxiliary classifier's weighted loss: without weight decay only its gradient can move it."""
-    from perceiver_med.config import TrainConfig
-    from perceiver_med.datasets import AugmentConfig
-    from perceiver_med.engine import Processes, Reporter, fit
+    from perceiver_med.training.config import TrainConfig
+    from perceiver_med.inputs.loading import AugmentConfig
+    from perceiver_med.training.engine import Processes, Reporter, fit
 
     torch.manual_seed(0)
     model = build_model({**TINY["vit-stem"], "num_classes": 2, "deep_supervision": 1.0})
@@ -342,7 +342,7 @@ def test_residual_hybrid_starts_as_its_vit_and_its_cnn_stage_learns_a_correction
     """residual: the hybrid's logits are the ViT's plus the CNN stage's, whose head starts at zero. So at the start
     the hybrid decides exactly as its (trained) ViT; a step of the CNN stage, as fit takes it through
     engine.stages_for, moves the hybrid away from the ViT, and the logits stay the sum computed by hand."""
-    from perceiver_med.engine import stages_for
+    from perceiver_med.training.engine import stages_for
 
     options = {k: v for k, v in TINY["vit-rollout-cnn"].items() if k != "name"}
     torch.manual_seed(0)
@@ -422,9 +422,9 @@ def test_a_residual_hybrid_that_only_gets_worse_on_validation_ends_as_its_vit(tm
     """The CNN stage of a residual hybrid starts as the trained ViT, and that start is the first candidate for the
     best weights: with validation labels the opposite of the training labels every step of the CNN stage raises
     the validation loss, so the hybrid fit returns is its ViT (the CNN's head still zero)."""
-    from perceiver_med.config import TrainConfig
-    from perceiver_med.datasets import AugmentConfig
-    from perceiver_med.engine import Processes, Reporter, fit
+    from perceiver_med.training.config import TrainConfig
+    from perceiver_med.inputs.loading import AugmentConfig
+    from perceiver_med.training.engine import Processes, Reporter, fit
 
     torch.manual_seed(0)
     model = build_model({**TINY["vit-rollout-cnn"], "residual": True})

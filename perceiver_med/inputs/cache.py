@@ -28,7 +28,7 @@ from perceiver_med.errors import ScanError
 from perceiver_med.files import atomic_path
 from perceiver_med.io import discover
 from perceiver_med.io.limits import describe
-from perceiver_med.preprocess import PreprocessConfig, point_inputs, scan_input
+from perceiver_med.inputs.preprocess import PreprocessConfig, point_inputs, scan_input
 
 
 def cache_root() -> Path:
@@ -237,7 +237,7 @@ def _pool_context():
     methods = multiprocessing.get_all_start_methods()
     context = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
     if "forkserver" in methods:
-        context.set_forkserver_preload(["perceiver_med.cache"])
+        context.set_forkserver_preload(["perceiver_med.inputs.cache"])
     return context
 
 

@@ -376,7 +376,7 @@ def synth(kind: str, out: Path, patients: int, fmt: str | None, seed: int,
         if kind == "knee":
             count = write_knee(temp, patients, fmt, seed, first)
         elif points:
-            from perceiver_med.synth_points import write_points
+            from perceiver_med.synth.nodules import write_points
 
             count = write_points(temp, patients, fmt, seed, masks, first=first)
         else:

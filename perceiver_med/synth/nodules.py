@@ -271,7 +271,7 @@ def write_points(out: Path, patients: int, fmt: str, seed: int, masks: bool = Fa
                  layout: ChestLayout = ChestLayout(), first: int = 0) -> int:
     """Write the nodule-points phantom into `out` (scans/, points.csv, masks/); returns the number of scans.
     Patients are numbered from `first`."""
-    from perceiver_med.synth import write_ct_series
+    from perceiver_med.synth.phantoms import write_ct_series
 
     scans, mask_folder = out / "scans", out / "masks"
     scans.mkdir()

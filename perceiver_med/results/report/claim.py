@@ -5,7 +5,7 @@ The wording here is ours and short; authors should check each item against the p
 """
 from __future__ import annotations
 
-from perceiver_med.reporting.document import PLACEHOLDER, Cell, Table
+from perceiver_med.results.report.document import PLACEHOLDER, Cell, Table
 
 ITEMS = (
     (1, "Title/abstract", "Title or abstract names the study as AI, with the kind of technique"),

@@ -9,7 +9,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from perceiver_med.splits import SPLITS, SplitRow
+from perceiver_med.inputs.splits import SPLITS, SplitRow
 
 SCAN_FIELDS = ("modality", "manufacturer", "body part", "view", "laterality", "pixel spacing (mm)",
                "slice thickness (mm)")

@@ -10,11 +10,11 @@ from typing import Callable
 import numpy as np
 import torch
 
-from perceiver_med.cache import InputRequest, prepare_many
-from perceiver_med.config import RunConfig, TrainConfig, is_laterality, load_run_config, pick_positive, versions
-from perceiver_med.datasets import (AugmentConfig, LoadedInputs, describe_scans, load_split_inputs,
+from perceiver_med.inputs.cache import InputRequest, prepare_many
+from perceiver_med.training.config import RunConfig, TrainConfig, is_laterality, load_run_config, pick_positive, versions
+from perceiver_med.inputs.loading import (AugmentConfig, LoadedInputs, describe_scans, load_split_inputs,
                                     preprocess_config, scan_mismatch)
-from perceiver_med.engine import (SPLITS, Processes, Reporter, evaluate_forward, file_sha256, fit, load_weights,
+from perceiver_med.training.engine import (SPLITS, Processes, Reporter, evaluate_forward, file_sha256, fit, load_weights,
                                   pick_device, predict_probs)
 from perceiver_med.errors import UserError
 from perceiver_med.files import (RunLock, atomic_text, check_new_output, holds_files, refuse_inside,
@@ -23,11 +23,11 @@ from perceiver_med.io import discover
 from perceiver_med.io.discover import Skip
 from perceiver_med.io.labels import folder_label
 from perceiver_med.models import build_model, default_config
-from perceiver_med.scoring import apply_decision, fit_decision, run_summary, score_split
-from perceiver_med.preprocess import GRID_TILES
-from perceiver_med.splits import SplitRow, find_problems, fold_rows, read_splits, write_splits
-from perceiver_med.trust import parse_threshold_rule
-from perceiver_med.windows import parse_window
+from perceiver_med.results.scoring import apply_decision, fit_decision, run_summary, score_split
+from perceiver_med.inputs.preprocess import GRID_TILES
+from perceiver_med.inputs.splits import SplitRow, find_problems, fold_rows, read_splits, write_splits
+from perceiver_med.results.statistics import parse_threshold_rule
+from perceiver_med.inputs.windows import parse_window
 
 MODEL_NAMES = ("perceiver", "vit-rollout-cnn", "cnn")
 # The architecture options each model takes (train --num-latents ...); anything else is refused by name.
@@ -307,7 +307,7 @@ def _write_config(out: Path, config: RunConfig) -> None:
 
 
 def _write_outputs(out: Path, loaded, probs, metrics, config: RunConfig, history) -> None:
-    from perceiver_med.report import save_confusion, save_curves, save_reliability
+    from perceiver_med.results.display import save_confusion, save_curves, save_reliability
 
     atomic_text(out / "metrics.json", lambda h: json.dump(metrics, h, indent=2))
     for split, raw_probs in probs.items():
@@ -366,7 +366,7 @@ def load_model(run: Path, device: torch.device | None = None, tta: int = 1):
     """The run's config and its best model, in eval mode; weights checked against config.json. With `tta` > 1
     the model averages its probabilities over that many label-preserving views of each input (tta.py)."""
     if tta != 1:
-        from perceiver_med.tta import AugmentedViews, check_views
+        from perceiver_med.run.tta import AugmentedViews, check_views
 
         check_views(tta)
         config, model = load_model(run, device)
@@ -470,7 +470,7 @@ def predict_run(run: Path, scans: Path, out: Path, device: str = "auto", workers
     they are the mean over that many label-preserving views of each scan (see tta.py). A run trained on points
     predicts the rows of `points` instead, one output row per point (see point_runs).
     """
-    from perceiver_med.point_runs import check_point_run, prepare_points, write_point_predictions
+    from perceiver_med.run.point_runs import check_point_run, prepare_points, write_point_predictions
 
     torch_device = pick_device(device)
     config, model = load_model(run, torch_device, tta)

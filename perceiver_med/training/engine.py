@@ -22,12 +22,12 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from perceiver_med.config import TrainConfig, resolve_epochs
-from perceiver_med.datasets import AugmentConfig, augment_batch
+from perceiver_med.training.config import TrainConfig, resolve_epochs
+from perceiver_med.inputs.loading import AugmentConfig, augment_batch
 from perceiver_med.errors import UserError
 from perceiver_med.files import atomic_path
 from perceiver_med.io.limits import describe
-from perceiver_med.metrics import split_metrics
+from perceiver_med.results.metrics import split_metrics
 from perceiver_med.models.cnn import SupervisedOutput
 from perceiver_med.models.layers import batch_norms
 

@@ -8,10 +8,10 @@ import re
 
 import numpy as np
 
-from perceiver_med.config import Decision, RunConfig, is_laterality
-from perceiver_med.metrics import decisions, split_metrics, threshold_metrics
-from perceiver_med.splits import SplitRow
-from perceiver_med.trust import (RESAMPLES, TEMPERATURE_BOUNDS, aggregate, apply_temperature, bootstrap_ci,
+from perceiver_med.training.config import Decision, RunConfig, is_laterality
+from perceiver_med.results.metrics import decisions, split_metrics, threshold_metrics
+from perceiver_med.inputs.splits import SplitRow
+from perceiver_med.results.statistics import (RESAMPLES, TEMPERATURE_BOUNDS, aggregate, apply_temperature, bootstrap_ci,
                                  brier_score, choose_threshold, expected_calibration_error, fit_temperature,
                                  reliability_bins)
 

@@ -8,13 +8,13 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
-from perceiver_med.config import VERSIONED, RunConfig, load_run_config
+from perceiver_med.training.config import VERSIONED, RunConfig, load_run_config
 from perceiver_med.csvfiles import read_csv
-from perceiver_med.engine import file_sha256
+from perceiver_med.training.engine import file_sha256
 from perceiver_med.errors import UserError
-from perceiver_med.report import REPORTED_SPLITS
-from perceiver_med.runs import frozen_rows
-from perceiver_med.splits import SplitRow
+from perceiver_med.results.display import REPORTED_SPLITS
+from perceiver_med.training.train import frozen_rows
+from perceiver_med.inputs.splits import SplitRow
 
 REPORT_SPLITS = REPORTED_SPLITS
 DISTRIBUTIONS = ("perceiver-med", *VERSIONED)

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from perceiver_med.errors import ScanError
-from perceiver_med.windows import (PRESETS, image_to_unit, needs_statistics, parse_window, statistics_slices,
+from perceiver_med.inputs.windows import (PRESETS, image_to_unit, needs_statistics, parse_window, statistics_slices,
                                    to_unit, volume_range)
 
 GRID_SLICES = 9

@@ -7,9 +7,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from perceiver_med import __version__
-from perceiver_med.datasets import AugmentConfig
+from perceiver_med.inputs.loading import AugmentConfig
 from perceiver_med.errors import UserError
-from perceiver_med.preprocess import PreprocessConfig
+from perceiver_med.inputs.preprocess import PreprocessConfig
 
 LATERALITY_LABELS = {"left", "right", "l", "r"}
 

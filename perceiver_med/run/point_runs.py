@@ -7,13 +7,13 @@ from typing import Callable
 
 import numpy as np
 
-from perceiver_med.cache import InputRequest, prepare_many
+from perceiver_med.inputs.cache import InputRequest, prepare_many
 from perceiver_med.csvfiles import printable, write_csv
-from perceiver_med.datasets import scan_mismatch
+from perceiver_med.inputs.loading import scan_mismatch
 from perceiver_med.errors import UserError
 from perceiver_med.io import discover
 from perceiver_med.io.discover import Skip
-from perceiver_med.points import COORDINATES, RAS_HINT, PointSample, all_outside, match_points, read_points
+from perceiver_med.inputs.points import COORDINATES, RAS_HINT, PointSample, all_outside, match_points, read_points
 
 
 def check_point_run(config, points: Path | None) -> None:

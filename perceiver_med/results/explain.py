@@ -16,17 +16,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from perceiver_med.cache import InputRequest, find_scan, prepare
-from perceiver_med.config import is_laterality
-from perceiver_med.datasets import scan_mismatch
+from perceiver_med.inputs.cache import InputRequest, find_scan, prepare
+from perceiver_med.training.config import is_laterality
+from perceiver_med.inputs.loading import scan_mismatch
 from perceiver_med.errors import ScanError, UserError
 from perceiver_med.csvfiles import printable
 from perceiver_med.files import check_new_output, refuse_inside
 from perceiver_med.io.discover import Skip
 from perceiver_med.io.labels import folder_label, laterality_of
 from perceiver_med.models import Perceiver, ViTRolloutCNN, token_patch
-from perceiver_med.runs import load_model
-from perceiver_med.scoring import apply_decision
+from perceiver_med.training.train import load_model
+from perceiver_med.results.scoring import apply_decision
 
 FILL_QUANTILES = (0.02, 0.98)  # "dark" and "bright" paint, taken from the image itself
 
@@ -101,7 +101,7 @@ def explain_run(run: Path, scans: list[Path], out: Path, labels: Mapping[Path, s
     laterality or a LEFT/RIGHT token in the file name. Labels the run does not know are not shown.
     A run trained on points needs `points` (a points CSV) and writes one overlay per point, labelled by the file.
     """
-    from perceiver_med.point_runs import check_point_run
+    from perceiver_med.run.point_runs import check_point_run
 
     config, model = load_model(run)
     for scan in scans:
@@ -138,7 +138,7 @@ def explain_run(run: Path, scans: list[Path], out: Path, labels: Mapping[Path, s
 
 def _overlay(model, config, array: np.ndarray, name: str, truth: str | None, target: Path, overwrite: bool) -> None:
     """Write one overlay PNG of a model input: the picture in grey, its occlusion evidence in colour."""
-    from perceiver_med.report import save_overlay
+    from perceiver_med.results.display import save_overlay
 
     x = torch.from_numpy(array)[None]
     with torch.no_grad():
@@ -163,8 +163,8 @@ def _overlay(model, config, array: np.ndarray, name: str, truth: str | None, tar
 def _explain_points(model, config, scans: list[Path], points: Path, out: Path, overwrite: bool
                     ) -> tuple[list[Path], list[Skip]]:
     """One overlay per usable row of a points file, named after the scan and the row's line."""
-    from perceiver_med.point_runs import prepare_points
-    from perceiver_med.points import NOT_FOUND
+    from perceiver_med.run.point_runs import prepare_points
+    from perceiver_med.inputs.points import NOT_FOUND
 
     prepared = prepare_points(points, scans, config)
     written = []

@@ -7,19 +7,19 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from perceiver_med.cache import InputRequest, find_scan, prepare
+from perceiver_med.inputs.cache import InputRequest, find_scan, prepare
 from perceiver_med.csvfiles import printable, write_csv
-from perceiver_med.datasets import LoadedInputs, describe_scans, load_split_inputs, preprocess_config
+from perceiver_med.inputs.loading import LoadedInputs, describe_scans, load_split_inputs, preprocess_config
 from perceiver_med.errors import ScanError, UserError
 from perceiver_med.files import atomic_path, check_new_output, refuse_inside
 from perceiver_med.io import Discovery, discover
 from perceiver_med.io.discover import Skip
 from perceiver_med.io.labels import LabelledScan, LabelledSet, label_scans
-from perceiver_med.points import PointSample, match_points, read_points
-from perceiver_med.preprocess import PreprocessConfig
-from perceiver_med.reporting.flow import write_flow_record
-from perceiver_med.windows import parse_window
-from perceiver_med.splits import (SPLITS, SplitRow, assign_folds, assign_splits, check_ratios, find_problems,
+from perceiver_med.inputs.points import PointSample, match_points, read_points
+from perceiver_med.inputs.preprocess import PreprocessConfig
+from perceiver_med.results.report.flow import write_flow_record
+from perceiver_med.inputs.windows import parse_window
+from perceiver_med.inputs.splits import (SPLITS, SplitRow, assign_folds, assign_splits, check_ratios, find_problems,
                                   fold_notes, read_splits, rows_from_items, split_notes, write_splits)
 
 INSPECT_COLUMNS = ["file", "scan", "status", "reason", "kind", "modality", "shape"]
@@ -154,7 +154,7 @@ def preview_scan(scan: Path, prefix: Path, input: str = "auto", size: int | None
 
 def _run_preprocess(run: Path, point, **given) -> PreprocessConfig:
     """A run's preprocessing for preview --run; options that would change it are refused by name."""
-    from perceiver_med.config import load_run_config
+    from perceiver_med.training.config import load_run_config
 
     named = [f"--{key.replace('_', '-')}" for key, value in given.items() if value is not None]
     if named:

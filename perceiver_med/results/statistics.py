@@ -12,7 +12,7 @@ import math
 import numpy as np
 
 from perceiver_med.errors import UserError
-from perceiver_med.metrics import decisions
+from perceiver_med.results.metrics import decisions
 
 RESAMPLES = 1000
 BINS = 10  # equal-width confidence bins of the reliability diagram and ECE

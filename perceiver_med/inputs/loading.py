@@ -9,11 +9,11 @@ import numpy as np
 import torch
 from einops import rearrange
 
-from perceiver_med.cache import InputRequest, find_scan, prepare_many
+from perceiver_med.inputs.cache import InputRequest, find_scan, prepare_many
 from perceiver_med.errors import ScanError, UserError
 from perceiver_med.io.discover import Skip
-from perceiver_med.preprocess import PreprocessConfig
-from perceiver_med.splits import SplitRow
+from perceiver_med.inputs.preprocess import PreprocessConfig
+from perceiver_med.inputs.splits import SplitRow
 
 
 # DICOM modalities grouped by what the pictures look like: a model trained on one group says nothing of another.
@@ -103,7 +103,7 @@ def load_split_inputs(rows: list[SplitRow], config: PreprocessConfig, workers: i
             inputs.append(array)
     if not kept:
         if must_keep:
-            from perceiver_med.points import RAS_HINT, all_outside
+            from perceiver_med.inputs.points import RAS_HINT, all_outside
 
             hint = f"; {RAS_HINT}" if all_outside(skipped) else ""
             raise UserError(f"no scan could be prepared ({skipped[0].reason if skipped else 'empty'}){hint}")

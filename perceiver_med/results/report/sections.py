@@ -3,11 +3,11 @@ the decision rule, metrics with intervals. Counts only: no patient id and no sca
 """
 from __future__ import annotations
 
-from perceiver_med.engine import SPLITS
-from perceiver_med.reporting.document import PLACEHOLDER, Box, Cell, Flow, Paragraph, Section, Table
-from perceiver_med.reporting.flow import SplitCounts, patients_in_two_splits, read_flow_record, split_counts
-from perceiver_med.reporting.headers import NOT_RECORDED, Characteristics
-from perceiver_med.reporting.run_record import REPORT_SPLITS, FileDigest, RunRecord
+from perceiver_med.training.engine import SPLITS
+from perceiver_med.results.report.document import PLACEHOLDER, Box, Cell, Flow, Paragraph, Section, Table
+from perceiver_med.results.report.flow import SplitCounts, patients_in_two_splits, read_flow_record, split_counts
+from perceiver_med.results.report.headers import NOT_RECORDED, Characteristics
+from perceiver_med.results.report.run_record import REPORT_SPLITS, FileDigest, RunRecord
 
 SAMPLE_METRICS = (("n", "samples scored"), ("roc_auc", "ROC AUC"), ("accuracy", "accuracy"),
                   ("balanced_accuracy", "balanced accuracy"), ("f1_macro", "F1 (macro)"),

@@ -1,7 +1,7 @@
 """The report's figures as PNG files in one folder: ROC curves, confusion matrices, reliability diagrams, the
 training curves, and occlusion-evidence overlays of the most confident test errors.
 
-Confusion matrices and reliability diagrams are drawn by perceiver_med.report from metrics.json, so the
+Confusion matrices and reliability diagrams are drawn by perceiver_med.results.display from metrics.json, so the
 figures show exactly the numbers the tables do. No figure title names a file: paths may hold patient ids.
 """
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from perceiver_med.reporting.run_record import REPORT_SPLITS, Prediction, RunRecord
+from perceiver_med.results.report.run_record import REPORT_SPLITS, Prediction, RunRecord
 
 GALLERY_SIZE = 6
 OCCLUSION_GRID = 8  # windows per side at most: the gallery must stay cheap beside training
@@ -34,7 +34,7 @@ def roc_figure(record: RunRecord, folder: Path) -> Figure | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from perceiver_med.report import PLAIN, save_figure
+    from perceiver_med.results.display import PLAIN, save_figure
 
     positive = record.config.positive_class
     threshold = (record.metrics.get("threshold") or {}).get("value")
@@ -72,7 +72,7 @@ def roc_figure(record: RunRecord, folder: Path) -> Figure | None:
 
 def split_figures(record: RunRecord, folder: Path) -> dict[str, list[Figure]]:
     """{split: [confusion matrix at the run's decisions, reliability diagram before and after temperature]}."""
-    from perceiver_med.report import save_confusion, save_reliability
+    from perceiver_med.results.display import save_confusion, save_reliability
 
     figures: dict[str, list[Figure]] = {}
     for split in REPORT_SPLITS:
@@ -124,11 +124,11 @@ def gallery(record: RunRecord, folder: Path, split: str = "test") -> tuple[list[
     """Occlusion-evidence overlays of the most confident errors of `split`, and a sentence about them."""
     import torch
 
-    from perceiver_med.cache import InputRequest, prepare
+    from perceiver_med.inputs.cache import InputRequest, prepare
     from perceiver_med.errors import ScanError
-    from perceiver_med.explain import evidence_map, occlusion_window
-    from perceiver_med.report import overlay_figure, save_figure
-    from perceiver_med.runs import load_model
+    from perceiver_med.results.explain import evidence_map, occlusion_window
+    from perceiver_med.results.display import overlay_figure, save_figure
+    from perceiver_med.training.train import load_model
 
     predictions = record.predictions.get(split)
     if not predictions:
@@ -160,7 +160,7 @@ def gallery(record: RunRecord, folder: Path, split: str = "test") -> tuple[list[
         save_figure(figure, folder / name)
         figures.append(Figure(name, f"{title}; line {p.line} of predictions_{split}.csv. Colour: how much "
                                     f"log p({p.pred}) falls when a {window}\u00d7{window} patch is painted dark "
-                                    "or bright (occlusion evidence, perceiver_med.explain)."))
+                                    "or bright (occlusion evidence, perceiver_med.results.explain)."))
     wrong = sum(1 for q in predictions if q.label and q.pred != q.label)
     sentence = (f"{wrong} of {len(predictions)} {split} predictions are wrong; the {len(figures)} most confident "
                 "are shown with the evidence the model used" + (f" ({unreadable} could not be read again)"

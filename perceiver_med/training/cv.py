@@ -16,17 +16,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from perceiver_med.config import RunConfig, load_run_config
-from perceiver_med.datasets import load_split_inputs
-from perceiver_med.engine import Processes, Reporter, file_sha256, pick_device, predict_probs
+from perceiver_med.training.config import RunConfig, load_run_config
+from perceiver_med.inputs.loading import load_split_inputs
+from perceiver_med.training.engine import Processes, Reporter, file_sha256, pick_device, predict_probs
 from perceiver_med.errors import UserError
 from perceiver_med.files import RunLock, atomic_text, holds_files
-from perceiver_med.runs import (CV_FILE, FROZEN_SPLITS, MODEL_NAMES, RUNTIME_OPTIONS, TrainResult, load_model,
+from perceiver_med.training.train import (CV_FILE, FROZEN_SPLITS, MODEL_NAMES, RUNTIME_OPTIONS, TrainResult, load_model,
                                 refuse_inside_scans, sound_rows, train_run, write_split_predictions)
-from perceiver_med.scoring import apply_decision, fit_decision, run_summary, score_split
-from perceiver_med.splits import SplitRow, fold_rows, read_splits, write_splits
-from perceiver_med.trust import parse_threshold_rule
-from perceiver_med.windows import parse_window
+from perceiver_med.results.scoring import apply_decision, fit_decision, run_summary, score_split
+from perceiver_med.inputs.splits import SplitRow, fold_rows, read_splits, write_splits
+from perceiver_med.results.statistics import parse_threshold_rule
+from perceiver_med.inputs.windows import parse_window
 
 
 

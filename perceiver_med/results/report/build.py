@@ -10,14 +10,14 @@ from pathlib import Path
 from perceiver_med import __version__
 from perceiver_med.errors import UserError
 from perceiver_med.files import FILE_MODE, atomic_path, check_new_output, refuse_inside
-from perceiver_med.reporting import figures as figs
-from perceiver_med.reporting.claim import checklist_table
-from perceiver_med.reporting.document import PLACEHOLDER, Image, Paragraph, Section, render_html, render_markdown
-from perceiver_med.reporting.flow import read_flow_record
-from perceiver_med.reporting.headers import NOT_RECORDED, PATIENT_FIELDS, Characteristics, characteristics
-from perceiver_med.reporting.run_record import (REPORT_SPLITS, RunRecord, file_digests, read_run,
+from perceiver_med.results.report import figures as figs
+from perceiver_med.results.report.claim import checklist_table
+from perceiver_med.results.report.document import PLACEHOLDER, Image, Paragraph, Section, render_html, render_markdown
+from perceiver_med.results.report.flow import read_flow_record
+from perceiver_med.results.report.headers import NOT_RECORDED, PATIENT_FIELDS, Characteristics, characteristics
+from perceiver_med.results.report.run_record import (REPORT_SPLITS, RunRecord, file_digests, read_run,
                                                 software_versions)
-from perceiver_med.reporting.sections import (characteristics_section, configuration_section, decision_section,
+from perceiver_med.results.report.sections import (characteristics_section, configuration_section, decision_section,
                                               flow_section, metrics_section, number, software_section)
 
 

@@ -1,0 +1,2 @@
+"""A finished run: its directory (files, config, weights and their checks, the fold ensemble) and the
+predictor that turns samples into calibrated decisions for every command that needs them."""
