@@ -87,6 +87,8 @@ class RunConfig:
         fold: the cross-validation fold this run held out as its val split (train --fold), else None.
         ensemble: for a cross-validated run (train --cv), its members' folders (fold_<k>), whose calibrated
             probabilities are averaged; its own decision is then fitted on their out-of-fold predictions.
+        input_version: how its inputs were prepared (inputs.cache.INPUT_VERSION when it was trained); a run of
+            another version is refused rather than fed inputs it never saw.
     """
 
     classes: list[str]
@@ -106,6 +108,7 @@ class RunConfig:
     decision: Decision = field(default_factory=Decision)
     fold: int | None = None
     ensemble: list[str] = field(default_factory=list)
+    input_version: int = 0
 
     def to_json(self) -> str:
         data = {"classes": self.classes, "positive_class": self.positive_class,
@@ -115,6 +118,7 @@ class RunConfig:
                 "splits_sha256": self.splits_sha256, "weights_sha256": self.weights_sha256,
                 "checkpoint_sha256": self.checkpoint_sha256, "threshold_rule": self.threshold_rule,
                 "decision": asdict(self.decision), "fold": self.fold, "ensemble": self.ensemble,
+                "input_version": self.input_version,
                 "versions": self.versions or versions()}
         return json.dumps(data, indent=2)
 
@@ -133,7 +137,8 @@ class RunConfig:
                    threshold_rule=str(data.get("threshold_rule", "0.5")),
                    decision=Decision(**data.get("decision", {})),
                    fold=None if data.get("fold") is None else int(data["fold"]),
-                   ensemble=[str(member) for member in data.get("ensemble", [])])
+                   ensemble=[str(member) for member in data.get("ensemble", [])],
+                   input_version=int(data.get("input_version") or 0))
 
 
 def load_run_config(run: Path) -> RunConfig:
