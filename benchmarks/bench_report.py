@@ -48,12 +48,11 @@ def _bootstrap_seconds(run: Path) -> dict:
     patient level) for every split of the run, from its own predictions files."""
     import numpy as np
 
-    from perceiver_med.training.config import load_run_config
-    from perceiver_med.training.train import frozen_rows
+    from perceiver_med.run.rundir import RunDir
     from perceiver_med.results.scoring import score_split
 
-    config = load_run_config(run)
-    rows = frozen_rows(run, config)
+    config = RunDir.open(run).config()
+    rows = RunDir(run).frozen_rows(config)
     started, samples = time.perf_counter(), 0
     for split in ("train", "val", "test"):
         with open(run / f"predictions_{split}.csv", newline="") as handle:

@@ -39,7 +39,7 @@ def main() -> None:
     from perceiver_med.training.config import RunConfig
     from perceiver_med.inputs.loading import load_split_inputs
     from perceiver_med.models import build_model
-    from perceiver_med.training.train import _tensors, sound_rows
+    from perceiver_med.run.rundir import sound_rows
     from perceiver_med.inputs.splits import fold_rows
 
     torch.set_num_threads(1)
@@ -50,7 +50,7 @@ def main() -> None:
     else:
         rows = sound_rows(args.splits)
         rows = fold_rows(rows, args.fold) if args.fold is not None else rows
-        data = _tensors(load_split_inputs(rows, config.preprocess), config.classes)
+        data = load_split_inputs(rows, config.preprocess).by_split(config.classes)
         torch.save(data, kept)
     model_config = dict(config.model)
     override = json.loads(args.model)

@@ -119,7 +119,8 @@ def test_out_of_fold_and_ensemble_predictions_are_the_members_own(cv_run, folded
 
 
 def test_predict_and_evaluate_on_a_cross_validated_run_use_the_ensemble(cv_run, knee, tmp_path):
-    from perceiver_med.training.train import evaluate_run, predict_run
+    from perceiver_med.results.evaluation import evaluate_run
+    from perceiver_med.results.predictions import predict_run
 
     predict_run(cv_run.run, knee / "data", tmp_path / "predicted.csv", device="cpu")
     predicted = {r["path"]: r for r in _rows(tmp_path / "predicted.csv")}

@@ -85,6 +85,20 @@ class LoadedInputs:
     inputs: np.ndarray  # (N, C, H, W) float32
     skipped: list[Skip]
 
+    def by_split(self, classes: list[str]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """{split: (inputs, label indices)} for train, val and test; a label the run does not know is a user
+        error."""
+        unknown = sorted({row.label for row in self.rows} - set(classes))
+        if unknown:
+            raise UserError(f"labels {unknown} are not among the run's classes {classes}")
+        index = {name: k for k, name in enumerate(classes)}
+        data = {}
+        for split in ("train", "val", "test"):
+            picked = [k for k, row in enumerate(self.rows) if row.split == split]
+            labels = torch.tensor([index[self.rows[k].label] for k in picked], dtype=torch.long)
+            data[split] = (torch.from_numpy(self.inputs[picked]), labels)
+        return data
+
 
 def load_split_inputs(rows: list[SplitRow], config: PreprocessConfig, workers: int = 0,
                       on_done: Callable[[int, int], None] | None = None, must_keep: bool = True) -> LoadedInputs:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import textwrap
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -25,8 +26,7 @@ from perceiver_med.files import check_new_output, refuse_inside
 from perceiver_med.io.discover import Skip
 from perceiver_med.io.labels import folder_label, laterality_of
 from perceiver_med.models import Perceiver, ViTRolloutCNN, token_patch
-from perceiver_med.training.train import load_model
-from perceiver_med.results.scoring import apply_decision
+from perceiver_med.run.predictor import Decisions, Predictor
 
 FILL_QUANTILES = (0.02, 0.98)  # "dark" and "bright" paint, taken from the image itself
 
@@ -91,6 +91,34 @@ def attention_map(model, x: torch.Tensor) -> torch.Tensor:
                     f"{type(model).__name__}")
 
 
+@dataclass
+class Evidence:
+    """One sample as a run decides it, and the occlusion evidence for that decision."""
+
+    decided: Decisions  # of this one sample
+    window: int  # the side of an occluded patch, in input pixels
+    map: np.ndarray  # (H, W) nats: the fall of log p(decided class) when the patch holding a pixel is painted over
+
+    @property
+    def predicted(self) -> str:
+        return self.decided.names[0]
+
+    @property
+    def probability(self) -> float:
+        """The run's calibrated probability of the class it decided."""
+        return float(self.decided.probs[0, self.decided.indices[0]])
+
+
+def evidence_for(predictor: Predictor, array: np.ndarray) -> Evidence:
+    """The run's decision on one model input (C, H, W) and the evidence for it: what `explain` draws and the
+    report's error gallery shows, computed once for both."""
+    x = torch.from_numpy(array)[None]
+    decided = predictor.predict(x)
+    window = occlusion_window(predictor.model, max(x.shape[-2:]))
+    heat = evidence_map(predictor.model, x, window, classes=torch.from_numpy(decided.indices))
+    return Evidence(decided, window, heat[0, 0].numpy())
+
+
 def explain_run(run: Path, scans: list[Path], out: Path, labels: Mapping[Path, str] | None = None,
                 overwrite: bool = False, points: Path | None = None) -> tuple[list[Path], list[Skip]]:
     """One overlay PNG per scan: the model input in grey, its occlusion evidence in colour where it is high.
@@ -103,13 +131,14 @@ def explain_run(run: Path, scans: list[Path], out: Path, labels: Mapping[Path, s
     """
     from perceiver_med.run.point_runs import check_point_run
 
-    config, model = load_model(run)
+    predictor = Predictor(run, device="cpu")
+    config = predictor.config
     for scan in scans:
         refuse_inside(out / "x.png", scan)
     check_new_output(out / "x.png", overwrite=True)  # not inside a run directory, and writable
     check_point_run(config, points)
     if points is not None:
-        return _explain_points(model, config, scans, Path(points), out, overwrite)
+        return _explain_points(predictor, scans, Path(points), out, overwrite)
     given = {Path(path).resolve(): label for path, label in (labels or {}).items()}
     written, skipped = [], []
     for scan in scans:
@@ -128,7 +157,7 @@ def explain_run(run: Path, scans: list[Path], out: Path, labels: Mapping[Path, s
         target = out / f"{_stem(scan)}_explain.png"
         if target in written:
             target = out / f"{_stem(scan)}_{len(written)}_explain.png"
-        _overlay(model, config, array, printable(scan.name), truth, target, overwrite)
+        _overlay(predictor, array, printable(scan.name), truth, target, overwrite)
         written.append(target)
     if not written:
         raise UserError(f"no overlay written: {skipped[0].file.name}: {skipped[0].reason}" if skipped else
@@ -136,43 +165,37 @@ def explain_run(run: Path, scans: list[Path], out: Path, labels: Mapping[Path, s
     return written, skipped
 
 
-def _overlay(model, config, array: np.ndarray, name: str, truth: str | None, target: Path, overwrite: bool) -> None:
+def _overlay(predictor: Predictor, array: np.ndarray, name: str, truth: str | None, target: Path,
+             overwrite: bool) -> None:
     """Write one overlay PNG of a model input: the picture in grey, its occlusion evidence in colour."""
     from perceiver_med.results.display import save_overlay
 
-    x = torch.from_numpy(array)[None]
-    with torch.no_grad():
-        raw = torch.softmax(model(x).float(), dim=1).numpy()
-    # the run's decision and calibrated probability, as predict writes them
-    probs, decided = apply_decision(raw, config.decision, config.classes.index(config.positive_class))
-    window = occlusion_window(model, max(x.shape[-2:]))
-    evidence = evidence_map(model, x, window, classes=torch.from_numpy(decided))[0, 0].numpy()
+    evidence = evidence_for(predictor, array)
     picture = np.moveaxis(array, 0, -1) if array.shape[0] == 3 else array[0]
-    predicted = config.classes[int(decided[0])]
-    truth = truth if truth in config.classes else None
+    predicted, window = evidence.predicted, evidence.window
+    truth = truth if truth in predictor.classes else None
     title = "\n".join([*textwrap.wrap(name, 52),
-                       (f"true {truth}, " if truth else "") + f"predicted {predicted} "
-                       f"(p = {float(probs[0, decided[0]]):.3f})",
+                       (f"true {truth}, " if truth else "") + f"predicted {predicted} (p = {evidence.probability:.3f})",
                        *textwrap.wrap(f"evidence: fall of log p({predicted}) when one {window}x{window} patch "
                                       "is painted dark or bright", 52)])
     if target.exists() and not overwrite:
         raise UserError(f"{target} already exists: choose another --out, or add --overwrite")
-    save_overlay(picture, evidence, target, title, f"fall of log p({predicted}), nats")
+    save_overlay(picture, evidence.map, target, title, f"fall of log p({predicted}), nats")
 
 
-def _explain_points(model, config, scans: list[Path], points: Path, out: Path, overwrite: bool
+def _explain_points(predictor: Predictor, scans: list[Path], points: Path, out: Path, overwrite: bool
                     ) -> tuple[list[Path], list[Skip]]:
     """One overlay per usable row of a points file, named after the scan and the row's line."""
     from perceiver_med.run.point_runs import prepare_points
     from perceiver_med.inputs.points import NOT_FOUND
 
-    prepared = prepare_points(points, scans, config)
+    prepared = prepare_points(points, scans, predictor.config)
     written = []
     for sample, array in zip(prepared.samples, prepared.inputs):
         x, y, z = sample.row.point
         name = f"{printable(sample.scan.path.name)} line {sample.row.line} ({x:.1f}, {y:.1f}, {z:.1f}) mm LPS"
         target = out / f"{_stem(sample.scan.path)}_line{sample.row.line}_explain.png"
-        _overlay(model, config, array, name, sample.row.label or None, target, overwrite)
+        _overlay(predictor, array, name, sample.row.label or None, target, overwrite)
         written.append(target)
     # explain is given a few scans: rows of other scans were not asked for, and are counted, not listed
     others = [skip for skip in prepared.skipped if NOT_FOUND in skip.reason]

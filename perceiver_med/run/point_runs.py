@@ -8,12 +8,12 @@ from typing import Callable
 import numpy as np
 
 from perceiver_med.inputs.cache import InputRequest, prepare_many
-from perceiver_med.csvfiles import printable, write_csv
+from perceiver_med.csvfiles import printable
 from perceiver_med.inputs.loading import scan_mismatch
 from perceiver_med.errors import UserError
 from perceiver_med.io import discover
 from perceiver_med.io.discover import Skip
-from perceiver_med.inputs.points import COORDINATES, RAS_HINT, PointSample, all_outside, match_points, read_points
+from perceiver_med.inputs.points import RAS_HINT, PointSample, all_outside, match_points, read_points
 
 
 def check_point_run(config, points: Path | None) -> None:
@@ -70,19 +70,3 @@ def prepare_points(points: Path, scans: Path | list[Path], config, workers: int 
         raise UserError(f"no point of {printable(points)} could be used: {first}{hint}")
     return PreparedPoints(table.by, kept, np.stack(inputs).astype(np.float32), skipped)
 
-
-def write_point_predictions(out: Path, prepared: PreparedPoints, probs: np.ndarray, preds: np.ndarray,
-                            classes: list[str]) -> None:
-    """One row per point: its scan and coordinates as the points file wrote them, [label,] pred, prob_<class>."""
-    labels = [s.row.label for s in prepared.samples]
-    with_label = all(label in classes for label in labels)
-    columns = [prepared.by, *COORDINATES] + (["label"] if with_label else []) + ["pred"] + [
-        f"prob_{c}" for c in classes]
-
-    def row(k: int) -> list:
-        cells = prepared.samples[k].row.cells
-        # the coordinates as numbers: their repr is the value given, and a number is never formula-escaped
-        return ([cells.get(prepared.by, ""), *prepared.samples[k].row.point]
-                + ([labels[k]] if with_label else []) + [classes[int(preds[k])]] + [float(v) for v in probs[k]])
-
-    write_csv(out, columns, (row(k) for k in range(len(prepared.samples))))

@@ -6,7 +6,6 @@ figures show exactly the numbers the tables do. No figure title names a file: pa
 """
 from __future__ import annotations
 
-import math
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +15,6 @@ import numpy as np
 from perceiver_med.results.report.run_record import REPORT_SPLITS, Prediction, RunRecord
 
 GALLERY_SIZE = 6
-OCCLUSION_GRID = 8  # windows per side at most: the gallery must stay cheap beside training
 
 
 @dataclass
@@ -122,13 +120,12 @@ def _rows_of_predictions(record: RunRecord, split: str) -> list:
 
 def gallery(record: RunRecord, folder: Path, split: str = "test") -> tuple[list[Figure], str]:
     """Occlusion-evidence overlays of the most confident errors of `split`, and a sentence about them."""
-    import torch
 
     from perceiver_med.inputs.cache import InputRequest, prepare
     from perceiver_med.errors import ScanError
-    from perceiver_med.results.explain import evidence_map, occlusion_window
+    from perceiver_med.results.explain import evidence_for
     from perceiver_med.results.display import overlay_figure, save_figure
-    from perceiver_med.training.train import load_model
+    from perceiver_med.run.predictor import Predictor
 
     predictions = record.predictions.get(split)
     if not predictions:
@@ -136,7 +133,7 @@ def gallery(record: RunRecord, folder: Path, split: str = "test") -> tuple[list[
     picked = confident_errors(predictions)
     if not picked:
         return [], f"No errors: every {split} prediction with a known label is correct."
-    config, model = load_model(record.run)
+    predictor = Predictor(record.run, device="cpu")
     rows = _rows_of_predictions(record, split)
     figures, unreadable = [], 0
     for rank, k in enumerate(picked, 1):
@@ -144,22 +141,20 @@ def gallery(record: RunRecord, folder: Path, split: str = "test") -> tuple[list[
         try:
             if row is None:
                 raise ScanError("not in the splits file")
-            array = prepare(InputRequest(row.path, row.series_uid, row.slice, row.point), config.preprocess)
+            array = prepare(InputRequest(row.path, row.series_uid, row.slice, row.point), predictor.config.preprocess)
         except (ScanError, OSError):
             unreadable += 1
             continue
-        x = torch.from_numpy(array)[None]
-        side = max(x.shape[-2:])
-        window = max(occlusion_window(model, side), math.ceil(side / OCCLUSION_GRID))
-        # the evidence for the class the run decided (its threshold), as the title names it
-        heat = evidence_map(model, x, window, classes=torch.tensor([config.classes.index(p.pred)]))[0, 0].numpy()
+        # the run's decision and the evidence for it, exactly as explain draws them
+        evidence = evidence_for(predictor, array)
         picture = np.moveaxis(array, 0, -1) if array.shape[0] == 3 else array[0]
-        title = f"{split} error {rank}: true {p.label}, predicted {p.pred} (p = {p.probs[p.pred]:.3f})"
-        figure = overlay_figure(picture, heat, title, f"fall of log p({p.pred}), nats")
+        title = (f"{split} error {rank}: true {p.label}, predicted {evidence.predicted} "
+                 f"(p = {evidence.probability:.3f})")
+        figure = overlay_figure(picture, evidence.map, title, f"fall of log p({evidence.predicted}), nats")
         name = f"error_{rank}.png"
         save_figure(figure, folder / name)
         figures.append(Figure(name, f"{title}; line {p.line} of predictions_{split}.csv. Colour: how much "
-                                    f"log p({p.pred}) falls when a {window}\u00d7{window} patch is painted dark "
+                                    f"log p({evidence.predicted}) falls when a {evidence.window}\u00d7{evidence.window} patch is painted dark "
                                     "or bright (occlusion evidence, perceiver_med.results.explain)."))
     wrong = sum(1 for q in predictions if q.label and q.pred != q.label)
     sentence = (f"{wrong} of {len(predictions)} {split} predictions are wrong; the {len(figures)} most confident "

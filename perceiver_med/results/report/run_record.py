@@ -8,12 +8,12 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
-from perceiver_med.training.config import VERSIONED, RunConfig, load_run_config
+from perceiver_med.training.config import VERSIONED, RunConfig
 from perceiver_med.csvfiles import read_csv
 from perceiver_med.training.engine import file_sha256
 from perceiver_med.errors import UserError
 from perceiver_med.results.display import REPORTED_SPLITS
-from perceiver_med.training.train import frozen_rows
+from perceiver_med.run.rundir import CHECKPOINT, FROZEN_SPLITS, METRICS, WEIGHTS, RunDir
 from perceiver_med.inputs.splits import SplitRow
 
 REPORT_SPLITS = REPORTED_SPLITS
@@ -40,21 +40,20 @@ class RunRecord:
 
 def read_run(run: Path) -> RunRecord:
     """Everything the report shows, from the run alone; a run without metrics is a UserError."""
-    run = Path(run)
-    if not run.is_dir():
-        raise UserError(f"run directory {run} does not exist")
-    config = load_run_config(run)
-    metrics_path = run / "metrics.json"
+    directory = RunDir.open(run)
+    run = directory.path
+    config = directory.config()
+    metrics_path = directory.metrics_file
     if not metrics_path.is_file():
-        raise UserError(f"{run} has no metrics.json (training has not finished): nothing to report")
+        raise UserError(f"{run} has no {METRICS} (training has not finished): nothing to report")
     try:
         metrics = json.loads(metrics_path.read_text())
     except (OSError, ValueError) as exc:
         raise UserError(f"{metrics_path} cannot be read: {exc}") from None
-    rows = frozen_rows(run, config)
+    rows = directory.frozen_rows(config)
     predictions, paths = {}, {}
     for split in REPORT_SPLITS:
-        path = run / f"predictions_{split}.csv"
+        path = directory.predictions_file(split)
         if path.is_file():
             table = read_csv(path, "predictions file", ("path", "pred"))
             predictions[split] = [Prediction(row.line, row.cells.get("label", ""), row.cells["pred"],
@@ -74,8 +73,8 @@ class FileDigest:
 
 def file_digests(run: Path, config: RunConfig) -> list[FileDigest]:
     """SHA-256 of every file in the run (folds included), checked against config.json where it records one."""
-    recorded = {"model.safetensors": [config.weights_sha256], "splits.csv": [config.splits_sha256],
-                "checkpoint.pt": config.checkpoint_sha256}
+    recorded = {WEIGHTS: [config.weights_sha256], FROZEN_SPLITS: [config.splits_sha256],
+                CHECKPOINT: config.checkpoint_sha256}
     digests = []
     for path in sorted(p for p in Path(run).rglob("*") if p.is_file()):
         name = path.relative_to(run).as_posix()

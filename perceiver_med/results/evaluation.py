@@ -1,0 +1,64 @@
+"""`evaluate`: a run's metrics on chosen splits, and the scoring of a split that training and cross-validation
+write into metrics.json — one function, so a run's own metrics and a later evaluate agree."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from perceiver_med.errors import UserError
+from perceiver_med.inputs.loading import load_split_inputs
+from perceiver_med.inputs.splits import SplitRow
+from perceiver_med.results.scoring import run_summary, score_split
+from perceiver_med.run.predictor import Predictor
+from perceiver_med.run.rundir import sound_rows
+from perceiver_med.training.config import RunConfig
+
+SPLITS = ("train", "val", "test")
+
+
+def score_rows(rows: list[SplitRow], labels: dict[str, np.ndarray], raw: dict[str, np.ndarray],
+               config: RunConfig) -> dict:
+    """metrics.json: the run's positive class, threshold, temperature and bootstrap, and each split's scores from
+    the model's probabilities `raw` ({split: (N, K)}, rows in the order of `rows` within each split)."""
+    scored = {split: score_split(labels[split], raw[split], [row for row in rows if row.split == split], config)
+              for split in SPLITS if split in raw}
+    return {"positive_class": config.positive_class, **run_summary(config), **scored}
+
+
+def evaluate_run(run: Path, splits: Path | None = None, split: str = "all", device: str = "auto",
+                 workers: int = 0, tta: int = 1) -> dict:
+    """Metrics of a saved run on the chosen splits (the run's frozen copy of its splits by default), with the
+    run's own temperature and threshold, as metrics.json has them; with `tta` > 1, of the mean probabilities
+    over that many label-preserving views of each scan.
+
+    Another splits file may be given; scans or patients the run trained on are refused in its val/test rows.
+    A cross-validated run (an ensemble) is scored on its test split unless a split is named.
+    """
+    if split not in (*SPLITS, "all"):
+        raise UserError("--split must be train, val, test or all")
+    predictor = Predictor(run, device, tta)
+    config = predictor.config
+    trained_on = predictor.run.frozen_rows(config)
+    rows = trained_on if splits is None else sound_rows(Path(splits))
+    if splits is not None:
+        refuse_training_scans(rows, trained_on)
+    if config.ensemble and split == "all" and splits is None:
+        split = "test"  # the folds' own scans trained most of the ensemble: only the held-out test scores it
+    rows = [row for row in rows if split == "all" or row.split == split]
+    if not rows:
+        raise UserError(f"{splits or predictor.run.splits_file} has no {split} scans")
+    loaded = load_split_inputs(rows, config.preprocess, workers)
+    data = loaded.by_split(config.classes)
+    raw = {name: predictor.probabilities(inputs) for name, (inputs, labels) in data.items() if len(labels)}
+    return score_rows(loaded.rows, {name: labels.numpy() for name, (_, labels) in data.items()}, raw, config)
+
+
+def refuse_training_scans(rows: list[SplitRow], trained_on: list[SplitRow]) -> None:
+    train_patients = {r.patient_id for r in trained_on if r.split == "train"}
+    train_paths = {(r.path, r.series_uid) for r in trained_on if r.split == "train"}
+    leaked = [r for r in rows if r.split != "train"
+              and (r.patient_id in train_patients or (r.path, r.series_uid) in train_paths)]
+    if leaked:
+        raise UserError(f"{len(leaked)} {leaked[0].split} scan(s) of that splits file were training scans or "
+                        f"patients of this run (e.g. patient {leaked[0].patient_id}): their scores would be leaked")

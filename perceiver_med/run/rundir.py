@@ -1,0 +1,186 @@
+"""RunDir: one run directory and everything in it — file names, config, weights and their checks, the frozen
+splits, the lock, and loading its model (one model, or the fold ensemble of a cross-validated run).
+
+Training writes a run through these names; every command that uses a finished run opens it here. No other
+module spells a run's file names.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from perceiver_med.errors import UserError
+from perceiver_med.files import LOCK_NAME, RunLock
+from perceiver_med.inputs.cache import INPUT_VERSION
+from perceiver_med.inputs.splits import SplitRow, find_problems, read_splits
+from perceiver_med.training.config import RunConfig, load_run_config
+
+CONFIG = "config.json"
+WEIGHTS = "model.safetensors"  # the best weights
+CHECKPOINT = "checkpoint.pt"  # the last epoch's full state, to resume from
+FROZEN_SPLITS = "splits.csv"  # the splits the run trained on, as they were
+CV_RECORD = "cv.json"  # a cross-validation's model and options, so a resume trains the remaining folds alike
+METRICS = "metrics.json"
+HISTORY = "history.csv"
+CURVES = "curves.png"
+
+
+def predictions_name(split: str) -> str:
+    return f"predictions_{split}.csv"
+
+
+def confusion_name(split: str) -> str:
+    return f"confusion_{split}.png"
+
+
+def reliability_name(split: str) -> str:
+    return f"reliability_{split}.png"
+
+
+def fold_name(fold: int) -> str:
+    return f"fold_{fold}"
+
+
+def sound_rows(splits: Path) -> list[SplitRow]:
+    """A splits file's rows, refused (UserError naming every problem) where train would refuse them."""
+    rows = read_splits(splits)
+    problems = find_problems(rows)
+    if problems:
+        raise UserError(f"{splits}: " + "; ".join(problems))
+    return rows
+
+
+def weights_metadata(config: RunConfig) -> dict[str, str]:
+    """Stored inside model.safetensors, so a config.json edited afterwards (classes, input size) is caught."""
+    return {"classes": json.dumps(config.classes), "input_shape": json.dumps(list(config.preprocess.output_shape)),
+            "model": json.dumps(config.model, sort_keys=True)}
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """A run directory. `RunDir(path)` names one (training writes it); `RunDir.open(path)` checks that a
+    finished run is there before anything is read from it."""
+
+    path: Path
+
+    def __post_init__(self):
+        object.__setattr__(self, "path", Path(self.path))
+
+    @classmethod
+    def open(cls, path: Path | str) -> "RunDir":
+        run = cls(Path(path))
+        if run.path.is_file():
+            raise UserError(f"{run.path} is a file: give the run directory that holds it")
+        if not run.path.is_dir():
+            raise UserError(f"run directory {run.path} does not exist")
+        owner = RunLock(run.path)._live_owner() if run.lock_file.exists() else ""
+        if owner:
+            raise UserError(f"{run.path} is still being trained ({owner}): its weights are intermediate; wait "
+                            "for train to finish")
+        return run
+
+    # ---------------------------------------------------------------- files
+    @property
+    def config_file(self) -> Path:
+        return self.path / CONFIG
+
+    @property
+    def weights_file(self) -> Path:
+        return self.path / WEIGHTS
+
+    @property
+    def checkpoint_file(self) -> Path:
+        return self.path / CHECKPOINT
+
+    @property
+    def splits_file(self) -> Path:
+        return self.path / FROZEN_SPLITS
+
+    @property
+    def cv_file(self) -> Path:
+        return self.path / CV_RECORD
+
+    @property
+    def metrics_file(self) -> Path:
+        return self.path / METRICS
+
+    @property
+    def lock_file(self) -> Path:
+        return self.path / LOCK_NAME
+
+    def predictions_file(self, split: str) -> Path:
+        return self.path / predictions_name(split)
+
+    def fold(self, fold: int) -> "RunDir":
+        return RunDir(self.path / fold_name(fold))
+
+    def lock(self, enabled: bool = True) -> RunLock:
+        return RunLock(self.path, enabled=enabled)
+
+    # ---------------------------------------------------------------- contents
+    def config(self) -> RunConfig:
+        """config.json, refused when this version prepares inputs differently from the run's."""
+        config = load_run_config(self.path)
+        if config.input_version != INPUT_VERSION:
+            made = (f"input version {config.input_version}" if config.input_version
+                    else "a development build that recorded no input version")
+            raise UserError(f"{self.path} was trained on inputs prepared by {made}; this perceiver-med prepares "
+                            f"them as input version {INPUT_VERSION}, so its predictions would be wrong: train "
+                            "the run again")
+        return config
+
+    def frozen_rows(self, config: RunConfig) -> list[SplitRow]:
+        """The splits the run was trained on: its own copy, refused if it changed since it was written."""
+        from perceiver_med.training.engine import file_sha256
+
+        if not self.splits_file.is_file():
+            raise UserError(f"{self.path} has no {FROZEN_SPLITS}: it is not a complete run")
+        if config.splits_sha256 and file_sha256(self.splits_file) != config.splits_sha256:
+            raise UserError(f"{self.splits_file} was changed after training (its SHA-256 differs from {CONFIG})")
+        return read_splits(self.splits_file)
+
+    def load_model(self, device: torch.device | None = None, config: RunConfig | None = None) -> nn.Module:
+        """The run's best model in eval mode, weights checked against config.json; for a cross-validated run
+        the ensemble of its folds."""
+        config = config or self.config()
+        device = device or torch.device("cpu")
+        if config.ensemble:
+            return self._load_ensemble(config, device)
+        from perceiver_med.models import build_model
+        from perceiver_med.training.engine import load_weights
+
+        if not self.weights_file.is_file():
+            raise UserError(f"{self.path} has no {WEIGHTS} (training stopped before its first epoch ended)")
+        if len(config.classes) != _num_classes(config.model) or config.positive_class not in config.classes:
+            raise UserError(f"{self.config_file} is inconsistent: {len(config.classes)} class names for a model "
+                            f"with {_num_classes(config.model)} outputs")
+        try:
+            model = build_model(config.model)
+        except (TypeError, ValueError) as exc:
+            raise UserError(f"{self.config_file} describes no model this version can build: {exc}") from None
+        load_weights(model, self.weights_file, config.weights_sha256, weights_metadata(config))
+        return model.to(device).eval()
+
+    def _load_ensemble(self, config: RunConfig, device: torch.device) -> nn.Module:
+        """A cross-validated run's members (its own sub-folders), each checked as a run, as one model."""
+        from perceiver_med.models.ensemble import Ensemble
+
+        models, temperatures = [], []
+        for name in config.ensemble:
+            if Path(name).name != name or name.startswith("."):
+                raise UserError(f"{self.config_file} names an ensemble member outside the run: {name!r}")
+            member = RunDir.open(self.path / name)
+            member_config = member.config()
+            if member_config.classes != config.classes or member_config.ensemble:
+                raise UserError(f"{member.path} is not a member of this run (its classes or kind differ)")
+            models.append(member.load_model(device, member_config))
+            temperatures.append(member_config.decision.temperature)
+        return Ensemble(models, temperatures).to(device).eval()
+
+
+def _num_classes(model: dict):
+    return model["vit"]["num_classes"] if model.get("name") == "vit-rollout-cnn" else model.get("num_classes")
