@@ -18,14 +18,13 @@ import torch
 import torch.nn.functional as F
 
 from perceiver_med.inputs.cache import InputRequest, find_scan, prepare
-from perceiver_med.training.config import is_laterality
 from perceiver_med.inputs.loading import scan_mismatch
 from perceiver_med.errors import ScanError, UserError
 from perceiver_med.csvfiles import printable
 from perceiver_med.files import check_new_output, refuse_inside
 from perceiver_med.io.discover import Skip
-from perceiver_med.io.labels import folder_label, laterality_of
 from perceiver_med.models import Perceiver, ViTRolloutCNN, token_patch
+from perceiver_med.results.predictions import known_label
 from perceiver_med.run.predictor import Decisions, Predictor
 
 FILL_QUANTILES = (0.02, 0.98)  # "dark" and "bright" paint, taken from the image itself
@@ -153,7 +152,7 @@ def explain_run(run: Path, scans: list[Path], out: Path, labels: Mapping[Path, s
         except ScanError as exc:
             skipped.append(Skip(scan, str(exc)))
             continue
-        truth = given.get(scan.resolve()) or _known_label(found, config.classes)
+        truth = given.get(scan.resolve()) or known_label(found, found.path.parent.parent, config.classes)
         target = out / f"{_stem(scan)}_explain.png"
         if target in written:
             target = out / f"{_stem(scan)}_{len(written)}_explain.png"
@@ -203,14 +202,6 @@ def _explain_points(predictor: Predictor, scans: list[Path], points: Path, out: 
     if others:
         skipped.append(Skip(points, f"{len(others)} row(s) of the points file name scans not among those given"))
     return written, skipped
-
-
-def _known_label(found, classes: list[str]) -> str | None:
-    """The class folder holding the scan (or its series folder); for left/right runs, its laterality."""
-    label = folder_label(found, found.path.parent.parent)
-    if label in classes:
-        return label
-    return laterality_of(found) if is_laterality(classes) else None
 
 
 def _stem(scan: Path) -> str:

@@ -18,9 +18,10 @@ from perceiver_med.inputs.points import COORDINATES
 from perceiver_med.inputs.splits import SplitRow
 from perceiver_med.io import discover
 from perceiver_med.io.discover import Skip
-from perceiver_med.io.labels import folder_label
+from perceiver_med.io.labels import folder_label, laterality_of
 from perceiver_med.run.point_runs import PreparedPoints, check_point_run, prepare_points
 from perceiver_med.run.predictor import Decisions, Predictor
+from perceiver_med.training.config import is_laterality
 
 
 def write_predictions(path: Path, paths: list[str], labels: list[str] | None, decided: Decisions,
@@ -128,7 +129,7 @@ def predict_run(run: Path, scans: Path, out: Path, device: str = "auto", workers
     if not kept:
         raise UserError(f"no scan in {scans} could be prepared ({skipped[-1].reason})")
     decided = predictor.predict(np.stack([a for _, a in kept]))
-    labels = [_known(folder_label(scan, found.root), config.classes) for scan, _ in kept]
+    labels = [known_label(scan, found.root, config.classes) for scan, _ in kept]
     known = labels if all(label is not None for label in labels) else None
     write_predictions(out, [str(scan.path) for scan, _ in kept], known, decided)
     predictions = [Prediction(scan.path, label, p, name,
@@ -139,3 +140,12 @@ def predict_run(run: Path, scans: Path, out: Path, device: str = "auto", workers
 
 def _known(label: str | None, classes: list[str]) -> str | None:
     return label if label in classes else None
+
+
+def known_label(scan, root: Path, classes: list[str]) -> str | None:
+    """A scan's true label where the files tell it: the class folder holding it under `root`, else for left/right
+    runs its laterality (DICOM, or LEFT/RIGHT in the file name). Labels the run does not know are None."""
+    label = _known(folder_label(scan, root), classes)
+    if label is None and is_laterality(classes):
+        label = _known(laterality_of(scan), classes)
+    return label

@@ -1,0 +1,102 @@
+"""The run directory and the predictor: one chain from model output to decision, every command through it."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+
+import numpy as np
+import pytest
+import torch
+
+from perceiver_med.errors import UserError
+from perceiver_med.run.predictor import Predictor, decide
+from perceiver_med.run.rundir import RunDir
+from perceiver_med.training.config import Decision
+
+
+def test_the_chain_calibrates_then_thresholds_the_positive_class():
+    """Oracle by hand: softmax(log p / T), then the positive class where its calibrated probability >= threshold."""
+    raw = np.array([[0.9, 0.1], [0.4, 0.6], [0.3, 0.7]])
+    probs, indices = decide(raw, Decision(temperature=2.0, threshold=0.58), positive=1)
+    by_hand = np.sqrt(raw) / np.sqrt(raw).sum(axis=1, keepdims=True)  # T = 2: p^(1/2), renormalised
+    np.testing.assert_allclose(probs, by_hand, rtol=1e-12)
+    assert by_hand[1, 1] < 0.58 < by_hand[2, 1]  # the threshold falls between the two: only the third is called
+    assert indices.tolist() == [0, 0, 1]
+    _, argmax = decide(raw, Decision(temperature=1.0, threshold=None), positive=1)
+    assert argmax.tolist() == [0, 1, 1]  # no threshold: the most probable class
+
+
+def test_a_finished_run_predicts_through_one_predictor(tiny_run, knee):
+    """The run's own predictions files hold what a Predictor of the saved run decides for the same inputs."""
+    from perceiver_med.inputs.loading import load_split_inputs
+
+    predictor = Predictor(tiny_run.run, device="cpu")
+    rows = [row for row in predictor.run.frozen_rows(predictor.config) if row.split == "test"]
+    loaded = load_split_inputs(rows, predictor.config.preprocess)
+    decided = predictor.predict(loaded.inputs)
+    written = [line.split(",") for line in predictor.run.predictions_file("test").read_text().splitlines()[1:]]
+    assert [cells[2] for cells in written] == decided.names
+    np.testing.assert_allclose([[float(c) for c in cells[3:]] for cells in written], decided.probs, atol=1e-12)
+
+
+def _copy(run, tmp_path):
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    return copy
+
+
+def test_a_run_of_another_input_version_is_refused_with_the_reason(tiny_run, tmp_path, run_installed, knee):
+    run = _copy(tiny_run.run, tmp_path)
+    config = json.loads((run / "config.json").read_text())
+    for version, words in ((None, "recorded no input version"), (1, "input version 1")):
+        config.pop("input_version", None) if version is None else config.update(input_version=version)
+        (run / "config.json").write_text(json.dumps(config))
+        code, _, err = run_installed("predict", run, knee / "data", "--out", tmp_path / "p.csv")
+        assert code == 2 and words in err and "train the run again" in err and "Traceback" not in err
+        assert not (tmp_path / "p.csv").exists()
+
+
+def test_a_run_still_in_training_is_not_used(tiny_run, tmp_path, run_installed, knee):
+    """The lock of a live train process marks its weights as intermediate."""
+    run = _copy(tiny_run.run, tmp_path)
+    (run / ".lock").write_text(f"{socket.gethostname()} {os.getppid()}\n")  # a process that runs: our parent
+    code, _, err = run_installed("evaluate", run)
+    assert code == 2 and "still being trained" in err
+    (run / ".lock").write_text(f"{socket.gethostname()} 999999999\n")  # its owner is gone: a stale lock
+    assert RunDir.open(run).path == run
+
+
+def test_predict_scores_apart_the_samples_the_run_learnt_from(tiny_run, knee, tmp_path, run_installed):
+    """The knee folder holds the run's train, val and test scans: accuracy counts only those it did not train on."""
+    from perceiver_med.inputs.splits import read_splits
+
+    rows = read_splits(tiny_run.run / "splits.csv")
+    own = sum(row.split in ("train", "val") for row in rows)
+    code, out, err = run_installed("predict", tiny_run.run, knee / "data", "--out", tmp_path / "p.csv")
+    assert code == 0, err
+    text = " ".join(out.split())
+    assert f"{own} labelled sample(s) were the run's own" in text
+    tested = sum(row.split == "test" for row in rows)
+    assert f"on {tested} sample(s) of patients the run did not train on" in text
+
+
+def test_explain_and_the_report_draw_the_same_evidence(tiny_run, tmp_path):
+    """One evidence_for serves both: the same window and the same map for the same input."""
+    from perceiver_med.inputs.cache import InputRequest, prepare
+    from perceiver_med.results.explain import evidence_for, occlusion_window
+
+    predictor = Predictor(tiny_run.run, device="cpu")
+    row = predictor.run.frozen_rows(predictor.config)[0]
+    array = prepare(InputRequest(row.path), predictor.config.preprocess)
+    evidence = evidence_for(predictor, array)
+    assert evidence.window == occlusion_window(predictor.model, max(array.shape[-2:]))
+    again = evidence_for(Predictor(tiny_run.run, device="cpu"), array)
+    np.testing.assert_array_equal(evidence.map, again.map)
+    assert evidence.predicted == predictor.predict(torch.from_numpy(array)[None]).names[0]
+
+
+def test_a_missing_run_is_one_line():
+    with pytest.raises(UserError, match="does not exist"):
+        RunDir.open("/nonexistent/run")
