@@ -5,7 +5,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from perceiver_med.results.explain import attention_map, evidence_map, explain_run
+from perceiver_med.results.explain import evidence_map, explain_run
 from perceiver_med.models import Perceiver, ViTRolloutCNN
 from perceiver_med.training.train import train_run
 
@@ -26,31 +26,6 @@ def _peak(heat: torch.Tensor) -> tuple[int, int]:
 
 
 # ---------------------------------------------------------------- geometry, with attention forced by weights
-def _content_keyed_perceiver(patch_size: int) -> Perceiver:
-    """Every latent asks the same question, 'how bright is your first pixel?': the brightest patch takes it all."""
-    model = Perceiver(image_size=SIZE, patch_size=patch_size, num_latents=4, latent_dim=16, cross_dim_head=16,
-                      latent_heads=2, latent_dim_head=8, self_per_cross_attn=1, num_iterations=2).eval()
-    with torch.no_grad():
-        for layer in model.layers:
-            attention = layer.cross_attn
-            attention.norm.weight.zero_()
-            attention.norm.bias.fill_(1.0)
-            attention.to_q.weight.zero_()
-            attention.to_q.weight[0].fill_(40.0 / attention.to_q.in_features)
-            attention.to_kv.weight.zero_()
-            attention.to_kv.weight[0, 0] = 1.0  # key 0: the first pixel value of the patch (after LayerNorm)
-    return model
-
-
-@pytest.mark.parametrize("patch_size", [1, 4])
-@pytest.mark.parametrize("place", [(0, 24), (20, 4), (28, 0)])
-def test_perceiver_attention_map_peaks_on_the_patch_the_attention_was_forced_to(patch_size, place):
-    x = torch.zeros(1, 1, SIZE, SIZE)
-    x[0, 0, place[0], place[1]] = 100.0  # the only non-zero pixel: the first of its patch
-    row, col = _peak(attention_map(_content_keyed_perceiver(patch_size), x)[0, 0])
-    assert (row // patch_size, col // patch_size) == (place[0] // patch_size, place[1] // patch_size)
-
-
 def test_rollout_map_of_the_hybrid_peaks_on_the_patch_the_attention_was_forced_to():
     dim = 16
     model = ViTRolloutCNN(vit={"image_size": SIZE, "patch_size": 8, "dim": dim, "depth": 2, "heads": 1},
@@ -71,7 +46,8 @@ def test_rollout_map_of_the_hybrid_peaks_on_the_patch_the_attention_was_forced_t
     for top, left in [(0, 24), (16, 8), (24, 0)]:
         x = torch.zeros(1, 1, SIZE, SIZE)
         x[0, 0, top:top + 8, left:left + 8] = 1.0
-        row, col = _peak(attention_map(model, x)[0, 0])
+        with torch.no_grad():
+            row, col = _peak(model.rollout(x)[0, 0])
         assert (row // 8, col // 8) == (top // 8, left // 8)
 
 

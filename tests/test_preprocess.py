@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 
 from perceiver_med.errors import ScanError
-from perceiver_med.inputs.preprocess import PreprocessConfig, grid_slices, make_grid, make_image, scale_to_unit
+from perceiver_med.inputs.preprocess import PreprocessConfig, grid_slices, make_grid, make_image
+from perceiver_med.inputs.windows import to_unit
 from tests.conftest import index_volume
 
 
@@ -30,7 +31,7 @@ def test_too_few_slices_is_a_clear_error_unless_padded():
 
 
 def test_ct_window_clips_to_unit_range():
-    out = scale_to_unit(np.array([-2000.0, -1000.0, -300.0, 400.0, 3000.0]), (-1000, 400))
+    out = to_unit(np.array([-2000.0, -1000.0, -300.0, 400.0, 3000.0]), -1000, 400)
     np.testing.assert_allclose(out, [0, 0, 0.5, 1, 1])
 
 

@@ -69,18 +69,6 @@ class PreprocessConfig:
         return (self.channels, side, side)
 
 
-def scale_to_unit(array: np.ndarray, window: tuple[float, float] | None = None,
-                  percentiles: tuple[float, float] = (0.5, 99.5)) -> np.ndarray:
-    """Clip to `window` = (low, high), or to the percentiles when no window is given, and map to [0, 1]."""
-    if window is None:
-        low, high = np.percentile(array, percentiles)
-    else:
-        low, high = window
-    if high <= low:
-        return np.zeros_like(array, dtype=np.float32)
-    return ((np.clip(array, low, high) - low) / (high - low)).astype(np.float32)
-
-
 def resize(array: np.ndarray, size: int) -> np.ndarray:
     """Resize the last two axes to size x size, antialiased when shrinking."""
     tensor = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))

@@ -1,4 +1,4 @@
-"""What a prediction rests on: occlusion evidence maps drawn over the model input; attention maps for study.
+"""What a prediction rests on: occlusion evidence maps drawn over the model input.
 
 Attention is not evidence. A trained Perceiver may read a place most when it is empty: on phantom knees its
 mean cross-attention sits where the *other* side's fibula would be, and on a task decided by one bright dot
@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from perceiver_med.inputs.cache import InputRequest, find_scan, prepare
 from perceiver_med.inputs.loading import scan_mismatch
@@ -23,7 +22,7 @@ from perceiver_med.errors import ScanError, UserError
 from perceiver_med.csvfiles import printable
 from perceiver_med.files import check_new_output, refuse_inside
 from perceiver_med.io.discover import Skip
-from perceiver_med.models import Perceiver, ViTRolloutCNN, token_patch
+from perceiver_med.models import token_patch
 from perceiver_med.results.predictions import known_label
 from perceiver_med.run.predictor import Decisions, Predictor
 
@@ -66,28 +65,6 @@ def evidence_map(model, x: torch.Tensor, window: int | None = None, batch_size: 
             evidence[b] = torch.cat(falls).view(rows * cols, len(fills)).amax(dim=1).clamp_min(0)
     grid = evidence.view(batch, 1, rows, cols)
     return grid.repeat_interleave(window, dim=2).repeat_interleave(window, dim=3)[..., :height, :width]
-
-
-def attention_map(model, x: torch.Tensor) -> torch.Tensor:
-    """(B, 1, H, W) in [0, 1]: where the model's attention went (not why it decided), at input resolution.
-
-    The hybrid: the ViT's attention rollout, the map its CNN is given. The Perceiver: cross-attention
-    averaged over iterations, heads and latents, i.e. how much each patch was read.
-    """
-    with torch.no_grad():
-        if isinstance(model, ViTRolloutCNN):
-            return model.rollout(x)
-        if isinstance(model, Perceiver):
-            _, attentions = model(x, return_attention=True)
-            weights = torch.stack([a.float().mean(dim=(1, 2)) for a in attentions]).mean(0)  # (B, N)
-            side = model.image_size // model.patch_size
-            grid = weights.reshape(-1, 1, side, side)  # tokens are patches in row-major order
-            grid = F.interpolate(grid, size=x.shape[-2:], mode="bilinear", align_corners=False)
-            low = grid.amin(dim=(2, 3), keepdim=True)
-            high = grid.amax(dim=(2, 3), keepdim=True)
-            return (grid - low) / (high - low).clamp_min(1e-12)
-    raise UserError(f"attention maps exist for the Perceiver and the ViT+rollout+CNN hybrid, not "
-                    f"{type(model).__name__}")
 
 
 @dataclass
