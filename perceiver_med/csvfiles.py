@@ -50,7 +50,7 @@ def write_csv(path: Path | str, columns: list[str], rows: Iterable[list]) -> Non
     """Write a CSV atomically: it appears at `path` only when complete."""
     with atomic_path(path) as temp:
         with open(temp, "w", newline="", **_ENCODING) as handle:
-            writer = csv.writer(handle)
+            writer = csv.writer(handle, lineterminator="\n")  # \r\n would break line-based tools (sed, grep $)
             writer.writerow([escape_cell(column) for column in columns])
             for row in rows:
                 writer.writerow([escape_cell(value) for value in row])

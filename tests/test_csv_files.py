@@ -148,3 +148,12 @@ def test_labels_files_with_a_byte_order_mark_latin1_or_an_empty_label(tmp_path):
     labels.write_text("path,label\ns0.png,a\ns1.png, \n")
     with pytest.raises(UserError, match="labels.csv:3: empty label"):
         label_scans(discover(tmp_path / "data"), labels_csv=labels)
+
+
+def test_every_csv_ends_its_lines_with_a_newline_alone(knee, tiny_run):
+    """A `sed 's/,val$/,test/'` on a splits file silently changed nothing when lines ended in \\r\\n."""
+    written = [knee / "splits.csv", tiny_run.run / "splits.csv", tiny_run.run / "history.csv",
+               tiny_run.run / "predictions_test.csv"]
+    for path in written:
+        data = path.read_bytes()
+        assert b"\r" not in data and data.endswith(b"\n"), path.name
