@@ -1,6 +1,6 @@
 """What a run reports about its predictions: the temperature and threshold fitted on the validation split,
 then per split the metrics with patient-bootstrap intervals, calibration before and after, and patient-level
-results. The glue between runs.py (rows, probabilities) and the statistics of trust.py.
+results. The glue between runs.py (rows, probabilities) and the statistics of statistics.py.
 """
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import numpy as np
 from perceiver_med.training.config import Decision, RunConfig, is_laterality
 from perceiver_med.results.metrics import decisions, split_metrics, threshold_metrics
 from perceiver_med.inputs.splits import SplitRow
-from perceiver_med.results.statistics import (RESAMPLES, TEMPERATURE_BOUNDS, aggregate, apply_temperature, bootstrap_ci,
-                                 brier_score, choose_threshold, expected_calibration_error, fit_temperature,
-                                 reliability_bins)
+from perceiver_med.results.statistics import (RESAMPLES, aggregate, apply_temperature, bootstrap_ci, brier_score,
+                                              calibration_temperature, choose_threshold, expected_calibration_error,
+                                              reliability_bins)
 
 AGGREGATION_RULE = ("mean of the calibrated probabilities of a unit's samples; units whose samples carry "
                     "different labels are left out (counted in mixed_label_units)")
@@ -26,7 +26,10 @@ def fit_decision(labels: dict[str, np.ndarray], probs: dict[str, np.ndarray], ru
     """Temperature and threshold from the "val" entries of `labels` and `probs` alone: other splits are never read.
 
     Without a validation split, or with one class in it, the temperature stays 1 and the threshold 0.5 (two
-    classes), and `rule` says why. With more than two classes the decision is the most probable class.
+    classes), and `rule` says why. Otherwise statistics.calibration_temperature decides the temperature from the
+    validation predictions (no fit when they are all right, no better than chance or too few of a class; a fit
+    only where it is inside its bounds and lowers the NLL by a margin), and `temperature_fitted_on` says "val"
+    or why T stays 1. With more than two classes the decision is the most probable class.
     Without `calibrate` the temperature stays 1 (probabilities calibrated already, as a cross-validated run's
     out-of-fold ones); `source` names where the threshold was chosen ("val", "out_of_fold").
     """
@@ -40,14 +43,9 @@ def fit_decision(labels: dict[str, np.ndarray], probs: dict[str, np.ndarray], ru
         asked = f" (asked: {rule})" if rule != "0.5" and binary else ""  # a fallback never passes for the rule asked
         return Decision(1.0, f"default: {missing}" if calibrate else "", 0.5 if binary else None,
                         f"default: {missing}{asked}", "")
-    temperature = fit_temperature(val_labels, val_probs) if calibrate else 1.0
-    low, high = TEMPERATURE_BOUNDS
-    if not low * 1.001 < temperature < high / 1.001:
-        # the likelihood has no interior optimum: validation predictions all right (T -> 0 makes them certain)
-        # or no better than chance (T -> infinity makes every probability 1/K); neither is a calibration
-        why = "all right, so no finite temperature fits" if temperature < 1 else "no better than chance"
-        temperature, fitted_on = 1.0, f"default: the {place}'s predictions are {why} (the fit ran to T = " \
-                                      f"{low if temperature < 1 else high:g})"
+    temperature, why = calibration_temperature(val_labels, val_probs, classes) if calibrate else (1.0, "")
+    if why:
+        fitted_on = f"default: on the {place}, {why}"
     if not binary:
         return Decision(temperature, fitted_on, None, f"argmax: more than two classes (asked: {rule})", "")
     positive = classes.index(positive_class)

@@ -1,5 +1,10 @@
-"""Statistics a reviewer can check: patient-bootstrap intervals, the decision threshold, calibration and
-patient-level aggregation. Pure numpy/scipy functions of labels (N,) and probabilities (N, K).
+"""Statistics a reviewer can check: decisions and their confusion counts, the per-sample loss, patient-bootstrap
+intervals, the decision threshold, calibration and patient-level aggregation. Pure numpy/scipy functions of
+labels (N,) and probabilities (N, K).
+
+Every score of a decision (accuracy, sensitivity, PPV, F1...) is read from a confusion matrix that
+confusion_counts counts and confusion_scores scores, whether for one split (metrics.py), at the threshold, or
+for a thousand bootstrap resamples at once.
 
 Images of one patient are not independent draws: the bootstrap resamples patients, and a patient drawn
 twice brings all of its samples twice. Each resample is a vector of per-patient counts, so every metric of
@@ -12,12 +17,73 @@ import math
 import numpy as np
 
 from perceiver_med.errors import UserError
-from perceiver_med.results.metrics import decisions
 
 RESAMPLES = 1000
 BINS = 10  # equal-width confidence bins of the reliability diagram and ECE
 CHUNK_ELEMENTS = 1 << 22  # resamples x samples scored at once (32 MiB of float64)
 TINY = np.finfo(np.float64).tiny
+LOSS_FLOOR = 1e-12  # the smallest probability of the true class a loss counts: one sample costs at most 27.6 nats
+
+
+# ---------------------------------------------------------------- decisions, confusion counts, loss
+def decisions(probs: np.ndarray, positive: int, threshold: float | None) -> np.ndarray:
+    """Predicted class indices: with two classes and a threshold, `positive` where its probability is at least
+    the threshold (else the other class); otherwise the most probable class."""
+    probs = np.asarray(probs, dtype=np.float64)
+    if threshold is None or probs.shape[1] != 2:
+        return probs.argmax(axis=1)
+    return np.where(probs[:, positive] >= threshold, positive, 1 - positive)
+
+
+def confusion_counts(labels: np.ndarray, called: np.ndarray, num_classes: int,
+                     weights: np.ndarray | None = None) -> np.ndarray:
+    """Confusion matrices (B, K, K), rows the true class, columns the called one: entry [b, i, j] sums row b of
+    `weights` (B, N) over the samples of class i called j. Without weights every sample counts once (B = 1).
+
+    The one place where samples become true and false positives and negatives: split metrics, the metrics at
+    the threshold and every bootstrap resample (a vector of per-sample draw counts) are counted here.
+    """
+    index = np.asarray(labels, dtype=np.int64) * num_classes + np.asarray(called, dtype=np.int64)
+    if weights is None:
+        return np.bincount(index, minlength=num_classes ** 2).reshape(1, num_classes, num_classes)
+    return (np.asarray(weights, dtype=np.float64) @ np.eye(num_classes ** 2)[index]).reshape(
+        -1, num_classes, num_classes)
+
+
+def confusion_scores(confusion: np.ndarray, positive: int) -> dict[str, np.ndarray]:
+    """Scores of confusion matrices (B, K, K), each (B,), nan where a denominator is 0 (or, for balanced accuracy,
+    fewer than two classes are present): accuracy; balanced_accuracy, the mean recall over the classes present;
+    f1_macro, the mean F1 over all K classes (0 for a class never present nor called); and of class `positive`
+    against all others sensitivity, specificity, ppv and npv."""
+    confusion = np.asarray(confusion, dtype=np.float64)
+    total = confusion.sum(axis=(1, 2))
+    diagonal = np.diagonal(confusion, axis1=1, axis2=2)
+    support, called = confusion.sum(axis=2), confusion.sum(axis=1)
+    present = support > 0
+    recall = _ratio(diagonal, support)
+    classes_present = present.sum(1)
+    balanced = np.where(classes_present > 1, np.where(present, recall, 0).sum(1) / np.maximum(classes_present, 1),
+                        np.nan)
+    f1 = np.nan_to_num(_ratio(2 * diagonal, support + called), nan=0.0)  # scikit-learn's zero_division=0
+    tp = diagonal[:, positive]
+    fn, fp = support[:, positive] - tp, called[:, positive] - tp
+    tn = total - tp - fn - fp
+    return {"accuracy": _ratio(diagonal.sum(1), total), "balanced_accuracy": balanced,
+            "f1_macro": f1.sum(1) / confusion.shape[1], "sensitivity": _ratio(tp, tp + fn),
+            "specificity": _ratio(tn, tn + fp), "ppv": _ratio(tp, tp + fp), "npv": _ratio(tn, tn + fn)}
+
+
+def sample_losses(labels: np.ndarray, probs: np.ndarray) -> np.ndarray:
+    """Per-sample cross-entropy -log p(true class), p clipped to [LOSS_FLOOR, 1]: never negative, never -0.0 (a
+    probability a hair above 1 from float32 rounding costs 0, and 0.0 - log(1) is +0.0 where -log(1) is -0.0)."""
+    labels, probs = np.asarray(labels, dtype=np.int64), np.asarray(probs, dtype=np.float64)
+    return 0.0 - np.log(np.clip(probs[np.arange(len(labels)), labels], LOSS_FLOOR, 1.0))
+
+
+def _ratio(numerator, denominator):
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(denominator > 0, numerator / np.where(denominator > 0, denominator, 1), np.nan)
+
 
 # ---------------------------------------------------------------- the decision threshold
 THRESHOLD_CHOICES = "youden, f1, 0.5, sensitivity=X or specificity=X (0 < X <= 1)"
@@ -117,34 +183,92 @@ def expected_calibration_error(labels: np.ndarray, probs: np.ndarray, bins: int 
                      zip(table["count"], table["accuracy"], table["confidence"]) if count))
 
 
-TEMPERATURE_BOUNDS = (0.01, 100.0)
+# The temperature a run applies is decided from its validation predictions by calibration_temperature:
+TEMPERATURE_BOUNDS = (0.01, 100.0)  # a best T outside these makes near-certain or near-uniform probabilities
+MIN_SAMPLES_PER_CLASS = 10  # one parameter, at least 10 samples of each class (the events-per-variable rule)
+NLL_MARGIN = 1.92  # nats, summed over the samples: half chi-square(1)'s 95% quantile, the likelihood-ratio test
+#                    that a fitted T fits better than T = 1 by more than one free parameter's chance gain
+
+
+def _temperature_terms(labels: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """log(probs) (N, K), and the log-probability of each sample's true class (N,). log(probs) equals the logits
+    up to a per-row constant, which softmax ignores, so no logits are needed."""
+    logs = np.log(np.clip(np.asarray(probs, dtype=np.float64), TINY, None))
+    return logs, logs[np.arange(len(labels)), np.asarray(labels, dtype=np.int64)]
+
+
+def _summed_nll(logs: np.ndarray, true: np.ndarray, temperature: float) -> float:
+    """sum over samples of -log softmax(log(probs) / T)[true class]."""
+    scaled = logs / temperature
+    top = scaled.max(axis=1)
+    return float((top + np.log(np.exp(scaled - top[:, None]).sum(axis=1)) - true / temperature).sum())
+
+
+def _nll_slope(logs: np.ndarray, true: np.ndarray, inverse: float) -> float:
+    """d mean NLL / d(1/T) = mean(E_q[log p] - log p_true), q = softmax(log(probs) / T): non-decreasing in 1/T,
+    since the NLL is convex in 1/T (a log-sum-exp of a linear function, less a linear term)."""
+    scaled = logs * inverse
+    q = np.exp(scaled - scaled.max(axis=1, keepdims=True))
+    q /= q.sum(axis=1, keepdims=True)
+    return float(((q * logs).sum(axis=1) - true).mean())
 
 
 def fit_temperature(labels: np.ndarray, probs: np.ndarray, bounds: tuple[float, float] = TEMPERATURE_BOUNDS) -> float:
-    """The temperature T minimising the mean negative log-likelihood of softmax(log(probs) / T) (Guo et al. 2017).
+    """The temperature T in `bounds` minimising the mean negative log-likelihood of softmax(log(probs) / T) (Guo
+    et al. 2017); exactly a bound when the minimum lies at or beyond it.
 
-    log(probs) equals the logits up to a per-row constant, which softmax ignores, so no logits are needed.
-    L-BFGS-B in float64 on log T, with its exact gradient. Argmax, hence accuracy, is unchanged by any T > 0.
+    The NLL is convex in 1/T, so its minimum is where its slope in 1/T crosses 0: the slope at both bounds says
+    whether it lies between them, and Brent's method finds the crossing to float precision. (A quasi-Newton fit
+    stops where the NLL turns flat, well inside a bound it is running towards.) Argmax, hence accuracy, is
+    unchanged by any T > 0.
     """
-    from scipy.optimize import minimize
+    from scipy.optimize import brentq
 
+    low, high = bounds
+    logs, true = _temperature_terms(labels, probs)
+    if _nll_slope(logs, true, 1 / high) >= 0:
+        return float(high)
+    if _nll_slope(logs, true, 1 / low) <= 0:
+        return float(low)
+    return float(1 / brentq(lambda inverse: _nll_slope(logs, true, inverse), 1 / high, 1 / low, xtol=1e-12))
+
+
+def calibration_temperature(labels: np.ndarray, probs: np.ndarray,
+                            class_names: list[str] | None = None) -> tuple[float, str]:
+    """The temperature to apply to predictions like these (validation ones), and why it is 1 ("" when fitted).
+
+    T stays 1, checked in this order, when
+      1. every prediction is right (no sample's true class is less probable than another): the NLL keeps
+         falling as T -> 0 and no finite T minimises it;
+      2. the predictions are no better than chance (the mean of log p_true is not above the mean of every
+         class's log p): the NLL is lowest as T -> infinity, where every probability is 1/K;
+      3. a class has fewer than MIN_SAMPLES_PER_CLASS samples;
+      4. the NLL-minimising T lies at or beyond a bound of TEMPERATURE_BOUNDS;
+      5. the fitted T lowers the NLL, summed over the samples, by less than NLL_MARGIN nats.
+    Otherwise the fitted T is applied.
+    """
     labels = np.asarray(labels, dtype=np.int64)
-    logs = np.log(np.clip(np.asarray(probs, dtype=np.float64), TINY, None))
-    rows = np.arange(len(labels))
-
-    def objective(log_t: np.ndarray) -> tuple[float, np.ndarray]:
-        t = math.exp(float(log_t[0]))
-        scaled = logs / t
-        scaled -= scaled.max(axis=1, keepdims=True)
-        log_q = scaled - np.log(np.exp(scaled).sum(axis=1, keepdims=True))
-        nll = -log_q[rows, labels].mean()
-        # d nll / d log T = mean(log p_true - E_q[log p]) / T
-        gradient = ((logs[rows, labels] - (np.exp(log_q) * logs).sum(axis=1)).mean()) / t
-        return float(nll), np.array([gradient])
-
-    found = minimize(objective, np.zeros(1), jac=True, method="L-BFGS-B",
-                     bounds=[(math.log(bounds[0]), math.log(bounds[1]))])
-    return float(math.exp(float(found.x[0])))
+    logs, true = _temperature_terms(labels, probs)
+    if (logs.max(axis=1) <= true).all():
+        return 1.0, "the predictions are all right, so no finite temperature fits (the NLL keeps falling as T -> 0)"
+    if _nll_slope(logs, true, 0.0) >= 0:
+        return 1.0, ("the predictions are no better than chance (the NLL is lowest as T -> infinity, every "
+                     "probability 1/K)")
+    counts = np.bincount(labels, minlength=logs.shape[1])
+    if counts.min() < MIN_SAMPLES_PER_CLASS:
+        fewest = int(counts.argmin())
+        name, count = class_names[fewest] if class_names is not None else f"class {fewest}", int(counts[fewest])
+        return 1.0, (f"{name} has {count} sample{'s' * (count != 1)}, fewer than the "
+                     f"{MIN_SAMPLES_PER_CLASS} of each class a fit needs")
+    low, high = TEMPERATURE_BOUNDS
+    temperature = fit_temperature(labels, probs)
+    if temperature in (low, high):
+        return 1.0, f"the NLL is lowest at or beyond T = {temperature:g}, a bound of [{low:g}, {high:g}]"
+    gain = _summed_nll(logs, true, 1.0) - _summed_nll(logs, true, temperature)
+    if gain < NLL_MARGIN:
+        return 1.0, (f"the best T, {temperature:.4g}, lowers the summed NLL by {max(gain, 0.0):.3g} nats, less "
+                     f"than the {NLL_MARGIN:g} a fitted T must gain")
+    return temperature, ""
 
 
 def apply_temperature(probs: np.ndarray, temperature: float) -> np.ndarray:
@@ -192,35 +316,6 @@ def patient_counts(patients: list[str], resamples: int = RESAMPLES, seed: int = 
     return counts, owner
 
 
-def _ratio(numerator, denominator):
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(denominator > 0, numerator / np.where(denominator > 0, denominator, 1), np.nan)
-
-
-def _confusion_scores(confusion: np.ndarray, positive: int, prefix: str = "") -> dict:
-    """Scores of weighted confusion matrices (B, K, K) as split_metrics defines them; nan where undefined."""
-    k = confusion.shape[1]
-    total = confusion.sum(axis=(1, 2))
-    diagonal = np.diagonal(confusion, axis1=1, axis2=2)
-    support, called = confusion.sum(axis=2), confusion.sum(axis=1)
-    present = support > 0
-    recall = _ratio(diagonal, support)
-    classes_present = present.sum(1)
-    balanced = np.where(classes_present > 1, np.where(present, recall, 0).sum(1) / np.maximum(classes_present, 1),
-                        np.nan)
-    f1 = np.nan_to_num(_ratio(2 * diagonal, support + called), nan=0.0)  # zero_division=0, as split_metrics
-    tp = diagonal[:, positive]
-    fn, fp = support[:, positive] - tp, called[:, positive] - tp
-    tn = total - tp - fn - fp
-    scores = {"accuracy": _ratio(diagonal.sum(1), total), "balanced_accuracy": balanced,
-              "sensitivity": _ratio(tp, tp + fn), "specificity": _ratio(tn, tn + fp)}
-    if prefix:
-        scores.update(ppv=_ratio(tp, tp + fp), npv=_ratio(tn, tn + fn))
-    else:
-        scores["f1_macro"] = f1.sum(1) / k
-    return {prefix + name: value for name, value in scores.items()}
-
-
 def _weighted_auc(weights: np.ndarray, is_positive: np.ndarray, scores: np.ndarray) -> np.ndarray:
     """ROC AUC of each row of sample weights (B, N): the weighted Mann-Whitney statistic, ties counting half."""
     order = np.argsort(scores, kind="stable")
@@ -249,25 +344,22 @@ def weighted_metrics(weights: np.ndarray, labels: np.ndarray, probs: np.ndarray,
     n, k = probs.shape
     rows = np.arange(n)
     confidence, predicted = probs.max(axis=1), probs.argmax(axis=1)  # calibration is of the top label
-    called = decisions(probs, positive, threshold)  # the run's decisions, as split_metrics makes them
     deviation = np.zeros((n, bins))  # ECE: |sum over a bin of (confidence - correct)|, per bin
     deviation[rows, _bin_index(confidence, bins)] = confidence - (predicted == labels)
-    columns = [-np.log(np.clip(probs[rows, labels], 1e-12, None))[:, None], brier_terms(labels, probs)[:, None],
-               deviation]
-    if not calibration_only:
-        columns.append(np.eye(k * k)[labels * k + called])
-        if threshold is not None and k == 2:
-            columns.append(np.eye(4)[labels * 2 + decisions(probs, positive, threshold)])
+    columns = [sample_losses(labels, probs)[:, None], brier_terms(labels, probs)[:, None], deviation]
     sums = weights @ np.concatenate(columns, axis=1)
     total = weights.sum(axis=1)
     result = {"loss": _ratio(sums[:, 0], total), "brier": _ratio(sums[:, 1], total),
               "ece": _ratio(np.abs(sums[:, 2:2 + bins]).sum(1), total)}
     if calibration_only:
         return result
-    start = 2 + bins
-    result.update(_confusion_scores(sums[:, start:start + k * k].reshape(-1, k, k), positive))
-    if threshold is not None and k == 2:
-        result.update(_confusion_scores(sums[:, start + k * k:].reshape(-1, 2, 2), positive, "threshold."))
+    called = decisions(probs, positive, threshold)  # the run's decisions, as split_metrics makes them
+    scores = confusion_scores(confusion_counts(labels, called, k, weights), positive)
+    result.update({name: scores[name] for name in ("accuracy", "balanced_accuracy", "sensitivity", "specificity",
+                                                   "f1_macro")})
+    if threshold is not None and k == 2:  # the decisions above are these already; the threshold block adds PPV, NPV
+        result.update({f"threshold.{name}": scores[name] for name in ("accuracy", "balanced_accuracy",
+                                                                      "sensitivity", "specificity", "ppv", "npv")})
     if k == 2:
         result["roc_auc"] = _weighted_auc(weights, labels == positive, probs[:, positive])
     else:  # macro one-vs-rest, undefined unless every class is present (as split_metrics)
