@@ -22,7 +22,6 @@ from __future__ import annotations
 import math
 import os
 import re
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,13 +30,11 @@ import numpy as np
 from perceiver_med.csvfiles import printable, write_csv
 from perceiver_med.errors import ScanError, UserError
 from perceiver_med.files import refuse_inside
-from perceiver_med.io import discover, read_scan
+from perceiver_med.io import discover, read_label_map, read_scan
 from perceiver_med.io.discover import Scan, Skip
+from perceiver_med.io.label_maps import is_segmentation, segmented_series
 from perceiver_med.io.labels import folder_label
-from perceiver_med.io.limits import check_size, describe
-from perceiver_med.io.orientation import LPS_FROM_RAS
-
-NIFTI_SUFFIXES = (".nii.gz", ".nii")
+from perceiver_med.io.nifti import SUFFIXES as NIFTI_SUFFIXES, is_nifti
 MASK_SUFFIX = re.compile(r"_(seg|segmentation|mask|label|labels)$", re.IGNORECASE)
 CHANNEL_SUFFIX = re.compile(r"_\d{4}$")  # nnU-Net: case_0000.nii.gz is channel 0 of case
 GRID_TOLERANCE = 0.1  # voxels: float32 NIfTI headers and rounded DICOM positions agree far better than this
@@ -167,8 +164,9 @@ def points_from_masks(masks: Path, scans: Path, out: Path, mask_labels: str | No
             scan = _scan_of(path, masks, found.scans, scans)
             if scan.id in used:
                 raise ScanError(f"a second mask for scan {printable(scan.id)} (the first: {used[scan.id].name})")
-            labels, affine, whole = _read_mask(path)
-            reason = grid_mismatch(affine, labels.shape, *_scan_grid(scan), whole=whole)
+            label_map = read_label_map(path)
+            labels, affine = label_map.labels, label_map.affine
+            reason = grid_mismatch(affine, labels.shape, *_scan_grid(scan), whole=label_map.whole)
             if reason:
                 raise ScanError(f"the mask does not fit its scan {printable(scan.id)}: {reason}")
         except ScanError as exc:
@@ -193,21 +191,11 @@ def _mask_files(masks: Path, seg_only: bool = False) -> tuple[list[Path], list[S
         return [masks], []
     files, skipped = [], []
     for path in sorted(p for p in masks.rglob("*") if p.is_file() and not p.name.startswith(".")):
-        if (path.name.lower().endswith(NIFTI_SUFFIXES) and not seg_only) or _is_seg(path):
+        if (is_nifti(path) and not seg_only) or is_segmentation(path):
             files.append(path)
         elif not seg_only:  # beside the scans, every other file is a scan's
             skipped.append(Skip(path, "not a NIfTI label map or a DICOM SEG"))
     return files, skipped
-
-
-def _is_seg(path: Path) -> bool:
-    import pydicom
-
-    try:
-        header = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["Modality"])
-    except Exception:
-        return False
-    return str(header.get("Modality", "")) == "SEG"
 
 
 def _key(path: Path, root: Path, suffix: re.Pattern) -> str:
@@ -225,14 +213,8 @@ def _key(path: Path, root: Path, suffix: re.Pattern) -> str:
 
 
 def _scan_of(path: Path, masks: Path, scans: list[Scan], scans_root: Path) -> Scan:
-    if not path.name.lower().endswith(NIFTI_SUFFIXES):  # a DICOM SEG names its series
-        import pydicom
-
-        try:
-            header = pydicom.dcmread(path, stop_before_pixels=True)
-        except Exception as exc:
-            raise ScanError(f"unreadable DICOM SEG: {describe(exc)}") from None
-        referenced = [item.get("SeriesInstanceUID", "") for item in header.get("ReferencedSeriesSequence", [])]
+    if not is_nifti(path):  # a DICOM SEG names its series
+        referenced = segmented_series(path)
         scan = next((s for s in scans if s.series_uid and s.series_uid in referenced), None)
         if scan is None:
             raise ScanError(f"the series this DICOM SEG segments ({', '.join(map(str, referenced)) or 'none named'}) "
@@ -250,53 +232,6 @@ def _scan_of(path: Path, masks: Path, scans: list[Scan], scans_root: Path) -> Sc
                             "the same relative path as its scan")
     raise ScanError(f"no scan named {printable(key)} (a mask is matched to its scan by name: "
                     "MASKS/<name>.nii.gz for SCANS/<name>/ or SCANS/<name>.nii.gz)")
-
-
-def _read_mask(path: Path) -> tuple[np.ndarray, np.ndarray, bool]:
-    """(label map, its voxel index -> LPS mm, whether it must cover the whole scan)."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            if path.name.lower().endswith(NIFTI_SUFFIXES):
-                return (*_read_nifti(path), True)
-            return (*_read_seg(path), False)
-    except (ScanError, OSError):
-        raise
-    except Exception as exc:
-        raise ScanError(f"unreadable mask: {describe(exc)}") from None
-
-
-def _read_nifti(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    import nibabel as nib
-
-    image = nib.load(str(path))
-    shape = tuple(int(n) for n in image.shape)
-    if len(shape) < 3 or any(n > 1 for n in shape[3:]):
-        raise ScanError(f"a label map must be one 3D volume, not shape {'x'.join(map(str, shape))}")
-    if int(image.header["sform_code"]) == 0 and int(image.header["qform_code"]) == 0:
-        raise ScanError("no qform or sform code: the mask's place in the patient is unknown")
-    check_size(shape[1:3], shape[0], "mask")
-    data = np.asarray(image.dataobj).reshape(shape[:3])
-    if data.dtype.kind == "f":
-        if not np.isfinite(data).all() or (data != np.round(data)).any():
-            raise ScanError("not a label map: its values are not whole numbers (a probability map? threshold it)")
-        data = data.astype(np.int64)
-    return data, LPS_FROM_RAS @ np.asarray(image.affine, float)
-
-
-def _read_seg(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    import highdicom
-
-    segmentation = highdicom.seg.segread(path)
-    numbers = list(segmentation.get_segment_numbers())
-    volume = segmentation.get_volume(combine_segments=False, segment_numbers=numbers)
-    binary = volume.array > 0.5  # (i, j, k, segment); fractional segments count where at least half is covered
-    labels = np.zeros(binary.shape[:3], np.int32)
-    for index, number in enumerate(numbers):
-        if (labels[binary[..., index]] > 0).any():
-            raise ScanError("its segments overlap: one voxel cannot be two lesions (store one segment per SEG)")
-        labels[binary[..., index]] = number
-    return labels, np.asarray(volume.affine, float)
 
 
 def _scan_grid(scan: Scan) -> tuple[np.ndarray, tuple[int, int, int]]:

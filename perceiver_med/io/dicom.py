@@ -26,6 +26,7 @@ from pydicom.uid import (DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, Ex
 
 from perceiver_med.errors import ScanError
 from perceiver_med.io.limits import check_size, describe, file_access_error
+from perceiver_med.io.reader import NotThisFormat
 
 DICOMDIR_SOP = "1.2.840.10008.1.3.10"
 # Modalities whose single-frame series are stacked into volumes even when positions are missing.
@@ -154,7 +155,7 @@ def _parse(fp, path: Path, stop_when) -> FileDataset:
         return _read(fp, path, stop_when, force=False)
     except InvalidDicomError:
         if not _looks_like_raw_dicom(path):
-            raise ScanError("not a DICOM file") from None
+            raise NotThisFormat("not a DICOM file") from None
     except (EOFError, UnboundLocalError):  # pydicom's way of saying the file ends inside an element
         raise ScanError("truncated DICOM: the file ends inside its header") from None
     except Exception as exc:  # pydicom raises many types on corrupt input
@@ -433,13 +434,69 @@ def _guarded(function):
     return wrapper
 
 
-@_guarded
-def header(path: Path) -> dict:
-    """Header facts needed to find, group and label scans. Raises ScanError for non-image files.
+@dataclass(frozen=True)
+class DicomGeometry:
+    """Modality and where a file's frames lie, the same for `header` (discovery) and `decode` (reading).
 
-    `problem` is why the pixel data cannot be read ("" when it can): a slice with a problem is left out of
-    its series, a single file is skipped.
+    Positions and orientations are as the file states them (DICOM LPS mm); None where it states none.
     """
+
+    modality: str
+    pixel_spacing: tuple[float, float] | None  # (row spacing, column spacing), mm
+    frames: int
+    frame_positions: list | None  # an enhanced multi-frame file's per-frame ImagePositionPatient
+    orientation: tuple[float, ...] | None  # ImageOrientationPatient: row direction, then column direction
+    position: tuple[float, ...] | None  # ImagePositionPatient of the first voxel
+    slice_spacing: float | None  # SpacingBetweenSlices, else SliceThickness
+
+    @property
+    def has_geometry(self) -> bool:
+        """A position and a valid orientation: the file places its image in the patient."""
+        return bool(self.position) and len(self.position) == 3 and valid_orientation(self.orientation)
+
+
+@dataclass(frozen=True)
+class DicomHeader(DicomGeometry):
+    """What one file's header says that finding, grouping and labelling scans needs (no pixel data read).
+
+    `problem` is why its pixel data cannot be decoded, found from the header alone ("" when it can): a slice
+    with a problem is left out of its series, a single file is skipped.
+    """
+
+    series_uid: str
+    study_uid: str
+    sop_uid: str
+    patient_id: str
+    laterality: str  # ImageLaterality, else Laterality, upper case ("L", "R", ...)
+    rows: int
+    columns: int
+    instance_number: int | None
+    slice_thickness: float | None
+    window: tuple[float, float] | None  # the first VOI window (center, width) as stored
+    photometric: str
+    problem: str
+
+
+@dataclass(frozen=True, eq=False)
+class DicomPixels:
+    """One decoded file: its pixels (modality LUT applied, grey, dense = bright) and their geometry.
+
+    Args:
+        pixels: float32, (rows, cols) or (frames, rows, cols) in stored order.
+        geometry: where the frames lie.
+        window: the VOI window (center, width) in the values of `pixels` (moved for MONOCHROME1), or None.
+        voi: the VOI LUT module for preprocessing, or None.
+    """
+
+    pixels: np.ndarray
+    geometry: DicomGeometry
+    window: tuple[float, float] | None
+    voi: DicomVoi | None
+
+
+@_guarded
+def header(path: Path) -> DicomHeader:
+    """Header facts needed to find, group and label scans. Raises ScanError for non-image files."""
     ds, problem = _read_checked(path, pixels=False)
     sop = str(ds.get("SOPClassUID", ""))
     if sop == DICOMDIR_SOP or "DirectoryRecordSequence" in ds:
@@ -450,21 +507,21 @@ def header(path: Path) -> dict:
     if str(ds.get("Modality", "")).upper() == "SEG":  # a label map beside its CT (TCIA layouts), not a scan
         raise ScanError("a segmentation (DICOM SEG), not an image: `perceiver-med points` turns it into points")
     rows, columns, frames = _image_size(ds)
-    return {
+    return DicomHeader(
         **_geometry(ds, frames),
-        "series_uid": str(ds.get("SeriesInstanceUID", "")),
-        "study_uid": str(ds.get("StudyInstanceUID", "")),
-        "sop_uid": str(ds.get("SOPInstanceUID", "")).strip(),
-        "patient_id": str(ds.get("PatientID", "")).strip(),
-        "laterality": str(ds.get("ImageLaterality", "") or ds.get("Laterality", "")).strip().upper(),
-        "rows": rows,
-        "columns": columns,
-        "instance_number": _int_or_none(ds.get("InstanceNumber")),
-        "slice_thickness": _float_or_none(ds.get("SliceThickness")),
-        "window": _voi_window(ds),
-        "photometric": str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper().strip(),
-        "problem": problem,
-    }
+        series_uid=str(ds.get("SeriesInstanceUID", "")),
+        study_uid=str(ds.get("StudyInstanceUID", "")),
+        sop_uid=str(ds.get("SOPInstanceUID", "")).strip(),
+        patient_id=str(ds.get("PatientID", "")).strip(),
+        laterality=str(ds.get("ImageLaterality", "") or ds.get("Laterality", "")).strip().upper(),
+        rows=rows,
+        columns=columns,
+        instance_number=_int_or_none(ds.get("InstanceNumber")),
+        slice_thickness=_float_or_none(ds.get("SliceThickness")),
+        window=_voi_window(ds),
+        photometric=str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper().strip(),
+        problem=problem,
+    )
 
 
 def _int_or_none(value) -> int | None:
@@ -523,11 +580,8 @@ def _voi_window(ds) -> tuple[float, float] | None:
 
 
 @_guarded
-def decode(path: Path) -> tuple[np.ndarray, dict]:
-    """Decode one file's pixels: modality LUT applied, grey, dense = bright.
-
-    Returns an array of shape (rows, cols) or (frames, rows, cols) in float32, and metadata.
-    """
+def decode(path: Path) -> DicomPixels:
+    """Decode one file's pixels: modality LUT applied, grey, dense = bright, in float32."""
     ds = read_dataset(path, pixels=True)
     if not any(tag in ds for tag in PIXEL_TAGS):
         raise ScanError("no pixel data")
@@ -566,7 +620,7 @@ def decode(path: Path) -> tuple[np.ndarray, dict]:
     if array.shape != expected:
         raise ScanError(f"decoded pixel data is {'x'.join(map(str, array.shape))}, "
                         f"not the {'x'.join(map(str, expected))} its header declares")
-    return array, {**_geometry(ds, frames), "window": window, "voi": voi}
+    return DicomPixels(array, DicomGeometry(**_geometry(ds, frames)), window, voi)
 
 
 VOI_FUNCTIONS = ("LINEAR", "LINEAR_EXACT", "SIGMOID")
@@ -642,17 +696,16 @@ def _modality_lut(pixels: np.ndarray, ds) -> np.ndarray:
 
 
 def _geometry(ds, frames: int) -> dict:
-    """Modality and geometry, the same for `header` (discovery) and `decode` (reading): one source of truth."""
-    return {
-        "format": "dicom",
-        "modality": str(ds.get("Modality", "")),
-        "pixel_spacing": _pixel_spacing(ds),
-        "frames": frames,
-        "frame_positions": _frame_positions(ds) if frames > 1 else None,
-        "orientation": _floats(ds.get("ImageOrientationPatient")) or _shared_orientation(ds),
-        "position": _floats(ds.get("ImagePositionPatient")),
-        "slice_spacing": _slice_spacing(ds),
-    }
+    """DicomGeometry's fields, read the same way for `header` (discovery) and `decode` (reading)."""
+    return dict(
+        modality=str(ds.get("Modality", "")),
+        pixel_spacing=_pixel_spacing(ds),
+        frames=frames,
+        frame_positions=_frame_positions(ds) if frames > 1 else None,
+        orientation=_floats(ds.get("ImageOrientationPatient")) or _shared_orientation(ds),
+        position=_floats(ds.get("ImagePositionPatient")),
+        slice_spacing=_slice_spacing(ds),
+    )
 
 
 def _slice_spacing(ds) -> float | None:
@@ -754,37 +807,37 @@ _ASSUMPTIONS = {
 }
 
 
-def grid(geometry: dict, count: int = 1, positions=None) -> tuple[np.ndarray, tuple[str, ...]]:
-    """Stored voxel (column, row, slice) -> RAS mm for `count` slices sharing `geometry` (a `header` or
-    `decode` dict), and what had to be assumed for it (see `assumption_warning`).
+def grid(geometry: DicomGeometry, count: int = 1, positions=None) -> tuple[np.ndarray, tuple[str, ...]]:
+    """Stored voxel (column, row, slice) -> RAS mm for `count` slices sharing `geometry` (from `header` or
+    `decode`), and what had to be assumed for it (see `assumption_warning`).
 
     `positions`: every slice's ImagePositionPatient in stack order along the normal; without them, the slices
     start at the geometry's position and step along the normal by its slice spacing.
     """
-    orientation, spacing = geometry["orientation"], geometry["pixel_spacing"]
+    orientation, spacing = geometry.orientation, geometry.pixel_spacing
     assumed = [] if spacing else ["pixel spacing"]
     if not valid_orientation(orientation):
         orientation = AXIAL
         assumed.append("orientation")
     if positions is not None and count > 1:
         return stack_affine(orientation, positions, spacing), tuple(assumed)
-    first = geometry.get("position")
+    first = geometry.position
     if "orientation" in assumed or not first or len(first) != 3:
         first = (0.0, 0.0, 0.0)
         assumed.append("position")
-    step = geometry.get("slice_spacing")
+    step = geometry.slice_spacing
     if count > 1:
         assumed += ["slice order"] + ([] if step else ["slice spacing"])
     return series_affine(orientation, first, slice_normal(orientation) * (step or 1.0), spacing), tuple(assumed)
 
 
-def frame_grid(geometry: dict) -> tuple[list[int], np.ndarray, tuple[str, ...], str]:
+def frame_grid(geometry: DicomGeometry) -> tuple[list[int], np.ndarray, tuple[str, ...], str]:
     """A single file's frames: (stored frames in stack order, affine as `grid`, what was assumed, ordering).
 
     Frames with a position each are sorted along the normal ("position"); others keep their stored order
     ("frames", or "image" for a single frame).
     """
-    frames, positions, orientation = geometry["frames"], geometry["frame_positions"], geometry["orientation"]
+    frames, positions, orientation = geometry.frames, geometry.frame_positions, geometry.orientation
     if frames > 1 and positions and valid_orientation(orientation):
         order = [int(k) for k in order_along_normal(orientation, positions)]
         affine, assumed = grid(geometry, frames, [positions[k] for k in order])

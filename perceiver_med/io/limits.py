@@ -6,7 +6,9 @@ against the budget BEFORE decoding anything, so a decompression bomb costs a hea
 """
 from __future__ import annotations
 
+import errno
 import os
+from pathlib import Path
 
 from perceiver_med.errors import ScanError, UserError
 
@@ -99,3 +101,16 @@ def unexpected(exc: BaseException, reader: str) -> str:
     if isinstance(exc, MemoryError):
         return f"not enough memory to read this {reader} file"
     return f"the {reader} reader failed on this file ({type(exc).__name__}: {describe(exc, 160)})"
+
+
+def os_reason(exc: OSError, path: Path) -> str:
+    """Why a file could not be reached, in a few words (a broken link, a loop, gone, permission denied)."""
+    if exc.errno == errno.ELOOP:
+        return "a symbolic link loop: it never reaches a file"
+    if exc.errno == errno.ENOENT or isinstance(exc, FileNotFoundError):
+        if os.path.islink(path):
+            return "a broken symbolic link: its target does not exist"
+        return "vanished before it could be read"
+    if exc.errno in (errno.EACCES, errno.EPERM) or isinstance(exc, PermissionError):
+        return "permission denied"
+    return f"cannot be read: {exc.strerror or describe(exc)}"

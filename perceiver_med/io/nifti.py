@@ -21,12 +21,31 @@ from perceiver_med.errors import ScanError
 from perceiver_med.io.image import ScanImage, placed
 from perceiver_med.io.limits import check_size, describe, file_access_error
 from perceiver_med.io.orientation import display_shape, display_slices, display_spacing, to_display
+from perceiver_med.io.reader import ImageHeader, Pick, Reader, pick_for
+from perceiver_med.io.scans import Scan
 
 SUFFIXES = (".nii", ".nii.gz")
 
 
 def is_nifti(path: Path) -> bool:
     return path.name.lower().endswith(SUFFIXES)
+
+
+class NiftiReader(Reader):
+    """NIfTI-1 and NIfTI-2 files (.nii, .nii.gz), claimed by name."""
+
+    name = "NIfTI"
+    formats_read = "NIfTI"
+    formats = ("nifti",)
+
+    def claims(self, path: Path) -> bool:
+        return is_nifti(path)
+
+    def header(self, path: Path) -> ImageHeader:
+        return header(path)
+
+    def read(self, scan: Scan, pick: Pick | None = None) -> ScanImage:
+        return read(scan.files[0], pick_for(scan, pick))
 
 
 @dataclass
@@ -97,11 +116,10 @@ def _check_length(path: Path, image, spatial: tuple[int, ...], dtype: np.dtype) 
                         f"{needed - offset:,} bytes of voxel data its header declares")
 
 
-def header(path: Path) -> dict:
+def header(path: Path) -> ImageHeader:
     volume = _load(path)
     kind = "volume" if len(volume.shape) == 3 else "image"
-    return {"format": "nifti", "modality": "", "shape": volume.shape, "kind": kind, "warnings": volume.warnings,
-            "spacing": volume.spacing}
+    return ImageHeader("nifti", kind, volume.shape, volume.spacing, tuple(volume.warnings))
 
 
 def read(path: Path, slices: list[int] | None = None) -> ScanImage:
@@ -147,3 +165,6 @@ def read(path: Path, slices: list[int] | None = None) -> ScanImage:
         data = data[..., 0]
     array, _ = to_display(data, volume.affine)
     return placed(array, volume.affine, volume.voxel_shape, **fields)
+
+
+READER = NiftiReader()

@@ -21,6 +21,8 @@ from perceiver_med.errors import ScanError
 from perceiver_med.io.image import ScanImage, placed
 from perceiver_med.io.limits import check_size, describe, file_access_error
 from perceiver_med.io.orientation import LPS_FROM_RAS
+from perceiver_med.io.reader import ImageHeader, Pick, Reader
+from perceiver_med.io.scans import Scan
 
 SUFFIXES = (".png", ".jpg", ".jpeg")
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -30,6 +32,23 @@ LUMA = np.array([0.299, 0.587, 0.114], np.float32)
 
 def is_raster(path: Path) -> bool:
     return path.suffix.lower() in SUFFIXES
+
+
+class RasterReader(Reader):
+    """PNG and JPEG pictures, claimed by name and then opened by content."""
+
+    name = "image"
+    formats_read = "PNG or JPEG"
+    formats = ("png", "jpeg")
+
+    def claims(self, path: Path) -> bool:
+        return is_raster(path)
+
+    def header(self, path: Path) -> ImageHeader:
+        return header(path)
+
+    def read(self, scan: Scan, pick: Pick | None = None) -> ScanImage:
+        return read(scan.files[0])
 
 
 def _open(path: Path) -> Image.Image:
@@ -83,12 +102,11 @@ def _check_png_chunks(path: Path) -> None:
             handle.seek(position)
 
 
-def header(path: Path) -> dict:
+def header(path: Path) -> ImageHeader:
     with _open(path) as image:
         width, height = image.size
         name = image.format.lower() if image.format else "raster"
-    return {"format": "jpeg" if name == "mpo" else name, "modality": "", "shape": (height, width),
-            "kind": "image", "warnings": []}
+    return ImageHeader("jpeg" if name == "mpo" else name, "image", (height, width))
 
 
 def read(path: Path) -> ScanImage:
@@ -119,3 +137,6 @@ def read(path: Path) -> ScanImage:
     # stored grid (column, row) with LPS axes: the picture as it is, columns to patient-left, rows posterior
     return placed(array, LPS_FROM_RAS, array.T.shape, format=kind, ordering="image",
                   assumed=("orientation", "position", "pixel spacing"))
+
+
+READER = RasterReader()

@@ -24,15 +24,15 @@ def _mr_small():
     "MR_small_jpeg_ls_lossless.dcm",   # JPEG-LS lossless (pylibjpeg-libjpeg)
 ])
 def test_lossless_transfer_syntaxes_decode_to_the_same_pixels(name):
-    array, meta = dicom.decode(get_testdata_file(name))
-    assert array.shape == (64, 64)
-    np.testing.assert_array_equal(array, _mr_small())
-    assert meta["modality"] == "MR"
+    decoded = dicom.decode(get_testdata_file(name))
+    assert decoded.pixels.shape == (64, 64)
+    np.testing.assert_array_equal(decoded.pixels, _mr_small())
+    assert decoded.geometry.modality == "MR"
 
 
 @pytest.mark.parametrize("name", ["JPGExtended.dcm", "SC_rgb_jpeg.dcm", "JPEG2000.dcm", "SC_rgb_rle.dcm"])
 def test_lossy_and_colour_files_decode_to_grey(name):
-    array, _ = dicom.decode(get_testdata_file(name))
+    array = dicom.decode(get_testdata_file(name)).pixels
     assert array.ndim == 2 and array.dtype == np.float32 and np.isfinite(array).all() and array.std() > 0
 
 
@@ -43,8 +43,8 @@ def test_file_without_preamble_or_meta_header_reads(tmp_path):
     ds.preamble = None
     ds.save_as(tmp_path / "raw", implicit_vr=True, little_endian=True)
     assert (tmp_path / "raw").read_bytes()[:2] == b"\x08\x00"
-    assert dicom.header(tmp_path / "raw")["rows"] == 8
-    array, _ = dicom.decode(tmp_path / "raw")
+    assert dicom.header(tmp_path / "raw").rows == 8
+    array = dicom.decode(tmp_path / "raw").pixels
     np.testing.assert_array_equal(array, hu)
 
 
@@ -78,9 +78,9 @@ def test_modality_lut_gives_hounsfield_units(tmp_path):
     hu = np.full((8, 8), -1000.0)
     hu[2:6, 2:6] = 40
     ct_slice(hu, 0.0, "1.2.3").save_as(tmp_path / "a.dcm", enforce_file_format=True)
-    array, meta = dicom.decode(tmp_path / "a.dcm")
-    np.testing.assert_array_equal(array, hu)
-    assert meta["modality"] == "CT" and meta["pixel_spacing"] == (0.8, 0.8)
+    decoded = dicom.decode(tmp_path / "a.dcm")
+    np.testing.assert_array_equal(decoded.pixels, hu)
+    assert decoded.geometry.modality == "CT" and decoded.geometry.pixel_spacing == (0.8, 0.8)
 
 
 def test_monochrome1_is_inverted_so_dense_is_bright(tmp_path):
@@ -90,14 +90,14 @@ def test_monochrome1_is_inverted_so_dense_is_bright(tmp_path):
     # the MONOCHROME1 twin stores the complementary values: the same picture on screen
     ct_slice(1000 - values - 1024, 0.0, "1.2.3", photometric="MONOCHROME1").save_as(tmp_path / "m1.dcm",
                                                                                    enforce_file_format=True)
-    mono2, _ = dicom.decode(tmp_path / "m2.dcm")
-    mono1, _ = dicom.decode(tmp_path / "m1.dcm")
+    mono2 = dicom.decode(tmp_path / "m2.dcm").pixels
+    mono1 = dicom.decode(tmp_path / "m1.dcm").pixels
     np.testing.assert_allclose(mono1 - mono1.min(), mono2 - mono2.min())
 
 
 def test_multiframe_file_decodes_all_frames():
-    array, meta = dicom.decode(get_testdata_file("SC_rgb_rle_2frame.dcm"))
-    assert array.shape == (2, 100, 100) and meta["frames"] == 2
+    decoded = dicom.decode(get_testdata_file("SC_rgb_rle_2frame.dcm"))
+    assert decoded.pixels.shape == (2, 100, 100) and decoded.geometry.frames == 2
 
 
 # ---------------------------------------------------------------- header checks, before any pixel is decoded
@@ -105,15 +105,15 @@ def test_multiframe_file_decodes_all_frames():
 
 def test_truncated_pixel_data_is_found_from_the_header_without_decoding():
     info = dicom.header(get_testdata_file("MR_truncated.dcm"))
-    assert info["problem"] == ("truncated pixel data: the file holds 8,130 of the 8,192 bytes that Rows, Columns, "
+    assert info.problem == ("truncated pixel data: the file holds 8,130 of the 8,192 bytes that Rows, Columns, "
                                "frames, samples and BitsAllocated declare")
 
 
 def test_deflated_file_reads_like_pydicom_reads_it():
     path = get_testdata_file("image_dfl.dcm")
-    array, _ = dicom.decode(path)
+    array = dicom.decode(path).pixels
     np.testing.assert_array_equal(array, pydicom.dcmread(path).pixel_array.astype(np.float32))
-    assert dicom.header(path)["problem"] == ""
+    assert dicom.header(path).problem == ""
 
 
 def test_a_deflated_header_is_read_without_inflating_the_pixel_data(tmp_path, monkeypatch):
@@ -134,8 +134,8 @@ def test_a_deflated_header_is_read_without_inflating_the_pixel_data(tmp_path, mo
         dicom.header(path)
     assert sum(inflated) < 1 << 20  # the header only (pydicom alone inflates the whole stream)
     monkeypatch.delenv("PERCEIVER_MED_MAX_VOXELS")
-    assert dicom.header(path)["problem"] == ""  # within the budget: the length is checked by a streamed count
-    array, _ = dicom.decode(path)
+    assert dicom.header(path).problem == ""  # within the budget: the length is checked by a streamed count
+    array = dicom.decode(path).pixels
     assert array.shape == (4096, 4096) and not array.any()
 
 
@@ -152,7 +152,7 @@ def test_deflated_data_that_expands_past_its_declared_size_is_refused(tmp_path):
     huge = body[:at] + struct.pack("<HH2sHI", 0x7FE0, 0x0010, b"OB", 0, 64 << 20) + bytes(64 << 20)
     packer = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
     path.write_bytes(raw[:meta_end] + packer.compress(huge) + packer.flush())
-    assert "far more than" in dicom.header(path)["problem"]
+    assert "far more than" in dicom.header(path).problem
     with pytest.raises(ScanError, match="far more than"):
         dicom.decode(path)
 
@@ -161,7 +161,7 @@ def test_a_compressed_frame_claiming_more_pixels_than_the_header_is_refused(tmp_
     ds = pydicom.dcmread(get_testdata_file("JPEG2000.dcm"))  # a 1024 x 256 JPEG 2000 frame
     ds.Rows, ds.Columns = 512, 128  # the header now says less than the codestream will allocate
     ds.save_as(tmp_path / "j2k.dcm")
-    assert "claims 1024x256 pixels, more than the 512x128" in dicom.header(tmp_path / "j2k.dcm")["problem"]
+    assert "claims 1024x256 pixels, more than the 512x128" in dicom.header(tmp_path / "j2k.dcm").problem
 
 
 def test_images_over_the_voxel_budget_are_refused_from_the_header(tmp_path, monkeypatch):
@@ -177,7 +177,7 @@ def test_images_over_the_voxel_budget_are_refused_from_the_header(tmp_path, monk
 def test_an_image_header_without_pixel_data_is_a_problem_found_by_the_header(name):
     from pydicom.data import get_charset_files
 
-    assert dicom.header(get_charset_files(name)[0])["problem"] == "no pixel data element"
+    assert dicom.header(get_charset_files(name)[0]).problem == "no pixel data element"
 
 
 def test_rescale_is_applied_in_float32_without_a_float64_copy(tmp_path):
@@ -186,7 +186,7 @@ def test_rescale_is_applied_in_float32_without_a_float64_copy(tmp_path):
     ds.RescaleSlope, ds.RescaleIntercept = 0.5, -1024
     ds.PixelData = np.round((hu + 1024) / 0.5).astype(np.uint16).tobytes()
     ds.save_as(tmp_path / "a.dcm", enforce_file_format=True)
-    array, _ = dicom.decode(tmp_path / "a.dcm")
+    array = dicom.decode(tmp_path / "a.dcm").pixels
     assert array.dtype == np.float32
     np.testing.assert_allclose(array, hu, atol=0.5)
 

@@ -1,7 +1,8 @@
 """Per-split characteristics from DICOM headers: acquisition per scan, sex and age band per patient.
 
-Only the tags below are ever read (pydicom's specific_tags), so a name, a birth date or an ID never enters
-memory, let alone the report. Ages are reported in ten-year bands, and 90 or over as one band (HIPAA's rule).
+The headers are read by io.descriptions, which reads only the tags it names (pydicom's specific_tags), so a
+name, a birth date or an ID never enters memory, let alone the report. Ages are reported in ten-year bands,
+and 90 or over as one band (HIPAA's rule).
 """
 from __future__ import annotations
 
@@ -10,15 +11,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from perceiver_med.inputs.splits import SPLITS, SplitRow
+from perceiver_med.io.descriptions import ScanDescription, describe_scan
 
 SCAN_FIELDS = ("modality", "manufacturer", "body part", "view", "laterality", "pixel spacing (mm)",
                "slice thickness (mm)")
 PATIENT_FIELDS = ("sex", "age band (years)")
 NOT_RECORDED = "not recorded"
-_TAGS = ["Modality", "Manufacturer", "BodyPartExamined", "ViewPosition", "ImageLaterality", "Laterality",
-         "PixelSpacing", "ImagerPixelSpacing", "SliceThickness", "PatientSex", "PatientAge", "SeriesInstanceUID"]
 _SEXES = {"M": "male", "F": "female", "O": "other"}
-_DICOM_SUFFIXES = ("", ".dcm", ".dicom", ".ima")
 
 
 @dataclass
@@ -47,39 +46,19 @@ def _number(value) -> str:
 
 
 def _read(path: Path, series_uid: str) -> dict | None:
-    """The characteristic tags of a DICOM file, or of the first file of a series folder; None if not DICOM."""
-    import pydicom
-    from pydicom.errors import InvalidDicomError
-
-    candidates = [path] if path.is_file() else sorted(
-        p for p in path.iterdir() if p.is_file() and p.suffix.lower() in _DICOM_SUFFIXES) if path.is_dir() else []
-    for candidate in candidates[:64]:
-        try:
-            ds = pydicom.dcmread(candidate, stop_before_pixels=True, specific_tags=_TAGS)
-        except (InvalidDicomError, OSError, ValueError, TypeError, AttributeError):
-            continue
-        if not ds.get("Modality") and not ds.get("SeriesInstanceUID"):
-            continue  # pydicom may read a non-DICOM file as an empty data set
-        if series_uid and str(ds.get("SeriesInstanceUID", "")) != series_uid:
-            continue
-        return _fields(ds)
-    return None
+    """The characteristics of a scan from its DICOM header (io.descriptions); None if it has none."""
+    description = describe_scan(path, series_uid)
+    return _fields(description) if description is not None else None
 
 
-def _fields(ds) -> dict:
-    spacing = ds.get("PixelSpacing") or ds.get("ImagerPixelSpacing")
-    thickness = ds.get("SliceThickness")
-    try:
-        spacing_text = " \u00d7 ".join(_number(v) for v in spacing) if spacing else ""
-        thickness_text = _number(thickness) if thickness not in (None, "") else ""
-    except (TypeError, ValueError):
-        spacing_text = thickness_text = ""
-    return {"modality": str(ds.get("Modality", "") or ""), "manufacturer": str(ds.get("Manufacturer", "") or ""),
-            "body part": str(ds.get("BodyPartExamined", "") or ""), "view": str(ds.get("ViewPosition", "") or ""),
-            "laterality": str(ds.get("ImageLaterality", "") or ds.get("Laterality", "") or ""),
-            "pixel spacing (mm)": spacing_text, "slice thickness (mm)": thickness_text,
-            "sex": _SEXES.get(str(ds.get("PatientSex", "") or "").strip().upper(), ""),
-            "age band (years)": age_band(str(ds.get("PatientAge", "") or ""))}
+def _fields(description: ScanDescription) -> dict:
+    spacing, thickness = description.pixel_spacing, description.slice_thickness
+    return {"modality": description.modality, "manufacturer": description.manufacturer,
+            "body part": description.body_part, "view": description.view, "laterality": description.laterality,
+            "pixel spacing (mm)": " \u00d7 ".join(_number(v) for v in spacing) if spacing else "",
+            "slice thickness (mm)": _number(thickness) if thickness is not None else "",
+            "sex": _SEXES.get(description.sex.strip().upper(), ""),
+            "age band (years)": age_band(description.age)}
 
 
 def characteristics(rows: list[SplitRow]) -> Characteristics:

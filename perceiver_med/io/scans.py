@@ -1,0 +1,44 @@
+"""What discovery finds: a scan (one model input's worth of files) and a file passed over with the reason."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass
+class Scan:
+    """One model input's worth of files: a 2D image, or a volume (a DICOM series or a NIfTI)."""
+
+    id: str
+    path: Path  # the file, or the folder holding all the files of a DICOM series (their common folder)
+    files: list[Path]  # in slice order for a DICOM series volume
+    format: str  # a format its reader produces (Reader.formats): "dicom", "nifti", "png", "jpeg"
+    kind: str  # "image" or "volume"
+    modality: str = ""
+    shape: tuple = ()  # (rows, cols) or (slices, rows, cols), as read_scan returns it
+    spacing: tuple | None = None  # in the order of `shape`, millimetres
+    series_uid: str = ""
+    patient_id: str = ""
+    laterality: str = ""
+    ordering: str = ""  # how a DICOM series was ordered: "position", "instance", or ""
+    warnings: list[str] = field(default_factory=list)
+    window: tuple | None = None  # a DICOM series' VOI window when every slice has the same one
+    # For the reader only, DICOM series: stored voxel (column, row, slice) -> RAS mm, and that grid's shape.
+    # Geometry for everyone else is ScanImage.affine (display voxel -> LPS), from read_scan.
+    grid_affine: tuple | None = None
+    grid_shape: tuple = ()
+    assumed: tuple = ()  # what a DICOM file did not say about its geometry (see ScanImage.assumed)
+
+
+@dataclass
+class Skip:
+    file: Path
+    reason: str
+
+
+def relative(path: Path, root: Path) -> str:
+    """`path` relative to `root` in POSIX form (a scan's id), or the whole path when it lies elsewhere."""
+    try:
+        return path.relative_to(root).as_posix() or path.name
+    except ValueError:
+        return str(path)
