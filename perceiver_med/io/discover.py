@@ -17,7 +17,7 @@ from pathlib import Path
 from perceiver_med.errors import ScanError, UserError
 from perceiver_med.io.limits import max_voxels, os_reason
 from perceiver_med.io.reader import Reader
-from perceiver_med.io.registry import READERS, read_header
+from perceiver_med.io import registry
 from perceiver_med.io.scans import Scan, Skip, relative
 
 
@@ -102,10 +102,10 @@ def discover(root: Path | str) -> Discovery:
     max_voxels()  # a malformed PERCEIVER_MED_MAX_VOXELS is a usage error, not a reason to skip every file
     files, skipped = list_files(root)
     base = root if root.is_dir() else root.parent
-    headers: dict[Reader, list[tuple[Path, object]]] = {reader: [] for reader in READERS}
+    headers: dict[Reader, list[tuple[Path, object]]] = {reader: [] for reader in registry.READERS}
     for file in files:
         try:
-            reader, header = read_header(file)
+            reader, header = registry.read_header(file)
         except ScanError as exc:
             skipped.append(Skip(file, str(exc) or "unreadable"))
             continue
