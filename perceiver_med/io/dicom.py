@@ -19,7 +19,7 @@ import numpy as np
 import pydicom
 from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
-from pydicom.filereader import _read_file_meta_info, read_dataset as _pydicom_read_dataset, read_partial
+from pydicom.filereader import read_dataset as _pydicom_read_dataset, read_partial
 from pydicom.pixels import apply_modality_lut
 from pydicom.uid import (DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ExplicitVRLittleEndian,
                          ImplicitVRLittleEndian)
@@ -127,11 +127,16 @@ def _deflated_start(fp) -> tuple[bytes, FileMetaDataset] | None:
         return None
     preamble = head[:128]
     fp.seek(132)
-    meta = _read_file_meta_info(fp)
+    # the file meta group is always explicit VR little endian (PS3.10 7.1); reading stops at the next group
+    meta = FileMetaDataset(_pydicom_read_dataset(fp, False, True, stop_when=_after_file_meta))
     if meta.get("TransferSyntaxUID") != DeflatedExplicitVRLittleEndian:
         fp.seek(0)
         return None
     return preamble, meta
+
+
+def _after_file_meta(tag, vr, length) -> bool:
+    return int(tag) >> 16 != 2
 
 
 def _stop_before_pixels(tag, vr, length) -> bool:
@@ -213,7 +218,7 @@ def _read_deflated(fp, path: Path, start: tuple[bytes, FileMetaDataset], pixels:
     stream = _Inflater(fp, HEADER_INFLATE_CAP)
     dataset = _parse_deflated(stream)
     ds = FileDataset(str(path), dataset, preamble, meta, False, True)
-    ds.set_original_encoding(False, True, dataset._character_set)
+    ds.set_original_encoding(False, True, dataset.original_character_set)
     header_end = stream.tell()
     problem = _check_header(ds, stream, None if pixels else stream.skip)
     if not pixels:
@@ -226,7 +231,7 @@ def _read_deflated(fp, path: Path, start: tuple[bytes, FileMetaDataset], pixels:
     meta = FileMetaDataset(meta)
     meta.TransferSyntaxUID = ExplicitVRLittleEndian  # what the inflated bytes are
     ds = FileDataset(str(path), dataset, preamble, meta, False, True)
-    ds.set_original_encoding(False, True, dataset._character_set)
+    ds.set_original_encoding(False, True, dataset.original_character_set)
     return ds, ""
 
 

@@ -205,3 +205,13 @@ def test_reasons_are_one_line_never_empty_and_never_cut_inside_a_word():
     text = describe(long, limit=120)
     assert "\n" not in text and text.endswith("…") and len(text) <= 121
     assert text[:-1].split()[-1] in long.args[0].split()  # a whole word before the ellipsis
+
+
+def test_a_deflated_file_decodes_to_pydicoms_own_pixels():
+    from pydicom.pixels import apply_modality_lut
+
+    path = get_testdata_file("image_dfl.dcm")  # Deflated Explicit VR Little Endian, read here as a stream
+    ds = pydicom.dcmread(path)
+    assert ds.file_meta.TransferSyntaxUID == pydicom.uid.DeflatedExplicitVRLittleEndian
+    assert dicom.header(path).problem == ""
+    np.testing.assert_array_equal(dicom.decode(path).pixels, apply_modality_lut(ds.pixel_array, ds))
