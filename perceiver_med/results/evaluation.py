@@ -41,11 +41,11 @@ def evaluate_run(run: Path, splits: Path | None = None, split: str = "all", devi
     config = predictor.config
     trained_on = predictor.run.frozen_rows(config)
     rows = trained_on if splits is None else sound_rows(Path(splits))
-    if splits is not None:
-        refuse_training_scans(rows, trained_on)
     if config.ensemble and split == "all" and splits is None:
         split = "test"  # the folds' own scans trained most of the ensemble: only the held-out test scores it
     rows = [row for row in rows if split == "all" or row.split == split]
+    if splits is not None:  # only the rows scored: a cross-validation's own splits file scores its test split
+        refuse_training_scans(rows, trained_on)
     if not rows:
         raise UserError(f"{splits or predictor.run.splits_file} has no {split} scans")
     loaded = load_split_inputs(rows, config.preprocess, workers)

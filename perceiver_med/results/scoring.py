@@ -9,7 +9,7 @@ import re
 import numpy as np
 
 from perceiver_med.training.config import Decision, RunConfig, is_laterality
-from perceiver_med.results.metrics import decisions, split_metrics, threshold_metrics
+from perceiver_med.results.metrics import split_metrics, threshold_metrics
 from perceiver_med.inputs.splits import SplitRow
 from perceiver_med.results.statistics import (RESAMPLES, aggregate, apply_temperature, bootstrap_ci, brier_score,
                                               calibration_temperature, choose_threshold, expected_calibration_error,
@@ -54,12 +54,6 @@ def fit_decision(labels: dict[str, np.ndarray], probs: dict[str, np.ndarray], ru
     return Decision(temperature, fitted_on, threshold, rule, "fixed" if rule == "0.5" else source)
 
 
-def apply_decision(raw_probs: np.ndarray, decision: Decision, positive: int) -> tuple[np.ndarray, np.ndarray]:
-    """The run's calibrated probabilities and its predicted class indices."""
-    probs = apply_temperature(raw_probs, decision.temperature)
-    return probs, decisions(probs, positive, decision.threshold)
-
-
 def run_summary(config: RunConfig) -> dict:
     """metrics.json's top-level record of how intervals, threshold and temperature were made."""
     decision = config.decision
@@ -86,11 +80,18 @@ def _side(name: str) -> str:
 
 
 def score_split(labels: np.ndarray, raw_probs: np.ndarray, rows: list[SplitRow], config: RunConfig,
-                resamples: int = RESAMPLES) -> dict:
-    """One split's metrics.json entry from the model's raw probabilities and the split's rows (same order)."""
+                resamples: int = RESAMPLES, calibrated: np.ndarray | None = None) -> dict:
+    """One split's metrics.json entry from the model's raw probabilities and the split's rows (same order).
+
+    The scores are those of the run's calibrated probabilities (the Predictor's), and calibration is reported
+    before and after. `calibrated` gives them where they are not the run's temperature applied to `raw_probs`:
+    out-of-fold predictions, each calibrated by its own fold's temperature.
+    """
+    from perceiver_med.run.predictor import decide
+
     decision, classes, seed = config.decision, config.classes, config.train.seed
     positive = classes.index(config.positive_class)
-    probs = apply_temperature(raw_probs, decision.temperature)
+    probs = decide(raw_probs, decision, positive)[0] if calibrated is None else calibrated
     patients = [row.patient_id for row in rows]
     result, after = _scored(labels, probs, patients, config, resamples)
     if result["n"] == 0:

@@ -1,0 +1,127 @@
+"""Runs trained before the redesign (tests/fixtures/legacy_runs, commit 4000073) evaluate, predict and explain to
+the numbers that code gave them: the move of every module and the one Predictor changed no result."""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from perceiver_med.results.evaluation import evaluate_run
+
+FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "legacy_runs"
+# run -> (data folder, its splits file, the split its expectations are for)
+RUNS = {"knee-perceiver": ("knee", "splits.csv", "all"), "knee-hybrid": ("knee", "splits.csv", "all"),
+        "knee-cnn": ("knee", "splits.csv", "all"), "lung-points-perceiver": ("lung", "splits.csv", "all"),
+        "knee-cv": ("knee", "splits-cv-ensemble.csv", "test")}
+TOLERANCE = 1e-6  # the old explain took its softmax in float32, the Predictor in float64
+
+
+@pytest.fixture(scope="module")
+def legacy(tmp_path_factory) -> Path:
+    """A copy of the fixture: nothing a test does can change the files in the repository."""
+    root = tmp_path_factory.mktemp("legacy") / "legacy_runs"
+    shutil.copytree(FIXTURE, root)
+    return root
+
+
+def _assert_same(got, expected, where="") -> None:
+    """Equal structure and text, numbers within TOLERANCE (NaN equal to NaN)."""
+    if isinstance(expected, dict):
+        assert isinstance(got, dict) and set(got) == set(expected), (where, sorted(set(got) ^ set(expected)))
+        for key in expected:
+            _assert_same(got[key], expected[key], f"{where}.{key}")
+    elif isinstance(expected, list):
+        assert isinstance(got, list) and len(got) == len(expected), where
+        for k, (a, b) in enumerate(zip(got, expected)):
+            _assert_same(a, b, f"{where}[{k}]")
+    elif isinstance(expected, float) or isinstance(got, float):
+        assert got is not None and (math.isnan(expected) and math.isnan(got)
+                                    or abs(got - expected) <= TOLERANCE), (where, got, expected)
+    else:
+        assert got == expected, (where, got, expected)
+
+
+@pytest.mark.parametrize("name", RUNS)
+def test_a_legacy_run_evaluates_to_its_old_numbers(name, legacy):
+    data, splits, split = RUNS[name]
+    metrics = evaluate_run(legacy / "runs" / name, splits=legacy / "data" / data / splits, split=split, device="cpu")
+    _assert_same(json.loads(json.dumps(metrics)),
+                 json.loads((legacy / "expected" / name / "evaluate_relocatable.json").read_text()))
+
+
+def _predictions(path: Path) -> dict[tuple, dict]:
+    with open(path, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    key_columns = [c for c in ("path", "seriesuid", "coordX", "coordY", "coordZ") if c in rows[0]]
+    return {tuple(row[c] for c in key_columns): row for row in rows}
+
+
+@pytest.mark.parametrize("name", RUNS)
+def test_a_legacy_run_predicts_its_old_probabilities(name, legacy, tmp_path, monkeypatch):
+    from perceiver_med.results.predictions import predict_run
+
+    monkeypatch.chdir(legacy)  # the expectations were written with paths relative to the fixture root
+    data = RUNS[name][0]
+    points = Path("data/lung/points.csv") if data == "lung" else None
+    predict_run(Path("runs") / name, Path(f"data/{data}/scans"), tmp_path / "p.csv", device="cpu", points=points)
+    got, expected = _predictions(tmp_path / "p.csv"), _predictions(legacy / "expected" / name / "predict.csv")
+    assert set(got) == set(expected)
+    for key, row in expected.items():
+        assert got[key]["pred"] == row["pred"], key
+        for column in (c for c in row if c.startswith("prob_")):
+            assert abs(float(got[key][column]) - float(row[column])) <= TOLERANCE, (key, column)
+
+
+@pytest.mark.parametrize("name", ["knee-perceiver", "knee-hybrid", "knee-cnn", "lung-points-perceiver"])
+def test_a_legacy_run_explains_with_its_old_evidence(name, legacy):
+    from perceiver_med.results.explain import evidence_for
+    from perceiver_med.run.predictor import Predictor
+
+    expected = json.loads((legacy / "expected" / name / "explain.json").read_text())
+    predictor = Predictor(legacy / "runs" / name, device="cpu")
+    for sample in expected["evidence"]:
+        array = np.load(legacy / "expected" / name / f"input_{sample['file']}.npy")
+        evidence = evidence_for(predictor, array)
+        assert evidence.predicted == sample["predicted"] and evidence.window == sample["window"]
+        np.testing.assert_allclose(evidence.decided.probs[0], sample["probs"], atol=TOLERANCE)
+        np.testing.assert_allclose(evidence.map, np.load(legacy / "expected" / name / f"evidence_{sample['file']}.npy"),
+                                   atol=TOLERANCE)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["knee-perceiver", "knee-hybrid", "knee-cnn", "lung-points-perceiver"])
+def test_a_legacy_run_trained_again_learns_the_same_weights(name, legacy, tmp_path):
+    """The same command through the new code follows the same trajectory: weights equal tensor by tensor. (The
+    files' bytes differ: safetensors writes its metadata header in no fixed order. Metrics may differ where the
+    temperature is now decided differently, so the weights are the oracle.)"""
+    from safetensors.torch import load_file
+
+    from perceiver_med.training.train import train_run
+
+    config = json.loads((legacy / "runs" / name / "config.json").read_text())
+    data, splits, _ = RUNS[name]
+    model = config["model"]
+    options = ({"depth": model["vit"]["depth"], "dim": model["vit"]["dim"]} if model["name"] == "vit-rollout-cnn"
+               else {"num_latents": model["num_latents"], "latent_dim": model["latent_dim"],
+                     "num_iterations": model["num_iterations"]} if model["name"] == "perceiver" else {})
+    train_run(legacy / "data" / data / splits, model["name"], tmp_path / "run", epochs=config["train"]["epochs"],
+              seed=0, device="cpu", precision="fp32", num_workers=1, **options)
+    again, before = load_file(tmp_path / "run" / "model.safetensors"), load_file(
+        legacy / "runs" / name / "model.safetensors")
+    assert set(again) == set(before)
+    for key, tensor in before.items():
+        assert (again[key] - tensor).abs().max().item() <= TOLERANCE, key
+
+
+def test_a_cross_validation_is_scored_on_test_with_the_splits_file_it_was_trained_from(legacy):
+    """Its val rows were training rows of the ensemble; with --split test only the test rows are scored, and none
+    of them was a training patient (the old code refused the file as a whole)."""
+    metrics = evaluate_run(legacy / "runs" / "knee-cv", splits=legacy / "data" / "knee" / "splits-cv.csv",
+                           split="test", device="cpu")
+    _assert_same(json.loads(json.dumps(metrics)),
+                 json.loads((legacy / "expected" / "knee-cv" / "evaluate_relocatable.json").read_text()))
