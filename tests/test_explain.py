@@ -206,3 +206,12 @@ def test_overlays_name_the_file_the_truth_and_the_prediction(spot_run, tmp_path)
     assert "$\\foo$ [bold].png" in titles[2] and "true dot" in titles[2]
     for title in titles:
         assert "predicted " in title and "(p = " in title and "evidence" in title
+
+
+def test_a_folder_of_several_scans_is_explained_scan_by_scan(spot_run, tmp_path, run_installed):
+    """As predict takes a folder; it was refused with 'name one with a series_uid column' (PNGs have no series)."""
+    folder = spot_run / "data" / "dot"
+    count = len(list(folder.glob("*.png")))
+    code, out, err = run_installed("explain", spot_run / "run", folder, "--out", tmp_path / "overlays")
+    assert code == 0, err
+    assert len(list((tmp_path / "overlays").glob("*_explain.png"))) == count

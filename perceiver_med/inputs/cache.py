@@ -54,7 +54,8 @@ def find_scan(path: Path, series_uid: str = ""):
         reason = found.skipped[0].reason if found.skipped else "no scan found"
         raise ScanError(reason if not series_uid else f"series {series_uid} not found")
     if len(scans) > 1 and path.is_dir():
-        raise ScanError(f"{len(scans)} scans in this folder: name one with a series_uid column")
+        raise ScanError(f"{len(scans)} scans in this folder: give one scan's file or series folder (in a splits "
+                        "file, a series_uid column names one)")
     return scans[0]
 
 

@@ -21,6 +21,7 @@ from perceiver_med.inputs.loading import scan_mismatch
 from perceiver_med.errors import ScanError, UserError
 from perceiver_med.csvfiles import printable
 from perceiver_med.files import check_new_output, refuse_inside
+from perceiver_med.io import discover
 from perceiver_med.io.discover import Skip
 from perceiver_med.models import token_patch
 from perceiver_med.results.predictions import known_label
@@ -117,15 +118,13 @@ def explain_run(run: Path, scans: list[Path], out: Path, labels: Mapping[Path, s
         return _explain_points(predictor, scans, Path(points), out, overwrite)
     given = {Path(path).resolve(): label for path, label in (labels or {}).items()}
     written, skipped = [], []
-    for scan in scans:
-        if not scan.exists():
-            raise UserError(f"{scan} does not exist")
+    for scan, series_uid in _each_scan(scans):
         try:
-            found = find_scan(scan)
+            found = find_scan(scan, series_uid)
             mismatch = scan_mismatch(found, config)
             if mismatch:
                 raise ScanError(mismatch)
-            array = prepare(InputRequest(scan), config.preprocess)
+            array = prepare(InputRequest(scan, series_uid), config.preprocess)
         except ScanError as exc:
             skipped.append(Skip(scan, str(exc)))
             continue
@@ -179,6 +178,21 @@ def _explain_points(predictor: Predictor, scans: list[Path], points: Path, out: 
     if others:
         skipped.append(Skip(points, f"{len(others)} row(s) of the points file name scans not among those given"))
     return written, skipped
+
+
+def _each_scan(paths: list[Path]) -> list[tuple[Path, str]]:
+    """(path, series UID) of every scan given: a file or a series folder as it is, a folder of several scans as
+    each of them (as predict takes a folder)."""
+    each = []
+    for path in paths:
+        if not path.exists():
+            raise UserError(f"{path} does not exist")
+        found = discover(path) if path.is_dir() else None
+        if found is not None and len(found.scans) > 1:
+            each += [(scan.path, scan.series_uid) for scan in found.scans]
+        else:
+            each.append((path, ""))
+    return each
 
 
 def _stem(scan: Path) -> str:
