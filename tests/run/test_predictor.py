@@ -100,3 +100,17 @@ def test_explain_and_the_report_draw_the_same_evidence(tiny_run, tmp_path):
 def test_a_missing_run_is_one_line():
     with pytest.raises(UserError, match="does not exist"):
         RunDir.open("/nonexistent/run")
+
+
+def test_evaluate_names_a_splits_file_of_the_wrong_kind(legacy_lung_run, knee, run_installed):
+    """A knee splits file on a run trained on points was blamed on 'a 3x3 slice grid needs a volume'."""
+    code, _, err = run_installed("evaluate", legacy_lung_run, "--splits", knee / "splits.csv")
+    assert code == 2 and "trained on grids centred on points" in err and "split --points" in err
+
+
+@pytest.fixture
+def legacy_lung_run(tmp_path):
+    from pathlib import Path
+
+    source = Path(__file__).resolve().parents[1] / "fixtures" / "legacy_runs" / "runs" / "lung-points-perceiver"
+    return _copy(source, tmp_path)
