@@ -70,6 +70,21 @@ def test_help_shows_defaults_and_choices_not_types(run_installed):
         assert f"default: ({default})" in out or f"default: {default}" in out, default
 
 
+def test_train_help_shows_each_model_option_with_its_default_and_model(run_installed):
+    """The options come from the model registry: each names the models that take it and train's default."""
+    code, out, _ = run_installed("train", "--help", env={"COLUMNS": "160"})
+    out = " ".join(out.split())
+    assert code == 0
+    assert "--num-latents N latents (perceiver) [default: (64); x>=1]" in out
+    assert "--depth N ViT blocks (vit-rollout-cnn) [default: (4); x>=1]" in out
+    assert "(perceiver and vit-rollout-cnn) [default: (1); x>=0.0]" in out.replace("- ", "-")  # wrapped at a dash
+
+
+def test_a_misspelt_model_is_one_line_with_the_nearest_name(run_installed, tmp_path):
+    err = one_line(run_installed("train", "s.csv", "--out", "r", "--model", "perciever", cwd=tmp_path))
+    assert "--model" in err and "did you mean 'perceiver'" in err and list(tmp_path.iterdir()) == []
+
+
 def test_choices_accept_any_case(run_installed, knee, tmp_path):
     # the model name is parsed (any case), then the option check refuses a ViT option for the Perceiver
     err = one_line(run_installed("train", knee / "splits.csv", "--out", tmp_path / "r", "--model", "Perceiver",

@@ -1,5 +1,17 @@
-"""build_model(config): rebuild any model from the JSON-able dict a run stores."""
+"""The model registry: each model is one ModelSpec, and nothing outside models/ tests a model's name.
+
+A spec carries the name, the config dataclass (train's defaults, derived for an input shape and class count), the
+command-line options `train` takes for it, how to build it and its training stages. A run stores its model as
+{"name": ..., **keyword arguments} in config.json; `build_model` rebuilds it from that dict, and a key the dict
+leaves out takes train's default, so `build_model({"name": "cnn"})` is the CNN `train --model cnn` trains on a
+one-channel 64x64 input with two classes. Adding a model is one module (its nn.Module and config dataclass) and one
+`register_model(ModelSpec(...))` call (timm's `@register_model` / `create_model(name, **kwargs)`).
+"""
 from __future__ import annotations
+
+import difflib
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Callable
 
 from torch import nn
 
@@ -8,27 +20,115 @@ from perceiver_med.models.hybrid import ViTRolloutCNN
 from perceiver_med.models.perceiver import Perceiver
 from perceiver_med.models.vit import ViT
 
-MODELS = {"perceiver": Perceiver, "vit": ViT, "cnn": ConvNet, "vit-rollout-cnn": ViTRolloutCNN}
+
+# ---------------------------------------------------------------- stages and options
+def _module_alone(module: nn.Module, x):
+    return module(x)
 
 
-def build_model(config: dict) -> nn.Module:
-    """{"name": "perceiver" | "vit" | "cnn" | "vit-rollout-cnn", **keyword arguments} -> model.
+@dataclass
+class Stage:
+    """One fit: `module` trains; call(m, batch) gives the stage's logits, where m is the module or, under DDP, its
+    wrapper (the hybrid's CNN stage: the whole hybrid's logits). `frozen` stays in eval mode without gradients."""
 
-    The model's `num_parameters` attribute holds its parameter count.
+    name: str
+    module: nn.Module
+    call: Callable[[nn.Module, Any], Any] = _module_alone
+    frozen: nn.Module | None = None
+    starts_trained: bool = False  # its starting weights are a model already (the residual hybrid: its ViT)
+
+    def forward(self, x):
+        return self.call(self.module, x)
+
+
+@dataclass(frozen=True)
+class ModelOption:
+    """A keyword argument `train` offers as --<name> (underscores as dashes); `part` names the sub-config that holds
+    it ("vit": the hybrid's ViT), None the model's own keywords. Its default is the config dataclass's."""
+
+    name: str
+    help: str
+    type: type = int
+    minimum: float | None = 1
+    metavar: str = "N"
+    part: str | None = None
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A model as the registry knows it.
+
+    Args:
+        name: what --model and config.json's model["name"] call it.
+        model: the nn.Module class, built from the config's keyword arguments.
+        config: the config dataclass: train's defaults, a `for_input(input_shape, num_classes)` classmethod, and
+            derived values (None fields) filled in its __post_init__.
+        options: the keyword arguments `train` takes as command-line options.
+        stages: the model's training stages, in order (None: one stage, named after the model).
+        input_part: the sub-config that holds in_channels, image_size and num_classes, if not the model's own.
+        trains: offered by `train` (False: a building block that build_model still rebuilds).
+        summary: one line for --help.
     """
-    config = dict(config)
-    name = config.pop("name", None)
-    if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
-    model = MODELS[name](**config)
-    model.num_parameters = count_parameters(model)
-    return model
+
+    name: str
+    model: type[nn.Module]
+    config: type
+    options: tuple[ModelOption, ...] = ()
+    stages: Callable[[nn.Module], list[Stage]] | None = None
+    trains: bool = True
+    summary: str = ""
+    input_part: str | None = None  # the sub-config holding in_channels, image_size and num_classes ("vit")
+
+    def defaults(self, input_shape: tuple[int, int, int], num_classes: int, **options) -> dict:
+        """The stored dict {"name": ..., **keyword arguments} `train` writes, with `options` (ModelOption names)
+        set in their parts; refused (ValueError) where the model would refuse it."""
+        known = {option.name: option for option in self.options}
+        for key in options:
+            if key not in known:
+                raise ValueError(f"{self.name} takes no option {key!r}")
+        config = _json(asdict(self.config.for_input(input_shape, num_classes)))
+        for key, value in options.items():
+            (config[known[key].part] if known[key].part else config)[key] = value
+        stored = {"name": self.name, **config}
+        build_model(stored)  # the model's own checks, now rather than at the first batch
+        return stored
+
+    def build(self, kwargs: dict) -> nn.Module:
+        return self.model(**complete(self.config, kwargs))
+
+    def option_values(self, stored: dict) -> dict:
+        """The values of this model's options in a stored dict (keys it lacks at their defaults)."""
+        completed = complete(self.config, {k: v for k, v in stored.items() if k != "name"})
+        return {option.name: (completed[option.part] if option.part else completed)[option.name]
+                for option in self.options}
+
+    def training_stages(self, model: nn.Module) -> list[Stage]:
+        return self.stages(model) if self.stages else [Stage(self.name, model)]
 
 
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
+def complete(config_type: type, kwargs: dict) -> dict:
+    """kwargs with the keys it leaves out at the config dataclass's defaults; keys the dataclass does not hold pass
+    through to the model's constructor, which takes them or refuses them."""
+    names = {f.name for f in fields(config_type)}
+    config = config_type(**{k: v for k, v in kwargs.items() if k in names})
+    return {**_json(asdict(config)), **{k: v for k, v in kwargs.items() if k not in names}}
 
 
+def _json(value):
+    """Tuples as lists, as a config comes back from JSON."""
+    if isinstance(value, dict):
+        return {k: _json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json(v) for v in value]
+    return value
+
+
+def _merged(defaults, given: dict | None) -> dict:
+    """A sub-config: the defaults dataclass as a dict, updated by what was given."""
+    return {**_json(asdict(defaults)), **(given or {})}
+
+
+# ---------------------------------------------------------------- the models' configs (train's defaults)
 STEM_WIDTHS = (16, 32, 64)  # the conv stem of the Perceiver and the ViT: three conv-BN-ReLU-maxpool stages, 8x smaller
 # Deep supervision of that stem (models.cnn.DeepSupervision) at the weight of the model's own loss: on nodule points
 # a Perceiver fold and the hybrid's ViT sat at chance for 60 epochs without it, and with it left chance at epoch ~45
@@ -37,46 +137,232 @@ STEM_WIDTHS = (16, 32, 64)  # the conv stem of the Perceiver and the ViT: three 
 DEEP_SUPERVISION = 1.0
 
 
-def cnn_config(num_classes: int) -> dict:
-    """The CNN baseline, also the hybrid's second stage: global max pooling, so a nodule of a few pixels is not
-    averaged away over a 192x192 grid (mean pooling left the hybrid's CNN at chance on 3-6 pixel nodules), and
-    batch norm, with which it fitted 16 hard-set volumes by epoch 22 where it sat at loss 0.68 for 65 without."""
-    return {"num_classes": num_classes, "widths": [16, 32, 64], "dropout": 0.0, "pool": "max", "block": "plain",
-            "norm": "batch"}
+@dataclass
+class PerceiverConfig:
+    """train's Perceiver. A conv stem makes the byte array (24x24 elements for a grid, 8x8 for a 64x64 image): its
+    max pooling carries a 3-6 pixel nodule into one element at full strength, where linear 8x8 patches mixed it into
+    64 pixels of background and the Perceiver stayed at chance (benchmarks/README.md, "Learning small lesions").
+    max_freq None: the elements per side of the byte array."""
+
+    in_channels: int = 1
+    image_size: int = 64
+    num_classes: int = 2
+    num_freq_bands: int = 6
+    max_freq: float | None = None
+    num_latents: int = 64
+    latent_dim: int = 128
+    cross_heads: int = 1
+    cross_dim_head: int = 64
+    latent_heads: int = 4
+    latent_dim_head: int = 32
+    self_per_cross_attn: int = 2
+    num_iterations: int = 2
+    weight_sharing: str = "after_first"
+    patch_size: int = 1
+    stem_widths: list[int] = field(default_factory=lambda: list(STEM_WIDTHS))
+    attn_dropout: float = 0.0
+    ff_dropout: float = 0.0
+    deep_supervision: float = DEEP_SUPERVISION
+
+    def __post_init__(self):
+        if self.max_freq is None:
+            self.max_freq = float(self.image_size // 2 ** len(self.stem_widths) // max(1, self.patch_size))
+
+    @classmethod
+    def for_input(cls, input_shape: tuple[int, int, int], num_classes: int) -> "PerceiverConfig":
+        return cls(in_channels=input_shape[0], image_size=input_shape[1], num_classes=num_classes)
 
 
-def default_config(name: str, input_shape: tuple[int, int, int], num_classes: int) -> dict:
-    """Sensible sizes for each model and input kind (64x64 images, 192x192 slice grids)."""
-    channels, side, _ = input_shape
-    if name == "perceiver":
-        # A conv stem makes the byte array (24x24 elements for a grid, 8x8 for a 64x64 image): its max pooling
-        # carries a 3-6 pixel nodule into one element at full strength, where linear 8x8 patches mixed it into 64
-        # pixels of background and the Perceiver stayed at chance (benchmarks/README.md, "Learning small lesions").
-        side_elements = side // 2 ** len(STEM_WIDTHS)
-        return {"name": name, "in_channels": channels, "image_size": side, "num_classes": num_classes,
-                "num_freq_bands": 6, "max_freq": float(side_elements), "num_latents": 64, "latent_dim": 128,
-                "cross_heads": 1, "cross_dim_head": 64, "latent_heads": 4, "latent_dim_head": 32,
-                "self_per_cross_attn": 2, "num_iterations": 2, "weight_sharing": "after_first",
-                "patch_size": 1, "stem_widths": list(STEM_WIDTHS), "attn_dropout": 0.0, "ff_dropout": 0.0,
-                "deep_supervision": DEEP_SUPERVISION}
-    if name == "vit-rollout-cnn":
-        # The ViT reads the tokens of a conv stem (the hybrid ViT of Dosovitskiy et al.): 8x8 or 16x16 linear
-        # patches left it at chance on 3-6 pixel nodules. One more stage for grids keeps 12x12 tokens (8x8 for a
-        # 64x64 image), so the rollout map stays a map. The second stage is the CNN baseline (global max pooling):
-        # a ResNet-style stage with global mean pooling stayed at chance on such nodules; its weights on the rollout
-        # channel start at zero (ViTRolloutCNN's zero_rollout), and its logits add to the ViT's (residual): the
-        # CNN stage deciding alone lost test nodules its ViT had right.
-        widths = [*STEM_WIDTHS, 128] if side > 96 else list(STEM_WIDTHS)
-        vit = {"in_channels": channels, "image_size": side, "patch_size": 1, "stem_widths": widths,
-               "num_classes": num_classes, "dim": 128, "depth": 4, "heads": 4, "dropout": 0.1,
-               "deep_supervision": DEEP_SUPERVISION}
-        return {"name": name, "vit": vit, "cnn": cnn_config(num_classes), "head_fusion": "mean",
-                "discard_ratio": 0.0, "zero_rollout": True, "residual": True}
-    if name == "cnn":
-        return {"name": name, "in_channels": channels, **cnn_config(num_classes)}
-    raise ValueError(f"no default configuration for {name!r}")
+@dataclass
+class CNNConfig:
+    """train's CNN baseline, also the hybrid's second stage: global max pooling, so a nodule of a few pixels is not
+    averaged away over a 192x192 grid (mean pooling left the hybrid's CNN at chance on 3-6 pixel nodules), and batch
+    norm, with which it fitted 16 hard-set volumes by epoch 22 where it sat at loss 0.68 for 65 without."""
+
+    in_channels: int = 1
+    num_classes: int = 2
+    widths: list[int] = field(default_factory=lambda: [16, 32, 64])
+    dropout: float = 0.0
+    pool: str = "max"
+    block: str = "plain"
+    norm: str = "batch"
+
+    @classmethod
+    def for_input(cls, input_shape: tuple[int, int, int], num_classes: int) -> "CNNConfig":
+        return cls(in_channels=input_shape[0], num_classes=num_classes)
+
+
+@dataclass
+class HybridViTConfig:
+    """The hybrid's ViT reads the tokens of a conv stem (the hybrid ViT of Dosovitskiy et al.): 8x8 or 16x16 linear
+    patches left it at chance on 3-6 pixel nodules. One more stage for sides over 96 (grids) keeps 12x12 tokens (8x8
+    for a 64x64 image), so the rollout map stays a map (stem_widths None: chosen so)."""
+
+    in_channels: int = 1
+    image_size: int = 64
+    patch_size: int = 1
+    stem_widths: list[int] | None = None
+    num_classes: int = 2
+    dim: int = 128
+    depth: int = 4
+    heads: int = 4
+    dropout: float = 0.1
+    deep_supervision: float = DEEP_SUPERVISION
+
+    def __post_init__(self):
+        if self.stem_widths is None:
+            self.stem_widths = [*STEM_WIDTHS, 128] if self.image_size > 96 else list(STEM_WIDTHS)
+
+
+@dataclass
+class HybridCNNConfig:
+    """The hybrid's second stage: the CNN baseline (its in_channels are the image's plus the rollout map's)."""
+
+    num_classes: int = 2
+    widths: list[int] = field(default_factory=lambda: [16, 32, 64])
+    dropout: float = 0.0
+    pool: str = "max"
+    block: str = "plain"
+    norm: str = "batch"
+
+
+@dataclass
+class HybridConfig:
+    """train's ViT + rollout + CNN. The second stage is the CNN baseline (global max pooling): a ResNet-style stage
+    with global mean pooling stayed at chance on such nodules; its weights on the rollout channel start at zero
+    (zero_rollout), and its logits add to the ViT's (residual): the CNN stage deciding alone lost test nodules its
+    ViT had right. `vit` and `cnn` given in part are completed from HybridViTConfig and HybridCNNConfig."""
+
+    vit: dict | None = None
+    cnn: dict | None = None
+    head_fusion: str = "mean"
+    discard_ratio: float = 0.0
+    zero_rollout: bool = True
+    residual: bool = True
+
+    def __post_init__(self):
+        vit = dict(self.vit or {})
+        known = {f.name for f in fields(HybridViTConfig)}
+        self.vit = _merged(HybridViTConfig(**{k: v for k, v in vit.items() if k in known}), vit)
+        self.cnn = _merged(HybridCNNConfig(num_classes=self.vit["num_classes"]), self.cnn)
+
+    @classmethod
+    def for_input(cls, input_shape: tuple[int, int, int], num_classes: int) -> "HybridConfig":
+        return cls(vit={"in_channels": input_shape[0], "image_size": input_shape[1], "num_classes": num_classes})
+
+
+@dataclass
+class ViTConfig:
+    """The ViT alone, a building block (the hybrid's first stage): the constructor's own defaults."""
+
+    @classmethod
+    def for_input(cls, input_shape: tuple[int, int, int], num_classes: int) -> "ViTConfig":
+        return cls()
+
+
+def _hybrid_stages(model: ViTRolloutCNN) -> list[Stage]:
+    """The ViT first, then the whole hybrid with the CNN the only part training."""
+    return [Stage("vit", model.vit),
+            Stage("cnn", model.cnn, model.stage_two, model.vit, starts_trained=model.residual)]
+
+
+DEEP_SUPERVISION_OPTION = ("weight of the deep supervision of the conv stem in training (the ViT's in the hybrid); 0 "
+                           "turns it off")
+
+# ---------------------------------------------------------------- the registry
+MODELS: dict[str, ModelSpec] = {}
+
+
+def register_model(spec: ModelSpec) -> ModelSpec:
+    if spec.name in MODELS:
+        raise ValueError(f"a model named {spec.name!r} is registered already")
+    MODELS[spec.name] = spec
+    return spec
+
+
+def unregister_model(name: str) -> None:
+    MODELS.pop(name, None)
+
+
+register_model(ModelSpec(
+    "perceiver", Perceiver, PerceiverConfig, summary="Perceiver: latents cross-attend to a conv stem's map",
+    options=(ModelOption("num_latents", "latents"), ModelOption("latent_dim", "latent width"),
+             ModelOption("num_iterations", "iterations of cross-attention and latent blocks"),
+             ModelOption("deep_supervision", DEEP_SUPERVISION_OPTION, float, 0.0, "W"))))
+register_model(ModelSpec(
+    "vit-rollout-cnn", ViTRolloutCNN, HybridConfig, stages=_hybrid_stages, input_part="vit",
+    summary="a ViT, then a CNN on the image and the ViT's attention rollout",
+    options=(ModelOption("depth", "ViT blocks", part="vit"), ModelOption("dim", "ViT width", part="vit"),
+             ModelOption("deep_supervision", DEEP_SUPERVISION_OPTION, float, 0.0, "W", part="vit"))))
+register_model(ModelSpec("cnn", ConvNet, CNNConfig, summary="a plain three-stage CNN with global max pooling"))
+register_model(ModelSpec("vit", ViT, ViTConfig, trains=False, summary="a ViT alone (the hybrid's first stage)"))
+
+DEFAULT_MODEL = "perceiver"
+
+
+def model_names() -> tuple[str, ...]:
+    """The models `train` offers, in registration order."""
+    return tuple(name for name, spec in MODELS.items() if spec.trains)
+
+
+def get_spec(name: str | None, trainable: bool = False) -> ModelSpec:
+    """The spec of a model name (any case); ValueError naming the choices, and the nearest one, otherwise."""
+    choices = model_names() if trainable else tuple(MODELS)
+    key = (name or "").strip().lower()
+    if key in choices:
+        return MODELS[key]
+    near = difflib.get_close_matches(key, choices, n=1)
+    hint = f"did you mean {near[0]!r}? " if near else ""
+    raise ValueError(f"{name!r} is not a model: {hint}choose {', '.join(choices)}")
+
+
+def build_model(config: dict) -> nn.Module:
+    """{"name": <a registered model>, **keyword arguments} -> model; keys left out take train's defaults.
+
+    The model's `num_parameters` attribute holds its parameter count.
+    """
+    config = dict(config)
+    model = get_spec(config.pop("name", None)).build(config)
+    model.num_parameters = count_parameters(model)
+    return model
+
+
+def create_model(name: str, input_shape: tuple[int, int, int] = (1, 64, 64), num_classes: int = 2,
+                 **options) -> nn.Module:
+    """The model `train --model NAME` trains for an input shape and class count, with its options."""
+    return build_model(default_config(name, input_shape, num_classes, **options))
+
+
+def default_config(name: str, input_shape: tuple[int, int, int], num_classes: int, **options) -> dict:
+    """The stored dict `train` writes for a model, an input shape (C, H, W) and a class count, with options."""
+    return get_spec(name).defaults(input_shape, num_classes, **options)
+
+
+def model_stages(model: nn.Module, name: str) -> list[Stage]:
+    """A model's training stages, as its spec declares them."""
+    return get_spec(name).training_stages(model)
+
+
+def num_classes(config: dict) -> int:
+    """The outputs of a stored model dict."""
+    spec = get_spec(config.get("name"))
+    completed = complete(spec.config, {k: v for k, v in config.items() if k != "name"})
+    return int((completed[spec.input_part] if spec.input_part else completed).get("num_classes", 2))
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
 
 
 def token_patch(model) -> int | None:
     """Input pixels per token of a model, or of the ViT of a hybrid (None when it has no tokens: the CNN)."""
     return getattr(model, "patch_size", None) or getattr(getattr(model, "vit", None), "patch_size", None)
+
+
+def option_owners() -> dict[str, list[str]]:
+    """Each model option `train` offers -> the models that take it, in registration order."""
+    owners: dict[str, list[str]] = {}
+    for name in model_names():
+        for option in MODELS[name].options:
+            owners.setdefault(option.name, []).append(name)
+    return owners

@@ -10,6 +10,7 @@ from perceiver_med import __version__
 from perceiver_med.inputs.loading import AugmentConfig
 from perceiver_med.errors import UserError
 from perceiver_med.inputs.preprocess import PreprocessConfig
+from perceiver_med.models.registry import get_spec
 
 LATERALITY_LABELS = {"left", "right", "l", "r"}
 
@@ -139,6 +140,45 @@ class RunConfig:
                    fold=None if data.get("fold") is None else int(data["fold"]),
                    ensemble=[str(member) for member in data.get("ensemble", [])],
                    input_version=int(data.get("input_version") or 0))
+
+
+# ---------------------------------------------------------------- train's options and --resume
+# Settings of where a run runs, not of what it learns: a resume may change them.
+RUNTIME_OPTIONS = ("device", "num_workers", "precision")
+
+
+def canonical_options(options: dict) -> dict:
+    """train's options as a run stores them, so a resume compares like with like (--threshold Youden = youden,
+    --window -1000,400 = lung)."""
+    from perceiver_med.inputs.windows import parse_window
+    from perceiver_med.results.statistics import parse_threshold_rule
+
+    options = dict(options)
+    if "threshold" in options:
+        options["threshold"] = parse_threshold_rule(options["threshold"])
+    if "window" in options:
+        options["window"] = parse_window(options["window"])
+    return options
+
+
+def trainable_model(name: str | None) -> str | None:
+    """--model as given (any case) -> the registry's name; None stays None (the run's own, or the default)."""
+    if name is None:
+        return None
+    try:
+        return get_spec(name, trainable=True).name
+    except ValueError as exc:
+        raise UserError(f"--model {exc}") from None
+
+
+def check_resume(run: Path, record: str, stored: dict, asked: dict) -> None:
+    """The one conflict check of --resume (single runs and cross-validations): an asked option other than a runtime
+    one that differs from what the run stored is refused in one line naming each; `record` names the file."""
+    conflicts = [f"--{key.replace('_', '-')} {value} (run: {stored.get(key, 'not given')})"
+                 for key, value in asked.items() if key not in RUNTIME_OPTIONS and stored.get(key) != value]
+    if conflicts:
+        raise UserError(f"--resume continues {run} as its {record} says; drop the options that contradict it: "
+                        + ", ".join(conflicts))
 
 
 def load_run_config(run: Path) -> RunConfig:

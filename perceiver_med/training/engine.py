@@ -30,6 +30,7 @@ from perceiver_med.io.limits import describe
 from perceiver_med.results.metrics import split_metrics
 from perceiver_med.models.cnn import SupervisedOutput
 from perceiver_med.models.layers import batch_norms
+from perceiver_med.models.registry import Stage, model_stages
 
 SPLITS = ("train", "val", "test")
 
@@ -132,30 +133,9 @@ def autocast(device: torch.device, precision: str = "auto"):
 
 
 # ---------------------------------------------------------------- stages
-def _module_alone(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    return module(x)
-
-
-@dataclass
-class Stage:
-    """One fit: `module` trains; call(m, batch) gives the stage's logits, where m is the module or, under DDP, its
-    wrapper (the hybrid's CNN stage: the whole hybrid's logits). `frozen` stays in eval mode without gradients."""
-
-    name: str
-    module: nn.Module
-    call: Callable[[nn.Module, torch.Tensor], torch.Tensor] = _module_alone
-    frozen: nn.Module | None = None
-    starts_trained: bool = False  # its starting weights are a model already (the residual hybrid: its ViT)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.call(self.module, x)
-
-
 def stages_for(model: nn.Module, model_name: str) -> list[Stage]:
-    if model_name == "vit-rollout-cnn":  # the ViT first, then the whole hybrid with the CNN the only part training
-        return [Stage("vit", model.vit),
-                Stage("cnn", model.cnn, model.stage_two, model.vit, starts_trained=model.residual)]
-    return [Stage(model_name, model)]
+    """The model's training stages, as its registry entry declares them."""
+    return model_stages(model, model_name)
 
 
 # ---------------------------------------------------------------- evaluation

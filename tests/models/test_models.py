@@ -6,25 +6,37 @@ from safetensors.torch import load_file, save_file
 from perceiver_med.models import (Perceiver, ViTRolloutCNN, attention_rollout, build_model,
                                   default_config, rollout_map)
 
+# Keys left out take train's defaults (a conv stem, deep supervision, the plain CNN): the tiny models say what they
+# leave out of those.
+PLAIN = {"stem_widths": [], "deep_supervision": 0.0}
+OLD_CNN = {"pool": "mean", "block": "residual", "norm": "none"}
 TINY = {
     "perceiver": {"name": "perceiver", "in_channels": 1, "image_size": 16, "num_classes": 3, "num_freq_bands": 4,
                   "num_latents": 8, "latent_dim": 32, "cross_dim_head": 16, "latent_heads": 2,
-                  "latent_dim_head": 16, "self_per_cross_attn": 1, "num_iterations": 3},
+                  "latent_dim_head": 16, "self_per_cross_attn": 1, "num_iterations": 3, **PLAIN},
     "perceiver-patches": {"name": "perceiver", "in_channels": 3, "image_size": 16, "num_classes": 3,
                           "patch_size": 4, "num_latents": 8, "latent_dim": 32, "cross_heads": 2,
-                          "cross_dim_head": 8, "latent_heads": 2, "latent_dim_head": 16, "num_iterations": 2},
+                          "cross_dim_head": 8, "latent_heads": 2, "latent_dim_head": 16, "num_iterations": 2,
+                          "max_freq": 16.0, **PLAIN},
     "vit": {"name": "vit", "in_channels": 1, "image_size": 16, "patch_size": 4, "num_classes": 3, "dim": 32,
             "depth": 2, "heads": 2},
     "perceiver-stem": {"name": "perceiver", "in_channels": 1, "image_size": 16, "num_classes": 3, "stem_widths": [4, 8],
                        "num_latents": 8, "latent_dim": 32, "cross_dim_head": 16, "latent_heads": 2,
-                       "latent_dim_head": 16, "self_per_cross_attn": 1, "num_iterations": 2},
+                       "latent_dim_head": 16, "self_per_cross_attn": 1, "num_iterations": 2, "max_freq": 16.0,
+                       "deep_supervision": 0.0},
     "vit-stem": {"name": "vit", "in_channels": 1, "image_size": 16, "patch_size": 1, "stem_widths": [4, 8],
                  "num_classes": 3, "dim": 32, "depth": 2, "heads": 2, "pool": "mean"},
-    "cnn": {"name": "cnn", "in_channels": 1, "num_classes": 3, "widths": [8, 16]},
+    "cnn": {"name": "cnn", "in_channels": 1, "num_classes": 3, "widths": [8, 16], **OLD_CNN},
     "vit-rollout-cnn": {"name": "vit-rollout-cnn", "vit": {"in_channels": 1, "image_size": 16, "patch_size": 4,
-                                                           "num_classes": 3, "dim": 32, "depth": 2, "heads": 2},
-                        "cnn": {"widths": [8, 16]}},
+                                                           "num_classes": 3, "dim": 32, "depth": 2, "heads": 2,
+                                                           "dropout": 0.0, **PLAIN},
+                        "cnn": {"widths": [8, 16], **OLD_CNN}, "zero_rollout": False, "residual": False},
 }
+
+
+def hybrid_options():
+    """The tiny hybrid's keyword arguments, less the two its tests set themselves."""
+    return {k: v for k, v in TINY["vit-rollout-cnn"].items() if k not in ("name", "zero_rollout", "residual")}
 
 
 def _input(name, batch=4):
@@ -325,7 +337,7 @@ def test_deep_supervision_is_refused_where_it_cannot_work():
 def test_hybrid_second_stage_starts_as_the_cnn_on_the_image_with_zero_rollout():
     """zero_rollout: at the start the CNN stage's output does not depend on the rollout channel, yet that channel
     gets a gradient, so the stage can take it up; without it the output does depend on the channel."""
-    options = {k: v for k, v in TINY["vit-rollout-cnn"].items() if k != "name"}
+    options = hybrid_options()
     x = _input("vit")
     for zero in (True, False):
         torch.manual_seed(0)
@@ -344,7 +356,7 @@ def test_residual_hybrid_starts_as_its_vit_and_its_cnn_stage_learns_a_correction
     engine.stages_for, moves the hybrid away from the ViT, and the logits stay the sum computed by hand."""
     from perceiver_med.training.engine import stages_for
 
-    options = {k: v for k, v in TINY["vit-rollout-cnn"].items() if k != "name"}
+    options = hybrid_options()
     torch.manual_seed(0)
     model = ViTRolloutCNN(**options, residual=True).eval()
     x = _input("vit")
@@ -373,7 +385,7 @@ def test_the_frozen_vit_normalises_with_batch_statistics_while_the_cnn_stage_tra
     and leave its running statistics alone; in evaluation they use the running statistics."""
     from perceiver_med.models.layers import batch_norms
 
-    options = {k: v for k, v in TINY["vit-rollout-cnn"].items() if k != "name"}
+    options = hybrid_options()
     options["vit"] = {**options["vit"], "stem_widths": [4]}
     torch.manual_seed(0)
     model = ViTRolloutCNN(**options, residual=True).eval()
