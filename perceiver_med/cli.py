@@ -1,6 +1,8 @@
 """The `perceiver-med` command line: parse options, call one library function, print with rich."""
 from __future__ import annotations
 
+from inspect import Parameter
+from inspect import signature as _signature
 import os
 import sys
 from enum import Enum
@@ -12,7 +14,9 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from perceiver_med import __version__
-from perceiver_med.training.config import POSITIVE_NAMES, TrainConfig
+from perceiver_med.inputs.kinds import AUTO, KINDS
+from perceiver_med.models import DEFAULT_MODEL
+from perceiver_med.training.config import POSITIVE_NAMES, TrainConfig, is_laterality
 from perceiver_med.errors import Interrupted, UserError
 from perceiver_med.results.display import (console, counts_table, err_console, metrics_table, plain, scans_table,
                                   skipped_table, summary_line, trust_table)
@@ -41,17 +45,7 @@ class LabelFrom(str, Enum):
     laterality = "laterality"
 
 
-class InputKind(str, Enum):
-    auto = "auto"
-    image = "image"
-    grid = "grid"
-    point = "point"
-
-
-class ModelName(str, Enum):
-    perceiver = "perceiver"
-    hybrid = "vit-rollout-cnn"
-    cnn = "cnn"
+InputKind = Enum("InputKind", {name: name for name in (AUTO, *KINDS)}, type=str)  # --input: the kinds, or auto
 
 
 class Difficulty(str, Enum):
@@ -400,7 +394,7 @@ def prepare(splits: Annotated[Path, typer.Argument(help="splits CSV", metavar="S
                                         reporter.preparing, window)
     _print_skips(loaded.skipped)
     root = usable_cache_root()
-    noun = "point(s)" if config.input == "point" else "scan(s)"
+    noun = f"{config.kind.noun}(s)"
     console.print(summary_line(len(loaded.rows), len(loaded.skipped), f"{noun} ready as {config.input} "
                                f"{config.output_shape}") + (f"; cache in {escape(str(root))}" if root else
                                                             "; [yellow]the cache folder is not writable[/]"))
@@ -413,13 +407,59 @@ def _is_main_process() -> bool:
 _D = TrainConfig()
 
 
+def _trained_models():
+    from perceiver_med.models import MODELS, model_names
+
+    return [MODELS[name] for name in model_names()]
+
+
+def _model_choice(name: str | None) -> str | None:
+    """--model in any case; a name the registry lacks is refused with the nearest one."""
+    from perceiver_med.models import get_spec
+
+    if name is None:
+        return None
+    try:
+        return get_spec(name, trainable=True).name
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+
+
+def _with_model_options(command):
+    """Adds each model option of the registry to a command that takes **model_options, as --<name> with its help,
+    the models that take it and their defaults (train's, for a 64x64 image)."""
+    owners: dict[str, list] = {}
+    for spec in _trained_models():
+        defaults = spec.option_values({})
+        for option in spec.options:
+            owners.setdefault(option.name, []).append((spec.name, option, defaults[option.name]))
+    extra = []
+    for name, takers in owners.items():
+        option = takers[0][1]
+        helps = list(dict.fromkeys(o.help for _, o, _ in takers))
+        values = {f"{value:g}" if isinstance(value, float) else str(value) for _, _, value in takers}
+        shown = values.pop() if len(values) == 1 else ", ".join(f"{model}: {value}" for model, _, value in takers)
+        info = typer.Option(help=f"{'; '.join(helps)} ({' and '.join(model for model, _, _ in takers)})",
+                            min=option.minimum, metavar=option.metavar, show_default=shown)
+        extra.append(Parameter(name, Parameter.KEYWORD_ONLY, default=None,
+                                       annotation=Annotated[Optional[option.type], info]))
+    signature = _signature(command, eval_str=True)
+    fixed = [p for p in signature.parameters.values() if p.kind is not Parameter.VAR_KEYWORD]
+    command.__signature__ = signature.replace(parameters=fixed + extra)
+    return command
+
+
 @app.command(short_help="Train a model into a run directory: config, weights, metrics, plots.")
+@_with_model_options
 def train(splits: Annotated[Optional[Path], typer.Argument(help="splits CSV from `perceiver-med split` "
                                                                  "(may be left out with --resume)",
                                                             metavar="SPLITS")] = None,
           out: Annotated[Path, typer.Option(help="run directory to create (or to continue, with --resume)",
                                             metavar="RUN")] = ...,
-          model: Annotated[Optional[ModelName], _choice("model family", show_default="perceiver")] = None,
+          model: Annotated[Optional[str], typer.Option(
+              help="model family: " + "; ".join(f"{spec.name}: {spec.summary}" for spec in _trained_models()),
+              metavar="|".join(spec.name for spec in _trained_models()), show_default=DEFAULT_MODEL,
+              callback=_model_choice)] = None,
           epochs: Annotated[Optional[int], typer.Option(
               help="maximum epochs, per stage for the hybrid (0: about 600 steps, 30..150 epochs)", min=0,
               metavar="N", show_default=str(_D.epochs))] = None,
@@ -455,17 +495,6 @@ def train(splits: Annotated[Optional[Path], typer.Argument(help="splits CSV from
               show_default="0.5")] = None,
           class_weights: Annotated[Optional[ClassWeights], _choice("auto: inverse class frequency in the loss",
                                                                    show_default="none")] = None,
-          num_latents: Annotated[Optional[int], typer.Option(help="Perceiver latents", min=1, metavar="N")] = None,
-          latent_dim: Annotated[Optional[int], typer.Option(help="Perceiver latent width", min=1, metavar="N")
-                                ] = None,
-          num_iterations: Annotated[Optional[int], typer.Option(help="Perceiver iterations", min=1, metavar="N")
-                                    ] = None,
-          depth: Annotated[Optional[int], typer.Option(help="ViT blocks (vit-rollout-cnn)", min=1, metavar="N")
-                           ] = None,
-          dim: Annotated[Optional[int], typer.Option(help="ViT width (vit-rollout-cnn)", min=1, metavar="N")] = None,
-          deep_supervision: Annotated[Optional[float], typer.Option(
-              help="weight of the deep supervision of the conv stem in training (perceiver; the ViT of "
-                   "vit-rollout-cnn); 0 turns it off", min=0.0, metavar="W", show_default="1")] = None,
           num_workers: Annotated[int, typer.Option(help="preprocessing processes (0: one per core, up to 8)", min=0,
                                                    metavar="N")] = 0,
           fold: Annotated[Optional[int], typer.Option(
@@ -476,9 +505,10 @@ def train(splits: Annotated[Optional[Path], typer.Argument(help="splits CSV from
           resume: Annotated[bool, typer.Option("--resume", metavar="", help="continue an interrupted run in --out "
                                                "with the settings in its config.json")] = False,
           quiet: Annotated[bool, typer.Option("--quiet", metavar="", help="no per-epoch output")] = False,
-          max_voxels: MaxVoxels = None):
+          max_voxels: MaxVoxels = None, **model_options):
     """Train a model; writes config, weights, metrics, history, curves and predictions to --out."""
-    from perceiver_med.training.train import CV_FILE, train_run
+    from perceiver_med.run.rundir import RunDir
+    from perceiver_med.training.train import train_run
 
     _voxel_budget(max_voxels)
     main_process = _is_main_process()
@@ -486,20 +516,19 @@ def train(splits: Annotated[Optional[Path], typer.Argument(help="splits CSV from
                    seed=seed, device=device.value, precision=precision.value, num_workers=num_workers,
                    class_weights=_value(class_weights), input=_value(input), size=size, channels=channels,
                    grid_pad=grid_pad, fov_mm=fov_mm, slice_mm=slice_mm, window=window, flip=flip, positive=positive,
-                   threshold=threshold, num_latents=num_latents, latent_dim=latent_dim, num_iterations=num_iterations,
-                   depth=depth, dim=dim, deep_supervision=deep_supervision, fold=fold)
+                   threshold=threshold, fold=fold, **model_options)
     try:
         with RichReporter(quiet or not main_process) as reporter:
             trainer = train_run
             if cv:
                 from perceiver_med.training.cv import train_cv as trainer
-            result = trainer(splits, _value(model), out, resume=resume, reporter=reporter,
+            result = trainer(splits, model, out, resume=resume, reporter=reporter,
                              on_prepared=reporter.preparing, **options)
     except KeyboardInterrupt:
-        if cv and (out / CV_FILE).is_file():
+        if cv and RunDir(out).cv_file.is_file():
             raise Interrupted(f"interrupted; finished folds and the last completed epoch are kept: continue with "
                               f"perceiver-med train --resume --cv --out {out}") from None
-        if (out / "checkpoint.pt").is_file():
+        if RunDir(out).checkpoint_file.is_file():
             raise Interrupted(f"interrupted; the last completed epoch is kept: continue with "
                               f"perceiver-med train --resume --out {out}") from None
         raise Interrupted("interrupted before the first epoch ended: nothing to resume") from None
@@ -515,8 +544,8 @@ def train(splits: Annotated[Optional[Path], typer.Argument(help="splits CSV from
         console.print(f"run written to [bold]{escape(str(out))}[/] (fold_<k>/, metrics.json, "
                       "predictions_out_of_fold.csv, predictions_test.csv)")
         return
-    if "vit" in result.metrics:
-        console.print(metrics_table(result.metrics["vit"], "stage 1: ViT alone"))
+    for number, stage in enumerate(result.earlier_stages, 1):
+        console.print(metrics_table(result.metrics[stage], f"stage {number}: {stage} alone"))
     console.print(metrics_table(result.metrics, f"best checkpoint of {result.config.model['name']} "
                                                 f"(positive class: {escape(result.config.positive_class)})"))
     _print_trust(result.metrics)
@@ -531,7 +560,7 @@ def evaluate(run: Annotated[Path, typer.Argument(help="run directory", metavar="
              split: Annotated[SplitName, _choice("which split")] = SplitName.all,
              tta: TtaOption = 1, device: DeviceOption = Device.auto, max_voxels: MaxVoxels = None):
     """Metrics of a trained run on the chosen splits."""
-    from perceiver_med.training.train import evaluate_run
+    from perceiver_med.results.evaluation import evaluate_run
 
     _voxel_budget(max_voxels)
     metrics = evaluate_run(run, splits, split.value, device.value, tta=tta)
@@ -557,7 +586,7 @@ def predict(run: Annotated[Path, typer.Argument(help="run directory", metavar="R
     from rich.table import Table
 
     from perceiver_med.training.config import load_run_config
-    from perceiver_med.training.train import predict_run
+    from perceiver_med.results.predictions import predict_run
 
     _voxel_budget(max_voxels)
     with RichReporter() as reporter:
@@ -581,12 +610,26 @@ def predict(run: Annotated[Path, typer.Argument(help="run directory", metavar="R
     console.print(table)
     known = [p for p in predictions if p.label is not None]
     if known and len(known) == len(predictions):
-        accuracy = sum(p.pred == p.label for p in known) / len(known)
-        console.print(f"accuracy against the labels of the {'points file' if points else 'class folders'}: "
-                      f"[bold]{accuracy:.4f}[/]")
+        _print_accuracy(known, "points file" if points else "class folders" if not is_laterality(classes)
+                        else "class folders or laterality")
     _print_skips(skipped)
     console.print(summary_line(len(predictions), len(skipped), f"{'point' if points else 'scan'}(s) predicted")
                   + f"; written to [bold]{escape(str(out))}[/]")
+
+
+def _print_accuracy(known: list, source: str) -> None:
+    """Accuracy of labelled predictions, never mixing in samples the run learnt from (its train and val
+    patients): those are counted and left out."""
+    own = [p for p in known if p.seen in ("train", "val")]
+    unseen = [p for p in known if p.seen not in ("train", "val")]
+    if unseen:
+        accuracy = sum(p.pred == p.label for p in unseen) / len(unseen)
+        console.print(f"accuracy against the labels of the {source}, on {len(unseen)} sample(s) of patients the "
+                      f"run did not train on: [bold]{accuracy:.4f}[/]")
+    if own:
+        counts = ", ".join(f"{sum(p.seen == split for p in own)} of its {split} patients" for split in ("train", "val")
+                           if any(p.seen == split for p in own))
+        console.print(f"{len(own)} labelled sample(s) were the run's own ({counts}): left out of the accuracy")
 
 
 @app.command(short_help="Overlays of what each prediction rests on (occlusion evidence).")

@@ -60,7 +60,7 @@ def _train_and_evaluate(out: Path, epochs: int, seed: int, reporter: Reporter | 
                         what: str):
     """Steps 3 and 4 of either demo: train the Perceiver on OUT/splits.csv, then score the saved weights."""
     # fp32: the demo gives the same numbers on every CPU, with or without bf16 units
-    result = train_run(out / "splits.csv", "perceiver", out / "run", epochs=epochs, seed=seed, device="cpu",
+    result = train_run(out / "splits.csv", None, out / "run", epochs=epochs, seed=seed, device="cpu",
                        precision="fp32", reporter=reporter)
     say(f"3. trained Perceiver {what}: {out / 'run'}")
     test = evaluate_run(out / "run", split="test", device="cpu")["test"]

@@ -276,7 +276,9 @@ def _split_rows(run, split):
 
 
 def test_a_chosen_threshold_is_reproduced_from_the_validation_predictions_alone(knee, tmp_path):
-    from perceiver_med.training.train import evaluate_run, predict_run, train_run
+    from perceiver_med.results.evaluation import evaluate_run
+    from perceiver_med.results.predictions import predict_run
+    from perceiver_med.training.train import train_run
     from tests.conftest import TINY_PERCEIVER_RUN
 
     # 5 epochs, not the tiny run's 2: a model still at chance has a flat likelihood in the temperature, and a refit

@@ -16,6 +16,7 @@ from perceiver_med.io import Discovery, discover
 from perceiver_med.io.discover import Skip
 from perceiver_med.io.labels import LabelledScan, LabelledSet, label_scans
 from perceiver_med.inputs.points import PointSample, match_points, read_points
+from perceiver_med.inputs.kinds import AUTO, choose_kind
 from perceiver_med.inputs.preprocess import PreprocessConfig
 from perceiver_med.results.report.flow import write_flow_record
 from perceiver_med.inputs.windows import parse_window
@@ -130,17 +131,14 @@ def preview_scan(scan: Path, prefix: Path, input: str = "auto", size: int | None
         refuse_inside(prefix.parent / (prefix.name + suffix), scan)
         check_new_output(prefix.parent / (prefix.name + suffix), overwrite)
     try:
-        if point is not None and input not in ("auto", "point"):
-            raise UserError("--point centres a point grid: leave out --input, or give --input point")
         if run is not None:
-            config = _run_preprocess(run, point, input=None if input == "auto" else input, size=size,
+            config = _run_preprocess(run, point, input=None if input == AUTO else input, size=size,
                                      channels=channels, grid_pad=grid_pad, fov_mm=fov_mm, slice_mm=slice_mm,
                                      window=window)
         else:
-            if input == "auto":
-                input = "point" if point is not None else "grid" if find_scan(scan, series_uid).kind == "volume" \
-                    else "image"
-            config = preprocess_config(input, size, channels, grid_pad, fov_mm, slice_mm, window)
+            scan_kinds = {find_scan(scan, series_uid).kind} if input == AUTO and point is None else set()
+            kind = choose_kind(input, point is not None, scan_kinds)
+            config = preprocess_config(kind.name, size, channels, grid_pad, fov_mm, slice_mm, window)
         tensor = prepare(InputRequest(scan, series_uid, center, point), config, use_cache=False)
     except ScanError as exc:
         raise UserError(f"{scan}: {exc}") from None
@@ -160,7 +158,7 @@ def _run_preprocess(run: Path, point, **given) -> PreprocessConfig:
     if named:
         raise UserError(f"--run previews the input as {run} prepares it: leave out {', '.join(named)}")
     config = load_run_config(run).preprocess
-    if (config.input == "point") != (point is not None):
+    if config.kind.takes_points != (point is not None):
         raise UserError("that run was trained on grids centred on points: give --point X,Y,Z" if point is None
                         else f"that run was trained on whole scans ({config.input}): leave out --point")
     return config
@@ -172,7 +170,7 @@ def prepare_splits(splits: Path, input: str = "auto", size: int | None = None, c
     """Preprocess every scan of a splits file into the cache, with the preprocessing train would choose."""
     parse_window(window or "auto")  # a bad --window fails before the splits file is read
     rows = read_splits(splits)
-    if input == "auto":
-        input = "point" if any(row.point is not None for row in rows) else describe_scans(rows).input
-    config = preprocess_config(input, size, channels, grid_pad, window=window)
+    with_points = any(row.point is not None for row in rows)
+    kind = choose_kind(input, with_points, describe_scans(rows).kinds if input == AUTO and not with_points else ())
+    config = preprocess_config(kind.name, size, channels, grid_pad, window=window)
     return load_split_inputs(rows, config, workers, on_done=on_done), config

@@ -53,6 +53,7 @@ READER = DicomReader()
 
 
 def assemble(headers: list[tuple[Path, DicomHeader]], base: Path) -> tuple[list[Scan], list[Skip]]:
+    """The scans DICOM files make, series by series (see the module), and the files passed over with the reason."""
     by_series: dict[str, list[tuple[Path, DicomHeader]]] = defaultdict(list)
     for file, info in headers:
         by_series[info.series_uid or f"no-series-uid:{file}"].append((file, info))

@@ -174,6 +174,13 @@ def _compile(patient_regex: str | None):
         raise UserError(f"--patient-regex is not a valid regular expression: {exc}") from None
 
 
+def known_patient(scan: Scan, root: Path) -> str:
+    """The patient id `split` gives a scan by default where the files tell it (an OAI id in its path, DICOM
+    PatientID); "" where split would fall back to the scan's own name."""
+    patient, how = _patient_id(scan, root, None, _compile(None))
+    return patient if how != "scan" else ""
+
+
 def _patient_id(scan: Scan, root: Path, row: dict | None, pattern) -> tuple[str, str]:
     if row and row.get("patient_id"):
         return row["patient_id"], "csv"

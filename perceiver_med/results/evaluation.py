@@ -49,7 +49,7 @@ def evaluate_run(run: Path, splits: Path | None = None, split: str = "all", devi
     if not rows:
         raise UserError(f"{splits or predictor.run.splits_file} has no {split} scans")
     with_points = any(row.point is not None for row in rows)
-    if (config.preprocess.input == "point") != with_points:
+    if config.preprocess.kind.takes_points != with_points:
         raise UserError(f"this run was trained on grids centred on points, and {splits} has none: give a splits "
                         "file of points (split --points CSV)" if not with_points else
                         f"this run was trained on whole scans ({config.preprocess.input}), and {splits} has "

@@ -18,7 +18,7 @@ from perceiver_med.inputs.points import COORDINATES
 from perceiver_med.inputs.splits import SplitRow
 from perceiver_med.io import discover
 from perceiver_med.io.discover import Skip
-from perceiver_med.io.labels import folder_label, laterality_of
+from perceiver_med.io.labels import folder_label, known_patient, laterality_of
 from perceiver_med.run.point_runs import PreparedPoints, check_point_run, prepare_points
 from perceiver_med.run.predictor import Decisions, Predictor
 from perceiver_med.training.config import is_laterality
@@ -133,7 +133,7 @@ def predict_run(run: Path, scans: Path, out: Path, device: str = "auto", workers
     known = labels if all(label is not None for label in labels) else None
     write_predictions(out, [str(scan.path) for scan, _ in kept], known, decided)
     predictions = [Prediction(scan.path, label, p, name,
-                              seen=run_splits.of(scan.path, scan.series_uid, None, scan.patient_id))
+                              seen=run_splits.of(scan.path, scan.series_uid, None, known_patient(scan, found.root)))
                    for (scan, _), label, p, name in zip(kept, labels, decided.probs, decided.names)]
     return predictions, skipped, config.classes
 

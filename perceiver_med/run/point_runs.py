@@ -18,9 +18,9 @@ from perceiver_med.inputs.points import RAS_HINT, PointSample, all_outside, matc
 
 def check_point_run(config, points: Path | None) -> None:
     """A run trained on points needs points, and points need such a run: the same input everywhere."""
-    if config.preprocess.input == "point" and points is None:
+    if config.preprocess.kind.takes_points and points is None:
         raise UserError("this run was trained on grids centred on points: give the points with --points CSV")
-    if config.preprocess.input != "point" and points is not None:
+    if not config.preprocess.kind.takes_points and points is not None:
         raise UserError(f"this run was trained on whole scans ({config.preprocess.input}), not on points: leave "
                         "out --points")
 

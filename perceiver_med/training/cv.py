@@ -16,17 +16,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from perceiver_med.training.config import RunConfig, load_run_config
+from perceiver_med.training.config import (RUNTIME_OPTIONS, RunConfig, canonical_options, check_resume,
+                                           load_run_config, trainable_model)
 from perceiver_med.inputs.loading import load_split_inputs
-from perceiver_med.training.engine import Processes, Reporter, file_sha256, pick_device, predict_probs
+from perceiver_med.training.engine import Processes, Reporter, file_sha256, pick_device
 from perceiver_med.errors import UserError
-from perceiver_med.files import RunLock, atomic_text, holds_files
-from perceiver_med.training.train import (CV_FILE, FROZEN_SPLITS, MODEL_NAMES, RUNTIME_OPTIONS, TrainResult, load_model,
-                                refuse_inside_scans, sound_rows, train_run, write_split_predictions)
-from perceiver_med.results.scoring import apply_decision, fit_decision, run_summary, score_split
+from perceiver_med.files import atomic_text, holds_files
+from perceiver_med.run.predictor import Predictor
+from perceiver_med.run.rundir import (CHECKPOINT, CONFIG, CV_RECORD, FROZEN_SPLITS, METRICS, RunDir, fold_name,
+                                      predictions_name, sound_rows)
+from perceiver_med.models import DEFAULT_MODEL
+from perceiver_med.training.train import TrainResult, refuse_inside_scans, train_run
+from perceiver_med.results.predictions import write_split_predictions
+from perceiver_med.results.scoring import fit_decision, run_summary, score_split
 from perceiver_med.inputs.splits import SplitRow, fold_rows, read_splits, write_splits
-from perceiver_med.results.statistics import parse_threshold_rule
-from perceiver_med.inputs.windows import parse_window
 
 
 
@@ -55,11 +58,10 @@ def train_cv(splits: Path | None, model_name: str | None, out: Path, *, resume: 
     out = Path(out)
     if options.pop("fold", None) is not None:
         raise UserError("--cv trains every fold: leave out --fold")
-    if model_name is not None and model_name not in MODEL_NAMES:
-        raise UserError(f"--model must be one of {', '.join(MODEL_NAMES)}")
-    options = _canonical({k: v for k, v in options.items() if v is not None})
+    model_name = trainable_model(model_name)
+    options = canonical_options({k: v for k, v in options.items() if v is not None})
     processes = Processes.planned()
-    with RunLock(out, enabled=processes.main):
+    with RunDir(out).lock(enabled=processes.main):
         if resume:
             model_name, options, source = _resumed(out, model_name, options, splits)
             rows = read_splits(out / FROZEN_SPLITS)
@@ -71,24 +73,23 @@ def train_cv(splits: Path | None, model_name: str | None, out: Path, *, resume: 
             source = Path(splits).resolve()
             rows = _cv_rows(source)
             refuse_inside_scans(out, rows)
-            model_name = model_name or "perceiver"
+            model_name = model_name or DEFAULT_MODEL
             if processes.main:
                 out.mkdir(parents=True, exist_ok=True)
                 write_splits(rows, out / FROZEN_SPLITS)
                 record = {"model": model_name, "options": options, "splits_file": str(source)}
-                atomic_text(out / CV_FILE, lambda h: json.dump(record, h, indent=2))
+                atomic_text(out / CV_RECORD, lambda h: json.dump(record, h, indent=2))
         folds = sorted({row.fold for row in rows if row.fold is not None})
         try:
             trained = [_train_fold(out, fold, len(folds), source, model_name, options, reporter, on_prepared)
                        for fold in folds]
         except BaseException:
-            if not any((out / f"fold_{f}" / name).exists() for f in folds for name in ("checkpoint.pt",
-                                                                                       "metrics.json")):
-                for name in (CV_FILE, FROZEN_SPLITS):  # nothing to resume: a corrected retry starts afresh
+            if not any((out / fold_name(f) / name).exists() for f in folds for name in (CHECKPOINT, METRICS)):
+                for name in (CV_RECORD, FROZEN_SPLITS):  # nothing to resume: a corrected retry starts afresh
                     (out / name).unlink(missing_ok=True)
             raise
         if not processes.main:
-            return CvResult(out, {}, trained, load_run_config(out / f"fold_{folds[0]}"))
+            return CvResult(out, {}, trained, load_run_config(out / fold_name(folds[0])))
         config, metrics = _ensemble(out, rows, folds, str(source), options.get("device") or "auto")
         return CvResult(out, metrics, trained, config)
 
@@ -96,27 +97,18 @@ def train_cv(splits: Path | None, model_name: str | None, out: Path, *, resume: 
 def _train_fold(out: Path, fold: int, count: int, source: Path, model_name: str, options: dict,
                 reporter: Reporter, on_prepared) -> TrainResult | None:
     """Fold `fold` into OUT/fold_<k>: kept when finished, resumed from its checkpoint, else trained afresh."""
-    member = out / f"fold_{fold}"
-    if (member / "metrics.json").is_file():
+    member = out / fold_name(fold)
+    if (member / METRICS).is_file():
         reporter.message(f"fold {fold} of {count}: finished earlier, kept")
         return None
-    resuming = (member / "checkpoint.pt").is_file()
+    resuming = (member / CHECKPOINT).is_file()
     if not resuming:  # stopped before its first epoch ended: only the files train_run writes first are there
-        for name in ("config.json", FROZEN_SPLITS):
+        for name in (CONFIG, FROZEN_SPLITS):
             (member / name).unlink(missing_ok=True)
     reporter.message(f"fold {fold} of {count}" + (": resuming" if resuming else ""))
     # the user's splits file, not OUT's copy: under torchrun every process reads it before OUT's copy exists
     return train_run(None if resuming else source, model_name, member, resume=resuming, reporter=reporter,
                      on_prepared=on_prepared, fold=fold, **options)
-
-
-def _canonical(options: dict) -> dict:
-    """Options as train_run stores them, so a resume compares like with like (--threshold Youden = youden)."""
-    if "threshold" in options:
-        options["threshold"] = parse_threshold_rule(options["threshold"])
-    if "window" in options:
-        options["window"] = parse_window(options["window"])
-    return options
 
 
 def _cv_rows(splits: Path) -> list[SplitRow]:
@@ -131,21 +123,16 @@ def _cv_rows(splits: Path) -> list[SplitRow]:
 
 def _resumed(out: Path, model_name: str | None, options: dict, splits: Path | None) -> tuple[str, dict, Path]:
     """The model, options and splits file a cross-validation started with; asked options must agree."""
-    record_path = out / CV_FILE
+    record_path = out / CV_RECORD
     if not record_path.is_file():
-        raise UserError(f"--resume --cv needs a cross-validation run directory, and {out} has no {CV_FILE}")
+        raise UserError(f"--resume --cv needs a cross-validation run directory, and {out} has no {CV_RECORD}")
     try:
         record = json.loads(record_path.read_text())
         stored, started_with = dict(record["options"]), str(record["model"])
     except (ValueError, KeyError, TypeError):
         raise UserError(f"{record_path} is damaged: start the cross-validation again in a new --out") from None
-    conflicts = [f"--{k.replace('_', '-')} {v} (run: {stored.get(k, 'not given')})" for k, v in options.items()
-                 if k not in RUNTIME_OPTIONS and stored.get(k) != v]
-    if model_name is not None and model_name != started_with:
-        conflicts.insert(0, f"--model {model_name} (run: {started_with})")
-    if conflicts:
-        raise UserError(f"--resume continues {out} as its {CV_FILE} says; drop the options that contradict it: "
-                        + ", ".join(conflicts))
+    check_resume(out, CV_RECORD, {"model": started_with, **stored},
+                 {**({"model": model_name} if model_name else {}), **options})
     if splits is not None and {r.identity for r in _cv_rows(Path(splits))} != {
             r.identity for r in read_splits(out / FROZEN_SPLITS)}:
         raise UserError(f"{splits} differs from the splits the cross-validation started with "
@@ -157,42 +144,43 @@ def _resumed(out: Path, model_name: str | None, options: dict, splits: Path | No
     return started_with, {**stored, **runtime}, source
 
 
-def _calibrated(run: Path, rows: list[SplitRow], device: torch.device) -> dict[tuple, np.ndarray]:
-    """A member's calibrated probabilities, as its predictions files hold them, by sample, for the rows it can
-    prepare."""
-    config, model = load_model(run, device)
-    loaded = load_split_inputs(rows, config.preprocess)
-    raw = predict_probs(model.forward, torch.from_numpy(loaded.inputs), device, precision=config.train.precision)
-    probs, _ = apply_decision(raw, config.decision, config.classes.index(config.positive_class))
-    return {row.sample_key: p for row, p in zip(loaded.rows, probs)}
+def _member_probabilities(run: Path, rows: list[SplitRow], device: torch.device
+                          ) -> dict[tuple, tuple[np.ndarray, np.ndarray]]:
+    """A member's (uncalibrated, calibrated) probabilities by sample, for the rows it can prepare; the calibrated
+    ones are what its predictions files hold."""
+    predictor = Predictor(run, device)
+    loaded = load_split_inputs(rows, predictor.config.preprocess)
+    decided = predictor.predict(loaded.inputs)
+    return {row.sample_key: (raw, probs) for row, raw, probs in zip(loaded.rows, decided.raw, decided.probs)}
 
 
 def _ensemble(out: Path, rows: list[SplitRow], folds: list[int], splits_file: str, device: str
               ) -> tuple[RunConfig, dict]:
     """Score the out-of-fold predictions and the ensemble on test; write OUT's config, metrics and predictions."""
     torch_device = pick_device(device)
-    members = [f"fold_{fold}" for fold in folds]
+    members = [fold_name(fold) for fold in folds]
     member_config = load_run_config(out / members[0])
     classes = member_config.classes
     index = {name: k for k, name in enumerate(classes)}
     test = [row for row in rows if row.split == "test"]
-    out_of_fold: dict[tuple, np.ndarray] = {}
+    out_of_fold: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
     test_probs: list[dict[tuple, np.ndarray]] = []
     per_fold = []
     for fold, member in zip(folds, members):
         held_out = [row for row in fold_rows(rows, fold) if row.split == "val"]
         # one load and one pass per member for its held-out and the test rows (disjoint samples)
-        predicted = _calibrated(out / member, held_out + test, torch_device)
+        predicted = _member_probabilities(out / member, held_out + test, torch_device)
         out_of_fold.update({row.sample_key: predicted[row.sample_key] for row in held_out
                             if row.sample_key in predicted})
         if test:
-            test_probs.append(predicted)
-        fold_metrics = json.loads((out / member / "metrics.json").read_text())
+            test_probs.append({key: calibrated for key, (_, calibrated) in predicted.items()})
+        fold_metrics = json.loads((out / member / METRICS).read_text())
         per_fold.append({"fold": fold, **{split: {k: fold_metrics.get(split, {}).get(k)
                                                   for k in ("n", "accuracy", "roc_auc", "loss")}
                                           for split in ("train", "val", "test")}})
     oof_rows = [row for row in rows if row.sample_key in out_of_fold]
-    oof = np.array([out_of_fold[row.sample_key] for row in oof_rows])
+    oof_raw = np.array([out_of_fold[row.sample_key][0] for row in oof_rows])
+    oof = np.array([out_of_fold[row.sample_key][1] for row in oof_rows])
     oof_labels = np.array([index[row.label] for row in oof_rows])
     decision = fit_decision({"val": oof_labels}, {"val": oof}, member_config.threshold_rule, classes,
                             member_config.positive_class, calibrate=False, source="out_of_fold")
@@ -206,15 +194,20 @@ def _ensemble(out: Path, rows: list[SplitRow], folds: list[int], splits_file: st
                    "out_of_fold_note": "each member's temperature and best epoch were chosen on its own val fold, "
                                        "and the threshold on all of them: out-of-fold scores are optimistic; "
                                        "test is held out from all of it"},
-               "out_of_fold": score_split(oof_labels, oof, oof_rows, config)}
-    write_split_predictions(out / "predictions_out_of_fold.csv", oof_rows, oof, config)
+               # calibration "before" is of the members' uncalibrated probabilities, "after" of the calibrated ones
+               "out_of_fold": score_split(oof_labels, oof_raw, oof_rows, config, calibrated=oof)}
+    with_points = config.preprocess.kind.takes_points
+    ensemble_predictor = Predictor.of_model(config, None, torch_device)
+    write_split_predictions(out / predictions_name("out_of_fold"), oof_rows, ensemble_predictor.decide(oof),
+                            with_points)
     # a test sample counts only where every member could prepare it
     test_rows = [row for row in test if all(row.sample_key in probs for probs in test_probs)]
     if test_rows:
         ensemble = np.mean([[probs[row.sample_key] for row in test_rows] for probs in test_probs], axis=0)
         metrics["test"] = score_split(np.array([index[row.label] for row in test_rows]), ensemble, test_rows, config)
-        write_split_predictions(out / "predictions_test.csv", test_rows, ensemble, config)
-    atomic_text(out / "metrics.json", lambda h: json.dump(metrics, h, indent=2))
-    atomic_text(out / "config.json", lambda h: h.write(config.to_json()))  # last: its presence marks a whole run
+        write_split_predictions(out / predictions_name("test"), test_rows, ensemble_predictor.decide(ensemble),
+                                with_points)
+    atomic_text(out / METRICS, lambda h: json.dump(metrics, h, indent=2))
+    atomic_text(out / CONFIG, lambda h: h.write(config.to_json()))  # last: its presence marks a whole run
     return config, metrics
 

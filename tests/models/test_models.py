@@ -3,7 +3,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from perceiver_med.models import (Perceiver, ViTRolloutCNN, attention_rollout, build_model,
+from perceiver_med.models import (ViTRolloutCNN, attention_rollout, build_model,
                                   default_config, rollout_map)
 
 # Keys left out take train's defaults (a conv stem, deep supervision, the plain CNN): the tiny models say what they

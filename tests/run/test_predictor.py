@@ -114,3 +114,15 @@ def legacy_lung_run(tmp_path):
 
     source = Path(__file__).resolve().parents[1] / "fixtures" / "legacy_runs" / "runs" / "lung-points-perceiver"
     return _copy(source, tmp_path)
+
+
+def test_a_copy_of_a_training_scan_elsewhere_is_still_the_run_s_own(tiny_run, tmp_path, run_installed):
+    """Known by its patient (the OAI id split read from its name), not only by its path."""
+    from perceiver_med.inputs.splits import read_splits
+
+    trained = next(row for row in read_splits(tiny_run.run / "splits.csv") if row.split == "train")
+    (tmp_path / "copies").mkdir()
+    shutil.copy(trained.path, tmp_path / "copies" / trained.path.name)
+    code, out, err = run_installed("predict", tiny_run.run, tmp_path / "copies", "--out", tmp_path / "p.csv")
+    assert code == 0, err
+    assert "1 labelled sample(s) were the run's own (1 of its train patients)" in " ".join(out.split())

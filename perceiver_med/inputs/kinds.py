@@ -1,0 +1,122 @@
+"""Input kinds: what one sample becomes for the model — a whole 2D image, a 3x3 grid of consecutive slices, or a
+3x3 grid of planes around a point in patient millimetres.
+
+Each kind is one implementation of `InputKind`: its output shape, the display slices it shows, how it builds
+the model input from a decoded scan, which samples it takes (whole scans or points), and how augmentation may
+treat it (per tile, so a slice grid keeps its slice order). "auto" is decided in `choose_kind` alone, and no
+other module compares a kind's name. A new input kind is one class here and one entry in KINDS.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from perceiver_med.errors import ScanError, UserError
+from perceiver_med.inputs.preprocess import (GRID_TILES, _channels, _grid, grid_slices, make_grid, make_image,
+                                             point_grid, resize, shown_part, to_unit)
+
+AUTO = "auto"
+
+
+class InputKind:
+    """One way to turn a scan (or a point in it) into a model input (C, H, W) in [0, 1]."""
+
+    name = ""
+    tiles = 1  # tiles per side; augmentation mirrors and warps each tile about its own centre
+    takes_points = False  # its samples are points in scans (a points CSV), not whole scans
+    needs_volume = False
+    noun = "scan"  # one sample, in messages
+
+    def output_shape(self, size: int, channels: int) -> tuple[int, int, int]:
+        side = size * self.tiles
+        return (channels, side, side)
+
+    def shown_slices(self, num_slices: int, config, center: int | None = None) -> list[int]:
+        """The display slices of a volume that the input shows."""
+        return [num_slices // 2]
+
+    def build(self, image, config, center: int | None = None, point=None) -> np.ndarray:
+        """The model input from a decoded ScanImage (the whole scan, or only some of its display slices)."""
+        raise NotImplementedError
+
+    def check_scan(self, scan) -> None:
+        if self.needs_volume and scan.kind != "volume":
+            raise ScanError("a 3x3 slice grid needs a volume, and this scan is a single 2D image")
+
+
+class ImageKind(InputKind):
+    """A 2D image, or the middle slice of a volume: S x S."""
+
+    name = "image"
+
+    def build(self, image, config, center=None, point=None) -> np.ndarray:
+        part = shown_part(image, config, center)
+        if part is not None:
+            picked, value_range = part
+            return _channels(resize(to_unit(picked[0], *value_range), config.size), config.channels)
+        return make_image(image.voxels, config, image.window, voi=image.voi, modality=image.modality)
+
+
+class GridKind(InputKind):
+    """9 consecutive slices of a volume tiled 3x3: 3S x 3S."""
+
+    name = "grid"
+    tiles = GRID_TILES
+    needs_volume = True
+
+    def shown_slices(self, num_slices, config, center=None) -> list[int]:
+        return grid_slices(num_slices, center, config.grid_pad)
+
+    def build(self, image, config, center=None, point=None) -> np.ndarray:
+        part = shown_part(image, config, center)
+        if part is not None:
+            picked, value_range = part
+            return _grid(picked, config, value_range)
+        return make_grid(image.voxels, config, center, image.modality)
+
+
+class PointKind(InputKind):
+    """9 planes `slice_mm` apart around a point in patient mm, each an `fov_mm` square, tiled 3x3: 3S x 3S."""
+
+    name = "point"
+    tiles = GRID_TILES
+    takes_points = True
+    needs_volume = True
+    noun = "point"
+
+    def build(self, image, config, center=None, point=None) -> np.ndarray:
+        if point is None:
+            raise ScanError("this run's input is centred on a point: give one (--points CSV or --point X,Y,Z)")
+        return point_grid(image, point, config)
+
+
+KINDS = {kind.name: kind for kind in (ImageKind(), GridKind(), PointKind())}
+
+
+def input_kind(name: str) -> InputKind:
+    if name not in KINDS:
+        raise ValueError(f"unknown input kind {name!r}; choose one of {', '.join(KINDS)}")
+    return KINDS[name]
+
+
+def choose_kind(asked: str | None, with_points: bool, scan_kinds) -> InputKind:
+    """The input kind of a run (or a preview): as asked, else a point grid for points, a slice grid for volumes
+    and an image for anything 2D (`scan_kinds`: a set of "image" / "volume")."""
+    if asked not in (None, AUTO):
+        kind = input_kind(asked)
+    elif with_points:
+        kind = KINDS["point"]
+    else:
+        kind = KINDS["grid"] if set(scan_kinds) == {"volume"} else KINDS["image"]
+    check_samples(kind, with_points)
+    return kind
+
+
+def check_samples(kind: InputKind, with_points: bool) -> None:
+    """Points for a kind that takes them, whole scans for the others: the same input in every command."""
+    if kind.takes_points and not with_points:
+        raise UserError(f"--input {kind.name} is centred on points, and none was given (split --points CSV for a "
+                        "splits file, --point X,Y,Z for preview)")
+    if with_points and not kind.takes_points:
+        points = next(k.name for k in KINDS.values() if k.takes_points)
+        raise UserError(f"--input {kind.name} takes whole scans, and points were given: leave out --input, or give "
+                        f"--input {points}")
