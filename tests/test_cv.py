@@ -193,3 +193,10 @@ def test_out_of_fold_calibration_before_is_of_the_uncalibrated_probabilities(cv_
     nll = lambda p: float(np.mean(-np.log(p[np.arange(4), labels])))  # noqa: E731
     assert scored["calibration"]["loss"] == pytest.approx(nll(raw))
     assert scored["calibration"]["loss_after"] == pytest.approx(nll(calibrated)) == pytest.approx(scored["loss"])
+
+
+def test_resume_of_a_finished_cross_validation_says_it_is_complete(cv_run):
+    from perceiver_med.training.cv import train_cv
+
+    with pytest.raises(UserError, match="is complete"):
+        train_cv(None, None, cv_run.run, resume=True)

@@ -198,3 +198,11 @@ def test_two_process_training_matches_a_one_process_evaluation(knee, tmp_path, m
         assert again[split]["loss"] == pytest.approx(trained[split]["loss"], rel=1e-4)
         assert again[split]["accuracy"] == trained[split]["accuracy"]
     assert len(list(csv.DictReader(open(out / "history.csv")))) == 2 * (1 if model == "perceiver" else 2)
+
+
+def test_resume_of_a_finished_run_says_it_is_complete(perceiver_run, run_installed):
+    """It printed 'resuming at stage perceiver, epoch 1' and scored the run again."""
+    before = (perceiver_run.run / "metrics.json").read_bytes()
+    code, _, err = run_installed("train", "--resume", "--out", perceiver_run.run)
+    assert code == 2 and "is complete" in err and "nothing to resume" in err
+    assert (perceiver_run.run / "metrics.json").read_bytes() == before

@@ -63,6 +63,9 @@ def train_cv(splits: Path | None, model_name: str | None, out: Path, *, resume: 
     processes = Processes.planned()
     with RunDir(out).lock(enabled=processes.main):
         if resume:
+            if RunDir(out).config_file.is_file():  # written last, once the ensemble is scored
+                raise UserError(f"{out} is complete (every fold and the ensemble): there is nothing to resume; "
+                                "evaluate or predict with it, or train a new cross-validation in another --out")
             model_name, options, source = _resumed(out, model_name, options, splits)
             rows = read_splits(out / FROZEN_SPLITS)
         else:

@@ -243,10 +243,9 @@ def stopping_armed(history: list[dict], stage: str, epochs: int) -> bool:
     """Whether early stopping may count epochs yet: once the stage has fitted its training set, or has run three
     quarters of its epochs.
 
-    Small lesions keep a model at chance for tens of epochs before it starts to learn (the validation loss
-    is flat all that time); counting those epochs stopped runs that had not begun to fit their training set.
-    Half the epochs was not enough: a Perceiver fold on nodule points left chance at epoch 60 of 86 and was
-    stopped at epoch 69, at training accuracy 0.67 and falling loss (benchmarks/README.md).
+    Small lesions keep a model at chance for tens of epochs before it starts to learn, with the validation loss
+    flat all that time, so counting those epochs would stop runs that have not begun to fit their training set
+    (benchmarks/README.md, "Learning small lesions", third round).
     """
     rows = [row for row in history if row["stage"] == stage]
     return len(rows) >= epochs * 3 / 4 or any(row["train_accuracy"] >= FITTED_ACCURACY for row in rows)
@@ -254,7 +253,7 @@ def stopping_armed(history: list[dict], stage: str, epochs: int) -> bool:
 
 def unfitted_note(history: list[dict], stage: str) -> str:
     """A note when a stage never fitted its training set: on small lesions that is a run still on its initial
-    plateau (a nodule-point fold sat near chance for all of its 86 epochs), which its metrics alone do not say."""
+    plateau, which its metrics alone do not say (benchmarks/README.md, "Learning small lesions", third round)."""
     rows = [row for row in history if row["stage"] == stage]
     best = max((row["train_accuracy"] for row in rows), default=0.0)
     if not rows or best >= FITTED_ACCURACY:
@@ -315,12 +314,14 @@ def fit(model: nn.Module, model_name: str, data: dict, classes: list[str], train
         ) -> FitState:
     """Fit every stage of the model; the best weights (by validation loss) end up in the model and on disk.
 
-    `on_saved(name, sha256)` is called after each save of "model.safetensors" or "checkpoint.pt" (the run
-    records the digests, so a damaged file is refused later).
+    `on_saved(name, sha256)` is called after each save of the best weights or the checkpoint (by their run file
+    names: the run records the digests, so a damaged file is refused later).
     """
+    from perceiver_med.run.rundir import RunDir
+
     model.to(device)
     stages = stages_for(model, model_name)
-    checkpoint_path, best_path = run / "checkpoint.pt", run / "model.safetensors"
+    checkpoint_path, best_path = RunDir(run).checkpoint_file, RunDir(run).weights_file
     state, saved = FitState(), None
     torch.manual_seed(derived_seed(train_cfg.seed, processes.rank))  # dropout differs between processes
     if resume:
@@ -457,9 +458,8 @@ def recompute_batch_norm(stage: Stage, inputs: torch.Tensor, train_cfg: TrainCon
     """Batch norm's running statistics, from un-augmented training inputs (precise BN, Wu & Johnson 2021).
 
     Running statistics gathered during training describe augmented batches; every augmented input is resampled
-    (bilinear) and rescaled in intensity, and a one-pixel spicule looks different afterwards. Evaluated on
-    un-augmented inputs with those statistics, a conv-stem Perceiver that fitted its training set scored 0.54 on
-    it (1.00 with statistics recomputed) and its validation accuracy swung between 0.5 and 1.0 from epoch to epoch.
+    (bilinear) and rescaled in intensity, and a one-pixel spicule looks different afterwards. Evaluation sees
+    un-augmented inputs, so its statistics come from them (benchmarks/README.md, "Learning small lesions").
     """
     norms = batch_norms(stage.module)
     if not norms or not len(inputs):

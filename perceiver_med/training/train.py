@@ -52,6 +52,9 @@ def _check_output(out: Path, rows, resume: bool) -> None:
                             f"--out {out}")
         if not RunDir(out).config_file.is_file():
             raise UserError(f"--resume needs an existing run directory, and {out} has no {CONFIG}")
+        if RunDir(out).metrics_file.is_file():
+            raise UserError(f"{out} is complete (training finished and wrote {METRICS}): there is nothing to "
+                            "resume; evaluate or predict with it, or train a new run in another --out")
     elif holds_files(out):
         raise UserError(f"{out} already holds files: choose a new --out, or add --resume to continue that run")
     refuse_inside_scans(out, rows)
