@@ -324,3 +324,17 @@ def test_report_renders_in_chromium_with_every_image_loaded_and_no_console_error
         assert not severe, severe
     finally:
         browser.quit()
+
+
+def test_the_summary_gives_the_input_as_the_model_sees_it_and_says_a_stage_never_fitted(tmp_path):
+    """A point run's inputs are 192x192 grids, not '64 pixels'; train's never-fitted note is the report's too."""
+    import shutil
+
+    from perceiver_med.results.report.build import write_report
+
+    run = tmp_path / "run"
+    shutil.copytree(Path(__file__).parent / "fixtures" / "legacy_runs" / "runs" / "lung-points-perceiver", run)
+    html = write_report(run, tmp_path / "report" / "report.html")
+    text = " ".join(html.with_suffix(".md").read_text().split())
+    assert "point inputs of 192\u00d7192 pixels (3\u00d73 tiles of 64)" in text
+    assert "Note: stage perceiver never fitted its training set (best training accuracy 0.56 in 2 epochs)" in text

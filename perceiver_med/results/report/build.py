@@ -11,6 +11,7 @@ from perceiver_med import __version__
 from perceiver_med.errors import UserError
 from perceiver_med.files import FILE_MODE, atomic_path, check_new_output, refuse_inside
 from perceiver_med.results.report import figures as figs
+from perceiver_med.training.engine import unfitted_note
 from perceiver_med.results.report.claim import checklist_table
 from perceiver_med.results.report.document import PLACEHOLDER, Image, Paragraph, Section, render_html, render_markdown
 from perceiver_med.results.report.flow import read_flow_record
@@ -72,9 +73,13 @@ def _summary(record: RunRecord) -> Section:
     ci = test.get("ci95") or {}
     at = test.get("threshold") or {}
     config = record.config
+    _, height, width = config.preprocess.output_shape
+    tiles = config.preprocess.kind.tiles
     lines = [f"{config.model['name']} classifying {', '.join(config.classes)} (positive class "
-             f"{config.positive_class}), trained on {config.preprocess.input} inputs of {config.preprocess.size} "
-             "pixels."]
+             f"{config.positive_class}), trained on {config.preprocess.input} inputs of {height}\u00d7{width} pixels"
+             + (f" ({tiles}\u00d7{tiles} tiles of {config.preprocess.size})" if tiles > 1 else "") + "."]
+    notes = (unfitted_note(record.history, stage) for stage in dict.fromkeys(row["stage"] for row in record.history))
+    lines += ["Note: " + note.removeprefix("note: ") + "." for note in notes if note]  # as train printed them
     if config.ensemble:
         oof = record.metrics.get("out_of_fold") or {}
         lines.append(f"{len(config.ensemble)}-fold cross-validation: the test split is scored by the ensemble of "

@@ -13,7 +13,7 @@ from perceiver_med.csvfiles import read_csv
 from perceiver_med.training.engine import file_sha256
 from perceiver_med.errors import UserError
 from perceiver_med.results.display import REPORTED_SPLITS
-from perceiver_med.run.rundir import CHECKPOINT, FROZEN_SPLITS, METRICS, WEIGHTS, RunDir
+from perceiver_med.run.rundir import CHECKPOINT, FROZEN_SPLITS, HISTORY, METRICS, WEIGHTS, RunDir
 from perceiver_med.inputs.splits import SplitRow
 
 REPORT_SPLITS = REPORTED_SPLITS
@@ -36,6 +36,7 @@ class RunRecord:
     rows: list[SplitRow]
     predictions: dict[str, list[Prediction]]
     prediction_paths: dict[str, list[str]]  # kept apart: paths may hold patient ids and never reach the report
+    history: list[dict]  # history.csv: stage, epoch, train_accuracy, ... per epoch (empty for a cross-validation)
 
 
 def read_run(run: Path) -> RunRecord:
@@ -60,7 +61,15 @@ def read_run(run: Path) -> RunRecord:
                                              {c: float(row.cells[f"prob_{c}"]) for c in config.classes})
                                   for row in table.rows]
             paths[split] = [row.path() for row in table.rows]
-    return RunRecord(run, config, metrics, rows, predictions, paths)
+    return RunRecord(run, config, metrics, rows, predictions, paths, _history(run / HISTORY))
+
+
+def _history(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    table = read_csv(path, "history file", ("stage", "train_accuracy"))
+    return [{"stage": row.cells["stage"], "train_accuracy": float(row.cells["train_accuracy"] or 0.0)}
+            for row in table.rows]
 
 
 @dataclass
