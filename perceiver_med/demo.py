@@ -19,9 +19,9 @@ from perceiver_med.synth.phantoms import synth
 KINDS = ("knee", "lung")
 
 
-# Knee laterality is fitted within a few epochs; nodule points can sit at chance for 20-40 epochs before the
-# Perceiver starts to learn (one fold of a 40-epoch cross-validation never left it), so the lung demo takes
-# train's own epoch count (about 600 steps) and its patience.
+# Knee laterality is fitted within a few epochs; on nodule points the Perceiver can sit at chance for tens of epochs
+# before it starts to learn, so the lung demo takes train's own epoch count (about 600 steps) and its patience
+# (benchmarks/README.md, "History", "Lung demo").
 DEFAULT_EPOCHS = {"knee": 40, "lung": 0}
 
 

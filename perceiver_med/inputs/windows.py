@@ -45,7 +45,7 @@ UNSPECIFIC_MODALITIES = {"", "OT", "SC"}
 def parse_window(value) -> str:
     """A window as --window or config.json gives it -> its canonical text ("auto", a preset, "LOW,HIGH").
 
-    Also takes (low, high) numbers, and None for "percentile" (what a window of None meant before presets).
+    Also takes (low, high) numbers, and None, which means "percentile".
     Raises UserError with the accepted values.
     """
     if value is None:

@@ -17,8 +17,8 @@ class ConvStem(nn.Module):
     The Perceiver's tokeniser (Perceiver IO's convolutional preprocessing) and the ViT's (a hybrid ViT). Max pooling
     carries a lesion of a few pixels into its token at full strength, where a linear 8x8 patch embedding mixes it
     into 64 pixels of background. Batch norm puts the features on the scale of the position features they are
-    concatenated with (a Perceiver with an unnormalised stem stayed at chance; one with GroupNorm, at chance for 25
-    epochs).
+    concatenated with; unnormalised, they drown in the byte array's LayerNorm (benchmarks/README.md, "Learning small
+    lesions").
     """
 
     def __init__(self, in_channels: int, widths: tuple[int, ...], norm: str = "batch"):
@@ -51,9 +51,9 @@ class DeepSupervision(nn.Module):
     classifier on the global max of the stem's feature map, trained beside the model and never used to predict.
 
     On small lesions attention starts uniform: the class token (or the latents) sees the mean of hundreds of tokens,
-    the lesion's few among them, and a ViT or Perceiver sat at chance for 60 epochs while the same stem under a
-    global max pool (the CNN baseline) learnt. The auxiliary loss trains the stem as the CNN baseline's loss does,
-    so the tokens carry the lesion's features by the time attention has to find them.
+    the lesion's few among them, so the transformer's own loss trains the stem slowly. The auxiliary loss trains the
+    stem as the CNN baseline's (the same stem under a global max pool) does, so the tokens carry the lesion's
+    features by the time attention has to find them (benchmarks/README.md, "Learning small lesions", third round).
     """
 
     def __init__(self, channels: int, num_classes: int, weight: float):
@@ -125,7 +125,7 @@ class ConvNet(nn.Module):
         pool: "max" or "mean" over the last feature map. Max keeps a lesion of a few pixels as strong as it is;
             the mean divides it by the map's area (a 4-pixel nodule in a 192x192 grid: by ~500).
         block: "residual" (two conv-BN-ReLU per stage, strided) or "plain" (one conv3x3-ReLU per stage, 2x2 max
-            pooling between stages: the three-layer CNN that small nodules are measured against).
+            pooling between stages: the CNN baseline).
         norm: normalisation after each convolution of a plain block: "batch", "group" or "none".
         pool_grid: pool each cell of a pool_grid x pool_grid division of the last feature map and concatenate: 1 is
             global pooling; 3 keeps which tile of a 3x3 slice grid a feature came from.

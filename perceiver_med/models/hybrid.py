@@ -20,12 +20,12 @@ class ViTRolloutCNN(nn.Module):
         cnn: keyword arguments of the ConvNet (its in_channels is set to image channels + 1).
         head_fusion, discard_ratio: attention rollout options.
         zero_rollout: start the CNN's first weights on the rollout channel at zero, so that the second stage starts
-            as the CNN baseline on the image and takes up the rollout as far as it helps. With random weights there,
-            the rollout of a ViT still at chance held the CNN stage at 0.70-0.80 of its training set on nodule
-            points, where the same CNN alone fitted 0.98 (benchmarks/README.md, "Learning small lesions").
+            as the CNN baseline on the image and takes up the rollout as far as it helps: the rollout of a ViT still
+            at chance is noise that random weights there pass on (benchmarks/README.md, "Learning small lesions",
+            third round).
         residual: the hybrid's logits are the frozen ViT's plus the CNN's, and the CNN's head starts at zero: the
-            second stage starts as the trained ViT and learns a correction to it. Without, the CNN stage decided
-            alone and lost test nodules its own ViT had right (0.958 at two of three seeds where the ViT scored 1.000).
+            second stage starts as the trained ViT and learns a correction to it, so it keeps what the ViT knows
+            (benchmarks/README.md, "Learning small lesions", fourth round).
     """
 
     def __init__(self, *, vit: dict | None = None, cnn: dict | None = None, head_fusion: str = "mean",
@@ -64,10 +64,9 @@ class ViTRolloutCNN(nn.Module):
         """The hybrid's logits with `cnn` as its second stage (self.cnn, or the wrapper that trains it).
 
         With residual, while the CNN stage trains, the frozen ViT normalises with the statistics of the batch, as in
-        its own training: its running statistics describe un-augmented inputs (engine.recompute_batch_norm), and
-        with them a ViT that fitted 16 hard-set volumes scored 0.56-0.69 on augmented ones, 0.94-1.00 with batch
-        statistics. A residual CNN stage learnt to correct that error, which is not there at evaluation (hybrid 0.69
-        on its training set, its ViT 1.00).
+        its own training: its running statistics describe un-augmented inputs (engine.recompute_batch_norm), and on
+        augmented ones they would give errors the CNN stage learns to correct although evaluation never makes them
+        (benchmarks/README.md, "Learning small lesions", fourth round).
         """
         # self.cnn's mode, not cnn's: fit switches the CNN itself between train and eval, never its DDP wrapper
         with batch_statistics(self.vit, self.residual and self.cnn.training):

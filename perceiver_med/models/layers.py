@@ -49,16 +49,16 @@ def batch_statistics(module: nn.Module, enabled: bool = True):
 
 
 # Where attention is explicit, the batch is cut into slices of at most this many scores (16 MB in bf16): glibc maps
-# every block over 32 MB afresh from the kernel, page by zero-filled page, on every call. In halves, the Perceiver's
-# (32, 1, 128, 4096) bf16 scores, softmax and their gradients took 0.7x the time (+5% for a whole training step).
+# every block over 32 MB afresh from the kernel, page by zero-filled page, on every call (benchmarks/README.md,
+# "Models", "CPU with bf16 units").
 SCORES_PER_SLICE = 2 ** 23
 
 
 def fused_attention_is_faster(q: torch.Tensor) -> bool:
     """True unless q is bf16 on a CPU, or CPU bf16 autocast is on.
 
-    There torch's fused kernel ran 3x slower than bf16 matmuls and a softmax (forward and backward of the
-    reference Perceiver's latent attention, AVX512-BF16 EPYC, torch 2.13); in fp32 it is the faster one.
+    There torch's fused kernel is slower than bf16 matmuls and a softmax; in fp32 it is the faster one
+    (benchmarks/README.md, "Models", "CPU with bf16 units").
     """
     if q.device.type != "cpu":
         return True

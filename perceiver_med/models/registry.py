@@ -130,19 +130,18 @@ def _merged(defaults, given: dict | None) -> dict:
 
 # ---------------------------------------------------------------- the models' configs (train's defaults)
 STEM_WIDTHS = (16, 32, 64)  # the conv stem of the Perceiver and the ViT: three conv-BN-ReLU-maxpool stages, 8x smaller
-# Deep supervision of that stem (models.cnn.DeepSupervision) at the weight of the model's own loss: on nodule points
-# a Perceiver fold and the hybrid's ViT sat at chance for 60 epochs without it, and with it left chance at epoch ~45
-# and ~52. Weight 3 was no surer: it rescued one fold and lost another (benchmarks/README.md, "Learning small
-# lesions", third round).
+# Deep supervision of that stem (models.cnn.DeepSupervision) at the weight of the model's own loss: it lets both
+# transformers leave their initial plateau on nodule points, and a larger weight is no surer (benchmarks/README.md,
+# "Learning small lesions", third round).
 DEEP_SUPERVISION = 1.0
 
 
 @dataclass
 class PerceiverConfig:
     """train's Perceiver. A conv stem makes the byte array (24x24 elements for a grid, 8x8 for a 64x64 image): its
-    max pooling carries a 3-6 pixel nodule into one element at full strength, where linear 8x8 patches mixed it into
-    64 pixels of background and the Perceiver stayed at chance (benchmarks/README.md, "Learning small lesions").
-    max_freq None: the elements per side of the byte array."""
+    max pooling carries a 3-6 pixel nodule into one element at full strength, where linear 8x8 patches would mix it
+    into 64 pixels of background (benchmarks/README.md, "Learning small lesions"). max_freq None: the elements per
+    side of the byte array."""
 
     in_channels: int = 1
     image_size: int = 64
@@ -176,8 +175,8 @@ class PerceiverConfig:
 @dataclass
 class CNNConfig:
     """train's CNN baseline, also the hybrid's second stage: global max pooling, so a nodule of a few pixels is not
-    averaged away over a 192x192 grid (mean pooling left the hybrid's CNN at chance on 3-6 pixel nodules), and batch
-    norm, with which it fitted 16 hard-set volumes by epoch 22 where it sat at loss 0.68 for 65 without."""
+    averaged away over a 192x192 grid, and batch norm, which lets it fit small hard sets (benchmarks/README.md,
+    "Learning small lesions", "Defaults now")."""
 
     in_channels: int = 1
     num_classes: int = 2
@@ -194,9 +193,10 @@ class CNNConfig:
 
 @dataclass
 class HybridViTConfig:
-    """The hybrid's ViT reads the tokens of a conv stem (the hybrid ViT of Dosovitskiy et al.): 8x8 or 16x16 linear
-    patches left it at chance on 3-6 pixel nodules. One more stage for sides over 96 (grids) keeps 12x12 tokens (8x8
-    for a 64x64 image), so the rollout map stays a map (stem_widths None: chosen so)."""
+    """The hybrid's ViT reads the tokens of a conv stem (the hybrid ViT of Dosovitskiy et al.), which carry a 3-6
+    pixel nodule at full strength where linear patches dilute it (benchmarks/README.md, "Learning small lesions").
+    One more stage for sides over 96 (grids) keeps 12x12 tokens (8x8 for a 64x64 image), so the rollout map stays a
+    map (stem_widths None: chosen so)."""
 
     in_channels: int = 1
     image_size: int = 64
@@ -228,10 +228,10 @@ class HybridCNNConfig:
 
 @dataclass
 class HybridConfig:
-    """train's ViT + rollout + CNN. The second stage is the CNN baseline (global max pooling): a ResNet-style stage
-    with global mean pooling stayed at chance on such nodules; its weights on the rollout channel start at zero
-    (zero_rollout), and its logits add to the ViT's (residual): the CNN stage deciding alone lost test nodules its
-    ViT had right. `vit` and `cnn` given in part are completed from HybridViTConfig and HybridCNNConfig."""
+    """train's ViT + rollout + CNN. The second stage is the CNN baseline (global max pooling, which keeps a small
+    nodule's response); its weights on the rollout channel start at zero (zero_rollout), and its logits add to the
+    ViT's (residual), so it corrects the ViT rather than replacing it (ViTRolloutCNN). `vit` and `cnn` given in part
+    are completed from HybridViTConfig and HybridCNNConfig."""
 
     vit: dict | None = None
     cnn: dict | None = None

@@ -2,9 +2,10 @@
 
 Attention is not evidence. A trained Perceiver may read a place most when it is empty: on phantom knees its
 mean cross-attention sits where the *other* side's fibula would be, and on a task decided by one bright dot
-it looks away from the dot when the dot is there. So the overlays show evidence measured on the prediction
-itself: how much log p(predicted class) falls when one patch of the input is painted dark or bright. The
-model-free map is registered with the picture by construction and means the same for every model.
+it looks away from the dot when the dot is there (benchmarks/README.md, "History", "What the demo run's
+evidence rests on"). So the overlays show evidence measured on the prediction itself: how much
+log p(predicted class) falls when one patch of the input is painted dark or bright. The model-free map is
+registered with the picture by construction and means the same for every model.
 """
 from __future__ import annotations
 

@@ -176,8 +176,9 @@ class LungDifficulty:
 
 
 LUNG_CENTRES = (-0.2, 0.2)  # of the small-nodule phantom, as fractions of the width from the middle
-# "easy" is the original phantom (size and a calcified core give the class away); on "hard" (3-6 pixel nodules)
-# both transformer families once stayed at chance while a three-layer CNN reached 0.96
+# "easy": size and a calcified core give the class away; "medium" and "hard": 4.2-6.3 mm and 2.1-4.2 mm nodules
+# (3-6 pixels on "hard") that differ only in shape, the benchmark of learning small lesions (benchmarks/README.md,
+# "Learning small lesions")
 DIFFICULTIES = {"easy": None, "medium": LungDifficulty(nodule_mm=(4.2, 6.3), spread_mm=2.0),
                 "hard": LungDifficulty()}
 

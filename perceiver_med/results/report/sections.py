@@ -177,20 +177,18 @@ def software_section(versions: list[tuple[str, str, str]], digests: list[FileDig
 
 # ---------------------------------------------------------------- decision and metrics
 def decision_section(record: RunRecord) -> Section:
-    metrics = record.metrics
-    threshold, bootstrap = metrics.get("threshold") or {}, metrics.get("bootstrap") or {}
-    value = threshold.get("value")
-    rows = [["positive class", Cell(str(metrics.get("positive_class", record.config.positive_class)),
-                                    "decision-positive")],
+    metrics = record.metrics  # every key below is written by scoring.run_summary
+    threshold, bootstrap = metrics["threshold"], metrics["bootstrap"]
+    value = threshold["value"]
+    rows = [["positive class", Cell(str(metrics["positive_class"]), "decision-positive")],
             ["threshold", Cell("most probable class" if value is None else f"{value:.6g}", "decision-threshold")],
-            ["threshold rule", Cell(str(threshold.get("rule", record.config.threshold_rule)), "decision-rule")],
-            ["threshold chosen on", str(threshold.get("chosen_on") or "not chosen (default)")],
-            ["threshold applies to", str(threshold.get("applies_to", ""))],
-            ["temperature", Cell(f"{metrics.get('temperature', 1.0):.6g}", "decision-temperature")],
-            ["temperature fitted on", str(metrics.get("temperature_fitted_on") or "not fitted (default 1)")],
-            ["bootstrap", f"{bootstrap.get('resamples', '?')} resamples of {bootstrap.get('unit', '?')}s, seed "
-                          f"{bootstrap.get('seed', '?')}; {bootstrap.get('interval', '')}" if bootstrap
-             else "none recorded"]]
+            ["threshold rule", Cell(str(threshold["rule"]), "decision-rule")],
+            ["threshold chosen on", str(threshold["chosen_on"] or "not chosen (default)")],
+            ["threshold applies to", str(threshold["applies_to"])],
+            ["temperature", Cell(f"{metrics['temperature']:.6g}", "decision-temperature")],
+            ["temperature fitted on", str(metrics["temperature_fitted_on"] or "not fitted (default 1)")],
+            ["bootstrap", f"{bootstrap['resamples']} resamples of {bootstrap['unit']}s, seed {bootstrap['seed']}; "
+                          f"{bootstrap['interval']}"]]
     return Section("decision", "Threshold and calibration", [
         Paragraph("The temperature and the threshold were fitted on the validation split alone, before the test "
                   "split was scored; every probability and decision below uses them."),
