@@ -113,7 +113,9 @@ def test_predict_and_explain_on_a_folder_the_model_has_not_seen(perceiver_run, t
     code, out, err = run_cli("predict", perceiver_run.run, unseen, "--out", tmp_path / "pred.csv", "--device", "cpu")
     assert code == 0, err
     rows = _predictions(tmp_path / "pred.csv")
-    assert len(rows) == count and list(rows[0])[:2] == ["path", "pred"]
+    # DICOM laterality labels the knees of a left/right run, as explain reads it
+    assert len(rows) == count and list(rows[0])[:3] == ["path", "label", "pred"]
+    assert {r["label"] for r in rows} <= {"left", "right"}
     probs = np.array([[float(r["prob_left"]), float(r["prob_right"])] for r in rows])
     np.testing.assert_allclose(probs.sum(1), 1, rtol=1e-9)
     assert "README.txt" in out and "PHANTOM" not in out + err
