@@ -613,7 +613,8 @@ def predict(run: Annotated[Path, typer.Argument(help="run directory", metavar="R
         _print_accuracy(known, "points file" if points else "class folders" if not is_laterality(classes)
                         else "class folders or laterality")
     _print_skips(skipped)
-    console.print(summary_line(len(predictions), len(skipped), f"{'point' if points else 'scan'}(s) predicted")
+    noun = "point(s)" if points else "scan(s)"
+    console.print(summary_line(len(predictions), len(skipped), f"{noun} predicted")
                   + f"; written to [bold]{escape(str(out))}[/]")
 
 

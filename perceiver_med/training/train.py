@@ -198,7 +198,7 @@ def _train(rows, config: RunConfig, out: Path, resume: bool, reporter: Reporter,
             _write_config(out, config)
         reporter.message(f"{config.model['name']}: {model.num_parameters:,} parameters, input "
                          f"{config.preprocess.input} {config.preprocess.output_shape}, {len(loaded.rows)} "
-                         f"{'points' if config.preprocess.input == 'point' else 'scans'}, "
+                         f"{config.preprocess.kind.noun}s, "
                          f"device {device}" + (f" x {processes.world} processes" if processes.world > 1 else "")
                          + ("" if config.augment.flip else ", no horizontal flip"))
 

@@ -8,6 +8,7 @@ from perceiver_med.results.report.document import PLACEHOLDER, Box, Cell, Flow, 
 from perceiver_med.results.report.flow import SplitCounts, patients_in_two_splits, read_flow_record, split_counts
 from perceiver_med.results.report.headers import NOT_RECORDED, Characteristics
 from perceiver_med.results.report.run_record import REPORT_SPLITS, FileDigest, RunRecord
+from perceiver_med.run.rundir import CONFIG
 
 SAMPLE_METRICS = (("n", "samples scored"), ("roc_auc", "ROC AUC"), ("accuracy", "accuracy"),
                   ("balanced_accuracy", "balanced accuracy"), ("f1_macro", "F1 (macro)"),
@@ -171,7 +172,7 @@ def software_section(versions: list[tuple[str, str, str]], digests: list[FileDig
     return Section("software", "Software and files", [
         Table(["software", "at training (config.json)", "writing this report"],
               [[name, trained or "not recorded", now] for name, trained, now in versions]),
-        Table(["file in the run", "bytes", "SHA-256", "config.json"],
+        Table(["file in the run", "bytes", "SHA-256", CONFIG],
               [[d.name, str(d.size), d.sha256, d.recorded] for d in digests])])
 
 
@@ -240,10 +241,16 @@ def metrics_section(record: RunRecord) -> Section:
                                     f"per {unit}: {rule}", f"u-{unit}"))
     if isinstance(record.metrics.get("cross_validation"), dict):
         blocks += _folds_blocks(record.metrics["cross_validation"])
-    if "vit" in record.metrics:  # the hybrid's first stage alone, uncalibrated
-        blocks.append(_metric_table(record.metrics["vit"], SAMPLE_METRICS, lambda v: v if v.get("n") else None,
-                                    "stage one of the hybrid: the ViT alone (no temperature, no threshold)", "vit"))
+    for stage, scored in _earlier_stages(record.metrics):  # e.g. the hybrid's ViT alone, uncalibrated
+        blocks.append(_metric_table(scored, SAMPLE_METRICS, lambda v: v if v.get("n") else None,
+                                    f"stage {stage} alone (no temperature, no threshold)", stage))
     return Section("metrics", "Metrics", blocks)
+
+
+def _earlier_stages(metrics: dict) -> list[tuple[str, dict]]:
+    """metrics.json's entries of a model's earlier training stages, each scored alone: {split: metrics}."""
+    return [(name, value) for name, value in metrics.items() if name not in REPORT_SPLITS
+            and isinstance(value, dict) and value and set(value) <= {"train", "val", "test"}]
 
 
 def _folds_blocks(cross_validation: dict) -> list:
