@@ -97,11 +97,13 @@ def test_a_bad_window_is_refused_with_a_sentence(bad):
         parse_window(bad)
 
 
-def test_old_runs_without_a_window_name_load_as_auto():
-    old = {"input": "grid", "size": 32, "channels": 1, "window": [-1000.0, 400.0], "grid_pad": False}
-    assert PreprocessConfig.from_dict(old).window == "auto"
-    assert PreprocessConfig.from_dict({"input": "image"}).window == "auto"
-    assert PreprocessConfig.from_dict(PreprocessConfig(window="bone").to_dict()).window == "bone"
+def test_a_stored_window_is_its_name_and_numbers_are_refused():
+    from perceiver_med.training.config import from_dict, to_dict
+
+    assert from_dict(PreprocessConfig, to_dict(PreprocessConfig(window="bone"))).window == "bone"
+    assert from_dict(PreprocessConfig, {"input": "image"}).window == "auto"
+    with pytest.raises(ValueError, match="preprocess.window must be text"):
+        from_dict(PreprocessConfig, {"input": "grid", "window": [-1000.0, 400.0]}, "preprocess")
 
 
 def test_the_cache_key_changes_with_the_window(tmp_path):

@@ -1,23 +1,130 @@
-"""Run configuration: dataclasses <-> JSON, stored in every run as config.json."""
+"""Run settings: dataclasses, stored in every run as config.json, written and read by one generic pair.
+
+`to_dict(config)` gives the JSON form of any config dataclass; `from_dict(cls, data)` rebuilds one and checks it
+on the way: each value's type against the dataclass's annotations (nested dataclasses, lists, dicts, Optional;
+floats finite), unknown keys refused, then the dataclass's own `check()` (ranges, known names). Every refusal is
+one ValueError that starts with the field's dotted path in config.json (`decision.temperature must be ...`).
+"""
 from __future__ import annotations
 
 import json
+import math
 import platform
-from dataclasses import asdict, dataclass, field
+import types
+import typing
+from dataclasses import MISSING, dataclass, field, fields, is_dataclass
 from pathlib import Path
 
 from perceiver_med import __version__
 from perceiver_med.inputs.loading import AugmentConfig
 from perceiver_med.errors import UserError
 from perceiver_med.inputs.preprocess import PreprocessConfig
-from perceiver_med.models.registry import get_spec
+from perceiver_med.models.registry import get_spec, num_classes
 
 LATERALITY_LABELS = {"left", "right", "l", "r"}
 
 
+# ---------------------------------------------------------------- dataclasses <-> JSON
+def to_dict(config):
+    """A config dataclass (or a list or dict of them) as JSON values: fields in declaration order, tuples as lists."""
+    if is_dataclass(config) and not isinstance(config, type):
+        return {f.name: to_dict(getattr(config, f.name)) for f in fields(config)}
+    if isinstance(config, dict):
+        return {key: to_dict(value) for key, value in config.items()}
+    if isinstance(config, (list, tuple)):
+        return [to_dict(value) for value in config]
+    return config
+
+
+def from_dict(cls: type, data, where: str = ""):
+    """The dataclass `cls` from its JSON form, checked: ValueError naming the field (`where` is cls's own path).
+
+    A key the data leaves out takes the field's default; a key the dataclass does not hold is refused, as is a value
+    of another type. The built object's `check()`, where it has one, checks ranges and names.
+    """
+    if not isinstance(data, dict):
+        raise ValueError(f"{where or 'the file'} must be a JSON object, not {_shown(data)}")
+    known = {f.name: f for f in fields(cls) if f.init}
+    unknown = [key for key in data if key not in known]
+    if unknown:
+        raise ValueError(f"{_at(where, unknown[0])} is not a setting this version knows")
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for name, spec in known.items():
+        if name in data:
+            values[name] = _value(hints[name], data[name], _at(where, name))
+        elif spec.default is MISSING and spec.default_factory is MISSING:
+            raise ValueError(f"{_at(where, name)} is missing")
+    try:
+        config = cls(**values)
+    except (TypeError, ValueError, UserError) as exc:  # the dataclass's own parsing (a window's text)
+        raise ValueError(f"{where or cls.__name__}: {exc}") from None
+    if hasattr(config, "check"):
+        try:
+            config.check()
+        except ValueError as exc:  # its message starts with the field's name
+            raise ValueError(_at(where, str(exc))) from None
+    return config
+
+
+def _value(hint, value, where: str):
+    """`value` as the annotation `hint` wants it, or ValueError."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [arg for arg in args if arg is not type(None)]  # the configs' unions are all Optional
+        return _value(inner, value, where)
+    if is_dataclass(hint):
+        return from_dict(hint, value, where)
+    if hint is typing.Any:
+        return value
+    if hint is list or origin is list:
+        if not isinstance(value, list):
+            raise ValueError(f"{where} must be a list, not {_shown(value)}")
+        item = args[0] if args else typing.Any
+        return [_value(item, v, f"{where}[{k}]") for k, v in enumerate(value)]
+    if hint is dict or origin is dict:
+        if not isinstance(value, dict):
+            raise ValueError(f"{where} must be a JSON object, not {_shown(value)}")
+        item = args[1] if args else typing.Any
+        return {key: _value(item, v, f"{where}.{key}") for key, v in value.items()}
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ValueError(f"{where} must be true or false, not {_shown(value)}")
+        return value
+    if hint is int:
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise ValueError(f"{where} must be a whole number, not {_shown(value)}")
+        return value
+    if hint is float:
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+            raise ValueError(f"{where} must be a finite number, not {_shown(value)}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ValueError(f"{where} must be text, not {_shown(value)}")
+        return value
+    raise TypeError(f"{where}: a config field of type {hint} has no JSON form")
+
+
+def _at(where: str, name: str) -> str:
+    return f"{where}.{name}" if where else name
+
+
+def _shown(value) -> str:
+    text = json.dumps(value) if not isinstance(value, float) or math.isfinite(value) else repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+# ---------------------------------------------------------------- the settings
+# Settings of where a run runs, not of what it learns: a resume may change them. They live in "train" in config.json.
+RUNTIME = {"runtime": True}
+
+
 @dataclass
 class TrainConfig:
-    """Optimisation settings.
+    """Optimisation settings, and (marked RUNTIME, last) where the training runs.
 
     Args:
         epochs: maximum epochs (per stage for the hybrid); 0 picks enough for about 600 optimiser steps,
@@ -30,9 +137,9 @@ class TrainConfig:
             only once the training set is fitted (95% training accuracy) or 3/4 of the epochs have run.
         grad_clip: maximum gradient norm.
         seed: seed of weights, shuffling and augmentation.
-        num_workers: processes for preprocessing.
         class_weights: "none" or "auto" (inverse class frequency in the training loss only).
         label_smoothing: training loss only; reported losses never use it.
+        num_workers: processes for preprocessing.
         device: "auto", "cpu", "cuda" or "mps".
         precision: "auto" (bf16 autocast on CUDA and on CPUs with native bf16 units), "bf16" or "fp32".
     """
@@ -45,11 +152,30 @@ class TrainConfig:
     patience: int = 20
     grad_clip: float = 1.0
     seed: int = 0
-    num_workers: int = 0
     class_weights: str = "none"
     label_smoothing: float = 0.0
-    device: str = "auto"
-    precision: str = "auto"
+    num_workers: int = field(default=0, metadata=RUNTIME)
+    device: str = field(default="auto", metadata=RUNTIME)
+    precision: str = field(default="auto", metadata=RUNTIME)
+
+    def check(self) -> None:
+        for name in ("epochs", "patience", "seed", "num_workers"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be 0 or more, not {getattr(self, name)}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be 1 or more, not {self.batch_size}")
+        for name in ("lr", "grad_clip"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be more than 0, not {getattr(self, name)}")
+        for name in ("weight_decay", "warmup_epochs"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"{name} must be 0 or more, not {getattr(self, name)}")
+        if not 0 <= self.label_smoothing < 1:
+            raise ValueError(f"label_smoothing must be in [0, 1), not {self.label_smoothing}")
+        for name, choices in (("class_weights", ("none", "auto")), ("device", ("auto", "cpu", "cuda", "mps")),
+                              ("precision", ("auto", "bf16", "fp32"))):
+            if getattr(self, name) not in choices:
+                raise ValueError(f"{name} must be {' or '.join(choices)}, not {getattr(self, name)!r}")
 
 
 @dataclass
@@ -60,7 +186,7 @@ class Decision:
         temperature: softmax temperature applied to every probability the run reports (1: none).
         temperature_fitted_on: "val", or why the temperature is the default.
         threshold: for two classes, the positive class is called when its calibrated probability is at least
-            this; None (runs written before thresholds existed, more than two classes): the most probable class.
+            this; None (more than two classes): the most probable class.
         rule: the --threshold rule that chose it, or why it is the default.
         chosen_on: "val" when a rule chose it from the validation split, "fixed" for 0.5, "" for a default.
     """
@@ -70,6 +196,13 @@ class Decision:
     threshold: float | None = None
     rule: str = "argmax"
     chosen_on: str = ""
+
+    def check(self) -> None:
+        if not (math.isfinite(self.temperature) and self.temperature > 0):
+            raise ValueError(f"temperature must be a finite number more than 0, not {self.temperature}")
+        # choose_threshold puts its top candidate just above the highest score, a hair above 1 when that is 1
+        if self.threshold is not None and not 0 <= self.threshold <= math.nextafter(1.0, 2.0):
+            raise ValueError(f"threshold must be null or a probability in [0, 1], not {self.threshold}")
 
 
 @dataclass
@@ -84,7 +217,7 @@ class RunConfig:
         splits_sha256, weights_sha256: SHA-256 of the run's splits.csv and model.safetensors.
         checkpoint_sha256: SHA-256 of the last two checkpoint.pt files written (a resume accepts either).
         threshold_rule: train's --threshold as asked (youden, f1, 0.5, sensitivity=X, specificity=X).
-        decision: the temperature and threshold fitted after training (defaults for older runs: none, argmax).
+        decision: the temperature and threshold fitted after training.
         fold: the cross-validation fold this run held out as its val split (train --fold), else None.
         ensemble: for a cross-validated run (train --cv), its members' folders (fold_<k>), whose calibrated
             probabilities are averaged; its own decision is then fitted on their out-of-fold predictions.
@@ -104,47 +237,58 @@ class RunConfig:
     splits_sha256: str = ""
     weights_sha256: str = ""
     checkpoint_sha256: list[str] = field(default_factory=list)
-    versions: dict = field(default_factory=dict)
+    versions: dict[str, str | None] = field(default_factory=dict)
     threshold_rule: str = "0.5"
     decision: Decision = field(default_factory=Decision)
     fold: int | None = None
     ensemble: list[str] = field(default_factory=list)
     input_version: int = 0
 
+    def check(self) -> None:
+        from perceiver_med.results.statistics import parse_threshold_rule
+
+        if len(self.classes) < 2 or len(set(self.classes)) != len(self.classes) or "" in self.classes:
+            raise ValueError(f"classes must be two or more distinct names, not {_shown(self.classes)}")
+        if self.positive_class not in self.classes:
+            raise ValueError(f"positive_class {self.positive_class!r} is not one of the classes: "
+                             f"{', '.join(self.classes)}")
+        if not set(self.scan_kinds) <= {"image", "volume"}:
+            raise ValueError(f"scan_kinds must hold \"image\" and/or \"volume\", not {_shown(self.scan_kinds)}")
+        try:
+            if parse_threshold_rule(self.threshold_rule) != self.threshold_rule:
+                raise UserError(f"not {self.threshold_rule!r}")
+        except UserError as exc:
+            raise ValueError(f"threshold_rule: {exc}") from None
+        if self.fold is not None and self.fold < 0:
+            raise ValueError(f"fold must be null or 0 or more, not {self.fold}")
+        self._check_model()
+        side = self.preprocess.output_shape[-1]
+        if self.augment.tiles < 1 or side % self.augment.tiles:
+            raise ValueError(f"augment.tiles must divide the input's side ({side}), not {self.augment.tiles}")
+
+    def _check_model(self) -> None:
+        """The model's name is registered and its settings have their config dataclass's types (its weights file
+        says whether they are its sizes: RunDir.load_model)."""
+        try:
+            spec = get_spec(self.model.get("name"))
+        except ValueError as exc:
+            raise ValueError(f"model.name: {exc}") from None
+        names = {f.name for f in fields(spec.config)}
+        from_dict(spec.config, {k: v for k, v in self.model.items() if k in names}, "model")
+        outputs = num_classes(self.model)
+        if outputs != len(self.classes):
+            raise ValueError(f"classes: {len(self.classes)} names for a model with {outputs} outputs")
+
     def to_json(self) -> str:
-        data = {"classes": self.classes, "positive_class": self.positive_class,
-                "preprocess": self.preprocess.to_dict(), "model": self.model, "train": asdict(self.train),
-                "augment": asdict(self.augment), "scan_kinds": self.scan_kinds,
-                "modality_groups": self.modality_groups, "splits_file": self.splits_file,
-                "splits_sha256": self.splits_sha256, "weights_sha256": self.weights_sha256,
-                "checkpoint_sha256": self.checkpoint_sha256, "threshold_rule": self.threshold_rule,
-                "decision": asdict(self.decision), "fold": self.fold, "ensemble": self.ensemble,
-                "input_version": self.input_version,
-                "versions": self.versions or versions()}
-        return json.dumps(data, indent=2)
+        return json.dumps({**to_dict(self), "versions": self.versions or versions()}, indent=2)
 
     @classmethod
     def from_json(cls, text: str) -> "RunConfig":
-        data = json.loads(text)
-        classes = [str(c) for c in data["classes"]]
-        return cls(classes=classes, preprocess=PreprocessConfig.from_dict(data["preprocess"]),
-                   model=dict(data["model"]), train=TrainConfig(**data["train"]),
-                   augment=AugmentConfig(**data["augment"]),
-                   positive_class=str(data.get("positive_class") or classes[-1]),
-                   scan_kinds=list(data.get("scan_kinds", [])), modality_groups=list(data.get("modality_groups", [])),
-                   splits_file=data.get("splits_file", ""), splits_sha256=data.get("splits_sha256", ""),
-                   weights_sha256=data.get("weights_sha256", ""),
-                   checkpoint_sha256=list(data.get("checkpoint_sha256", [])), versions=data.get("versions", {}),
-                   threshold_rule=str(data.get("threshold_rule", "0.5")),
-                   decision=Decision(**data.get("decision", {})),
-                   fold=None if data.get("fold") is None else int(data["fold"]),
-                   ensemble=[str(member) for member in data.get("ensemble", [])],
-                   input_version=int(data.get("input_version") or 0))
+        return from_dict(cls, json.loads(text))
 
 
 # ---------------------------------------------------------------- train's options and --resume
-# Settings of where a run runs, not of what it learns: a resume may change them.
-RUNTIME_OPTIONS = ("device", "num_workers", "precision")
+RUNTIME_OPTIONS = tuple(f.name for f in fields(TrainConfig) if f.metadata.get("runtime"))
 
 
 def canonical_options(options: dict) -> dict:
@@ -182,13 +326,19 @@ def check_resume(run: Path, record: str, stored: dict, asked: dict) -> None:
 
 
 def load_run_config(run: Path) -> RunConfig:
+    """A run's config.json, checked whole before anything is built from it: one UserError line naming the file and
+    the first field refused."""
     path = Path(run) / "config.json"
     if not path.is_file():
         raise UserError(f"{run} is not a run directory (no config.json)")
     try:
         return RunConfig.from_json(path.read_text())
-    except (ValueError, KeyError, TypeError) as exc:
-        raise UserError(f"{path} is damaged or not a perceiver-med config: {exc}") from None
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{path} is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise UserError(f"{path} is nested too deeply to be a perceiver-med config") from None
+    except (ValueError, OSError) as exc:
+        raise UserError(f"{path} is refused: {exc}") from None
 
 
 # distributions whose versions a reader needs to rebuild the environment (recorded in config.json; the report
