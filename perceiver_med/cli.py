@@ -585,7 +585,7 @@ def predict(run: Annotated[Path, typer.Argument(help="run directory", metavar="R
     """Predict every scan found in a folder with the run's preprocessing."""
     from rich.table import Table
 
-    from perceiver_med.training.config import load_run_config
+    from perceiver_med.run.rundir import load_run_config
     from perceiver_med.results.predictions import predict_run
 
     _voxel_budget(max_voxels)

@@ -57,14 +57,13 @@ def atomic_text(target: Path | str, write: Callable) -> None:
 
 
 def refuse_inside_runs(output: Path | str) -> None:
-    """Nothing is written inside a run directory (a folder with a config.json beside weights, a checkpoint or
-    a lock): a run holds only what training wrote, so its digests and its frozen splits stay true."""
+    """Nothing is written inside a run directory (run.rundir.is_run_directory): a run holds only what training
+    wrote, so its digests and its frozen splits stay true."""
+    from perceiver_med.run.rundir import is_run_directory
+
     for folder in Path(output).resolve().parents:
-        if (folder / "config.json").is_file() and any((folder / name).exists() for name in RUN_MARKERS):
+        if is_run_directory(folder):
             raise UserError(f"{output} is inside the run directory {folder}: write outputs elsewhere")
-
-
-RUN_MARKERS = ("model.safetensors", "checkpoint.pt", ".lock")
 
 
 def check_new_output(path: Path | str, overwrite: bool = False) -> None:

@@ -278,6 +278,7 @@ def test_a_damaged_checkpoint_is_not_resumed(run_installed, run, tmp_path):
     middle = len(data) // 2
     data[middle:middle + 64] = bytes(b ^ 0x55 for b in data[middle:middle + 64])
     (damaged / "checkpoint.pt").write_bytes(bytes(data))
+    (damaged / "metrics.json").unlink()  # an interrupted run: a finished one is not resumed at all
     err = one_line(run_installed("train", "--resume", "--out", damaged))
     assert "checkpoint.pt" in err and "SHA-256" in err
 

@@ -271,7 +271,7 @@ def test_train_stores_the_point_grid_and_predict_writes_one_row_per_point(point_
 
 def test_preview_of_a_point_is_the_grid_train_used(point_run, run_installed):
     from perceiver_med.inputs.cache import InputRequest, prepare
-    from perceiver_med.training.config import load_run_config
+    from perceiver_med.run.rundir import load_run_config
 
     root, _ = point_run
     first = _points(root / "d" / "points.csv")[0]

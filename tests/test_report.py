@@ -51,7 +51,7 @@ def reported(tmp_path_factory):
                 ds.Manufacturer = "ACME"
             ds.save_as(file)
     (data / "notes.txt").write_text("not a scan\n")
-    result = split_folder(data, root / "splits.csv", seed=0)
+    split_folder(data, root / "splits.csv", seed=0)
     run = train_run(root / "splits.csv", "perceiver", root / "run", **TINY_PERCEIVER_RUN).run
     html = write_report(run, root / "out" / "report.html")
     return {"root": root, "data": data, "run": run, "html": html, "patients": patients,

@@ -17,7 +17,7 @@ import threading
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -89,7 +89,7 @@ INPUT_VERSION = 2
 def cache_key(request: InputRequest, config: PreprocessConfig, identity: list | None = None) -> str:
     """`identity`: `_identity` of the request's files, when the caller has it already (points of one scan)."""
     point = None if request.point is None else [float(v) for v in request.point]
-    blob = json.dumps([__version__, INPUT_VERSION, config.to_dict(), request.slice, point,
+    blob = json.dumps([__version__, INPUT_VERSION, asdict(config), request.slice, point,
                        identity if identity is not None else _identity(request.path, request.series_uid)])
     return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
@@ -193,14 +193,14 @@ def _prepare_points_or_reasons(args) -> list[tuple[np.ndarray | None, str]]:
 
 def _prepare_job(args) -> list[tuple[np.ndarray | None, str]]:
     requests, config, root, use_cache = args
-    if config.input == "point":
+    if config.kind.takes_points:
         return _prepare_points_or_reasons(args)
     return [_prepare_or_reason((requests[0], config, root, use_cache))]
 
 
 def _jobs(requests: list[InputRequest], config: PreprocessConfig) -> list[list[int]]:
     """Indices of the requests each job prepares: one scan's points together, any other request alone."""
-    if config.input != "point":
+    if not config.kind.takes_points:
         return [[k] for k in range(len(requests))]
     groups: dict[tuple, list[int]] = {}
     for k, request in enumerate(requests):

@@ -152,7 +152,7 @@ def preview_scan(scan: Path, prefix: Path, input: str = "auto", size: int | None
 
 def _run_preprocess(run: Path, point, **given) -> PreprocessConfig:
     """A run's preprocessing for preview --run; options that would change it are refused by name."""
-    from perceiver_med.training.config import load_run_config
+    from perceiver_med.run.rundir import load_run_config
 
     named = [f"--{key.replace('_', '-')}" for key, value in given.items() if value is not None]
     if named:

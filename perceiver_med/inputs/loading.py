@@ -45,8 +45,7 @@ def preprocess_config(input: str, size: int | None = None, channels: int | None 
 
 @dataclass
 class ScanSummary:
-    input: str  # "grid" when the scans are volumes, "image" when they are 2D
-    kinds: list[str]
+    kinds: list[str]  # "image" and/or "volume"
     modality_groups: list[str]
 
 
@@ -63,7 +62,7 @@ def describe_scans(rows: list[SplitRow], sample: int = 32) -> ScanSummary:
         groups.add(modality_group(scan.modality))
     if not kinds:
         raise UserError("none of the sampled scans in the splits file could be read")
-    return ScanSummary("grid" if kinds == {"volume"} else "image", sorted(kinds), sorted(groups - {""}))
+    return ScanSummary(sorted(kinds), sorted(groups - {""}))
 
 
 def scan_mismatch(scan, config) -> str:
@@ -146,6 +145,14 @@ class AugmentConfig:
     intensity: float = 0.1
     flip: bool = False
     tiles: int = 1
+
+    def check(self) -> None:
+        """ValueError naming the first field out of range (config.json's types are checked as it is read)."""
+        for name, high in (("rotate", 180.0), ("shift", 1.0), ("zoom", 0.9), ("intensity", 1.0)):
+            if not 0 <= getattr(self, name) <= high:
+                raise ValueError(f"{name} must be from 0 to {high:g}, not {getattr(self, name)}")
+        if self.tiles < 1:
+            raise ValueError(f"tiles must be 1 or more, not {self.tiles}")
 
 
 def augment_batch(batch: torch.Tensor, config: AugmentConfig, generator: torch.Generator) -> torch.Tensor:

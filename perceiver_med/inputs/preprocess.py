@@ -6,7 +6,7 @@ whole decoded volume.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -22,6 +22,7 @@ CT_WINDOW = PRESETS["lung"]  # what --window auto gives CT volumes
 # Point-centred grids: chosen on the nodule phantom (4-12 mm nodules), see point_grid.
 POINT_FOV_MM = 40.0
 POINT_SLICE_MM = 2.0
+MAX_SIZE = 2048  # the largest side of an image or tile a run may ask for
 AIR_HU = -1000.0
 
 
@@ -52,21 +53,30 @@ class PreprocessConfig:
     def __post_init__(self):
         object.__setattr__(self, "window", parse_window(self.window))
 
-    def to_dict(self) -> dict:
-        return asdict(self)
+    def check(self) -> None:
+        """ValueError naming the first field out of range (config.json's types are checked as it is read)."""
+        from perceiver_med.inputs.kinds import KINDS
 
-    @classmethod
-    def from_dict(cls, data: dict) -> "PreprocessConfig":
-        data = dict(data)
-        if not isinstance(data.get("window", "auto"), str):
-            # runs from before --window stored the grids' CT window as numbers (images ignored it): that is "auto"
-            data["window"] = "auto"
-        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+        if self.input not in KINDS:
+            raise ValueError(f"input must be one of {', '.join(KINDS)}, not {self.input!r}")
+        if not 1 <= self.size <= MAX_SIZE:
+            raise ValueError(f"size must be from 1 to {MAX_SIZE}, not {self.size}")
+        if self.channels not in (1, 3):
+            raise ValueError(f"channels must be 1 or 3, not {self.channels}")
+        for name in ("fov_mm", "slice_mm"):
+            if not 0 < getattr(self, name) < float("inf"):
+                raise ValueError(f"{name} must be a finite number of mm more than 0, not {getattr(self, name)}")
+
+    @property
+    def kind(self):
+        """The InputKind named by `input` (inputs/kinds.py)."""
+        from perceiver_med.inputs.kinds import input_kind
+
+        return input_kind(self.input)
 
     @property
     def output_shape(self) -> tuple[int, int, int]:
-        side = self.size * 3 if self.input in ("grid", "point") else self.size
-        return (self.channels, side, side)
+        return self.kind.output_shape(self.size, self.channels)
 
 
 def resize(array: np.ndarray, size: int) -> np.ndarray:
@@ -141,16 +151,9 @@ def volume_window(voxels: np.ndarray, window: str, modality: str, slices=None, n
     return volume_range(window, modality, voxels[[held[k] for k in wanted]])
 
 
-def input_slices(num_slices: int, config: PreprocessConfig, center: int | None = None) -> list[int]:
-    """The display slices of a volume that its model input uses: 9 for a grid, the middle one for an image."""
-    if config.input == "grid":
-        return grid_slices(num_slices, center, config.grid_pad)
-    return [num_slices // 2]
-
-
 def read_slices(num_slices: int, config: PreprocessConfig, modality: str, center: int | None = None) -> list[int]:
     """The display slices to decode for a model input: those it shows, and those that set its window."""
-    shown = input_slices(num_slices, config, center)
+    shown = config.kind.shown_slices(num_slices, config, center)
     if not needs_statistics(config.window, modality):
         return shown
     return sorted(set(shown) | set(statistics_slices(num_slices)))
@@ -161,39 +164,36 @@ def _channels(image: np.ndarray, channels: int) -> np.ndarray:
     return np.repeat(np.clip(image, 0.0, 1.0)[None], channels, axis=0).astype(np.float32)
 
 
+def shown_part(image, config: PreprocessConfig, center: int | None = None
+               ) -> tuple[np.ndarray, tuple[float, float]] | None:
+    """For a volume decoded in part (`image.slices`): the display slices its input shows and the whole volume's
+    value range; None for a scan decoded whole."""
+    array = image.voxels
+    if image.slices is None or array.ndim != 3:
+        return None
+    held = {k: n for n, k in enumerate(image.slices)}
+    wanted = config.kind.shown_slices(image.num_slices, config, center)
+    if any(k not in held for k in wanted):
+        raise ScanError("the slices read are not the ones this input needs")
+    value_range = volume_window(array, config.window, image.modality, image.slices, image.num_slices)
+    return array[[held[k] for k in wanted]], value_range
+
+
 def model_input(image, config: PreprocessConfig, center: int | None = None, point=None) -> np.ndarray:
-    """The exact model input for a decoded scan (a ScanImage from `read_scan`).
+    """The exact model input for a decoded scan (a ScanImage from `read_scan`), as the run's input kind builds it.
 
     The image holds the whole scan, or only some display slices of a volume (`image.slices`, what
-    `read_scan(scan, pick)` returns); both give the same input. Input "point" needs `point`, LPS mm.
+    `read_scan(scan, pick)` returns); both give the same input. A kind centred on points needs `point`, LPS mm.
     """
-    if config.input == "point":
-        if point is None:
-            raise ScanError("this run's input is centred on a point: give one (--points CSV or --point X,Y,Z)")
-        return point_grid(image, point, config)
-    array = image.voxels
-    if image.slices is not None and array.ndim == 3:
-        held = {k: n for n, k in enumerate(image.slices)}
-        wanted = input_slices(image.num_slices, config, center)
-        if any(k not in held for k in wanted):
-            raise ScanError("the slices read are not the ones this input needs")
-        picked = array[[held[k] for k in wanted]]
-        value_range = volume_window(array, config.window, image.modality, image.slices, image.num_slices)
-        if config.input == "grid":
-            return _grid(picked, config, value_range)
-        return _channels(resize(to_unit(picked[0], *value_range), config.size), config.channels)
-    if config.input == "grid":
-        return make_grid(array, config, center, image.modality)
-    return make_image(array, config, image.window, voi=image.voi, modality=image.modality)
+    return config.kind.build(image, config, center, point)
 
 
 def scan_input(scan, config: PreprocessConfig, center: int | None = None, point=None) -> np.ndarray:
     """The exact model input for a scan found by `discover`, decoding only the slices it needs."""
     from perceiver_med.io import read_scan
 
-    if config.input in ("grid", "point") and scan.kind != "volume":
-        raise ScanError("a 3x3 slice grid needs a volume, and this scan is a single 2D image")
-    if config.input == "point":
+    config.kind.check_scan(scan)
+    if config.kind.takes_points:
         return model_input(read_scan(scan, point_pick(scan, config, point)), config, point=point)
     image = read_scan(scan, lambda num_slices: read_slices(num_slices, config, scan.modality, center))
     return model_input(image, config, center)
@@ -205,8 +205,7 @@ def point_inputs(scan, config: PreprocessConfig, points) -> list:
     where `point_pick` cannot tell. Each item is the grid, or the ScanError that point alone raised."""
     from perceiver_med.io import read_scan
 
-    if scan.kind != "volume":
-        raise ScanError("a 3x3 slice grid needs a volume, and this scan is a single 2D image")
+    config.kind.check_scan(scan)
     picks = [point_pick(scan, config, point) for point in points]
     pick = None
     if picks and all(p is not None for p in picks):

@@ -17,7 +17,7 @@ from perceiver_med.errors import UserError
 from perceiver_med.files import LOCK_NAME, RunLock
 from perceiver_med.inputs.cache import INPUT_VERSION
 from perceiver_med.inputs.splits import SplitRow, find_problems, read_splits
-from perceiver_med.training.config import RunConfig, load_run_config
+from perceiver_med.training.config import RunConfig, read_run_config
 
 CONFIG = "config.json"
 WEIGHTS = "model.safetensors"  # the best weights
@@ -27,6 +27,11 @@ CV_RECORD = "cv.json"  # a cross-validation's model and options, so a resume tra
 METRICS = "metrics.json"
 HISTORY = "history.csv"
 CURVES = "curves.png"
+
+
+def is_run_directory(folder: Path) -> bool:
+    """A folder with a config.json beside weights, a checkpoint or a lock."""
+    return (folder / CONFIG).is_file() and any((folder / name).exists() for name in (WEIGHTS, CHECKPOINT, LOCK_NAME))
 
 
 def predictions_name(split: str) -> str:
@@ -43,6 +48,14 @@ def reliability_name(split: str) -> str:
 
 def fold_name(fold: int) -> str:
     return f"fold_{fold}"
+
+
+def load_run_config(run: Path) -> RunConfig:
+    """config.json of a run directory, as written (RunDir.config also checks its input version)."""
+    path = Path(run) / CONFIG
+    if not path.is_file():
+        raise UserError(f"{run} is not a run directory (no {CONFIG})")
+    return read_run_config(path)
 
 
 def sound_rows(splits: Path) -> list[SplitRow]:
@@ -150,20 +163,44 @@ class RunDir:
         device = device or torch.device("cpu")
         if config.ensemble:
             return self._load_ensemble(config, device)
-        from perceiver_med.models import build_model
+        from perceiver_med.models import build_model, num_classes
         from perceiver_med.training.engine import load_weights
 
         if not self.weights_file.is_file():
             raise UserError(f"{self.path} has no {WEIGHTS} (training stopped before its first epoch ended)")
-        if len(config.classes) != _num_classes(config.model) or config.positive_class not in config.classes:
-            raise UserError(f"{self.config_file} is inconsistent: {len(config.classes)} class names for a model "
-                            f"with {_num_classes(config.model)} outputs")
         try:
-            model = build_model(config.model)
-        except (TypeError, ValueError) as exc:
+            outputs = num_classes(config.model)
+            with torch.device("meta"):  # shapes only: nothing is allocated before the weights file agrees
+                skeleton = build_model(config.model)
+        except (TypeError, ValueError, RuntimeError) as exc:
             raise UserError(f"{self.config_file} describes no model this version can build: {exc}") from None
+        if len(config.classes) != outputs or config.positive_class not in config.classes:
+            raise UserError(f"{self.config_file} is inconsistent: {len(config.classes)} class names for a model "
+                            f"with {outputs} outputs")
+        self._check_shapes(skeleton)
+        model = build_model(config.model)
         load_weights(model, self.weights_file, config.weights_sha256, weights_metadata(config))
         return model.to(device).eval()
+
+    def _check_shapes(self, model: nn.Module) -> None:
+        """Every tensor of `model` (built on the meta device) against the weights file's header, which lists the
+        names and shapes without loading them: config.json describing another model is refused before it is built."""
+        from safetensors import SafetensorError, safe_open
+
+        try:
+            with safe_open(str(self.weights_file), "pt") as handle:
+                stored = {name: tuple(handle.get_slice(name).get_shape()) for name in handle.keys()}
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise UserError(f"{self.weights_file} is damaged or not a safetensors file: {exc}") from None
+        expected = {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
+
+        def shown(shape):
+            return "absent" if shape is None else "x".join(map(str, shape)) or "a scalar"
+
+        for name in sorted(set(stored) | set(expected)):
+            if stored.get(name) != expected.get(name):
+                raise UserError(f"{self.config_file} describes a model other than {WEIGHTS} holds: {name} is "
+                                f"{shown(expected.get(name))} in config.json, {shown(stored.get(name))} in the weights")
 
     def _load_ensemble(self, config: RunConfig, device: torch.device) -> nn.Module:
         """A cross-validated run's members (its own sub-folders), each checked as a run, as one model."""
@@ -181,6 +218,3 @@ class RunDir:
             temperatures.append(member_config.decision.temperature)
         return Ensemble(models, temperatures).to(device).eval()
 
-
-def _num_classes(model: dict):
-    return model["vit"]["num_classes"] if model.get("name") == "vit-rollout-cnn" else model.get("num_classes")

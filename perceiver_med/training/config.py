@@ -325,12 +325,9 @@ def check_resume(run: Path, record: str, stored: dict, asked: dict) -> None:
                         + ", ".join(conflicts))
 
 
-def load_run_config(run: Path) -> RunConfig:
-    """A run's config.json, checked whole before anything is built from it: one UserError line naming the file and
-    the first field refused."""
-    path = Path(run) / "config.json"
-    if not path.is_file():
-        raise UserError(f"{run} is not a run directory (no config.json)")
+def read_run_config(path: Path) -> RunConfig:
+    """A run's configuration file (run.rundir names it), checked whole before anything is built from it: one
+    UserError line naming the file and the first field refused."""
     try:
         return RunConfig.from_json(path.read_text())
     except json.JSONDecodeError as exc:

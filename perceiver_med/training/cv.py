@@ -17,13 +17,14 @@ import numpy as np
 import torch
 
 from perceiver_med.training.config import (RUNTIME_OPTIONS, RunConfig, canonical_options, check_resume,
-                                           load_run_config, trainable_model)
+                                           trainable_model)
 from perceiver_med.inputs.loading import load_split_inputs
 from perceiver_med.training.engine import Processes, Reporter, file_sha256, pick_device
 from perceiver_med.errors import UserError
 from perceiver_med.files import atomic_text, holds_files
 from perceiver_med.run.predictor import Predictor
 from perceiver_med.run.rundir import (CHECKPOINT, CONFIG, CV_RECORD, FROZEN_SPLITS, METRICS, RunDir, fold_name,
+                                      load_run_config,
                                       predictions_name, sound_rows)
 from perceiver_med.models import DEFAULT_MODEL
 from perceiver_med.training.train import TrainResult, refuse_inside_scans, train_run

@@ -10,7 +10,7 @@ from typing import Callable
 import torch
 
 from perceiver_med.training.config import (RUNTIME_OPTIONS, RunConfig, TrainConfig, canonical_options, check_resume,
-                                           is_laterality, load_run_config, pick_positive, trainable_model, versions)
+                                           is_laterality, pick_positive, trainable_model, versions)
 from perceiver_med.inputs.cache import INPUT_VERSION
 from perceiver_med.inputs.loading import AugmentConfig, describe_scans, load_split_inputs, preprocess_config
 from perceiver_med.training.engine import Processes, Reporter, file_sha256, fit, pick_device
@@ -27,6 +27,7 @@ from perceiver_med.run.predictor import Predictor
 from perceiver_med.inputs.kinds import choose_kind
 from perceiver_med.inputs.splits import SplitRow, fold_rows, write_splits
 from perceiver_med.run.rundir import (CHECKPOINT, CONFIG, CURVES, FROZEN_SPLITS, HISTORY, METRICS, WEIGHTS, RunDir,
+                                      load_run_config,
                                       confusion_name, reliability_name, sound_rows, weights_metadata)
 
 

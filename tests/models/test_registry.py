@@ -3,7 +3,6 @@ import json
 from dataclasses import dataclass
 
 import pytest
-import torch
 from torch import nn
 
 from perceiver_med.models import (MODELS, ModelOption, ModelSpec, build_model, create_model, default_config,

@@ -16,7 +16,8 @@ import pytest
 
 from perceiver_med.errors import UserError
 from perceiver_med.inputs.preprocess import PreprocessConfig
-from perceiver_med.training.config import (Decision, RunConfig, TrainConfig, from_dict, load_run_config,
+from perceiver_med.run.rundir import load_run_config
+from perceiver_med.training.config import (Decision, RunConfig, TrainConfig, from_dict,
                                            to_dict)
 from tests.conftest import installed_command
 
