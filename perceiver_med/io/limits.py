@@ -39,10 +39,6 @@ def max_voxels() -> int:
     return value
 
 
-def max_plane_pixels() -> int:
-    return max(1, max_voxels() // PLANE_SHARE)
-
-
 def check_size(dims: tuple[int, ...], planes: int = 1, what: str = "") -> None:
     """Refuse a scan whose image planes (`dims` = rows, cols) times `planes` exceed the budget.
 

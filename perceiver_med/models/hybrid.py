@@ -57,9 +57,6 @@ class ViTRolloutCNN(nn.Module):
         """(B, 1, H, W) rollout map of the ViT, max 1 per image; computed without gradients."""
         return self.vit_outputs(x)[1]
 
-    def stage_one(self, x: torch.Tensor) -> torch.Tensor:
-        return self.vit(x)
-
     def stage_two(self, cnn: nn.Module, x: torch.Tensor) -> torch.Tensor:
         """The hybrid's logits with `cnn` as its second stage (self.cnn, or the wrapper that trains it).
 

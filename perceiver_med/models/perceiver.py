@@ -212,14 +212,11 @@ class Perceiver(nn.Module):
     def _layer(self, iteration: int) -> PerceiverLayer:
         return self.layers[min(iteration, len(self.layers) - 1)]
 
-    def to_elements(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, C, H, W) -> (B, N, C'*p*p): pixels, p x p patches, or the stem's features, in row-major order."""
-        return self._elements(self._stem(x))
-
     def _stem(self, x: torch.Tensor) -> torch.Tensor:
         return x if self.stem is None else self.stem(x)
 
     def _elements(self, features: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) pixels or stem features -> (B, N, C*p*p) elements, p x p patches in row-major order."""
         p = self.element_patch
         return rearrange(features, "b c (h p1) (w p2) -> b (h w) (c p1 p2)", p1=p, p2=p)
 

@@ -51,7 +51,7 @@ def test_shape_finite_and_every_parameter_gets_a_gradient(name):
     assert model.num_parameters == sum(p.numel() for p in model.parameters())
     x = _input(name)
     if name == "vit-rollout-cnn":  # each stage trains its own part
-        model.stage_one(x).sum().backward()
+        model.vit(x).sum().backward()
         model(x).sum().backward()
     else:
         logits = model(x)
@@ -242,7 +242,7 @@ def test_default_configs_build_for_images_and_grids(name):
 def test_a_conv_stem_makes_one_element_per_reduced_pixel_and_patch_size_counts_input_pixels():
     """explain and the occlusion window read patch_size as input pixels per element, stem or not."""
     perceiver = build_model(TINY["perceiver-stem"])
-    assert perceiver.to_elements(torch.rand(2, 1, 16, 16)).shape == (2, 16, 8)  # 4x4 elements of 8 channels
+    assert perceiver._elements(perceiver._stem(torch.rand(2, 1, 16, 16))).shape == (2, 16, 8)  # 4x4 of 8 channels
     assert perceiver.patch_size == 4
     _, attentions = perceiver(torch.rand(2, 1, 16, 16), return_attention=True)
     assert attentions[0].shape[-1] == 16

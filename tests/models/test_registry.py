@@ -108,6 +108,7 @@ def test_a_registered_model_trains_through_the_library_with_no_other_edit(pooled
     stored = json.loads((tmp_path / "run" / "config.json").read_text())["model"]
     assert stored == {"name": "pooled-linear", "in_channels": 1, "num_classes": 2, "grid": 2}
     assert result.num_parameters == 1 * 2 * 2 * 2 + 2 and result.metrics["test"]["n"] > 0
+    (tmp_path / "run" / "metrics.json").unlink()  # as if interrupted: a finished run is not resumed at all
     with pytest.raises(Exception, match="--grid"):  # a resume refuses an option that contradicts the run
         train_run(None, None, tmp_path / "run", resume=True, grid=3)
     with pytest.raises(Exception, match="--grid is an option of pooled-linear, not cnn"):
