@@ -28,6 +28,31 @@ def test_a_stage_that_never_fitted_its_training_set_says_so():
     assert unfitted_note(rows, "cnn") == ""  # each stage for itself
 
 
+def test_without_a_val_split_the_best_weights_have_the_lowest_training_loss_as_evaluated(knee, tmp_path,
+                                                                                          monkeypatch):
+    """With no val split the best weights are chosen by the training split's loss as evaluation measures it (eval
+    mode, un-augmented inputs), never by the running loss of augmented training-mode batches, which can be as low
+    at epochs that misclassify training inputs in evaluation. (A misclassified input alone adds log(2)/N to the
+    loss evaluation measures, so the kept weights fit the set whenever any epoch did.) The real evaluate_forward
+    runs; the test only records what it measured."""
+    from perceiver_med.training import engine
+
+    losses = []
+    original = engine.evaluate_forward
+
+    def recording(*args, **kwargs):
+        metrics, probs = original(*args, **kwargs)
+        if "train" in metrics:
+            losses.append(metrics["train"]["loss"])
+        return metrics, probs
+
+    monkeypatch.setattr(engine, "evaluate_forward", recording)
+    split_folder(knee / "data", tmp_path / "splits.csv", ratios=(0.8, 0.0, 0.2), seed=0)
+    result = train_run(tmp_path / "splits.csv", "cnn", tmp_path / "run", size=32, epochs=4, batch_size=8,
+                       patience=0, device="cpu", precision="fp32")
+    assert len(losses) == 4 and result.metrics["train"]["loss"] == pytest.approx(min(losses), rel=1e-6)
+
+
 def test_cnn_baseline_learns_knee_laterality_and_is_explained(tmp_path):
     """--model cnn goes through the same engine, metrics and explain as the transformers; global max pooling
     must not cost it laterality (a mirrored knee is the other class)."""

@@ -314,6 +314,11 @@ def fit(model: nn.Module, model_name: str, data: dict, classes: list[str], train
         ) -> FitState:
     """Fit every stage of the model; the best weights (by validation loss) end up in the model and on disk.
 
+    Without a validation split the best weights are those of the lowest training-split loss as evaluation measures
+    it (eval mode, un-augmented inputs, recomputed batch-norm statistics), the measure every score of the run uses:
+    the running loss of augmented training-mode batches can be as low at epochs that misclassify training inputs
+    in evaluation (benchmarks/README.md, "Learning small lesions", "Which weights a run without a val split keeps").
+
     `on_saved(name, sha256)` is called after each save of the best weights or the checkpoint (by their run file
     names: the run records the digests, so a damaged file is refused later).
     """
@@ -414,7 +419,7 @@ def fit(model: nn.Module, model_name: str, data: dict, classes: list[str], train
             processes.average_buffers(stage.module)
             stage.module.eval()
             evaluated, _ = evaluate_forward(stage.forward, data, classes, device, precision=train_cfg.precision,
-                                            processes=processes, splits=(monitor,) if monitor == "val" else ())
+                                            processes=processes, splits=(monitor,))
             sums = processes.gather((total_loss, correct, seen))
             total_loss, correct, seen = (sum(s[i] for s in sums) for i in range(3))
             row = {"stage": stage.name, "epoch": state.epoch + 1, "train_loss": total_loss / seen,
@@ -422,7 +427,7 @@ def fit(model: nn.Module, model_name: str, data: dict, classes: list[str], train
                    "seconds": round(time.perf_counter() - started, 3)}
             if monitor == "val":
                 row.update(val_loss=evaluated["val"]["loss"], val_accuracy=evaluated["val"]["accuracy"])
-            current = row[f"{monitor}_loss"]
+            current = evaluated[monitor]["loss"]
             improved = current < state.best_loss - 1e-6
             state.best_loss = current if improved else state.best_loss
             armed = stopping_armed(state.history + [row], stage.name, epochs)
