@@ -281,7 +281,9 @@ def prepare_many(requests: list[InputRequest], config: PreprocessConfig, workers
                         finish(futures[future], future.result())
                     except BrokenProcessPool:
                         continue
-        died = (None, "a preprocessing worker died while reading this scan (out of memory?)")
+        # workers import the script that started them: without a __main__ guard it runs again there and they die
+        died = (None, "a preprocessing worker died while reading this scan (out of memory, or a script that calls "
+                      "perceiver-med outside `if __name__ == \"__main__\":`)")
         for job, group in enumerate(groups):
             if results[group[0]] is None:  # a job's results come back together, or not at all
                 finish(job, [died] * len(group))
