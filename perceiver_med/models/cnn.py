@@ -92,6 +92,8 @@ def optional_stem(in_channels: int, widths: tuple[int, ...], norm: str, image_si
 
     A token covers patch_size x reduction input pixels, and image_size must be a multiple of that.
     """
+    if patch_size < 1 or in_channels < 1:
+        raise ValueError(f"patch_size and in_channels must be 1 or more, not {patch_size} and {in_channels}")
     stem = ConvStem(in_channels, tuple(widths), norm) if widths else None
     channels, reduction = (stem.out_channels, stem.reduction) if stem else (in_channels, 1)
     if image_size % (patch_size * reduction):

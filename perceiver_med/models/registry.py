@@ -308,7 +308,7 @@ def model_names() -> tuple[str, ...]:
 def get_spec(name: str | None, trainable: bool = False) -> ModelSpec:
     """The spec of a model name (any case); ValueError naming the choices, and the nearest one, otherwise."""
     choices = model_names() if trainable else tuple(MODELS)
-    key = (name or "").strip().lower()
+    key = name.strip().lower() if isinstance(name, str) else ""
     if key in choices:
         return MODELS[key]
     near = difflib.get_close_matches(key, choices, n=1)

@@ -7,6 +7,7 @@ module spells a run's file names.
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -170,9 +171,10 @@ class RunDir:
             raise UserError(f"{self.path} has no {WEIGHTS} (training stopped before its first epoch ended)")
         try:
             outputs = num_classes(config.model)
-            with torch.device("meta"):  # shapes only: nothing is allocated before the weights file agrees
+            with torch.device("meta"), warnings.catch_warnings():  # shapes only: nothing is allocated before
+                warnings.simplefilter("ignore")  # the weights file agrees (a zero-sized tensor warns on meta)
                 skeleton = build_model(config.model)
-        except (TypeError, ValueError, RuntimeError) as exc:
+        except (TypeError, ValueError, RuntimeError, ArithmeticError) as exc:  # whatever an edited size breaks
             raise UserError(f"{self.config_file} describes no model this version can build: {exc}") from None
         if len(config.classes) != outputs or config.positive_class not in config.classes:
             raise UserError(f"{self.config_file} is inconsistent: {len(config.classes)} class names for a model "
