@@ -173,18 +173,24 @@ class PerceiverConfig:
 
 
 @dataclass
-class CNNConfig:
-    """train's CNN baseline, also the hybrid's second stage: global max pooling, so a nodule of a few pixels is not
-    averaged away over a 192x192 grid, and batch norm, which lets it fit small hard sets (benchmarks/README.md,
+class CNNStageConfig:
+    """The CNN baseline's layers, also the hybrid's second stage: global max pooling, so a nodule of a few pixels is
+    not averaged away over a 192x192 grid, and batch norm, which lets it fit small hard sets (benchmarks/README.md,
     "Learning small lesions", "Defaults now")."""
 
-    in_channels: int = 1
     num_classes: int = 2
     widths: list[int] = field(default_factory=lambda: [16, 32, 64])
     dropout: float = 0.0
     pool: str = "max"
     block: str = "plain"
     norm: str = "batch"
+
+
+@dataclass
+class CNNConfig(CNNStageConfig):
+    """train's CNN baseline: the stage on the image's own channels (the hybrid's also reads the rollout map)."""
+
+    in_channels: int = 1
 
     @classmethod
     def for_input(cls, input_shape: tuple[int, int, int], num_classes: int) -> "CNNConfig":
@@ -215,23 +221,11 @@ class HybridViTConfig:
 
 
 @dataclass
-class HybridCNNConfig:
-    """The hybrid's second stage: the CNN baseline (its in_channels are the image's plus the rollout map's)."""
-
-    num_classes: int = 2
-    widths: list[int] = field(default_factory=lambda: [16, 32, 64])
-    dropout: float = 0.0
-    pool: str = "max"
-    block: str = "plain"
-    norm: str = "batch"
-
-
-@dataclass
 class HybridConfig:
     """train's ViT + rollout + CNN. The second stage is the CNN baseline (global max pooling, which keeps a small
     nodule's response); its weights on the rollout channel start at zero (zero_rollout), and its logits add to the
     ViT's (residual), so it corrects the ViT rather than replacing it (ViTRolloutCNN). `vit` and `cnn` given in part
-    are completed from HybridViTConfig and HybridCNNConfig."""
+    are completed from HybridViTConfig and CNNStageConfig."""
 
     vit: dict | None = None
     cnn: dict | None = None
@@ -244,7 +238,7 @@ class HybridConfig:
         vit = dict(self.vit or {})
         known = {f.name for f in fields(HybridViTConfig)}
         self.vit = _merged(HybridViTConfig(**{k: v for k, v in vit.items() if k in known}), vit)
-        self.cnn = _merged(HybridCNNConfig(num_classes=self.vit["num_classes"]), self.cnn)
+        self.cnn = _merged(CNNStageConfig(num_classes=self.vit["num_classes"]), self.cnn)
 
     @classmethod
     def for_input(cls, input_shape: tuple[int, int, int], num_classes: int) -> "HybridConfig":
