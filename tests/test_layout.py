@@ -38,7 +38,8 @@ def _constants(tree, values: set[str]):
 @pytest.mark.parametrize("values,owners", [
     ({"perceiver", "vit-rollout-cnn", "cnn", "vit"}, {"models/registry.py"}),
     ({"grid", "point"}, {"inputs/kinds.py"}),  # "image" is also a scan kind (beside "volume"), so not checked
-    ({"config.json", "model.safetensors", "checkpoint.pt", "splits.csv", "cv.json", "metrics.json", "history.csv"},
+    ({"config.json", "model.safetensors", "checkpoint.pt", "splits.csv", "cv.json", "metrics.json", "history.csv",
+      "curves.png"},
      {"run/rundir.py", "demo.py"}),  # the demo's own splits.csv is not a run's
 ])
 def test_each_name_is_spelt_by_its_owner_alone(values, owners):

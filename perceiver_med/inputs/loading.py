@@ -31,16 +31,16 @@ def modality_group(modality: str) -> str:
 def preprocess_config(input: str, size: int | None = None, channels: int | None = None,
                       grid_pad: bool | None = None, fov_mm: float | None = None,
                       slice_mm: float | None = None, window: str | None = None) -> PreprocessConfig:
-    """The preprocessing of train, prepare and preview from their options (None: the default)."""
-    if channels not in (None, 1, 3):
-        raise UserError("--channels must be 1 or 3")
-    for name, value in (("--fov-mm", fov_mm), ("--slice-mm", slice_mm)):
-        if value is not None and not (math.isfinite(value) and value > 0):
-            raise UserError(f"{name} must be a positive number of millimetres")
-    defaults = PreprocessConfig()
-    return PreprocessConfig(input=input, size=size or 64, channels=channels or 1, grid_pad=bool(grid_pad),
-                            fov_mm=fov_mm or defaults.fov_mm, slice_mm=slice_mm or defaults.slice_mm,
-                            window=window or defaults.window)
+    """The preprocessing of train, prepare and preview from their options (None: PreprocessConfig's default),
+    checked as a run's config.json is: a value out of range is a UserError naming its option."""
+    given = {name: value for name, value in (("size", size), ("channels", channels), ("fov_mm", fov_mm),
+                                             ("slice_mm", slice_mm), ("window", window)) if value is not None}
+    config = PreprocessConfig(input=input, grid_pad=bool(grid_pad), **given)
+    try:
+        config.check()
+    except ValueError as exc:
+        raise UserError(f"--{str(exc).replace('_', '-')}") from None
+    return config
 
 
 @dataclass

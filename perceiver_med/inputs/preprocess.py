@@ -13,12 +13,11 @@ import torch
 import torch.nn.functional as F
 
 from perceiver_med.errors import ScanError
-from perceiver_med.inputs.windows import (PRESETS, image_to_unit, needs_statistics, parse_window, statistics_slices,
+from perceiver_med.inputs.windows import (image_to_unit, needs_statistics, parse_window, statistics_slices,
                                    to_unit, volume_range)
 
 GRID_SLICES = 9
 GRID_TILES = 3  # a grid is GRID_TILES x GRID_TILES tiles, one slice each
-CT_WINDOW = PRESETS["lung"]  # what --window auto gives CT volumes
 # Point-centred grids: chosen on the nodule phantom (4-12 mm nodules), see point_grid.
 POINT_FOV_MM = 40.0
 POINT_SLICE_MM = 2.0

@@ -1,5 +1,5 @@
-"""`evaluate`: a run's metrics on chosen splits, and the scoring of a split that training and cross-validation
-write into metrics.json — one function, so a run's own metrics and a later evaluate agree."""
+"""`evaluate`: a run's metrics on chosen splits, scored by the same functions (score_rows, score_split) that
+write a run's own metrics.json, so a run's own metrics and a later evaluate agree."""
 from __future__ import annotations
 
 from pathlib import Path

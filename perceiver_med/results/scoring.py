@@ -1,6 +1,7 @@
 """What a run reports about its predictions: the temperature and threshold fitted on the validation split,
 then per split the metrics with patient-bootstrap intervals, calibration before and after, and patient-level
-results. The glue between runs.py (rows, probabilities) and the statistics of statistics.py.
+results. The glue between a run's rows and probabilities (training, evaluation, cross-validation) and the
+statistics of statistics.py.
 """
 from __future__ import annotations
 

@@ -1,8 +1,9 @@
 """Predictor: a run's inputs -> probabilities -> temperature -> threshold -> decision.
 
 This is the one place that turns a model's output into what a run reports. `evaluate`, `predict`, `explain`,
-`report`, cross-validation, training's own final scoring and the demo all go through it, so they cannot
-disagree about a sample (as nnU-Net's nnUNetPredictor serves its command line and its Python API alike).
+`report`, training's own final scoring and the demo go through it, and cross-validation decides its members'
+and its ensemble's probabilities with it, so they cannot disagree about a sample (as nnU-Net's nnUNetPredictor
+serves its command line and its Python API alike).
 """
 from __future__ import annotations
 

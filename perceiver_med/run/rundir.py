@@ -52,11 +52,18 @@ def fold_name(fold: int) -> str:
 
 
 def load_run_config(run: Path) -> RunConfig:
-    """config.json of a run directory, as written (RunDir.config also checks its input version)."""
+    """config.json of a run directory, checked whole, and refused when this version prepares inputs differently
+    from the run's (every reader of a run goes through here: predict, evaluate, --resume, preview --run)."""
     path = Path(run) / CONFIG
     if not path.is_file():
         raise UserError(f"{run} is not a run directory (no {CONFIG})")
-    return read_run_config(path)
+    config = read_run_config(path)
+    if config.input_version != INPUT_VERSION:
+        made = (f"input version {config.input_version}" if config.input_version
+                else "a development build that recorded no input version")
+        raise UserError(f"{run} was trained on inputs prepared by {made}; this perceiver-med prepares them as "
+                        f"input version {INPUT_VERSION}, so its predictions would be wrong: train the run again")
+    return config
 
 
 def sound_rows(splits: Path) -> list[SplitRow]:
@@ -137,15 +144,8 @@ class RunDir:
 
     # ---------------------------------------------------------------- contents
     def config(self) -> RunConfig:
-        """config.json, refused when this version prepares inputs differently from the run's."""
-        config = load_run_config(self.path)
-        if config.input_version != INPUT_VERSION:
-            made = (f"input version {config.input_version}" if config.input_version
-                    else "a development build that recorded no input version")
-            raise UserError(f"{self.path} was trained on inputs prepared by {made}; this perceiver-med prepares "
-                            f"them as input version {INPUT_VERSION}, so its predictions would be wrong: train "
-                            "the run again")
-        return config
+        """config.json, checked (load_run_config)."""
+        return load_run_config(self.path)
 
     def frozen_rows(self, config: RunConfig) -> list[SplitRow]:
         """The splits the run was trained on: its own copy, refused if it changed since it was written."""
@@ -164,21 +164,17 @@ class RunDir:
         device = device or torch.device("cpu")
         if config.ensemble:
             return self._load_ensemble(config, device)
-        from perceiver_med.models import build_model, num_classes
+        from perceiver_med.models import build_model
         from perceiver_med.training.engine import load_weights
 
         if not self.weights_file.is_file():
             raise UserError(f"{self.path} has no {WEIGHTS} (training stopped before its first epoch ended)")
-        try:
-            outputs = num_classes(config.model)
+        try:  # (RunConfig.check has matched the model's outputs with the classes)
             with torch.device("meta"), warnings.catch_warnings():  # shapes only: nothing is allocated before
                 warnings.simplefilter("ignore")  # the weights file agrees (a zero-sized tensor warns on meta)
                 skeleton = build_model(config.model)
         except (TypeError, ValueError, RuntimeError, ArithmeticError) as exc:  # whatever an edited size breaks
             raise UserError(f"{self.config_file} describes no model this version can build: {exc}") from None
-        if len(config.classes) != outputs or config.positive_class not in config.classes:
-            raise UserError(f"{self.config_file} is inconsistent: {len(config.classes)} class names for a model "
-                            f"with {outputs} outputs")
         self._check_shapes(skeleton)
         model = build_model(config.model)
         load_weights(model, self.weights_file, config.weights_sha256, weights_metadata(config))
@@ -214,8 +210,11 @@ class RunDir:
                 raise UserError(f"{self.config_file} names an ensemble member outside the run: {name!r}")
             member = RunDir.open(self.path / name)
             member_config = member.config()
-            if member_config.classes != config.classes or member_config.ensemble:
-                raise UserError(f"{member.path} is not a member of this run (its classes or kind differ)")
+            why = [reason for reason, wrong in (("its classes differ", member_config.classes != config.classes),
+                                                ("its preprocessing differs", member_config.preprocess != config.preprocess),
+                                                ("it is an ensemble itself", bool(member_config.ensemble))) if wrong]
+            if why:
+                raise UserError(f"{member.path} is not a member of this run: {'; '.join(why)}")
             models.append(member.load_model(device, member_config))
             temperatures.append(member_config.decision.temperature)
         return Ensemble(models, temperatures).to(device).eval()

@@ -262,9 +262,9 @@ class RunConfig:
         if self.fold is not None and self.fold < 0:
             raise ValueError(f"fold must be null or 0 or more, not {self.fold}")
         self._check_model()
-        side = self.preprocess.output_shape[-1]
-        if self.augment.tiles < 1 or side % self.augment.tiles:
-            raise ValueError(f"augment.tiles must divide the input's side ({side}), not {self.augment.tiles}")
+        tiles = self.preprocess.kind.tiles  # augmentation keeps each tile (a slice) whole, mirroring it in place
+        if self.augment.tiles != tiles:
+            raise ValueError(f"augment.tiles must be {tiles} for {self.preprocess.input} inputs, not {self.augment.tiles}")
 
     def _check_model(self) -> None:
         """The model's name is registered and its settings have their config dataclass's types (its weights file

@@ -178,7 +178,11 @@ def _ensemble(out: Path, rows: list[SplitRow], folds: list[int], splits_file: st
                             if row.sample_key in predicted})
         if test:
             test_probs.append({key: calibrated for key, (_, calibrated) in predicted.items()})
-        fold_metrics = json.loads((out / member / METRICS).read_text())
+        try:
+            fold_metrics = json.loads((out / member / METRICS).read_text())
+        except (OSError, ValueError) as exc:
+            raise UserError(f"{out / member / METRICS} cannot be read ({exc}): train that fold again with "
+                            f"perceiver-med train --resume --cv --out {out} after removing {out / member}") from None
         per_fold.append({"fold": fold, **{split: {k: fold_metrics.get(split, {}).get(k)
                                                   for k in ("n", "accuracy", "roc_auc", "loss")}
                                           for split in ("train", "val", "test")}})

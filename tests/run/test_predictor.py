@@ -126,3 +126,15 @@ def test_a_copy_of_a_training_scan_elsewhere_is_still_the_run_s_own(tiny_run, tm
     code, out, err = run_installed("predict", tiny_run.run, tmp_path / "copies", "--out", tmp_path / "p.csv")
     assert code == 0, err
     assert "1 labelled sample(s) were the run's own (1 of its train patients)" in " ".join(out.split())
+
+
+def test_a_resume_of_a_run_of_another_input_version_is_refused_before_it_trains(tiny_run, tmp_path, run_installed):
+    """It trained on today's inputs, and only evaluate then refused the run."""
+    run = _copy(tiny_run.run, tmp_path)
+    (run / "metrics.json").unlink()  # as if interrupted
+    config = json.loads((run / "config.json").read_text())
+    config["input_version"] = 1
+    (run / "config.json").write_text(json.dumps(config))
+    before = (run / "checkpoint.pt").read_bytes()
+    code, _, err = run_installed("train", "--resume", "--out", run)
+    assert code == 2 and "input version 1" in err and (run / "checkpoint.pt").read_bytes() == before

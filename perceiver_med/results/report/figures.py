@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from perceiver_med.results.report.run_record import REPORT_SPLITS, Prediction, RunRecord
+from perceiver_med.run.rundir import CURVES
 
 GALLERY_SIZE = 6
 
@@ -93,11 +94,11 @@ def split_figures(record: RunRecord, folder: Path) -> dict[str, list[Figure]]:
 
 
 def curves_figure(record: RunRecord, folder: Path) -> Figure | None:
-    source = record.run / "curves.png"
+    source = record.run / CURVES
     if not source.is_file():
         return None
-    shutil.copyfile(source, folder / "curves.png")
-    return Figure("curves.png", "loss and accuracy per epoch (the run's curves.png)")
+    shutil.copyfile(source, folder / CURVES)
+    return Figure(CURVES, f"loss and accuracy per epoch (the run's {CURVES})")
 
 
 def confident_errors(predictions: list[Prediction], limit: int = GALLERY_SIZE) -> list[int]:
