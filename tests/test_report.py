@@ -337,4 +337,4 @@ def test_the_summary_gives_the_input_as_the_model_sees_it_and_says_a_stage_never
     html = write_report(run, tmp_path / "report" / "report.html")
     text = " ".join(html.with_suffix(".md").read_text().split())
     assert "point inputs of 192\u00d7192 pixels (3\u00d73 tiles of 64)" in text
-    assert "Note: stage perceiver never fitted its training set (best training accuracy 0.56 in 2 epochs)" in text
+    assert "Note: stage perceiver never fitted its training set (best training accuracy 0.56 in 2 epochs" in text

@@ -259,7 +259,8 @@ def unfitted_note(history: list[dict], stage: str) -> str:
     if not rows or best >= FITTED_ACCURACY:
         return ""
     return (f"note: stage {stage} never fitted its training set (best training accuracy {best:.2f} in {len(rows)} "
-            "epochs): it may not have left the initial plateau; train longer (--epochs) or with another --seed")
+            "epochs, on the augmented batches it trained on; the train row of the metrics scores un-augmented "
+            "inputs): it may not have left the initial plateau; train longer (--epochs) or with another --seed")
 
 
 def save_weights(model: nn.Module, path: Path, metadata: dict[str, str] | None = None) -> str:
