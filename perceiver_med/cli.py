@@ -414,15 +414,14 @@ def _trained_models():
 
 
 def _model_choice(name: str | None) -> str | None:
-    """--model in any case; a name the registry lacks is refused with the nearest one."""
-    from perceiver_med.models import get_spec
+    """--model in any case; a name the registry lacks is refused with the nearest one (trainable_model's answer,
+    as a usage error)."""
+    from perceiver_med.training.config import trainable_model
 
-    if name is None:
-        return None
     try:
-        return get_spec(name, trainable=True).name
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc)) from None
+        return trainable_model(name)
+    except UserError as exc:
+        raise typer.BadParameter(str(exc).removeprefix("--model ")) from None
 
 
 def _with_model_options(command):
