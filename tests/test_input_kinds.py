@@ -19,7 +19,7 @@ def test_auto_picks_a_point_grid_for_points_a_slice_grid_for_volumes_and_an_imag
 def test_points_and_whole_scan_kinds_do_not_mix():
     with pytest.raises(UserError, match="centred on points, and none was given"):
         choose_kind("point", False, {"volume"})
-    with pytest.raises(UserError, match="takes whole scans, and points were given"):
+    with pytest.raises(UserError, match=r"takes whole scans \(grid\), and points were given"):
         choose_kind("grid", True, {"volume"})
 
 

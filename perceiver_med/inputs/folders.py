@@ -16,7 +16,7 @@ from perceiver_med.io import Discovery, discover
 from perceiver_med.io.discover import Skip
 from perceiver_med.io.labels import LabelledScan, LabelledSet, label_scans
 from perceiver_med.inputs.points import PointSample, match_points, read_points
-from perceiver_med.inputs.kinds import AUTO, choose_kind
+from perceiver_med.inputs.kinds import AUTO, check_samples, choose_kind
 from perceiver_med.inputs.preprocess import PreprocessConfig
 from perceiver_med.results.report.flow import write_flow_record
 from perceiver_med.inputs.windows import parse_window
@@ -158,9 +158,7 @@ def _run_preprocess(run: Path, point, **given) -> PreprocessConfig:
     if named:
         raise UserError(f"--run previews the input as {run} prepares it: leave out {', '.join(named)}")
     config = load_run_config(run).preprocess
-    if config.kind.takes_points != (point is not None):
-        raise UserError("that run was trained on grids centred on points: give --point X,Y,Z" if point is None
-                        else f"that run was trained on whole scans ({config.input}): leave out --point")
+    check_samples(config.kind, point is not None, "that run", "give --point X,Y,Z", "leave out --point")
     return config
 
 

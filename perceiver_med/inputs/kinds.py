@@ -107,16 +107,16 @@ def choose_kind(asked: str | None, with_points: bool, scan_kinds) -> InputKind:
         kind = KINDS["point"]
     else:
         kind = KINDS["grid"] if set(scan_kinds) == {"volume"} else KINDS["image"]
-    check_samples(kind, with_points)
+    check_samples(kind, with_points, f"--input {kind.name}",
+                  "split --points CSV for a splits file, --point X,Y,Z for preview",
+                  f"leave out --input, or give --input {next(k.name for k in KINDS.values() if k.takes_points)}")
     return kind
 
 
-def check_samples(kind: InputKind, with_points: bool) -> None:
-    """Points for a kind that takes them, whole scans for the others: the same input in every command."""
+def check_samples(kind: InputKind, with_points: bool, subject: str, points_hint: str, scans_hint: str) -> None:
+    """Points for a kind that takes them, whole scans for the others: the same input in every command. `subject`
+    is what has the kind ("this run", "--input grid"); the hints say what to give instead."""
     if kind.takes_points and not with_points:
-        raise UserError(f"--input {kind.name} is centred on points, and none was given (split --points CSV for a "
-                        "splits file, --point X,Y,Z for preview)")
+        raise UserError(f"{subject} is centred on points, and none was given: {points_hint}")
     if with_points and not kind.takes_points:
-        points = next(k.name for k in KINDS.values() if k.takes_points)
-        raise UserError(f"--input {kind.name} takes whole scans, and points were given: leave out --input, or give "
-                        f"--input {points}")
+        raise UserError(f"{subject} takes whole scans ({kind.name}), and points were given: {scans_hint}")

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from perceiver_med.errors import UserError
+from perceiver_med.inputs.kinds import check_samples
 from perceiver_med.inputs.loading import load_split_inputs
 from perceiver_med.inputs.splits import SplitRow
 from perceiver_med.results.scoring import run_summary, score_split
@@ -48,12 +49,9 @@ def evaluate_run(run: Path, splits: Path | None = None, split: str = "all", devi
         refuse_training_scans(rows, trained_on)
     if not rows:
         raise UserError(f"{splits or predictor.run.splits_file} has no {split} scans")
-    with_points = any(row.point is not None for row in rows)
-    if config.preprocess.kind.takes_points != with_points:
-        raise UserError(f"this run was trained on grids centred on points, and {splits} has none: give a splits "
-                        "file of points (split --points CSV)" if not with_points else
-                        f"this run was trained on whole scans ({config.preprocess.input}), and {splits} has "
-                        "points: give a splits file of scans")
+    check_samples(config.preprocess.kind, any(row.point is not None for row in rows), "this run",
+                  f"give a splits file of points (split --points CSV), not {splits}",
+                  f"give a splits file of scans, not {splits}")
     loaded = load_split_inputs(rows, config.preprocess, workers)
     data = loaded.by_split(config.classes)
     raw = {name: predictor.probabilities(inputs) for name, (inputs, labels) in data.items() if len(labels)}

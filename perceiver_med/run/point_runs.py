@@ -11,6 +11,7 @@ from perceiver_med.inputs.cache import InputRequest, prepare_many
 from perceiver_med.csvfiles import printable
 from perceiver_med.inputs.loading import scan_mismatch
 from perceiver_med.errors import UserError
+from perceiver_med.inputs.kinds import check_samples
 from perceiver_med.io import discover
 from perceiver_med.io.discover import Skip
 from perceiver_med.inputs.points import RAS_HINT, PointSample, all_outside, match_points, read_points
@@ -18,11 +19,8 @@ from perceiver_med.inputs.points import RAS_HINT, PointSample, all_outside, matc
 
 def check_point_run(config, points: Path | None) -> None:
     """A run trained on points needs points, and points need such a run: the same input everywhere."""
-    if config.preprocess.kind.takes_points and points is None:
-        raise UserError("this run was trained on grids centred on points: give the points with --points CSV")
-    if not config.preprocess.kind.takes_points and points is not None:
-        raise UserError(f"this run was trained on whole scans ({config.preprocess.input}), not on points: leave "
-                        "out --points")
+    check_samples(config.preprocess.kind, points is not None, "this run", "give the points with --points CSV",
+                  "leave out --points")
 
 
 @dataclass

@@ -105,7 +105,7 @@ def test_a_missing_run_is_one_line():
 def test_evaluate_names_a_splits_file_of_the_wrong_kind(legacy_lung_run, knee, run_installed):
     """A knee splits file on a run trained on points was blamed on 'a 3x3 slice grid needs a volume'."""
     code, _, err = run_installed("evaluate", legacy_lung_run, "--splits", knee / "splits.csv")
-    assert code == 2 and "trained on grids centred on points" in err and "split --points" in err
+    assert code == 2 and "this run is centred on points, and none was given" in err and "split --points" in err
 
 
 @pytest.fixture
