@@ -12,7 +12,7 @@ from perceiver_med.inputs.loading import load_split_inputs
 from perceiver_med.inputs.splits import SplitRow
 from perceiver_med.results.scoring import run_summary, score_split
 from perceiver_med.run.predictor import Predictor
-from perceiver_med.run.rundir import sound_rows
+from perceiver_med.run.rundir import TrainedOn, sound_rows
 from perceiver_med.training.config import RunConfig
 
 SPLITS = ("train", "val", "test")
@@ -40,13 +40,12 @@ def evaluate_run(run: Path, splits: Path | None = None, split: str = "all", devi
         raise UserError("--split must be train, val, test or all")
     predictor = Predictor(run, device, tta)
     config = predictor.config
-    trained_on = predictor.run.frozen_rows(config)
-    rows = trained_on if splits is None else sound_rows(Path(splits))
+    rows = predictor.run.frozen_rows(config) if splits is None else sound_rows(Path(splits))
     if config.ensemble and split == "all" and splits is None:
         split = "test"  # the folds' own scans trained most of the ensemble: only the held-out test scores it
     rows = [row for row in rows if split == "all" or row.split == split]
     if splits is not None:  # only the rows scored: a cross-validation's own splits file scores its test split
-        refuse_training_scans(rows, trained_on)
+        refuse_training_scans(rows, predictor.run.trained_on(config))
     if not rows:
         raise UserError(f"{splits or predictor.run.splits_file} has no {split} scans")
     check_samples(config.preprocess.kind, any(row.point is not None for row in rows), "this run",
@@ -58,11 +57,10 @@ def evaluate_run(run: Path, splits: Path | None = None, split: str = "all", devi
     return score_rows(loaded.rows, {name: labels.numpy() for name, (_, labels) in data.items()}, raw, config)
 
 
-def refuse_training_scans(rows: list[SplitRow], trained_on: list[SplitRow]) -> None:
-    train_patients = {r.patient_id for r in trained_on if r.split == "train"}
-    train_paths = {(r.path, r.series_uid) for r in trained_on if r.split == "train"}
+def refuse_training_scans(rows: list[SplitRow], trained_on: TrainedOn) -> None:
+    """Val and test rows of another splits file must be samples and patients the run did not train on."""
     leaked = [r for r in rows if r.split != "train"
-              and (r.patient_id in train_patients or (r.path, r.series_uid) in train_paths)]
+              and trained_on.split_of(r.path, r.series_uid, r.point, r.patient_id) == "train"]
     if leaked:
         raise UserError(f"{len(leaked)} {leaked[0].split} scan(s) of that splits file were training scans or "
                         f"patients of this run (e.g. patient {leaked[0].patient_id}): their scores would be leaked")

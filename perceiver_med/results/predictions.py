@@ -73,22 +73,6 @@ class Prediction:
     seen: str = ""  # "train" or "val" where the run learnt from this sample or its patient, "test", or "" (unseen)
 
 
-class RunSplits:
-    """Which split of a run a predicted sample or its patient was in: a scan the run trained on must not count
-    towards an accuracy of unseen data."""
-
-    def __init__(self, predictor: Predictor):
-        rows = predictor.run.frozen_rows(predictor.config)
-        self.samples = {(row.path.resolve(), row.series_uid, row.point): row.split for row in rows}
-        self.patients = {row.patient_id: row.split for row in rows if row.patient_id}
-
-    def of(self, path: Path, series_uid: str, point, patient_id: str) -> str:
-        split = self.samples.get((Path(path).resolve(), series_uid, point))
-        if split is None and patient_id:
-            split = self.patients.get(patient_id)
-        return split or ""
-
-
 def predict_run(run: Path, scans: Path, out: Path, device: str = "auto", workers: int = 0,
                 on_done: Callable[[int, int], None] | None = None, overwrite: bool = False,
                 points: Path | None = None, tta: int = 1) -> tuple[list[Prediction], list[Skip], list[str]]:
@@ -99,13 +83,13 @@ def predict_run(run: Path, scans: Path, out: Path, device: str = "auto", workers
     refuse_inside(out, scans)
     check_new_output(out, overwrite)
     check_point_run(config, points)
-    run_splits = RunSplits(predictor)
+    run_splits = predictor.run.trained_on(config)
     if points is not None:
         prepared = prepare_points(Path(points), Path(scans), config, workers, on_done)
         decided = predictor.predict(prepared.inputs)
         write_point_predictions(out, prepared, decided)
         return ([Prediction(s.scan.path, _known(s.row.label, config.classes), p, name, s.row.point,
-                            run_splits.of(s.scan.path, s.scan.series_uid, s.row.point,
+                            run_splits.split_of(s.scan.path, s.scan.series_uid, s.row.point,
                                           s.row.patient_id or s.scan.patient_id))
                  for s, p, name in zip(prepared.samples, decided.probs, decided.names)], prepared.skipped,
                 config.classes)
@@ -133,7 +117,7 @@ def predict_run(run: Path, scans: Path, out: Path, device: str = "auto", workers
     known = labels if all(label is not None for label in labels) else None
     write_predictions(out, [str(scan.path) for scan, _ in kept], known, decided)
     predictions = [Prediction(scan.path, label, p, name,
-                              seen=run_splits.of(scan.path, scan.series_uid, None, known_patient(scan, found.root)))
+                              seen=run_splits.split_of(scan.path, scan.series_uid, None, known_patient(scan, found.root)))
                    for (scan, _), label, p, name in zip(kept, labels, decided.probs, decided.names)]
     return predictions, skipped, config.classes
 

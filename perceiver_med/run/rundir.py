@@ -81,6 +81,22 @@ def weights_metadata(config: RunConfig) -> dict[str, str]:
             "model": json.dumps(config.model, sort_keys=True)}
 
 
+class TrainedOn:
+    """Which split of a run each of its samples, and each of its patients, was in: a sample the run learnt from (or
+    a sample of a patient it learnt from) never counts as unseen data."""
+
+    def __init__(self, rows: list[SplitRow]):
+        self.samples = {(row.path.resolve(), row.series_uid, row.point): row.split for row in rows}
+        self.patients = {row.patient_id: row.split for row in rows if row.patient_id}
+
+    def split_of(self, path: Path, series_uid: str, point, patient_id: str) -> str:
+        """"train", "val", "test", or "" for a sample and patient the run has not seen."""
+        split = self.samples.get((Path(path).resolve(), series_uid, point))
+        if split is None and patient_id:
+            split = self.patients.get(patient_id)
+        return split or ""
+
+
 @dataclass(frozen=True)
 class RunDir:
     """A run directory. `RunDir(path)` names one (training writes it); `RunDir.open(path)` checks that a
@@ -156,6 +172,9 @@ class RunDir:
         if config.splits_sha256 and file_sha256(self.splits_file) != config.splits_sha256:
             raise UserError(f"{self.splits_file} was changed after training (its SHA-256 differs from {CONFIG})")
         return read_splits(self.splits_file)
+
+    def trained_on(self, config: RunConfig) -> TrainedOn:
+        return TrainedOn(self.frozen_rows(config))
 
     def load_model(self, device: torch.device | None = None, config: RunConfig | None = None) -> nn.Module:
         """The run's best model in eval mode, weights checked against config.json; for a cross-validated run
