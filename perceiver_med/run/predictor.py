@@ -44,6 +44,12 @@ class Decisions:
     def __len__(self) -> int:
         return len(self.indices)
 
+    @classmethod
+    def of(cls, raw: np.ndarray, config: RunConfig) -> "Decisions":
+        """What a run with this config decides for model probabilities `raw` (its temperature and threshold)."""
+        probs, indices = decide(raw, config.decision, config.classes.index(config.positive_class))
+        return cls(raw, probs, indices, config.classes)
+
 
 class Predictor:
     """A finished run's model with its decision rule: `Predictor(run)` loads and checks the run directory
@@ -87,8 +93,7 @@ class Predictor:
                              precision=self.config.train.precision)
 
     def decide(self, raw: np.ndarray) -> Decisions:
-        probs, indices = decide(raw, self.config.decision, self.positive)
-        return Decisions(raw, probs, indices, self.classes)
+        return Decisions.of(raw, self.config)
 
     def predict(self, inputs: torch.Tensor | np.ndarray, processes: Processes | None = None) -> Decisions:
         return self.decide(self.probabilities(inputs, processes))

@@ -22,7 +22,7 @@ from perceiver_med.inputs.loading import load_split_inputs
 from perceiver_med.training.engine import Processes, Reporter, file_sha256, pick_device
 from perceiver_med.errors import UserError
 from perceiver_med.files import atomic_text, holds_files
-from perceiver_med.run.predictor import Predictor
+from perceiver_med.run.predictor import Decisions, Predictor
 from perceiver_med.run.rundir import (CHECKPOINT, CONFIG, CV_RECORD, FROZEN_SPLITS, METRICS, RunDir, fold_name,
                                       load_run_config,
                                       predictions_name, sound_rows)
@@ -205,15 +205,14 @@ def _ensemble(out: Path, rows: list[SplitRow], folds: list[int], splits_file: st
                # calibration "before" is of the members' uncalibrated probabilities, "after" of the calibrated ones
                "out_of_fold": score_split(oof_labels, oof_raw, oof_rows, config, calibrated=oof)}
     with_points = config.preprocess.kind.takes_points
-    ensemble_predictor = Predictor.of_model(config, None, torch_device)
-    write_split_predictions(out / predictions_name("out_of_fold"), oof_rows, ensemble_predictor.decide(oof),
+    write_split_predictions(out / predictions_name("out_of_fold"), oof_rows, Decisions.of(oof, config),
                             with_points)
     # a test sample counts only where every member could prepare it
     test_rows = [row for row in test if all(row.sample_key in probs for probs in test_probs)]
     if test_rows:
         ensemble = np.mean([[probs[row.sample_key] for row in test_rows] for probs in test_probs], axis=0)
         metrics["test"] = score_split(np.array([index[row.label] for row in test_rows]), ensemble, test_rows, config)
-        write_split_predictions(out / predictions_name("test"), test_rows, ensemble_predictor.decide(ensemble),
+        write_split_predictions(out / predictions_name("test"), test_rows, Decisions.of(ensemble, config),
                                 with_points)
     atomic_text(out / METRICS, lambda h: json.dump(metrics, h, indent=2))
     atomic_text(out / CONFIG, lambda h: h.write(config.to_json()))  # last: its presence marks a whole run
