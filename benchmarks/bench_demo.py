@@ -29,7 +29,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     import perceiver_med
-    from perceiver_med.demo import run_demo
+    from perceiver_med.workflows.demo import run_demo
 
     with tempfile.TemporaryDirectory() as temp:
         os.environ["PERCEIVER_MED_CACHE"] = str(Path(temp) / "cache")

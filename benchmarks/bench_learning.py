@@ -38,8 +38,8 @@ def main() -> None:
         os.environ["PERCEIVER_MED_CACHE"] = str(temp / "cache")
         import torch
 
-        from perceiver_med.inputs.folders import split_folder
-        from perceiver_med.training.train import train_run
+        from perceiver_med.workflows.folders import split_folder
+        from perceiver_med.workflows.train import train_run
         from perceiver_med.synth.phantoms import LungDifficulty, synth
 
         # a stopped benchmark goes on where it was: runs already in --json are kept, not repeated

@@ -295,7 +295,7 @@ def throughput(device, batch=32, warmup=2, measured=4, bf16_measured=None, preci
 def phantom_knees() -> dict:
     """60 synthetic knee patients (left or right), split by patient: inputs, labels, train and test masks."""
     from perceiver_med.inputs.loading import load_split_inputs
-    from perceiver_med.inputs.folders import split_folder
+    from perceiver_med.workflows.folders import split_folder
     from perceiver_med.inputs.preprocess import PreprocessConfig
     from perceiver_med.inputs.splits import read_splits
     from perceiver_med.synth.phantoms import synth
@@ -317,7 +317,7 @@ def train_epochs(model, data, lr, channels_last, device, bf16=False, seed=0, bat
 
     bf16 trains and evaluates under perceiver_med's autocast.
     """
-    from perceiver_med.inputs.loading import AugmentConfig, augment_batch
+    from perceiver_med.inputs.augment import AugmentConfig, augment_batch
     from perceiver_med.training.engine import autocast
 
     torch.manual_seed(seed)

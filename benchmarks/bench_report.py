@@ -25,8 +25,8 @@ DEMO_EPOCHS = 40  # perceiver-med demo's default
 
 
 def _demo_run(folder: Path, epochs: int) -> tuple[Path, dict]:
-    from perceiver_med.inputs.folders import split_folder
-    from perceiver_med.training.train import train_run
+    from perceiver_med.workflows.folders import split_folder
+    from perceiver_med.workflows.train import train_run
     from perceiver_med.synth.phantoms import synth
 
     started = time.perf_counter()

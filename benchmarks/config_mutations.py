@@ -9,8 +9,8 @@ import contextlib, io, json, math, shutil, sys, csv, tempfile, traceback
 from pathlib import Path
 from perceiver_med import cli
 from perceiver_med.synth.phantoms import synth
-from perceiver_med.inputs.folders import split_folder
-from perceiver_med.training.train import train_run
+from perceiver_med.workflows.folders import split_folder
+from perceiver_med.workflows.train import train_run
 def main():
 
     root = Path(tempfile.mkdtemp())

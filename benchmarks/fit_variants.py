@@ -35,11 +35,12 @@ def main() -> None:
     args = parser.parse_args()
     import torch
 
-    from perceiver_med import engine
+    from perceiver_med.models.weights import load_weights
+    from perceiver_med.training import engine
     from perceiver_med.training.config import RunConfig
     from perceiver_med.inputs.loading import load_split_inputs
     from perceiver_med.models import build_model
-    from perceiver_med.run.rundir import sound_rows
+    from perceiver_med.run.rundir import RunDir, sound_rows
     from perceiver_med.inputs.splits import fold_rows
 
     torch.set_num_threads(1)
@@ -64,7 +65,7 @@ def main() -> None:
     model = build_model(model_config)
     if args.vit_from:
         donor = build_model(json.loads((args.vit_from / "config.json").read_text())["model"])
-        engine.load_weights(donor, args.vit_from / "model.safetensors")
+        load_weights(donor, args.vit_from / "model.safetensors")
         model.vit.load_state_dict(donor.vit.state_dict())
     if args.stage_two_only:  # a stage list without the ViT: fit trains the CNN stage on the given ViT
         stages_for = engine.stages_for
@@ -80,7 +81,7 @@ def main() -> None:
     device = torch.device("cpu")
     processes = engine.Processes.start(device)
     try:
-        engine.fit(model, model_config["name"], data, config.classes, train, augment, out, device, processes,
+        engine.fit(model, model_config["name"], data, config.classes, train, augment, RunDir(out).fit_files, device, processes,
                    Lines())
     finally:
         processes.close()

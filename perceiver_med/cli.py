@@ -220,7 +220,7 @@ def synth(kind: Annotated[Kind, typer.Argument(help="knee or lung", case_sensiti
               "--masks", help="with --points: a NIfTI label map per scan in OUT/masks (value 1: a benign nodule, "
               "2: a malignant one)", metavar="")] = False):
     """Write a phantom data set as real DICOM / NIfTI / PNG files."""
-    from perceiver_med.files import refuse_inside_runs
+    from perceiver_med.run.rundir import refuse_inside_runs
     from perceiver_med.synth.phantoms import synth as write
 
     refuse_inside_runs(out)
@@ -235,8 +235,8 @@ def inspect(data: Annotated[Path, typer.Argument(help="folder of scans, or one f
             out: Annotated[Optional[Path], typer.Option(help="CSV with one row per file", metavar="CSV")] = None,
             overwrite: Overwrite = False, max_voxels: MaxVoxels = None):
     """List every scan found and every file skipped, with the reason."""
-    from perceiver_med.inputs.folders import inspect_folder
-    from perceiver_med.files import check_new_output
+    from perceiver_med.workflows.folders import inspect_folder
+    from perceiver_med.run.rundir import check_new_output
 
     _voxel_budget(max_voxels)
     if out is not None:
@@ -277,8 +277,8 @@ def split(data: Annotated[Optional[Path], typer.Argument(help="folder of scans",
                    "is the val split; test patients stay held out)", metavar="K", min=2)] = None,
           overwrite: Overwrite = False, max_voxels: MaxVoxels = None):
     """Stratified, patient-grouped train/val/test split (or --check an existing one)."""
-    from perceiver_med.inputs import folders as dataset_ops
-    from perceiver_med.files import check_new_output
+    from perceiver_med.workflows import folders as dataset_ops
+    from perceiver_med.run.rundir import check_new_output
     from perceiver_med.inputs.splits import count_table, sample_noun
 
     _voxel_budget(max_voxels)
@@ -328,7 +328,7 @@ def points(masks: Annotated[Path, typer.Argument(help="folder of masks (NIfTI la
     sphere of its volume, its label; `split DATA --points CSV` takes the file."""
     from rich.table import Table
 
-    from perceiver_med.files import check_new_output
+    from perceiver_med.run.rundir import check_new_output
     from perceiver_med.inputs.masks import points_from_masks
 
     check_new_output(out, overwrite)
@@ -366,7 +366,7 @@ def preview(scan: Annotated[Path, typer.Argument(help="a scan file, or a folder 
                 metavar="RUN")] = None,
             overwrite: Overwrite = False, max_voxels: MaxVoxels = None):
     """Write the exact model input of one scan as PNG and NumPy."""
-    from perceiver_med.inputs.folders import preview_scan
+    from perceiver_med.workflows.folders import preview_scan
     from perceiver_med.inputs.points import parse_point
 
     _voxel_budget(max_voxels)
@@ -386,7 +386,7 @@ def prepare(splits: Annotated[Path, typer.Argument(help="splits CSV", metavar="S
             max_voxels: MaxVoxels = None):
     """Preprocess every scan of a splits file into the on-disk cache (training does this too)."""
     from perceiver_med.inputs.cache import usable_cache_root
-    from perceiver_med.inputs.folders import prepare_splits
+    from perceiver_med.workflows.folders import prepare_splits
 
     _voxel_budget(max_voxels)
     with RichReporter() as reporter:
@@ -507,7 +507,7 @@ def train(splits: Annotated[Optional[Path], typer.Argument(help="splits CSV from
           max_voxels: MaxVoxels = None, **model_options):
     """Train a model; writes config, weights, metrics, history, curves and predictions to --out."""
     from perceiver_med.run.rundir import RunDir
-    from perceiver_med.training.train import train_run
+    from perceiver_med.workflows.train import train_run
 
     _voxel_budget(max_voxels)
     main_process = _is_main_process()
@@ -520,7 +520,7 @@ def train(splits: Annotated[Optional[Path], typer.Argument(help="splits CSV from
         with RichReporter(quiet or not main_process) as reporter:
             trainer = train_run
             if cv:
-                from perceiver_med.training.cv import train_cv as trainer
+                from perceiver_med.workflows.cv import train_cv as trainer
             result = trainer(splits, model, out, resume=resume, reporter=reporter,
                              on_prepared=reporter.preparing, **options)
     except KeyboardInterrupt:
@@ -678,7 +678,7 @@ def demo(out: Annotated[Path, typer.Option(help="folder for everything the demo 
                                                         show_default="40 for knee, 0 for lung")] = None,
          seed: Annotated[int, typer.Option(help="random seed", metavar="N")] = 0):
     """synth -> split -> train a Perceiver -> evaluate -> predict -> explain, on the CPU in minutes."""
-    from perceiver_med.demo import run_demo
+    from perceiver_med.workflows.demo import run_demo
 
     with RichReporter() as reporter:
         run_demo(out, patients, epochs, seed, reporter, reporter.say, kind.value)

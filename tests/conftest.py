@@ -94,7 +94,7 @@ def _session_cache(tmp_path_factory):
 @pytest.fixture(scope="session")
 def knee(tmp_path_factory):
     """12 phantom knee patients (PNG, AKOA names) and their patient-grouped splits.csv."""
-    from perceiver_med.inputs.folders import split_folder
+    from perceiver_med.workflows.folders import split_folder
     from perceiver_med.synth.phantoms import synth
 
     root = tmp_path_factory.mktemp("knee")
@@ -109,7 +109,7 @@ TINY_PERCEIVER_RUN = dict(size=32, epochs=2, batch_size=8, device="cpu", patienc
 @pytest.fixture(scope="session")
 def tiny_run(knee, tmp_path_factory):
     """A small Perceiver trained on `knee` (shared: tests change only copies of it)."""
-    from perceiver_med.training.train import train_run
+    from perceiver_med.workflows.train import train_run
 
     return train_run(knee / "splits.csv", "perceiver", tmp_path_factory.mktemp("runs") / "run",
                      **TINY_PERCEIVER_RUN)

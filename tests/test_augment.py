@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from perceiver_med.inputs.loading import AugmentConfig, augment_batch
+from perceiver_med.inputs.augment import AugmentConfig, augment_batch
 
 
 def _grid_of_constant_tiles(batch: int = 4, side: int = 16) -> torch.Tensor:

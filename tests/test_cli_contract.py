@@ -259,7 +259,7 @@ def test_resume_of_a_hybrid_needs_no_options_and_cleans_killed_writes(run_instal
     saved = torch.load(checkpoint, weights_only=True)
     saved["state"]["stage_index"], saved["state"]["epoch"] = 1, 0  # as if stopped between the two stages
     torch.save(saved, checkpoint)
-    from perceiver_med.training.engine import file_sha256
+    from perceiver_med.files import file_sha256
 
     config = json.loads((out / "config.json").read_text())
     config["checkpoint_sha256"] = [file_sha256(checkpoint)]  # as training itself records it

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from perceiver_med.csvfiles import FORMULA_STARTS, escape_cell, unescape_cell
-from perceiver_med.inputs.folders import check_splits_file, inspect_folder
+from perceiver_med.workflows.folders import check_splits_file, inspect_folder
 from perceiver_med.errors import UserError
 from perceiver_med.io import discover
 from perceiver_med.io.labels import label_scans

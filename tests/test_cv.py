@@ -10,7 +10,7 @@ import pytest
 
 from perceiver_med.errors import UserError
 from perceiver_med.inputs.splits import find_problems, read_splits
-from perceiver_med.results.statistics import choose_threshold
+from perceiver_med.stats.statistics import choose_threshold
 from tests.conftest import TINY_PERCEIVER_RUN
 
 
@@ -24,7 +24,7 @@ def _rows(path: Path) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def folded(knee, tmp_path_factory):
-    from perceiver_med.inputs.folders import split_folder
+    from perceiver_med.workflows.folders import split_folder
 
     root = tmp_path_factory.mktemp("folded")
     split_folder(knee / "data", root / "splits.csv", seed=0, folds=3)
@@ -74,7 +74,7 @@ def _write(path, rows):
 
 @pytest.fixture(scope="module")
 def cv_run(folded, tmp_path_factory):
-    from perceiver_med.training.cv import train_cv
+    from perceiver_med.workflows.cv import train_cv
 
     return train_cv(folded, "perceiver", tmp_path_factory.mktemp("cv") / "run", threshold="youden",
                     **TINY_PERCEIVER_RUN)
@@ -137,7 +137,7 @@ def test_predict_and_evaluate_on_a_cross_validated_run_use_the_ensemble(cv_run, 
 def test_a_stopped_cross_validation_resumes_with_its_own_options(cv_run, tmp_path):
     import shutil
 
-    from perceiver_med.training.cv import train_cv
+    from perceiver_med.workflows.cv import train_cv
 
     run = tmp_path / "run"
     shutil.copytree(cv_run.run, run)
@@ -157,13 +157,13 @@ def test_a_stopped_cross_validation_resumes_with_its_own_options(cv_run, tmp_pat
 
 
 def test_a_refused_option_leaves_nothing_to_block_the_corrected_command(folded, tmp_path):
-    from perceiver_med.training.cv import train_cv
+    from perceiver_med.workflows.cv import train_cv
 
     with pytest.raises(UserError, match="--threshold"):
         train_cv(folded, "perceiver", tmp_path / "run", threshold="bogus", **TINY_PERCEIVER_RUN)
     with pytest.raises(UserError, match="not perceiver"):  # refused inside the first fold
         train_cv(folded, "perceiver", tmp_path / "run", depth=2, **TINY_PERCEIVER_RUN)
-    from perceiver_med.files import holds_files
+    from perceiver_med.run.rundir import holds_files
 
     assert not holds_files(tmp_path / "run")  # what makes train refuse an --out
 
@@ -196,7 +196,7 @@ def test_out_of_fold_calibration_before_is_of_the_uncalibrated_probabilities(cv_
 
 
 def test_resume_of_a_finished_cross_validation_says_it_is_complete(cv_run):
-    from perceiver_med.training.cv import train_cv
+    from perceiver_med.workflows.cv import train_cv
 
     with pytest.raises(UserError, match="is complete"):
         train_cv(None, None, cv_run.run, resume=True)

@@ -7,7 +7,7 @@ from torch import nn
 
 from perceiver_med.results.explain import evidence_map, explain_run
 from perceiver_med.models import Perceiver, ViTRolloutCNN
-from perceiver_med.training.train import train_run
+from perceiver_med.workflows.train import train_run
 
 SIZE = 32
 
@@ -179,7 +179,7 @@ def test_figures_draw_names_as_plain_text(tmp_path):
 @pytest.fixture(scope="module")
 def spot_run(tmp_path_factory):
     """A Perceiver run on class folders dot/ and none/ of 32x32 PNGs (one epoch: only the files matter)."""
-    from perceiver_med.inputs.folders import split_folder
+    from perceiver_med.workflows.folders import split_folder
 
     root = tmp_path_factory.mktemp("spot")
     x, labels = _spot_images(30, seed=2)

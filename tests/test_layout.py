@@ -40,7 +40,7 @@ def _constants(tree, values: set[str]):
     ({"grid", "point"}, {"inputs/kinds.py"}),  # "image" is also a scan kind (beside "volume"), so not checked
     ({"config.json", "model.safetensors", "checkpoint.pt", "splits.csv", "cv.json", "metrics.json", "history.csv",
       "curves.png"},
-     {"run/rundir.py", "demo.py"}),  # the demo's own splits.csv is not a run's
+     {"run/rundir.py", "workflows/demo.py"}),  # the demo's own splits.csv is not a run's
 ])
 def test_each_name_is_spelt_by_its_owner_alone(values, owners):
     strays = [f"{name}:{node.lineno} {node.value!r}" for name, tree in _modules()
@@ -59,3 +59,29 @@ def test_the_decision_chain_is_composed_in_the_predictor_alone():
                 if {"apply_temperature", "decisions"} <= called:
                     composers.append(f"{name}:{node.name}")
     assert composers == ["run/predictor.py:decide"]
+
+
+# The packages in the order data moves; a module imports only from its own layer or those before it.
+LAYERS = (("__init__.py", "errors.py", "files.py", "csvfiles.py"), ("io",), ("inputs", "synth"), ("models",),
+          ("stats",), ("training",), ("run",), ("results",), ("workflows",), ("cli.py", "__main__.py"))
+
+
+def _layer(module: str) -> int:
+    """`module` as a path inside the package ("run/rundir.py") or a dotted name ("perceiver_med.run.rundir")."""
+    first = module.split("/")[0] if "/" in module or module.endswith(".py") else (
+        module.split(".")[1] if "." in module else "__init__")
+    names = {first, f"{first}.py"}
+    return next(level for level, members in enumerate(LAYERS) if names & set(members))
+
+
+def test_imports_follow_the_data_downward():
+    """Lazy imports inside functions count too: an upward import is a cycle waiting to happen."""
+    upward = []
+    for name, tree in _modules():
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("perceiver_med"):
+                targets = [node.module] if node.module != "perceiver_med" else [
+                    f"perceiver_med.{alias.name}" for alias in node.names if alias.name != "__version__"]
+                upward += [f"{name}:{node.lineno} -> {target}" for target in targets
+                           if _layer(target) > _layer(name)]
+    assert not upward, upward

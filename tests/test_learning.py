@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from perceiver_med.inputs.folders import split_folder
+from perceiver_med.workflows.folders import split_folder
 from perceiver_med.training.engine import stopping_armed, unfitted_note
-from perceiver_med.training.train import train_run
+from perceiver_med.workflows.train import train_run
 from perceiver_med.synth.phantoms import DIFFICULTIES, synth
 
 FIT_EPOCHS = 80  # of 4 steps (batch 4): the plain CNN fitted 15 of the 16 volumes in 60

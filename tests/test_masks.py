@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from pydicom import dcmread
 
-from perceiver_med.inputs.folders import split_folder
+from perceiver_med.workflows.folders import split_folder
 from perceiver_med.errors import UserError
 from perceiver_med.io import discover, read_scan
 from perceiver_med.io.orientation import LPS_FROM_RAS

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from perceiver_med.results.metrics import split_metrics
+from perceiver_med.stats.metrics import split_metrics
 
 
 def test_sensitivity_and_specificity_follow_the_named_positive_class():

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from perceiver_med.inputs.folders import split_folder
+from perceiver_med.workflows.folders import split_folder
 from perceiver_med.errors import ScanError, UserError
 from perceiver_med.io import discover, read_scan
 from perceiver_med.io.image import ScanImage

@@ -36,8 +36,8 @@ def _age(index):
 def reported(tmp_path_factory):
     """Phantom DICOM knees with sex, age and manufacturer written into their headers, one non-scan file, a
     splits file with its flow record, a tiny trained run and its report."""
-    from perceiver_med.inputs.folders import split_folder
-    from perceiver_med.training.train import train_run
+    from perceiver_med.workflows.folders import split_folder
+    from perceiver_med.workflows.train import train_run
     from perceiver_med.synth.phantoms import synth
 
     root = tmp_path_factory.mktemp("report")

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from perceiver_med.inputs.folders import check_splits_file, split_folder
+from perceiver_med.workflows.folders import check_splits_file, split_folder
 from perceiver_med.errors import UserError
 from perceiver_med.io import discover
 from perceiver_med.io.discover import Scan

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from perceiver_med.results.evaluation import evaluate_run
-from perceiver_med.training.train import train_run
+from perceiver_med.workflows.train import train_run
 
 TINY_PERCEIVER = {"num_latents": 8, "latent_dim": 32, "num_iterations": 2}
 TINY_VIT = {"depth": 1, "dim": 32}

@@ -9,9 +9,9 @@ from sklearn.metrics import brier_score_loss
 
 from perceiver_med.training.config import Decision, RunConfig
 from perceiver_med.errors import UserError
-from perceiver_med.results.metrics import split_metrics, threshold_metrics
+from perceiver_med.stats.metrics import split_metrics, threshold_metrics
 from perceiver_med.results.scoring import fit_decision
-from perceiver_med.results.statistics import (aggregate, apply_temperature, bootstrap_ci, bootstrap_distribution, brier_score,
+from perceiver_med.stats.statistics import (aggregate, apply_temperature, bootstrap_ci, bootstrap_distribution, brier_score,
                                  choose_threshold, expected_calibration_error, fit_temperature, parse_threshold_rule,
                                  patient_counts, reliability_bins, weighted_metrics)
 
@@ -278,7 +278,7 @@ def _split_rows(run, split):
 def test_a_chosen_threshold_is_reproduced_from_the_validation_predictions_alone(knee, tmp_path):
     from perceiver_med.results.evaluation import evaluate_run
     from perceiver_med.results.predictions import predict_run
-    from perceiver_med.training.train import train_run
+    from perceiver_med.workflows.train import train_run
     from tests.conftest import TINY_PERCEIVER_RUN
 
     # 5 epochs, not the tiny run's 2: a model still at chance has a flat likelihood in the temperature, and a refit

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from perceiver_med.inputs.loading import AugmentConfig
+from perceiver_med.inputs.augment import AugmentConfig
 from perceiver_med.run.tta import AugmentedViews, mirror
 
 

@@ -208,7 +208,7 @@ def test_a_bad_window_through_the_installed_command_is_one_line_and_exit_2(run_i
 
 def test_the_window_is_recorded_in_config_json_and_used_from_the_run(knee, tmp_path, tiny_run):
     from perceiver_med.run.rundir import load_run_config
-    from perceiver_med.training.train import train_run
+    from perceiver_med.workflows.train import train_run
 
     assert json.loads((tiny_run.run / "config.json").read_text())["preprocess"]["window"] == "auto"
     options = {**TINY_PERCEIVER_RUN, "epochs": 1, "size": 16}

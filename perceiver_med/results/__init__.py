@@ -1,3 +1,3 @@
-"""Results: statistics (confusion counts, intervals, calibration, thresholds), metrics per split, console
-tables and figures, evidence maps (explain) and the HTML report. A new output format (ONNX, DICOM) goes here
-as a module that takes a run and the predictor's output."""
+"""Results of a finished run, all through run.Predictor: scoring a split (scoring), `evaluate` (evaluation),
+`predict` (predictions), `explain` (evidence maps), console tables and figures (display) and the HTML report
+(report/). A new output format (ONNX, DICOM) goes here as a module that takes a run and the predictor's output."""

@@ -21,7 +21,8 @@ from perceiver_med.inputs.cache import InputRequest, find_scan, prepare
 from perceiver_med.inputs.loading import scan_mismatch
 from perceiver_med.errors import ScanError, UserError
 from perceiver_med.csvfiles import printable
-from perceiver_med.files import check_new_output, refuse_inside
+from perceiver_med.run.rundir import check_new_output
+from perceiver_med.files import refuse_inside
 from perceiver_med.io import discover
 from perceiver_med.io.discover import Skip
 from perceiver_med.models import token_patch

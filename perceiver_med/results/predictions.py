@@ -11,7 +11,8 @@ import numpy as np
 
 from perceiver_med.csvfiles import write_csv
 from perceiver_med.errors import UserError
-from perceiver_med.files import check_new_output, refuse_inside
+from perceiver_med.run.rundir import check_new_output
+from perceiver_med.files import refuse_inside
 from perceiver_med.inputs.cache import InputRequest, prepare_many
 from perceiver_med.inputs.loading import scan_mismatch
 from perceiver_med.inputs.points import COORDINATES

@@ -10,9 +10,9 @@ import re
 import numpy as np
 
 from perceiver_med.training.config import Decision, RunConfig, is_laterality
-from perceiver_med.results.metrics import split_metrics, threshold_metrics
+from perceiver_med.stats.metrics import split_metrics, threshold_metrics
 from perceiver_med.inputs.splits import SplitRow
-from perceiver_med.results.statistics import (RESAMPLES, aggregate, apply_temperature, bootstrap_ci, brier_score,
+from perceiver_med.stats.statistics import (RESAMPLES, aggregate, apply_temperature, bootstrap_ci, brier_score,
                                               calibration_temperature, choose_threshold, expected_calibration_error,
                                               reliability_bins)
 

@@ -14,8 +14,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from perceiver_med.results.metrics import decisions
-from perceiver_med.results.statistics import apply_temperature
+from perceiver_med.stats.metrics import decisions
+from perceiver_med.stats.statistics import apply_temperature
 from perceiver_med.run.rundir import RunDir
 from perceiver_med.training.config import Decision, RunConfig
 from perceiver_med.training.engine import Processes, pick_device, predict_probs

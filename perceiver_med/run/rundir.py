@@ -7,6 +7,9 @@ module spells a run's file names.
 from __future__ import annotations
 
 import json
+import os
+import socket
+import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,10 +18,11 @@ import torch
 from torch import nn
 
 from perceiver_med.errors import UserError
-from perceiver_med.files import LOCK_NAME, RunLock
+from perceiver_med.files import FILE_MODE, writing_error
 from perceiver_med.inputs.cache import INPUT_VERSION
 from perceiver_med.inputs.splits import SplitRow, find_problems, read_splits
 from perceiver_med.training.config import RunConfig, read_run_config
+from perceiver_med.training.engine import FitFiles
 
 CONFIG = "config.json"
 WEIGHTS = "model.safetensors"  # the best weights
@@ -28,6 +32,7 @@ CV_RECORD = "cv.json"  # a cross-validation's model and options, so a resume tra
 METRICS = "metrics.json"
 HISTORY = "history.csv"
 CURVES = "curves.png"
+LOCK_NAME = ".lock"  # host and pid of the process writing the run
 
 
 def is_run_directory(folder: Path) -> bool:
@@ -114,7 +119,7 @@ class RunDir:
             raise UserError(f"{run.path} is a file: give the run directory that holds it")
         if not run.path.is_dir():
             raise UserError(f"run directory {run.path} does not exist")
-        owner = RunLock(run.path)._live_owner() if run.lock_file.exists() else ""
+        owner = RunLock(run.path).live_owner() if run.lock_file.exists() else ""
         if owner:
             raise UserError(f"{run.path} is still being trained ({owner}): its weights are intermediate; wait "
                             "for train to finish")
@@ -152,6 +157,11 @@ class RunDir:
     def predictions_file(self, split: str) -> Path:
         return self.path / predictions_name(split)
 
+    @property
+    def fit_files(self) -> FitFiles:
+        """Where training writes its checkpoint and best weights."""
+        return FitFiles(self.checkpoint_file, self.weights_file)
+
     def fold(self, fold: int) -> "RunDir":
         return RunDir(self.path / fold_name(fold))
 
@@ -165,7 +175,7 @@ class RunDir:
 
     def frozen_rows(self, config: RunConfig) -> list[SplitRow]:
         """The splits the run was trained on: its own copy, refused if it changed since it was written."""
-        from perceiver_med.training.engine import file_sha256
+        from perceiver_med.files import file_sha256
 
         if not self.splits_file.is_file():
             raise UserError(f"{self.path} has no {FROZEN_SPLITS}: it is not a complete run")
@@ -184,7 +194,7 @@ class RunDir:
         if config.ensemble:
             return self._load_ensemble(config, device)
         from perceiver_med.models import build_model
-        from perceiver_med.training.engine import load_weights
+        from perceiver_med.models.weights import load_weights
 
         if not self.weights_file.is_file():
             raise UserError(f"{self.path} has no {WEIGHTS} (training stopped before its first epoch ended)")
@@ -238,3 +248,99 @@ class RunDir:
             temperatures.append(member_config.decision.temperature)
         return Ensemble(models, temperatures).to(device).eval()
 
+
+# ---------------------------------------------------------------- who writes where
+def refuse_inside_runs(output: Path | str) -> None:
+    """Nothing is written inside a run directory (is_run_directory): a run holds only what training
+    wrote, so its digests and its frozen splits stay true."""
+    for folder in Path(output).resolve().parents:
+        if is_run_directory(folder):
+            raise UserError(f"{output} is inside the run directory {folder}: write outputs elsewhere")
+
+
+def check_new_output(path: Path | str, overwrite: bool = False) -> None:
+    """Before any work: refuse to replace an existing output unasked, or to write inside a run directory, and
+    make sure the output's folder is writable."""
+    path = Path(path)
+    refuse_inside_runs(path)
+    if path.is_dir():
+        raise UserError(f"{path} is a folder: give a file name")
+    if path.exists() and not overwrite:
+        raise UserError(f"{path} already exists: choose another name, or add --overwrite")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}."):
+            pass  # the folder takes new files
+    except OSError as exc:
+        raise writing_error(path, exc) from None
+
+
+class RunLock:
+    """One writer per run directory: the lock file holds the owner's host and pid; a dead owner's lock is taken over."""
+
+    def __init__(self, run: Path | str, enabled: bool = True):
+        self.run, self.enabled, self.created = Path(run), enabled, False
+        self.path = self.run / LOCK_NAME
+
+    def __enter__(self) -> "RunLock":
+        if not self.enabled:
+            return self
+        refuse_inside_runs(self.run)
+        self.created = not self.run.exists()
+        try:
+            self.run.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise writing_error(self.run, exc) from None
+        for _attempt in range(2):
+            try:
+                descriptor = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, FILE_MODE)
+            except FileExistsError:
+                owner = self.live_owner()
+                if owner:
+                    raise UserError(f"{self.run} is in use by another perceiver-med ({owner}): wait for it to "
+                                    "finish, or choose another --out") from None
+                self.path.unlink(missing_ok=True)  # left by a process that no longer runs
+                continue
+            except OSError as exc:
+                raise writing_error(self.path, exc) from None
+            with os.fdopen(descriptor, "w") as handle:
+                handle.write(f"{socket.gethostname()} {os.getpid()}\n")
+            return self
+        raise UserError(f"{self.run} is being locked by another process: try again")
+
+    def live_owner(self) -> str:
+        try:
+            host, pid = self.path.read_text().split()
+            pid = int(pid)
+        except (OSError, ValueError):
+            return ""  # unreadable or half-written: treated as stale
+        if host != socket.gethostname():
+            return f"pid {pid} on {host}"  # cannot tell whether it runs: assume it does
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return ""
+        except PermissionError:
+            pass
+        return f"pid {pid}"
+
+    def __exit__(self, *exc_info) -> None:
+        if not self.enabled:
+            return
+        self.path.unlink(missing_ok=True)
+        if self.created and self.run.is_dir() and not any(self.run.iterdir()):
+            self.run.rmdir()  # a run that failed before writing anything leaves nothing behind
+
+
+def holds_files(folder: Path) -> bool:
+    """Whether a folder holds anything besides a lock."""
+    return folder.exists() and (not folder.is_dir() or any(p.name != LOCK_NAME for p in folder.iterdir()))
+
+
+def remove_stale_temporaries(run: Path) -> None:
+    """Temporary files of writes that were killed midway (`.<name>.<random>.<suffix>`); call under RunLock."""
+    if not run.is_dir():
+        return
+    for path in run.iterdir():
+        if path.name.startswith(".") and path.name != LOCK_NAME and path.is_file():
+            path.unlink(missing_ok=True)

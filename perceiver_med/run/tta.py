@@ -15,7 +15,7 @@ import torch
 from einops import rearrange
 from torch import nn
 
-from perceiver_med.inputs.loading import AugmentConfig, augment_batch
+from perceiver_med.inputs.augment import AugmentConfig, augment_batch
 from perceiver_med.errors import UserError
 from perceiver_med.models import token_patch
 

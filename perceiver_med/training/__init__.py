@@ -1,2 +1,3 @@
-"""Training: run settings (config), the fit/evaluate loops with checkpoints and DDP (engine), a single run
-(train) and cross-validation over folds (cv). A new training policy or loss goes here."""
+"""Training: all run settings as dataclasses with one JSON form and their checks (config), and the fit and
+evaluation loops with checkpoints, bf16 autocast and DDP (engine). A new training policy or loss goes here;
+where its files go is the caller's business (run.RunDir.fit_files)."""

@@ -16,7 +16,7 @@ from dataclasses import MISSING, dataclass, field, fields, is_dataclass
 from pathlib import Path
 
 from perceiver_med import __version__
-from perceiver_med.inputs.loading import AugmentConfig
+from perceiver_med.inputs.augment import AugmentConfig
 from perceiver_med.errors import UserError
 from perceiver_med.inputs.preprocess import PreprocessConfig
 from perceiver_med.models.registry import get_spec, num_classes
@@ -245,7 +245,7 @@ class RunConfig:
     input_version: int = 0
 
     def check(self) -> None:
-        from perceiver_med.results.statistics import parse_threshold_rule
+        from perceiver_med.stats.statistics import parse_threshold_rule
 
         if len(self.classes) < 2 or len(set(self.classes)) != len(self.classes) or "" in self.classes:
             raise ValueError(f"classes must be two or more distinct names, not {_shown(self.classes)}")
@@ -295,7 +295,7 @@ def canonical_options(options: dict) -> dict:
     """train's options as a run stores them, so a resume compares like with like (--threshold Youden = youden,
     --window -1000,400 = lung)."""
     from perceiver_med.inputs.windows import parse_window
-    from perceiver_med.results.statistics import parse_threshold_rule
+    from perceiver_med.stats.statistics import parse_threshold_rule
 
     options = dict(options)
     if "threshold" in options:

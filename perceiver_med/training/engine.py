@@ -5,7 +5,6 @@ JSON (configuration) and torch.load(weights_only=True) (the resumable checkpoint
 """
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 import platform
@@ -18,19 +17,18 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
 from torch import nn
 
 from perceiver_med.training.config import TrainConfig, resolve_epochs
-from perceiver_med.inputs.loading import AugmentConfig, augment_batch
+from perceiver_med.inputs.augment import AugmentConfig, augment_batch
 from perceiver_med.errors import UserError
-from perceiver_med.files import atomic_path
+from perceiver_med.files import atomic_path, file_sha256
 from perceiver_med.io.limits import describe
-from perceiver_med.results.metrics import split_metrics
+from perceiver_med.stats.metrics import split_metrics
 from perceiver_med.models.cnn import SupervisedOutput
 from perceiver_med.models.layers import batch_norms
 from perceiver_med.models.registry import Stage, model_stages
+from perceiver_med.models.weights import load_weights, save_weights
 
 SPLITS = ("train", "val", "test")
 
@@ -263,44 +261,6 @@ def unfitted_note(history: list[dict], stage: str) -> str:
             "inputs): it may not have left the initial plateau; train longer (--epochs) or with another --seed")
 
 
-def save_weights(model: nn.Module, path: Path, metadata: dict[str, str] | None = None) -> str:
-    """Write the weights (with `metadata` in the file's header) atomically; returns the file's SHA-256."""
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    with atomic_path(path, suffix=".safetensors") as temp:
-        save_file(state, str(temp), metadata=metadata)
-        digest = file_sha256(temp)
-    return digest
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def load_weights(model: nn.Module, path: Path, sha256: str = "", metadata: dict[str, str] | None = None) -> None:
-    """Load weights into `model`, refusing a file whose SHA-256 or header metadata differ from what is expected."""
-    if sha256 and file_sha256(path) != sha256:
-        raise UserError(f"{path} does not match the SHA-256 recorded in config.json: the file is damaged or "
-                        "was replaced")
-    try:
-        state = load_file(str(path))
-        with safe_open(str(path), "pt") as handle:
-            stored = handle.metadata() or {}
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise UserError(f"{path} is damaged or not a safetensors file: {describe(exc)}") from None
-    for key, expected in (metadata or {}).items():
-        if key in stored and stored[key] != expected:
-            raise UserError(f"config.json does not match {path}: its {key} differ from those the weights were "
-                            "trained with")
-    try:
-        model.load_state_dict(state)
-    except RuntimeError:
-        raise UserError(f"{path} does not match the model in config.json (foreign or damaged weights)") from None
-
-
 def load_checkpoint(path: Path) -> dict:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
@@ -309,8 +269,16 @@ def load_checkpoint(path: Path) -> dict:
 
 
 
+@dataclass(frozen=True)
+class FitFiles:
+    """Where fit writes: the resumable checkpoint and the best weights so far (a run directory names them)."""
+
+    checkpoint: Path
+    weights: Path
+
+
 def fit(model: nn.Module, model_name: str, data: dict, classes: list[str], train_cfg, augment: AugmentConfig,
-        run: Path, device: torch.device, processes: Processes, reporter: Reporter, resume: bool = False,
+        files: FitFiles, device: torch.device, processes: Processes, reporter: Reporter, resume: bool = False,
         weights_metadata: dict[str, str] | None = None, on_saved: Callable[[str, str], None] | None = None
         ) -> FitState:
     """Fit every stage of the model; the best weights (by validation loss) end up in the model and on disk.
@@ -323,11 +291,9 @@ def fit(model: nn.Module, model_name: str, data: dict, classes: list[str], train
     `on_saved(name, sha256)` is called after each save of the best weights or the checkpoint (by their run file
     names: the run records the digests, so a damaged file is refused later).
     """
-    from perceiver_med.run.rundir import RunDir
-
     model.to(device)
     stages = stages_for(model, model_name)
-    checkpoint_path, best_path = RunDir(run).checkpoint_file, RunDir(run).weights_file
+    checkpoint_path, best_path = files.checkpoint, files.weights
     state, saved = FitState(), None
     torch.manual_seed(derived_seed(train_cfg.seed, processes.rank))  # dropout differs between processes
     if resume:

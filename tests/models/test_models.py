@@ -307,7 +307,8 @@ def test_deep_supervision_trains_the_stem_and_never_feeds_a_prediction(name):
 def test_the_engine_trains_the_deep_supervision_beside_the_model(tmp_path):
     """fit() adds the auxiliary classifier's weighted loss: without weight decay only its gradient can move it."""
     from perceiver_med.training.config import TrainConfig
-    from perceiver_med.inputs.loading import AugmentConfig
+    from perceiver_med.inputs.augment import AugmentConfig
+    from perceiver_med.run.rundir import RunDir
     from perceiver_med.training.engine import Processes, Reporter, fit
 
     torch.manual_seed(0)
@@ -318,7 +319,7 @@ def test_the_engine_trains_the_deep_supervision_beside_the_model(tmp_path):
     config = TrainConfig(epochs=2, batch_size=4, device="cpu", precision="fp32", weight_decay=0.0)
     processes = Processes.start(torch.device("cpu"))
     try:
-        fit(model, "vit", data, ["a", "b"], config, AugmentConfig(), tmp_path, torch.device("cpu"), processes,
+        fit(model, "vit", data, ["a", "b"], config, AugmentConfig(), RunDir(tmp_path).fit_files, torch.device("cpu"), processes,
             Reporter())
     finally:
         processes.close()
@@ -435,7 +436,8 @@ def test_a_residual_hybrid_that_only_gets_worse_on_validation_ends_as_its_vit(tm
     best weights: with validation labels the opposite of the training labels every step of the CNN stage raises
     the validation loss, so the hybrid fit returns is its ViT (the CNN's head still zero)."""
     from perceiver_med.training.config import TrainConfig
-    from perceiver_med.inputs.loading import AugmentConfig
+    from perceiver_med.inputs.augment import AugmentConfig
+    from perceiver_med.run.rundir import RunDir
     from perceiver_med.training.engine import Processes, Reporter, fit
 
     torch.manual_seed(0)
@@ -447,7 +449,8 @@ def test_a_residual_hybrid_that_only_gets_worse_on_validation_ends_as_its_vit(tm
     config = TrainConfig(epochs=3, batch_size=4, device="cpu", precision="fp32", patience=0)
     processes = Processes.start(torch.device("cpu"))
     try:
-        fit(model, "vit-rollout-cnn", data, ["a", "b"], config, AugmentConfig(), tmp_path, torch.device("cpu"),
+        fit(model, "vit-rollout-cnn", data, ["a", "b"], config, AugmentConfig(), RunDir(tmp_path).fit_files,
+            torch.device("cpu"),
             processes, Reporter())
     finally:
         processes.close()

@@ -100,7 +100,7 @@ def pooled_linear():
 
 
 def test_a_registered_model_trains_through_the_library_with_no_other_edit(pooled_linear, knee, tmp_path):
-    from perceiver_med.training.train import train_run
+    from perceiver_med.workflows.train import train_run
 
     assert "pooled-linear" in model_names()
     result = train_run(knee / "splits.csv", "pooled-linear", tmp_path / "run", size=32, epochs=2, batch_size=8,

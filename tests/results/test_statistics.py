@@ -7,9 +7,9 @@ import pytest
 from sklearn.metrics import (accuracy_score, balanced_accuracy_score, confusion_matrix, f1_score, precision_score,
                              recall_score)
 
-from perceiver_med.results.metrics import split_metrics, threshold_metrics
+from perceiver_med.stats.metrics import split_metrics, threshold_metrics
 from perceiver_med.results.scoring import fit_decision
-from perceiver_med.results.statistics import (MIN_SAMPLES_PER_CLASS, NLL_MARGIN, TEMPERATURE_BOUNDS, apply_temperature,
+from perceiver_med.stats.statistics import (MIN_SAMPLES_PER_CLASS, NLL_MARGIN, TEMPERATURE_BOUNDS, apply_temperature,
                                               confusion_counts, confusion_scores, fit_temperature, sample_losses,
                                               weighted_metrics)
 

@@ -107,7 +107,7 @@ def test_a_legacy_run_trained_again_learns_the_same_weights(name, legacy, tmp_pa
     temperature is now decided differently, so the weights are the oracle.)"""
     from safetensors.torch import load_file
 
-    from perceiver_med.training.train import train_run
+    from perceiver_med.workflows.train import train_run
 
     config = json.loads((legacy / "runs" / name / "config.json").read_text())
     data, splits, _ = RUNS[name]

@@ -9,7 +9,8 @@ from pathlib import Path
 
 from perceiver_med import __version__
 from perceiver_med.errors import UserError
-from perceiver_med.files import FILE_MODE, atomic_path, check_new_output, refuse_inside
+from perceiver_med.files import FILE_MODE, atomic_path, refuse_inside
+from perceiver_med.run.rundir import check_new_output
 from perceiver_med.results.report import figures as figs
 from perceiver_med.training.engine import unfitted_note
 from perceiver_med.results.report.claim import checklist_table

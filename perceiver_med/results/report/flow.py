@@ -11,7 +11,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from perceiver_med.training.engine import file_sha256
+from perceiver_med.files import file_sha256
 from perceiver_med.errors import UserError
 from perceiver_med.files import atomic_text
 from perceiver_med.inputs.splits import SPLITS, SplitRow, read_splits

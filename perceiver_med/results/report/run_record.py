@@ -10,7 +10,7 @@ from pathlib import Path
 
 from perceiver_med.training.config import VERSIONED, RunConfig
 from perceiver_med.csvfiles import read_csv
-from perceiver_med.training.engine import file_sha256
+from perceiver_med.files import file_sha256
 from perceiver_med.errors import UserError
 from perceiver_med.results.display import REPORTED_SPLITS
 from perceiver_med.run.rundir import CHECKPOINT, FROZEN_SPLITS, HISTORY, METRICS, WEIGHTS, RunDir

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
-from perceiver_med.results.statistics import confusion_counts, confusion_scores, decisions, sample_losses
+from perceiver_med.stats.statistics import confusion_counts, confusion_scores, decisions, sample_losses
 
 
 def split_metrics(labels: np.ndarray, probs: np.ndarray, classes: list[str], positive: int | None = None,

@@ -6,13 +6,13 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from perceiver_med.inputs.folders import split_folder
+from perceiver_med.workflows.folders import split_folder
 from perceiver_med.training.engine import Reporter
 from perceiver_med.errors import UserError
 from perceiver_med.results.explain import explain_run
 from perceiver_med.results.evaluation import evaluate_run
 from perceiver_med.results.predictions import predict_run
-from perceiver_med.training.train import train_run
+from perceiver_med.workflows.train import train_run
 from perceiver_med.synth.phantoms import synth
 
 

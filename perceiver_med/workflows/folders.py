@@ -11,7 +11,8 @@ from perceiver_med.inputs.cache import InputRequest, find_scan, prepare
 from perceiver_med.csvfiles import printable, write_csv
 from perceiver_med.inputs.loading import LoadedInputs, describe_scans, load_split_inputs, preprocess_config
 from perceiver_med.errors import ScanError, UserError
-from perceiver_med.files import atomic_path, check_new_output, refuse_inside
+from perceiver_med.files import atomic_path, refuse_inside
+from perceiver_med.run.rundir import check_new_output
 from perceiver_med.io import Discovery, discover
 from perceiver_med.io.discover import Skip
 from perceiver_med.io.labels import LabelledScan, LabelledSet, label_scans

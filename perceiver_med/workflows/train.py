@@ -12,15 +12,18 @@ import torch
 from perceiver_med.training.config import (RUNTIME_OPTIONS, RunConfig, TrainConfig, canonical_options, check_resume,
                                            is_laterality, pick_positive, trainable_model, versions)
 from perceiver_med.inputs.cache import INPUT_VERSION
-from perceiver_med.inputs.loading import AugmentConfig, describe_scans, load_split_inputs, preprocess_config
-from perceiver_med.training.engine import Processes, Reporter, file_sha256, fit, pick_device
+from perceiver_med.inputs.loading import describe_scans, load_split_inputs, preprocess_config
+from perceiver_med.inputs.augment import AugmentConfig
+from perceiver_med.training.engine import Processes, Reporter, fit, pick_device
+from perceiver_med.files import file_sha256
 from perceiver_med.csvfiles import write_csv
 from perceiver_med.errors import UserError
-from perceiver_med.files import atomic_text, holds_files, refuse_inside, remove_stale_temporaries
+from perceiver_med.files import atomic_text, refuse_inside
+from perceiver_med.run.rundir import holds_files, remove_stale_temporaries
 from perceiver_med.io.discover import Skip
 from perceiver_med.models import DEFAULT_MODEL, build_model, default_config, get_spec, model_stages, option_owners
 from perceiver_med.results.evaluation import score_rows
-from perceiver_med.results.metrics import split_metrics
+from perceiver_med.stats.metrics import split_metrics
 from perceiver_med.results.predictions import write_split_predictions
 from perceiver_med.results.scoring import fit_decision
 from perceiver_med.run.predictor import Predictor
@@ -210,7 +213,7 @@ def _train(rows, config: RunConfig, out: Path, resume: bool, reporter: Reporter,
                 config.checkpoint_sha256 = [digest, *config.checkpoint_sha256[:1]]
             _write_config(out, config)
 
-        state = fit(model, config.model["name"], data, config.classes, train, config.augment, out, device,
+        state = fit(model, config.model["name"], data, config.classes, train, config.augment, RunDir(out).fit_files, device,
                     processes, reporter, resume, weights_metadata(config), on_saved if processes.main else None)
         model.eval()
         predictor = Predictor.of_model(config, model, device)

@@ -19,15 +19,17 @@ import torch
 from perceiver_med.training.config import (RUNTIME_OPTIONS, RunConfig, canonical_options, check_resume,
                                            trainable_model)
 from perceiver_med.inputs.loading import load_split_inputs
-from perceiver_med.training.engine import Processes, Reporter, file_sha256, pick_device
+from perceiver_med.training.engine import Processes, Reporter, pick_device
+from perceiver_med.files import file_sha256
 from perceiver_med.errors import UserError
-from perceiver_med.files import atomic_text, holds_files
+from perceiver_med.files import atomic_text
+from perceiver_med.run.rundir import holds_files
 from perceiver_med.run.predictor import Decisions, Predictor
 from perceiver_med.run.rundir import (CHECKPOINT, CONFIG, CV_RECORD, FROZEN_SPLITS, METRICS, RunDir, fold_name,
                                       load_run_config,
                                       predictions_name, sound_rows)
 from perceiver_med.models import DEFAULT_MODEL
-from perceiver_med.training.train import TrainResult, refuse_inside_scans, train_run
+from perceiver_med.workflows.train import TrainResult, refuse_inside_scans, train_run
 from perceiver_med.results.predictions import write_split_predictions
 from perceiver_med.results.scoring import fit_decision, run_summary, score_split
 from perceiver_med.inputs.splits import SplitRow, fold_rows, read_splits, write_splits
