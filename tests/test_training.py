@@ -208,3 +208,18 @@ def test_resume_of_a_finished_run_says_it_is_complete(perceiver_run, run_install
     code, _, err = run_installed("train", "--resume", "--out", perceiver_run.run)
     assert code == 2 and "is complete" in err and "nothing to resume" in err
     assert (perceiver_run.run / "metrics.json").read_bytes() == before
+
+
+def test_stop_loss_ends_a_stage_at_the_first_epoch_its_validation_loss_reaches_it(knee, tmp_path):
+    """Oracle: the same run without the rule. With stop_loss set to the best validation loss of its first four
+    epochs, training repeats that run's epochs exactly and stops at the first one whose best loss is that low."""
+    def val_losses(run):
+        return [float(row["val_loss"]) for row in _predictions(run / "history.csv")]
+
+    _train(knee, tmp_path / "full", epochs=6)
+    losses = val_losses(tmp_path / "full")
+    bound = min(losses[:4])
+    stop_at = next(k for k in range(len(losses)) if min(losses[:k + 1]) <= bound) + 1
+    _train(knee, tmp_path / "stopped", epochs=6, stop_loss=bound)
+    assert val_losses(tmp_path / "stopped") == pytest.approx(losses[:stop_at], abs=1e-9)
+    assert json.loads((tmp_path / "stopped" / "config.json").read_text())["train"]["stop_loss"] == bound

@@ -135,6 +135,10 @@ class TrainConfig:
         warmup_epochs: linear warm-up length; cosine decay afterwards.
         patience: stop after this many epochs without a lower validation loss (0: never); epochs are counted
             only once the training set is fitted (95% training accuracy) or 3/4 of the epochs have run.
+        stop_loss: stop a stage once its validation loss (its training loss, measured in evaluation mode, without
+            a val split) is at or below this (0: never); 0.01 means the samples' true classes have a mean
+            probability of about 0.99, where more epochs only sharpen what is already decided (Lightning's
+            `stopping_threshold`).
         grad_clip: maximum gradient norm.
         seed: seed of weights, shuffling and augmentation.
         class_weights: "none" or "auto" (inverse class frequency in the training loss only).
@@ -150,6 +154,7 @@ class TrainConfig:
     weight_decay: float = 0.05
     warmup_epochs: float = 2.0
     patience: int = 20
+    stop_loss: float = 0.0
     grad_clip: float = 1.0
     seed: int = 0
     class_weights: str = "none"
@@ -167,7 +172,7 @@ class TrainConfig:
         for name in ("lr", "grad_clip"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be more than 0, not {getattr(self, name)}")
-        for name in ("weight_decay", "warmup_epochs"):
+        for name in ("weight_decay", "warmup_epochs", "stop_loss"):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"{name} must be 0 or more, not {getattr(self, name)}")
         if not 0 <= self.label_smoothing < 1:
