@@ -210,16 +210,26 @@ def test_resume_of_a_finished_run_says_it_is_complete(perceiver_run, run_install
     assert (perceiver_run.run / "metrics.json").read_bytes() == before
 
 
-def test_stop_loss_ends_a_stage_at_the_first_epoch_its_validation_loss_reaches_it(knee, tmp_path):
+def test_stop_loss_ends_a_stage_at_the_first_armed_epoch_its_validation_loss_reaches_it(knee, tmp_path):
     """Oracle: the same run without the rule. With stop_loss set to the best validation loss of its first four
-    epochs, training repeats that run's epochs exactly and stops at the first one whose best loss is that low."""
-    def val_losses(run):
-        return [float(row["val_loss"]) for row in _predictions(run / "history.csv")]
+    epochs, training repeats that run's epochs exactly and stops at the first one whose best loss is that low once
+    stopping is armed (the training set fitted, or 3/4 of the epochs run), as patience counts."""
+    from perceiver_med.training.engine import FITTED_ACCURACY
 
-    _train(knee, tmp_path / "full", epochs=6)
-    losses = val_losses(tmp_path / "full")
+    def history(run):
+        return _predictions(run / "history.csv")
+
+    _train(knee, tmp_path / "full", epochs=8)
+    full = history(tmp_path / "full")
+    losses = [float(row["val_loss"]) for row in full]
     bound = min(losses[:4])
-    stop_at = next(k for k in range(len(losses)) if min(losses[:k + 1]) <= bound) + 1
-    _train(knee, tmp_path / "stopped", epochs=6, stop_loss=bound)
-    assert val_losses(tmp_path / "stopped") == pytest.approx(losses[:stop_at], abs=1e-9)
+
+    def armed(k):
+        return k + 1 >= 8 * 3 / 4 or any(float(row["train_accuracy"]) >= FITTED_ACCURACY for row in full[:k + 1])
+
+    stop_at = next(k for k in range(8) if min(losses[:k + 1]) <= bound and armed(k)) + 1
+    _train(knee, tmp_path / "stopped", epochs=8, stop_loss=bound)
+    assert stop_at < 8
+    assert [float(row["val_loss"]) for row in history(tmp_path / "stopped")] == pytest.approx(losses[:stop_at],
+                                                                                              abs=1e-9)
     assert json.loads((tmp_path / "stopped" / "config.json").read_text())["train"]["stop_loss"] == bound

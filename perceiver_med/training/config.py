@@ -136,7 +136,7 @@ class TrainConfig:
         patience: stop after this many epochs without a lower validation loss (0: never); epochs are counted
             only once the training set is fitted (95% training accuracy) or 3/4 of the epochs have run.
         stop_loss: stop a stage once its validation loss (its training loss, measured in evaluation mode, without
-            a val split) is at or below this (0: never); 0.01 means the samples' true classes have a mean
+            a val split) is at or below this, counted as patience is (0: never); 0.01 means the samples' true classes have a mean
             probability of about 0.99, where more epochs only sharpen what is already decided (Lightning's
             `stopping_threshold`).
         grad_clip: maximum gradient norm.

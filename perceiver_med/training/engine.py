@@ -249,11 +249,14 @@ def stopping_armed(history: list[dict], stage: str, epochs: int) -> bool:
     return len(rows) >= epochs * 3 / 4 or any(row["train_accuracy"] >= FITTED_ACCURACY for row in rows)
 
 
-def stage_done(state: "FitState", train_cfg: TrainConfig) -> bool:
-    """Whether a stage stops before its last epoch: `patience` epochs without a better monitored loss, or the
-    best monitored loss at or below `stop_loss`. Read from the state alone, so a resumed run stops alike."""
+def stage_done(state: "FitState", train_cfg: TrainConfig, stage: str, epochs: int) -> bool:
+    """Whether a stage stops before its last epoch: `patience` epochs without a better monitored loss, or, once
+    stopping is armed (stopping_armed), the best monitored loss at or below `stop_loss`. Read from the state
+    alone, so a resumed run stops alike."""
     waited = train_cfg.patience and state.bad_epochs >= train_cfg.patience
-    return bool(waited or (train_cfg.stop_loss and state.best_loss <= train_cfg.stop_loss))
+    reached = (train_cfg.stop_loss and state.best_loss <= train_cfg.stop_loss
+               and stopping_armed(state.history, stage, epochs))
+    return bool(waited or reached)
 
 
 def unfitted_note(history: list[dict], stage: str) -> str:
@@ -355,7 +358,7 @@ def fit(model: nn.Module, model_name: str, data: dict, classes: list[str], train
             if processes.main:
                 saved_file(on_saved, best_path, save_weights(model, best_path, weights_metadata))
             reporter.message(f"stage {stage.name} starts as the trained model: val loss {state.best_loss:.4f}")
-        while state.epoch < epochs and not stage_done(state, train_cfg):
+        while state.epoch < epochs and not stage_done(state, train_cfg, stage.name, epochs):
             started = time.perf_counter()
             # one shuffle for all processes, each takes its share; augmentation differs per process
             shuffle = torch.Generator().manual_seed(derived_seed(train_cfg.seed, stage_index, state.epoch))
@@ -416,7 +419,7 @@ def fit(model: nn.Module, model_name: str, data: dict, classes: list[str], train
             reporter.epoch_end({**row, "best": improved})
         if processes.world > 1:
             dist.barrier()
-        if train_cfg.stop_loss and state.best_loss <= train_cfg.stop_loss:
+        if state.epoch < epochs and train_cfg.stop_loss and state.best_loss <= train_cfg.stop_loss:
             reporter.message(f"stage {stage.name} stops at epoch {state.epoch}: its {monitor} loss "
                              f"{state.best_loss:.4g} is at or below --stop-loss {train_cfg.stop_loss:g}")
         unfitted = unfitted_note(state.history, stage.name)
