@@ -13,6 +13,7 @@ from rich.table import Table
 from rich.text import Text
 
 from perceiver_med.csvfiles import printable
+from perceiver_med.inputs.splits import SPLITS
 from perceiver_med.io.discover import Discovery, Skip
 
 console = Console()
@@ -185,8 +186,8 @@ def save_overlay(picture: np.ndarray, heat: np.ndarray, path, title: str, heat_l
     save_figure(figure, path, {"Title": title, "Description": f"colour: {heat_label}"})
 
 
-# a cross-validated run reports its out-of-fold predictions where a single run reports val
-REPORTED_SPLITS = ("train", "val", "out_of_fold", "test")
+# a cross-validated run reports its out-of-fold predictions where a single run reports val: before test
+REPORTED_SPLITS = (*SPLITS[:-1], "out_of_fold", SPLITS[-1])
 
 
 def metrics_table(metrics: dict, title: str = "metrics") -> Table:

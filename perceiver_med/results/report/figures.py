@@ -12,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from perceiver_med.results.report.run_record import REPORT_SPLITS, Prediction, RunRecord
+from perceiver_med.results.display import REPORTED_SPLITS
+from perceiver_med.results.report.run_record import Prediction, RunRecord
 from perceiver_med.run.rundir import CURVES
 
 GALLERY_SIZE = 6
@@ -40,7 +41,7 @@ def roc_figure(record: RunRecord, folder: Path) -> Figure | None:
     figure, axis = plt.subplots(figsize=(5.2, 5.2))
     axis.plot([0, 1], [0, 1], ":", color="grey", label="chance")
     drawn = False
-    for split in REPORT_SPLITS:
+    for split in REPORTED_SPLITS:
         rows = record.predictions.get(split, [])
         truth = np.array([p.label == positive for p in rows])
         if len(rows) == 0 or truth.all() or not truth.any():
@@ -74,7 +75,7 @@ def split_figures(record: RunRecord, folder: Path) -> dict[str, list[Figure]]:
     from perceiver_med.results.display import save_confusion, save_reliability
 
     figures: dict[str, list[Figure]] = {}
-    for split in REPORT_SPLITS:
+    for split in REPORTED_SPLITS:
         values = record.metrics.get(split) or {}
         if not values.get("n"):
             continue
