@@ -29,6 +29,7 @@ from perceiver_med.run.rundir import (CHECKPOINT, CONFIG, CV_RECORD, FROZEN_SPLI
                                       load_run_config,
                                       predictions_name, sound_rows)
 from perceiver_med.models import DEFAULT_MODEL
+from perceiver_med.models.ensemble import mean_of_members
 from perceiver_med.inputs.splits import SPLITS
 from perceiver_med.workflows.train import TrainResult, refuse_inside_scans, train_run
 from perceiver_med.results.predictions import write_split_predictions
@@ -213,7 +214,7 @@ def _ensemble(out: Path, rows: list[SplitRow], folds: list[int], splits_file: st
     # a test sample counts only where every member could prepare it
     test_rows = [row for row in test if all(row.sample_key in probs for probs in test_probs)]
     if test_rows:
-        ensemble = np.mean([[probs[row.sample_key] for row in test_rows] for probs in test_probs], axis=0)
+        ensemble = mean_of_members([np.array([probs[row.sample_key] for row in test_rows]) for probs in test_probs])
         metrics["test"] = score_split(np.array([index[row.label] for row in test_rows]), ensemble, test_rows, config)
         write_split_predictions(out / predictions_name("test"), test_rows, Decisions.of(ensemble, config),
                                 with_points)
