@@ -146,8 +146,8 @@ def gallery(record: RunRecord, folder: Path, split: str = "test") -> tuple[list[
 
     from perceiver_med.inputs.cache import InputRequest, prepare
     from perceiver_med.errors import ScanError
-    from perceiver_med.results.explain import evidence_for
-    from perceiver_med.results.display import overlay_figure, save_figure
+    from perceiver_med.results.explain import EVIDENCE_FLOOR, EVIDENCE_TOP, evidence_figure, evidence_for, picture_of
+    from perceiver_med.results.display import save_figure
     from perceiver_med.run.predictor import Predictor
 
     predictions = record.predictions.get(split)
@@ -170,15 +170,17 @@ def gallery(record: RunRecord, folder: Path, split: str = "test") -> tuple[list[
             continue
         # the run's decision and the evidence for it, exactly as explain draws them
         evidence = evidence_for(predictor, array)
-        picture = np.moveaxis(array, 0, -1) if array.shape[0] == 3 else array[0]
         title = (f"{split} error {rank}: true {p.label}, predicted {evidence.predicted} "
                  f"(p = {evidence.probability:.3f})")
-        figure = overlay_figure(picture, evidence.map, title, f"fall of log p({evidence.predicted}), nats")
+        figure = evidence_figure(picture_of(array), evidence, title)
         name = f"error_{rank}.png"
         save_figure(figure, folder / name)
+        scale = (f"in nats on the scale every overlay shares (nothing coloured below {EVIDENCE_FLOOR:g}, the top "
+                 f"colour from {EVIDENCE_TOP:g})" + ("" if evidence.matters else ": no patch reaches the floor"))
         figures.append(Figure(name, f"{title}; line {p.line} of predictions_{split}.csv. Colour: how much "
-                                    f"log p({evidence.predicted}) falls when a {evidence.window}\u00d7{evidence.window} patch is painted dark "
-                                    "or bright (occlusion evidence, perceiver_med.results.explain)."))
+                                    f"log p({evidence.predicted}) falls when a {evidence.window}\u00d7{evidence.window} "
+                                    "patch is painted dark or bright (occlusion evidence, "
+                                    f"perceiver_med.results.explain), {scale}."))
     wrong = sum(1 for q in predictions if q.label and q.pred != q.label)
     sentence = (f"{wrong} of {len(predictions)} {split} predictions are wrong; the {len(figures)} most confident "
                 "are shown with the evidence the model used" + (f" ({unreadable} could not be read again)"
