@@ -151,10 +151,11 @@ def picture_of(array: np.ndarray) -> np.ndarray:
 
 def explain_run(run: Path, scans: list[Path], out: Path, labels: Mapping[Path, str] | None = None,
                 overwrite: bool = False, points: Path | None = None) -> tuple[list[Path], list[Skip]]:
-    """One overlay PNG per scan: the model input in grey, its occlusion evidence in colour where it is high.
+    """One overlay PNG per scan: the model input in grey, its occlusion evidence in colour where it reaches
+    EVIDENCE_FLOOR (on the scale every overlay shares).
 
-    The title names the file, the true label where known, the prediction and its probability; the same text
-    is stored in the PNG's Title and Description. True labels come from `labels` ({scan path: label}), else
+    The title names the file, the true label where known, the prediction and its probability, and is stored in
+    the PNG's Title; its Description says what the colours measure, and when no patch reaches the floor. True labels come from `labels` ({scan path: label}), else
     from a class folder holding the scan (as `predict` reads them), else, for left/right runs, from DICOM
     laterality or a LEFT/RIGHT token in the file name. Labels the run does not know are not shown.
     A run trained on points needs `points` (a points CSV) and writes one overlay per point, labelled by the file.
