@@ -71,6 +71,7 @@ def make_grid(volume: np.ndarray, config, center: int | None = None,
 
 
 def grid_of(picked: np.ndarray, config, value_range: tuple[float, float]) -> np.ndarray:
+    """The 9 display slices of a grid, already picked -> (C, 3S, 3S): windowed to `value_range`, resized, tiled."""
     unit = to_unit(picked, *value_range)
     return to_channels(tile_grid(resize(unit, config.size)), config.channels)
 
