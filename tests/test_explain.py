@@ -5,7 +5,8 @@ import torch
 from PIL import Image
 from torch import nn
 
-from perceiver_med.results.explain import evidence_map, explain_run
+from perceiver_med.results.explain import (EVIDENCE_FLOOR, EVIDENCE_TOP, Evidence, evidence_figure, evidence_for,
+                                           evidence_map, explain_run)
 from perceiver_med.models import Perceiver, ViTRolloutCNN
 from perceiver_med.workflows.train import train_run
 
@@ -52,16 +53,17 @@ def test_rollout_map_of_the_hybrid_peaks_on_the_patch_the_attention_was_forced_t
 
 
 class ReadsOneSpot(nn.Module):
-    """A classifier by construction: class 1 ('dot') when the 4x4 square at `place` is bright."""
+    """A classifier by construction: class 1 ('dot') when the 4x4 square at `place` is bright; its logit margin
+    is `gain` x (brightness - 0.5)."""
 
-    def __init__(self, place=(8, 24)):
+    def __init__(self, place=(8, 24), gain=20.0):
         super().__init__()
-        self.place = place
+        self.place, self.gain = place, gain
 
     def forward(self, x):
         r, c = self.place
         brightness = x[:, :, r:r + 4, c:c + 4].mean(dim=(1, 2, 3))
-        return torch.stack([torch.zeros_like(brightness), 20 * (brightness - 0.5)], dim=1)
+        return torch.stack([torch.zeros_like(brightness), self.gain * (brightness - 0.5)], dim=1)
 
 
 @pytest.mark.parametrize("dot", [True, False])
@@ -83,7 +85,20 @@ def test_overlay_is_drawn_pixel_on_pixel_over_the_picture():
     picture = np.full((SIZE, SIZE), 0.5)
     heat = np.zeros((SIZE, SIZE))
     heat[4:8, 20:28] = 3.0  # top right
-    figure = overlay_figure(picture, heat, "title", "fall, nats")
+    figure = overlay_figure(picture, heat, "title", "fall, nats", (EVIDENCE_FLOOR, EVIDENCE_TOP))
+    pixels, rows, cols, inside = _rendered(figure)
+    tinted = (pixels.max(-1) - pixels.min(-1) > 40) & inside
+    assert tinted.any()
+    r, c = np.nonzero(tinted)
+    # within half a picture pixel of the hot block (display pixels straddle its edges); flipped it would be far
+    assert 3.5 <= rows[r].min() and rows[r].max() < 8.5 and 19.5 <= cols[c].min() and cols[c].max() < 28.5
+    assert len(figure.axes) == 2  # the image and its colour bar
+
+
+def _rendered(figure):
+    """The figure's RGB pixels, each pixel's (row, col) in picture pixels, and which lie on the picture."""
+    import matplotlib.pyplot as plt
+
     figure.canvas.draw()
     pixels = np.asarray(figure.canvas.buffer_rgba())[..., :3].astype(int)
     box = figure.axes[0].images[0].get_window_extent()
@@ -91,12 +106,97 @@ def test_overlay_is_drawn_pixel_on_pixel_over_the_picture():
     rows = (np.arange(pixels.shape[0]) - top) / box.height * SIZE
     cols = (np.arange(pixels.shape[1]) - box.x0) / box.width * SIZE
     inside = (rows[:, None] >= 0) & (rows[:, None] < SIZE) & (cols[None] >= 0) & (cols[None] < SIZE)
-    tinted = (pixels.max(-1) - pixels.min(-1) > 40) & inside
-    assert tinted.any()
-    r, c = np.nonzero(tinted)
-    # within half a picture pixel of the hot block (display pixels straddle its edges); flipped it would be far
-    assert 3.5 <= rows[r].min() and rows[r].max() < 8.5 and 19.5 <= cols[c].min() and cols[c].max() < 28.5
-    assert len(figure.axes) == 2  # the image and its colour bar
+    plt.close(figure)
+    return pixels, rows, cols, inside
+
+
+def _colour_at(rendered, row: float, col: float) -> np.ndarray:
+    pixels, rows, cols, _ = rendered
+    return pixels[np.abs(rows - row).argmin(), np.abs(cols - col).argmin()]
+
+
+def _evidence(heat: np.ndarray, predicted: str = "dot") -> Evidence:
+    from perceiver_med.run.predictor import Decisions
+
+    probs = np.array([[0.1, 0.9]]) if predicted == "dot" else np.array([[0.9, 0.1]])
+    return Evidence(Decisions(probs, probs, np.array([1 if predicted == "dot" else 0]), ["none", "dot"]), 4, heat)
+
+
+def test_every_overlay_colours_the_same_nats_alike_on_the_documented_scale():
+    """Oracle: the colour map at log(value / floor) / log(top / floor), alpha-blended over the grey picture; a map
+    whose largest effect is 1 nat and one with 9 nats beside it paint that 1 nat alike; 3.5e-7 nats paint nothing."""
+    from matplotlib.colors import LogNorm
+
+    from perceiver_med.results.display import overlay_cmap
+
+    picture = np.full((SIZE, SIZE), 0.5)
+    alone, beside, faint = np.zeros((SIZE, SIZE)), np.zeros((SIZE, SIZE)), np.zeros((SIZE, SIZE))
+    alone[4:8, 4:8] = beside[4:8, 4:8] = 1.0
+    beside[20:24, 20:24] = 9.0
+    faint[4:8, 4:8] = 3.5e-7
+    drawn = [_rendered(evidence_figure(picture, _evidence(heat), "t")) for heat in (alone, beside, faint)]
+    grey = _colour_at(drawn[0], 1.5, 1.5)
+    assert abs(grey - 0.5 * 255).max() <= 1  # untouched picture
+
+    def expected(nats):
+        red, green, blue, alpha = overlay_cmap()(LogNorm(EVIDENCE_FLOOR, EVIDENCE_TOP, clip=True)(nats))
+        return alpha * np.array([red, green, blue]) * 255 + (1 - alpha) * grey
+
+    one_nat = [_colour_at(rendered, 6, 6) for rendered in drawn[:2]]
+    assert abs(one_nat[0] - one_nat[1]).max() <= 1  # one scale, whatever else the map holds
+    assert abs(one_nat[0] - expected(1.0)).max() <= 3
+    assert abs(_colour_at(drawn[1], 22, 22) - expected(EVIDENCE_TOP)).max() <= 3  # 9 nats: the top colour
+    assert abs(expected(EVIDENCE_TOP) - expected(1.0)).max() > 40  # and 9 nats look unlike 1
+    pixels, _, _, inside = drawn[2]
+    assert not ((pixels.max(-1) - pixels.min(-1) > 10) & inside).any()  # 3.5e-7 nats: no coloured pixel
+
+
+def _predictor(model: nn.Module, temperature: float):
+    """A run's predictor over a model built in the test: the fixture knee run's settings, classes none/dot."""
+    from dataclasses import replace
+    from pathlib import Path
+
+    from perceiver_med.run.predictor import Predictor
+    from perceiver_med.run.rundir import load_run_config
+    from perceiver_med.training.config import Decision
+
+    fixture = Path(__file__).resolve().parent / "fixtures" / "legacy_runs" / "runs" / "knee-perceiver"
+    config = replace(load_run_config(fixture), classes=["none", "dot"], positive_class="dot",
+                     decision=Decision(temperature=temperature, threshold=0.5))
+    return Predictor.of_model(config, model.eval(), torch.device("cpu"))
+
+
+def _spot_input() -> np.ndarray:
+    x = np.full((1, SIZE, SIZE), 0.2, np.float32)
+    x[0, 8:12, 24:28] = 0.9  # the spot ReadsOneSpot reads: margin 20 x 0.4 = 8 for "dot"
+    return x
+
+
+@pytest.mark.parametrize("temperature", [1.0, 2.0, 0.25])
+def test_evidence_is_the_fall_of_the_probability_the_run_reports(temperature):
+    """Oracle by hand: both paints are the background (0.2: 16 bright pixels of 1024 lie beyond both quantiles),
+    so painting the 8x8 window over the spot turns the margin from 8 to 20 x (0.2 - 0.5) = -6, and the run's
+    calibrated log p(dot) = log sigmoid(margin / T) falls by log sigmoid(8 / T) - log sigmoid(-6 / T)."""
+    def log_sigmoid(margin):
+        return -np.log1p(np.exp(-margin))
+
+    evidence = evidence_for(_predictor(ReadsOneSpot(), temperature), _spot_input())
+    assert evidence.predicted == "dot" and evidence.window == 8
+    assert evidence.probability == pytest.approx(np.exp(log_sigmoid(8 / temperature)), rel=1e-6)
+    expected = np.zeros((SIZE, SIZE))
+    expected[8:16, 24:32] = log_sigmoid(8 / temperature) - log_sigmoid(-6 / temperature)
+    np.testing.assert_allclose(evidence.map, expected, rtol=1e-5, atol=1e-12)
+
+
+def test_a_decision_no_patch_moves_is_drawn_uncoloured_and_says_so(tmp_path):
+    """A model that barely reads its input (as an untrained run): the spot moves log p by 3.5e-4 nats, below the
+    floor, so the overlay is the bare picture with a sentence under it."""
+    evidence = evidence_for(_predictor(ReadsOneSpot(gain=1e-3), 1.0), _spot_input())
+    assert 0 < evidence.largest < EVIDENCE_FLOOR and not evidence.matters
+    figure = evidence_figure(_spot_input()[0], evidence, "untrained")
+    assert any("no patch matters" in text.get_text() for text in figure.axes[0].texts)
+    pixels, _, _, inside = _rendered(figure)
+    assert not ((pixels.max(-1) - pixels.min(-1) > 10) & inside).any()
 
 
 # ---------------------------------------------------------------- trained on a task whose evidence is one spot
@@ -164,13 +264,16 @@ def test_evidence_of_a_trained_model_is_hottest_on_the_dot(build):
 
 def test_figures_draw_names_as_plain_text(tmp_path):
     """Class and file names come from users: '$\\foo$' is not mathtext, and must not stop a run's figures."""
-    from perceiver_med.results.display import save_confusion, save_curves, save_overlay
+    from perceiver_med.results.display import save_confusion, save_curves, save_figure
 
     classes = ["$\\foo$", "a [/] $b"]
     save_confusion([[3, 1], [0, 4]], classes, "test", tmp_path / "confusion.png")
     save_curves([{"stage": "$\\foo$", "epoch": 1, "train_loss": 0.5, "val_loss": 0.4, "train_accuracy": 0.7,
                   "val_accuracy": 0.8}], tmp_path / "curves.png")
-    save_overlay(np.zeros((8, 8)), np.ones((8, 8)), tmp_path / "overlay.png", "$\\foo$.png", "log p($\\foo$)")
+    evidence = Evidence(_evidence(np.ones((8, 8))).decided, 4, np.ones((8, 8)))
+    evidence.decided.classes = classes
+    save_figure(evidence_figure(np.zeros((8, 8)), evidence, "$\\foo$.png"), tmp_path / "overlay.png",
+                {"Title": "$\\foo$.png"})
     assert Image.open(tmp_path / "overlay.png").text["Title"] == "$\\foo$.png"
     assert all(Image.open(tmp_path / name).size[0] > 100 for name in ("confusion.png", "curves.png"))
 

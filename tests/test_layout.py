@@ -48,6 +48,31 @@ def test_each_name_is_spelt_by_its_owner_alone(values, owners):
     assert not strays, strays
 
 
+def test_the_split_names_are_listed_by_their_owner_alone():
+    """A tuple, list or set naming train, val and test together is a copy of inputs.splits.SPLITS."""
+    split_names = {"train", "val", "test"}
+    strays = [f"{name}:{node.lineno}" for name, tree in _modules() if name != "inputs/splits.py"
+              for node in ast.walk(tree) if isinstance(node, (ast.Tuple, ast.List, ast.Set))
+              and split_names <= {elt.value for elt in node.elts if isinstance(elt, ast.Constant)}]
+    assert not strays, strays
+
+
+def test_a_side_is_read_from_a_file_name_by_io_labels_alone():
+    """The LEFT/RIGHT pattern of AKOA/OAI names is written once: labels and patient-level knees read it alike."""
+    strays = [f"{name}:{node.lineno}" for name, tree in _modules() if name != "io/labels.py"
+              for node in ast.walk(tree) if isinstance(node, ast.Constant) and isinstance(node.value, str)
+              and "left|right" in node.value.lower()]
+    assert not strays, strays
+
+
+def test_no_module_imports_another_modules_private_names():
+    """A name another module needs is public: importing `_name` hides a dependency the owner does not know of."""
+    private = [f"{name}:{node.lineno} {alias.name}" for name, tree in _modules() for node in ast.walk(tree)
+               if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("perceiver_med")
+               for alias in node.names if alias.name.startswith("_") and not alias.name.startswith("__")]
+    assert not private, private
+
+
 def test_the_decision_chain_is_composed_in_the_predictor_alone():
     """A function that both calibrates (apply_temperature) and thresholds (decisions) is the chain itself."""
     composers = []

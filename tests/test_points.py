@@ -16,7 +16,8 @@ from perceiver_med.errors import ScanError, UserError
 from perceiver_med.io import discover, read_scan
 from perceiver_med.io.image import ScanImage
 from perceiver_med.inputs.points import match_points, parse_point, read_points
-from perceiver_med.inputs.preprocess import PreprocessConfig, point_grid
+from perceiver_med.inputs.arrays import point_grid
+from perceiver_med.inputs.preprocess import PreprocessConfig
 from perceiver_med.inputs.splits import read_splits
 from perceiver_med.synth.nodules import MASK_VALUES, write_points
 
@@ -90,7 +91,7 @@ def test_one_anatomy_at_1_mm_and_2_5_mm_slices_gives_the_same_grid():
     correlation = np.corrcoef(thin.ravel(), thick.ravel())[0, 1]
     assert correlation > 0.9
     # the oracle can fail: the same volumes' whole-slice grids (9 consecutive slices) cover other anatomy
-    from perceiver_med.inputs.preprocess import make_grid
+    from perceiver_med.inputs.arrays import make_grid
 
     whole = [make_grid(image.voxels, PreprocessConfig(input="grid", size=TILE, window="lung"), modality="CT")
              for image in (scanned(0.6, 1.0, shape=(60, 100, 100)), scanned(0.9, 2.5, shape=(24, 70, 70)))]

@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 
 from perceiver_med.errors import ScanError
-from perceiver_med.inputs.preprocess import PreprocessConfig, grid_slices, make_grid, make_image
+from perceiver_med.inputs.arrays import grid_slices, make_grid, make_image
+from perceiver_med.inputs.preprocess import PreprocessConfig
 from perceiver_med.inputs.windows import to_unit
 from tests.conftest import index_volume
 

@@ -247,6 +247,35 @@ def test_gallery_shows_the_most_confident_test_errors(reported):
                 f"(p = {float(row['prob_' + row['pred']]):.3f})") in reported["page"]
 
 
+def test_the_roc_dots_are_the_decisions_the_run_wrote(reported):
+    """Oracle: the false- and true-positive rates of the `pred` column the Predictor wrote in predictions_<split>.csv,
+    split by split, in the order the curves are drawn."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from perceiver_med.results.display import REPORTED_SPLITS
+    from perceiver_med.results.report.figures import roc_plot
+    from perceiver_med.results.report.run_record import read_run
+
+    record = read_run(reported["run"])
+    positive = record.config.positive_class
+    expected = []
+    for split in REPORTED_SPLITS:
+        path = reported["run"] / f"predictions_{split}.csv"
+        if not path.is_file():
+            continue
+        with open(path, newline="") as handle:
+            rows = list(csv.DictReader(handle))
+        truth = np.array([row["label"] == positive for row in rows])
+        called = np.array([row["pred"] == positive for row in rows])
+        if truth.any() and not truth.all():
+            expected += [called[~truth].mean(), called[truth].mean()]
+    figure = roc_plot(record)
+    dots = [float(v) for line in figure.axes[0].lines if line.get_marker() == "o" for v in line.get_xydata()[0]]
+    plt.close(figure)
+    assert expected and dots == pytest.approx(expected, abs=1e-12)
+
+
 def test_confident_errors_are_wrong_and_ordered_by_the_probability_of_the_call():
     def p(label, pred, right):
         return Prediction(0, label, pred, {"left": 1 - right, "right": right})

@@ -7,7 +7,8 @@ import pytest
 from perceiver_med.inputs.cache import InputRequest, prepare
 from perceiver_med.io import discover
 from perceiver_med.io.labels import folder_label
-from perceiver_med.inputs.preprocess import PreprocessConfig, grid_slices
+from perceiver_med.inputs.arrays import grid_slices
+from perceiver_med.inputs.preprocess import PreprocessConfig
 from perceiver_med.synth.phantoms import DIFFICULTIES, LUNG_CENTRES, nodule_masks
 
 

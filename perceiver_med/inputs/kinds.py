@@ -5,14 +5,18 @@ Each kind is one implementation of `InputKind`: its output shape, the display sl
 the model input from a decoded scan, which samples it takes (whole scans or points), and how augmentation may
 treat it (per tile, so a slice grid keeps its slice order). "auto" is decided in `choose_kind` alone, and no
 other module compares a kind's name. A new input kind is one class here and one entry in KINDS.
+
+Kinds build their inputs from the array functions of inputs/arrays.py; a run's settings (preprocess.py) name a
+kind and look it up here. The dependency runs one way: arrays <- kinds <- preprocess.
 """
 from __future__ import annotations
 
 import numpy as np
 
 from perceiver_med.errors import ScanError, UserError
-from perceiver_med.inputs.preprocess import (GRID_TILES, _channels, _grid, grid_slices, make_grid, make_image,
-                                             point_grid, resize, shown_part, to_unit)
+from perceiver_med.inputs.arrays import (GRID_TILES, grid_of, grid_slices, make_grid, make_image, point_grid, resize,
+                                         to_channels, volume_window)
+from perceiver_med.inputs.windows import to_unit
 
 AUTO = "auto"
 
@@ -38,6 +42,20 @@ class InputKind:
         """The model input from a decoded ScanImage (the whole scan, or only some of its display slices)."""
         raise NotImplementedError
 
+    def shown_part(self, image, config, center: int | None = None
+                   ) -> tuple[np.ndarray, tuple[float, float]] | None:
+        """For a volume decoded in part (`image.slices`): the display slices this input shows and the whole
+        volume's value range; None for a scan decoded whole."""
+        array = image.voxels
+        if image.slices is None or array.ndim != 3:
+            return None
+        held = {k: n for n, k in enumerate(image.slices)}
+        wanted = self.shown_slices(image.num_slices, config, center)
+        if any(k not in held for k in wanted):
+            raise ScanError("the slices read are not the ones this input needs")
+        value_range = volume_window(array, config.window, image.modality, image.slices, image.num_slices)
+        return array[[held[k] for k in wanted]], value_range
+
     def check_scan(self, scan) -> None:
         if self.needs_volume and scan.kind != "volume":
             raise ScanError("a 3x3 slice grid needs a volume, and this scan is a single 2D image")
@@ -49,10 +67,10 @@ class ImageKind(InputKind):
     name = "image"
 
     def build(self, image, config, center=None, point=None) -> np.ndarray:
-        part = shown_part(image, config, center)
+        part = self.shown_part(image, config, center)
         if part is not None:
             picked, value_range = part
-            return _channels(resize(to_unit(picked[0], *value_range), config.size), config.channels)
+            return to_channels(resize(to_unit(picked[0], *value_range), config.size), config.channels)
         return make_image(image.voxels, config, image.window, voi=image.voi, modality=image.modality)
 
 
@@ -67,10 +85,10 @@ class GridKind(InputKind):
         return grid_slices(num_slices, center, config.grid_pad)
 
     def build(self, image, config, center=None, point=None) -> np.ndarray:
-        part = shown_part(image, config, center)
+        part = self.shown_part(image, config, center)
         if part is not None:
             picked, value_range = part
-            return _grid(picked, config, value_range)
+            return grid_of(picked, config, value_range)
         return make_grid(image.voxels, config, center, image.modality)
 
 

@@ -10,6 +10,7 @@ import torch
 from perceiver_med.inputs.cache import InputRequest, find_scan, prepare_many
 from perceiver_med.errors import ScanError, UserError
 from perceiver_med.io.discover import Skip
+from perceiver_med.inputs.splits import SPLITS
 from perceiver_med.inputs.preprocess import PreprocessConfig
 from perceiver_med.inputs.splits import SplitRow
 
@@ -90,7 +91,7 @@ class LoadedInputs:
             raise UserError(f"labels {unknown} are not among the run's classes {classes}")
         index = {name: k for k, name in enumerate(classes)}
         data = {}
-        for split in ("train", "val", "test"):
+        for split in SPLITS:
             picked = [k for k, row in enumerate(self.rows) if row.split == split]
             labels = torch.tensor([index[self.rows[k].label] for k in picked], dtype=torch.long)
             data[split] = (torch.from_numpy(self.inputs[picked]), labels)

@@ -42,7 +42,13 @@ def laterality_of(scan: Scan) -> str | None:
     """'left'/'right' from DICOM (Image)Laterality, else a LEFT/RIGHT token in the file name."""
     if scan.laterality in _LATERALITY_TAG:
         return _LATERALITY_TAG[scan.laterality]
-    tokens = {m.lower() for m in _LATERALITY_TOKEN.findall(scan.files[0].name)}
+    return laterality_in_name(scan.files[0].name)
+
+
+def laterality_in_name(name: str) -> str | None:
+    """'left'/'right' from the one LEFT/RIGHT token of a file name (AKOA/OAI names carry one); None for no token,
+    or for both. The one reading of a side from a name: labels here, knees in a run's patient-level scores."""
+    tokens = {m.lower() for m in _LATERALITY_TOKEN.findall(name)}
     return tokens.pop() if len(tokens) == 1 else None
 
 

@@ -1,10 +1,27 @@
 """The folds of a cross-validated run as one model (train --cv)."""
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import TypeVar
+
+import numpy as np
 import torch
 from torch import nn
 
 from perceiver_med.models.registry import token_patch
+
+Probabilities = TypeVar("Probabilities", np.ndarray, torch.Tensor)
+
+
+def mean_of_members(member_probs: Sequence[Probabilities]) -> Probabilities:
+    """An ensemble's probabilities (N, K): the plain mean of its members' calibrated probabilities, each (N, K).
+
+    Arrays or tensors alike: `Ensemble` (what predict, evaluate and explain load) and cross-validation's own
+    scores of the ensemble average with this one function, so they cannot disagree about a sample.
+    """
+    if not member_probs:
+        raise ValueError("an ensemble needs at least one member")
+    return sum(member_probs[1:], member_probs[0]) / len(member_probs)
 
 
 class Ensemble(nn.Module):
@@ -27,6 +44,6 @@ class Ensemble(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        probs = torch.stack([torch.softmax(member(x).float() / t, dim=1)
-                             for member, t in zip(self.members, self.temperatures)]).mean(dim=0)
+        probs = mean_of_members([torch.softmax(member(x).float() / t, dim=1)
+                                 for member, t in zip(self.members, self.temperatures)])
         return probs.clamp_min(torch.finfo(probs.dtype).tiny).log()

@@ -13,6 +13,7 @@ from rich.table import Table
 from rich.text import Text
 
 from perceiver_med.csvfiles import printable
+from perceiver_med.inputs.splits import SPLITS
 from perceiver_med.io.discover import Discovery, Skip
 
 console = Console()
@@ -155,38 +156,46 @@ def save_reliability(reliability: dict, temperature: float, split: str, path) ->
 
 
 def overlay_cmap():
-    """plasma whose opacity rises with the value: low evidence leaves the picture untinted."""
+    """plasma whose opacity rises with the value, from a faint tint at the bottom of the scale to 85%."""
     from matplotlib.colors import ListedColormap
 
     colours = _pyplot().get_cmap("plasma")(np.linspace(0, 1, 256))
-    colours[:, 3] = np.linspace(0, 1, 256) ** 0.8 * 0.85
+    colours[:, 3] = 0.3 + 0.55 * np.linspace(0, 1, 256) ** 0.8
     return ListedColormap(colours, name="plasma_rising")
 
 
-def overlay_figure(picture: np.ndarray, heat: np.ndarray, title: str, heat_label: str):
-    """The picture ((H, W) in [0, 1], or (H, W, 3)) with `heat` ((H, W), >= 0) over it, pixel on pixel."""
+def overlay_figure(picture: np.ndarray, heat: np.ndarray, title: str, heat_label: str,
+                   scale: tuple[float, float], note: str = ""):
+    """The picture ((H, W) in [0, 1], or (H, W, 3)) with `heat` ((H, W), >= 0) over it, pixel on pixel.
+
+    `scale` (floor, top) is fixed by the caller, never taken from `heat`, so two overlays colour the same value
+    alike: below the floor nothing is coloured, from floor to top the colour rises logarithmically, above top it
+    stays at the top colour. `note` is written under the picture (why nothing is coloured, say).
+    """
+    from matplotlib.colors import LogNorm
+
+    floor, top = scale
     plt = _pyplot()
     figure, axis = plt.subplots(figsize=(5.2, 5.2))
     axis.imshow(picture, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
-    top = float(heat.max())
-    shown = axis.imshow(heat, cmap=overlay_cmap(), vmin=0, vmax=top if top > 0 else 1.0, interpolation="nearest")
+    shown = axis.imshow(np.ma.masked_less(heat, floor), cmap=overlay_cmap(), norm=LogNorm(floor, top, clip=True),
+                        interpolation="nearest")
     colour_bar = figure.colorbar(shown, ax=axis, fraction=0.046, pad=0.03)
+    ticks = [value for value in (floor, 0.1, 0.2, 0.5, 1.0, 2.0, top) if floor <= value <= top]
+    colour_bar.set_ticks(ticks, labels=[f"{value:g}" + ("+" if value == top else "") for value in ticks])
+    colour_bar.minorticks_off()
     colour_bar.set_label(heat_label, fontsize=8, **PLAIN)
     colour_bar.ax.tick_params(labelsize=7)
     axis.set_title(title, fontsize=8, **PLAIN)
+    if note:
+        axis.text(0.5, -0.02, note, transform=axis.transAxes, ha="center", va="top", fontsize=8, wrap=True, **PLAIN)
     axis.axis("off")
     figure.tight_layout()
     return figure
 
 
-def save_overlay(picture: np.ndarray, heat: np.ndarray, path, title: str, heat_label: str) -> None:
-    """overlay_figure as a PNG whose Title and Description hold the title and what the colours measure."""
-    figure = overlay_figure(picture, heat, title, heat_label)
-    save_figure(figure, path, {"Title": title, "Description": f"colour: {heat_label}"})
-
-
-# a cross-validated run reports its out-of-fold predictions where a single run reports val
-REPORTED_SPLITS = ("train", "val", "out_of_fold", "test")
+# a cross-validated run reports its out-of-fold predictions where a single run reports val: before test
+REPORTED_SPLITS = (*SPLITS[:-1], "out_of_fold", SPLITS[-1])
 
 
 def metrics_table(metrics: dict, title: str = "metrics") -> Table:

@@ -8,14 +8,13 @@ import numpy as np
 
 from perceiver_med.errors import UserError
 from perceiver_med.inputs.kinds import check_samples
+from perceiver_med.inputs.splits import SPLITS
 from perceiver_med.inputs.loading import load_split_inputs
 from perceiver_med.inputs.splits import SplitRow
 from perceiver_med.results.scoring import run_summary, score_split
 from perceiver_med.run.predictor import Predictor
 from perceiver_med.run.rundir import TrainedOn, sound_rows
 from perceiver_med.training.config import RunConfig
-
-SPLITS = ("train", "val", "test")
 
 
 def score_rows(rows: list[SplitRow], labels: dict[str, np.ndarray], raw: dict[str, np.ndarray],

@@ -5,10 +5,9 @@ statistics of statistics.py.
 """
 from __future__ import annotations
 
-import re
-
 import numpy as np
 
+from perceiver_med.io.labels import laterality_in_name
 from perceiver_med.training.config import Decision, RunConfig, is_laterality
 from perceiver_med.stats.metrics import split_metrics, threshold_metrics
 from perceiver_med.inputs.splits import SplitRow
@@ -18,8 +17,6 @@ from perceiver_med.stats.statistics import (RESAMPLES, aggregate, apply_temperat
 
 AGGREGATION_RULE = ("mean of the calibrated probabilities of a unit's samples; units whose samples carry "
                     "different labels are left out (counted in mixed_label_units)")
-# the LEFT/RIGHT token io.labels reads in AKOA/OAI file names
-_SIDE = re.compile(r"(?<![a-z])(left|right)(?![a-z])", re.IGNORECASE)
 
 
 def fit_decision(labels: dict[str, np.ndarray], probs: dict[str, np.ndarray], rule: str, classes: list[str],
@@ -69,15 +66,11 @@ def unit_keys(rows: list[SplitRow], classes: list[str]) -> dict[str, list | None
     """Each sample's patient, knee (patient x laterality) and series. Laterality is the label for left/right
     runs, else a LEFT/RIGHT token in the file name; knee is None unless every sample has one. A series is the
     splits file's series_uid where it has one, else the scan's file or folder."""
-    sides = [row.label.strip().lower()[:1] if is_laterality(classes) else _side(row.path.name) for row in rows]
+    sides = [row.label.strip().lower()[:1] if is_laterality(classes) else (laterality_in_name(row.path.name) or "")[:1]
+             for row in rows]
     return {"patient": [row.patient_id for row in rows],
             "knee": None if "" in sides else [(row.patient_id, side) for row, side in zip(rows, sides)],
             "series": [(row.patient_id, row.series_uid or str(row.path)) for row in rows]}
-
-
-def _side(name: str) -> str:
-    found = {match.lower()[:1] for match in _SIDE.findall(name)}
-    return found.pop() if len(found) == 1 else ""
 
 
 def score_split(labels: np.ndarray, raw_probs: np.ndarray, rows: list[SplitRow], config: RunConfig,

@@ -21,6 +21,7 @@ from torch import nn
 
 from perceiver_med.training.config import TrainConfig, resolve_epochs
 from perceiver_med.inputs.augment import AugmentConfig, augment_batch
+from perceiver_med.inputs.splits import SPLITS
 from perceiver_med.errors import UserError
 from perceiver_med.files import atomic_path, file_sha256
 from perceiver_med.io.limits import describe
@@ -30,7 +31,6 @@ from perceiver_med.models.layers import batch_norms
 from perceiver_med.models.registry import Stage, model_stages
 from perceiver_med.models.weights import load_weights, save_weights
 
-SPLITS = ("train", "val", "test")
 
 
 # ---------------------------------------------------------------- devices and processes

@@ -29,6 +29,8 @@ from perceiver_med.run.rundir import (CHECKPOINT, CONFIG, CV_RECORD, FROZEN_SPLI
                                       load_run_config,
                                       predictions_name, sound_rows)
 from perceiver_med.models import DEFAULT_MODEL
+from perceiver_med.models.ensemble import mean_of_members
+from perceiver_med.inputs.splits import SPLITS
 from perceiver_med.workflows.train import TrainResult, refuse_inside_scans, train_run
 from perceiver_med.results.predictions import write_split_predictions
 from perceiver_med.results.scoring import fit_decision, run_summary, score_split
@@ -187,7 +189,7 @@ def _ensemble(out: Path, rows: list[SplitRow], folds: list[int], splits_file: st
                             f"perceiver-med train --resume --cv --out {out} after removing {out / member}") from None
         per_fold.append({"fold": fold, **{split: {k: fold_metrics.get(split, {}).get(k)
                                                   for k in ("n", "accuracy", "roc_auc", "loss")}
-                                          for split in ("train", "val", "test")}})
+                                          for split in SPLITS}})
     oof_rows = [row for row in rows if row.sample_key in out_of_fold]
     oof_raw = np.array([out_of_fold[row.sample_key][0] for row in oof_rows])
     oof = np.array([out_of_fold[row.sample_key][1] for row in oof_rows])
@@ -212,7 +214,7 @@ def _ensemble(out: Path, rows: list[SplitRow], folds: list[int], splits_file: st
     # a test sample counts only where every member could prepare it
     test_rows = [row for row in test if all(row.sample_key in probs for probs in test_probs)]
     if test_rows:
-        ensemble = np.mean([[probs[row.sample_key] for row in test_rows] for probs in test_probs], axis=0)
+        ensemble = mean_of_members([np.array([probs[row.sample_key] for row in test_rows]) for probs in test_probs])
         metrics["test"] = score_split(np.array([index[row.label] for row in test_rows]), ensemble, test_rows, config)
         write_split_predictions(out / predictions_name("test"), test_rows, Decisions.of(ensemble, config),
                                 with_points)

@@ -9,7 +9,8 @@ import pytest
 from perceiver_med.errors import ScanError, UserError
 from perceiver_med.io import discover, read_scan
 from perceiver_med.io.orientation import from_display
-from perceiver_med.inputs.preprocess import PreprocessConfig, make_grid
+from perceiver_med.inputs.arrays import make_grid
+from perceiver_med.inputs.preprocess import PreprocessConfig
 from tests.conftest import index_volume, write_series
 
 

@@ -340,7 +340,8 @@ def test_radiographs_of_one_series_in_two_planes_are_two_images_not_a_volume(tmp
 
 def test_a_series_spread_over_two_folders_is_found_and_trained_on_whole(tmp_path):
     from perceiver_med.inputs.loading import load_split_inputs
-    from perceiver_med.inputs.preprocess import PreprocessConfig, make_grid
+    from perceiver_med.inputs.arrays import make_grid
+    from perceiver_med.inputs.preprocess import PreprocessConfig
     from perceiver_med.inputs.splits import SplitRow, read_splits, write_splits
 
     volume = index_volume(slices=12)

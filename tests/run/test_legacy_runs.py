@@ -1,5 +1,6 @@
 """Runs trained before the redesign (tests/fixtures/legacy_runs, commit 4000073) evaluate, predict and explain to
-the numbers that code gave them: the move of every module and the one Predictor changed no result."""
+the numbers that code gave them: the move of every module and the one Predictor changed no result. (Explain's
+evidence is that code's, carried through the run's temperature: it is measured on the probabilities shown.)"""
 from __future__ import annotations
 
 import csv
@@ -12,6 +13,7 @@ import numpy as np
 import pytest
 
 from perceiver_med.results.evaluation import evaluate_run
+from perceiver_med.run.predictor import Predictor
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "legacy_runs"
 # run -> (data folder, its splits file, the split its expectations are for)
@@ -84,18 +86,38 @@ def test_a_legacy_run_predicts_its_old_probabilities(name, legacy, tmp_path, mon
 
 @pytest.mark.parametrize("name", ["knee-perceiver", "knee-hybrid", "knee-cnn", "lung-points-perceiver"])
 def test_a_legacy_run_explains_with_its_old_evidence(name, legacy):
-    from perceiver_med.results.explain import evidence_for
-    from perceiver_med.run.predictor import Predictor
+    """The old code measured evidence on the model's own log-probabilities; explain now measures it on the run's
+    calibrated ones. So: the model's own map is the old one (the occlusion itself is unchanged), and the run's map
+    is the old one carried through the temperature. Oracle for two classes: a fall f of log sigmoid(m) from the
+    decided class's margin m = logit(p) leaves margin m' = logit(p e^-f); calibrated, the fall is
+    log sigmoid(m / T) - log sigmoid(m' / T), an increasing function of f (so the max over dark and bright paint,
+    and the clamp at 0, carry over)."""
+    import torch
+
+    from perceiver_med.results.explain import evidence_for, evidence_map
+
+    def log_sigmoid(margin):
+        return -np.logaddexp(0.0, -margin)
 
     expected = json.loads((legacy / "expected" / name / "explain.json").read_text())
     predictor = Predictor(legacy / "runs" / name, device="cpu")
+    temperature = predictor.config.decision.temperature
+    assert len(predictor.classes) == 2
     for sample in expected["evidence"]:
         array = np.load(legacy / "expected" / name / f"input_{sample['file']}.npy")
+        old = np.load(legacy / "expected" / name / f"evidence_{sample['file']}.npy").astype(np.float64)
         evidence = evidence_for(predictor, array)
         assert evidence.predicted == sample["predicted"] and evidence.window == sample["window"]
         np.testing.assert_allclose(evidence.decided.probs[0], sample["probs"], atol=TOLERANCE)
-        np.testing.assert_allclose(evidence.map, np.load(legacy / "expected" / name / f"evidence_{sample['file']}.npy"),
-                                   atol=EVIDENCE_TOLERANCE)
+        decided = int(evidence.decided.indices[0])
+        own = evidence_map(predictor.model, torch.from_numpy(array)[None], evidence.window,
+                           classes=torch.tensor([decided]))
+        np.testing.assert_allclose(own[0, 0].numpy(), old, atol=EVIDENCE_TOLERANCE)
+        p = evidence.decided.raw[0, decided]
+        painted = p * np.exp(-old)
+        margin, painted_margin = np.log(p / (1 - p)), np.log(painted / (1 - painted))
+        carried = log_sigmoid(margin / temperature) - log_sigmoid(painted_margin / temperature)
+        np.testing.assert_allclose(evidence.map, np.maximum(carried, 0), atol=EVIDENCE_TOLERANCE / temperature)
 
 
 @pytest.mark.slow

@@ -11,13 +11,14 @@ from perceiver_med import __version__
 from perceiver_med.errors import UserError
 from perceiver_med.files import FILE_MODE, atomic_path, refuse_inside
 from perceiver_med.run.rundir import check_new_output
+from perceiver_med.results.display import REPORTED_SPLITS
 from perceiver_med.results.report import figures as figs
 from perceiver_med.training.engine import unfitted_note
 from perceiver_med.results.report.claim import checklist_table
 from perceiver_med.results.report.document import PLACEHOLDER, Image, Paragraph, Section, render_html, render_markdown
 from perceiver_med.results.report.flow import read_flow_record
 from perceiver_med.results.report.headers import NOT_RECORDED, PATIENT_FIELDS, Characteristics, characteristics
-from perceiver_med.results.report.run_record import (REPORT_SPLITS, RunRecord, file_digests, read_run,
+from perceiver_med.results.report.run_record import (RunRecord, file_digests, read_run,
                                                 software_versions)
 from perceiver_med.results.report.sections import (characteristics_section, configuration_section, decision_section,
                                               flow_section, metrics_section, number, software_section)
@@ -100,7 +101,7 @@ def _summary(record: RunRecord) -> Section:
 
 def _claim_fills(record: RunRecord, found: Characteristics, flow_known: bool, gallery_done: bool) -> dict:
     bootstrap = record.metrics.get("bootstrap") or {}
-    has_threshold = any((record.metrics.get(s) or {}).get("threshold") for s in REPORT_SPLITS)
+    has_threshold = any((record.metrics.get(s) or {}).get("threshold") for s in REPORTED_SPLITS)
     recorded = lambda table, names: any(  # noqa: E731
         value != NOT_RECORDED for name in names for value in table[name])
     fills = {9: ("Configuration", "preprocess settings (input, size, window, channels)"),

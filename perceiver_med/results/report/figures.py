@@ -12,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from perceiver_med.results.report.run_record import REPORT_SPLITS, Prediction, RunRecord
+from perceiver_med.results.display import REPORTED_SPLITS
+from perceiver_med.results.report.run_record import Prediction, RunRecord
 from perceiver_med.run.rundir import CURVES
 
 GALLERY_SIZE = 6
@@ -24,8 +25,31 @@ class Figure:
     caption: str
 
 
+def operating_point(values: dict | None) -> tuple[float, float] | None:
+    """(1 - specificity, sensitivity) of the run's decisions on one split, as scoring counted them at the run's
+    threshold in metrics.json: the ROC dot is the run's own decision by construction, never recomputed. None
+    without a threshold (more than two classes) or where the split lacks a class."""
+    at = (values or {}).get("threshold") or {}
+    if at.get("specificity") is None or at.get("sensitivity") is None:
+        return None
+    return 1.0 - at["specificity"], at["sensitivity"]
+
+
 def roc_figure(record: RunRecord, folder: Path) -> Figure | None:
     """ROC curves of the positive class (against all others) for each split, with the run's operating point."""
+    from perceiver_med.results.display import save_figure
+
+    figure = roc_plot(record)
+    if figure is None:
+        return None
+    save_figure(figure, folder / "roc.png")
+    return Figure("roc.png", f"ROC curves of {record.config.positive_class} against the other classes, from the "
+                             "run's predictions_<split>.csv (calibrated probabilities); a dot marks the run's "
+                             "decisions at its threshold (metrics.json).")
+
+
+def roc_plot(record: RunRecord):
+    """The matplotlib figure of roc_figure, or None when no split has both classes."""
     from sklearn.metrics import roc_curve
 
     import matplotlib
@@ -33,14 +57,13 @@ def roc_figure(record: RunRecord, folder: Path) -> Figure | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from perceiver_med.results.display import PLAIN, save_figure
+    from perceiver_med.results.display import PLAIN
 
     positive = record.config.positive_class
-    threshold = (record.metrics.get("threshold") or {}).get("value")
     figure, axis = plt.subplots(figsize=(5.2, 5.2))
     axis.plot([0, 1], [0, 1], ":", color="grey", label="chance")
-    drawn = False
-    for split in REPORT_SPLITS:
+    drawn = dotted = False
+    for split in REPORTED_SPLITS:
         rows = record.predictions.get(split, [])
         truth = np.array([p.label == positive for p in rows])
         if len(rows) == 0 or truth.all() or not truth.any():
@@ -50,23 +73,22 @@ def roc_figure(record: RunRecord, folder: Path) -> Figure | None:
         auc = record.metrics.get(split, {}).get("roc_auc")
         line, = axis.plot(fpr, tpr, "--" if split == "val" else "-", linewidth=2.2 if split == "test" else 1.2,
                           label=f"{split} (n={len(rows)}" + (f", AUC {auc:.3f})" if auc is not None else ")"))
-        if threshold is not None and len(record.config.classes) == 2:
-            called = scores >= threshold
-            axis.plot([called[~truth].mean()], [called[truth].mean()], "o", color=line.get_color(), markersize=7)
+        point = operating_point(record.metrics.get(split))
+        if point is not None:
+            axis.plot([point[0]], [point[1]], "o", color=line.get_color(), markersize=7)
+            dotted = True
         drawn = True
     if not drawn:
         plt.close(figure)
         return None
     axis.set_xlabel(f"1 - specificity ({positive} against the rest)", **PLAIN)
     axis.set_ylabel("sensitivity", **PLAIN)
-    axis.set_title("ROC curves; dots: the run's threshold" if threshold is not None else "ROC curves", **PLAIN)
+    axis.set_title("ROC curves; dots: the run's threshold" if dotted else "ROC curves", **PLAIN)
     axis.grid(alpha=0.3)
     for text in axis.legend(loc="lower right").get_texts():
         text.set_parse_math(False)
     figure.tight_layout()
-    save_figure(figure, folder / "roc.png")
-    return Figure("roc.png", f"ROC curves of {positive} against the other classes, from the run's "
-                             "predictions_<split>.csv (calibrated probabilities); a dot marks the threshold.")
+    return figure
 
 
 def split_figures(record: RunRecord, folder: Path) -> dict[str, list[Figure]]:
@@ -74,7 +96,7 @@ def split_figures(record: RunRecord, folder: Path) -> dict[str, list[Figure]]:
     from perceiver_med.results.display import save_confusion, save_reliability
 
     figures: dict[str, list[Figure]] = {}
-    for split in REPORT_SPLITS:
+    for split in REPORTED_SPLITS:
         values = record.metrics.get(split) or {}
         if not values.get("n"):
             continue
@@ -124,8 +146,8 @@ def gallery(record: RunRecord, folder: Path, split: str = "test") -> tuple[list[
 
     from perceiver_med.inputs.cache import InputRequest, prepare
     from perceiver_med.errors import ScanError
-    from perceiver_med.results.explain import evidence_for
-    from perceiver_med.results.display import overlay_figure, save_figure
+    from perceiver_med.results.explain import EVIDENCE_FLOOR, EVIDENCE_TOP, evidence_figure, evidence_for, picture_of
+    from perceiver_med.results.display import save_figure
     from perceiver_med.run.predictor import Predictor
 
     predictions = record.predictions.get(split)
@@ -148,15 +170,17 @@ def gallery(record: RunRecord, folder: Path, split: str = "test") -> tuple[list[
             continue
         # the run's decision and the evidence for it, exactly as explain draws them
         evidence = evidence_for(predictor, array)
-        picture = np.moveaxis(array, 0, -1) if array.shape[0] == 3 else array[0]
         title = (f"{split} error {rank}: true {p.label}, predicted {evidence.predicted} "
                  f"(p = {evidence.probability:.3f})")
-        figure = overlay_figure(picture, evidence.map, title, f"fall of log p({evidence.predicted}), nats")
+        figure = evidence_figure(picture_of(array), evidence, title)
         name = f"error_{rank}.png"
         save_figure(figure, folder / name)
+        scale = (f"in nats on the scale every overlay shares (nothing coloured below {EVIDENCE_FLOOR:g}, the top "
+                 f"colour from {EVIDENCE_TOP:g})" + ("" if evidence.matters else ": no patch reaches the floor"))
         figures.append(Figure(name, f"{title}; line {p.line} of predictions_{split}.csv. Colour: how much "
-                                    f"log p({evidence.predicted}) falls when a {evidence.window}\u00d7{evidence.window} patch is painted dark "
-                                    "or bright (occlusion evidence, perceiver_med.results.explain)."))
+                                    f"log p({evidence.predicted}) falls when a {evidence.window}\u00d7{evidence.window} "
+                                    "patch is painted dark or bright (occlusion evidence, "
+                                    f"perceiver_med.results.explain), {scale}."))
     wrong = sum(1 for q in predictions if q.label and q.pred != q.label)
     sentence = (f"{wrong} of {len(predictions)} {split} predictions are wrong; the {len(figures)} most confident "
                 "are shown with the evidence the model used" + (f" ({unreadable} could not be read again)"

@@ -16,7 +16,6 @@ from perceiver_med.results.display import REPORTED_SPLITS
 from perceiver_med.run.rundir import CHECKPOINT, FROZEN_SPLITS, HISTORY, METRICS, WEIGHTS, RunDir
 from perceiver_med.inputs.splits import SplitRow
 
-REPORT_SPLITS = REPORTED_SPLITS
 DISTRIBUTIONS = ("perceiver-med", *VERSIONED)
 
 
@@ -53,7 +52,7 @@ def read_run(run: Path) -> RunRecord:
         raise UserError(f"{metrics_path} cannot be read: {exc}") from None
     rows = directory.frozen_rows(config)
     predictions, paths = {}, {}
-    for split in REPORT_SPLITS:
+    for split in REPORTED_SPLITS:
         path = directory.predictions_file(split)
         if path.is_file():
             table = read_csv(path, "predictions file", ("path", "pred"))

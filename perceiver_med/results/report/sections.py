@@ -3,11 +3,12 @@ the decision rule, metrics with intervals. Counts only: no patient id and no sca
 """
 from __future__ import annotations
 
-from perceiver_med.training.engine import SPLITS
+from perceiver_med.inputs.splits import SPLITS
+from perceiver_med.results.display import REPORTED_SPLITS
 from perceiver_med.results.report.document import PLACEHOLDER, Box, Cell, Flow, Paragraph, Section, Table
 from perceiver_med.results.report.flow import SplitCounts, patients_in_two_splits, read_flow_record, split_counts
 from perceiver_med.results.report.headers import NOT_RECORDED, Characteristics
-from perceiver_med.results.report.run_record import REPORT_SPLITS, FileDigest, RunRecord
+from perceiver_med.results.report.run_record import FileDigest, RunRecord
 from perceiver_med.run.rundir import CONFIG
 
 SAMPLE_METRICS = (("n", "samples scored"), ("roc_auc", "ROC AUC"), ("accuracy", "accuracy"),
@@ -197,7 +198,7 @@ def decision_section(record: RunRecord) -> Section:
 
 
 def scored_splits(metrics: dict) -> list[str]:
-    return [split for split in REPORT_SPLITS if isinstance(metrics.get(split), dict)]
+    return [split for split in REPORTED_SPLITS if isinstance(metrics.get(split), dict)]
 
 
 def _metric_table(by_split: dict, spec, pick, caption: str, prefix: str) -> Table:
@@ -224,15 +225,15 @@ def metrics_section(record: RunRecord) -> Section:
                         "'undefined' where a split lacks a class the metric needs."),
               _metric_table(record.metrics, SAMPLE_METRICS, lambda v: v if v.get("n") else None,
                             "per sample, calibrated probabilities", "m")]
-    if any((record.metrics.get(s) or {}).get("threshold") for s in REPORT_SPLITS):
+    if any((record.metrics.get(s) or {}).get("threshold") for s in REPORTED_SPLITS):
         spec = [(key, name, f"threshold.{key}") for key, name in THRESHOLD_METRICS]
         blocks.append(_metric_table(record.metrics, spec, lambda v: v.get("threshold"),
                                     "at the run's threshold (the decisions predict makes)", "t"))
-    if any((record.metrics.get(s) or {}).get("calibration") for s in REPORT_SPLITS):
+    if any((record.metrics.get(s) or {}).get("calibration") for s in REPORTED_SPLITS):
         blocks.append(_metric_table(record.metrics, CALIBRATION_METRICS, lambda v: v.get("calibration"),
                                     "calibration before and after temperature scaling", "c"))
     for unit in ("patient", "knee", "series"):
-        levels = [(record.metrics.get(s) or {}).get("patient_level") or {} for s in REPORT_SPLITS]
+        levels = [(record.metrics.get(s) or {}).get("patient_level") or {} for s in REPORTED_SPLITS]
         if not any(level.get(unit) for level in levels):
             continue
         rule = next(level.get("rule") for level in levels if level.get(unit))
@@ -249,14 +250,14 @@ def metrics_section(record: RunRecord) -> Section:
 
 def _earlier_stages(metrics: dict) -> list[tuple[str, dict]]:
     """metrics.json's entries of a model's earlier training stages, each scored alone: {split: metrics}."""
-    return [(name, value) for name, value in metrics.items() if name not in REPORT_SPLITS
-            and isinstance(value, dict) and value and set(value) <= {"train", "val", "test"}]
+    return [(name, value) for name, value in metrics.items() if name not in REPORTED_SPLITS
+            and isinstance(value, dict) and value and set(value) <= set(SPLITS)]
 
 
 def _folds_blocks(cross_validation: dict) -> list:
     """A cross-validated run: how its folds scored one by one (no intervals: each fold sees few patients)."""
     per_fold = cross_validation.get("per_fold") or []
-    splits = [s for s in ("train", "val", "test") if any(s in fold for fold in per_fold)]
+    splits = [s for s in SPLITS if any(s in fold for fold in per_fold)]
     rows = [[str(fold.get("fold", ""))] + [
         "" if split not in fold else f"n {fold[split].get('n')}, accuracy {number(fold[split].get('accuracy'))}, "
         f"ROC AUC {number(fold[split].get('roc_auc'))}" for split in splits] for fold in per_fold]
