@@ -193,9 +193,20 @@ def scan_input(scan, config: PreprocessConfig, center: int | None = None, point=
 
     config.kind.check_scan(scan)
     if config.kind.takes_points:
-        return model_input(read_scan(scan, point_pick(scan, config, point)), config, point=point)
+        return model_input(informative(read_scan(scan, point_pick(scan, config, point))), config, point=point)
     image = read_scan(scan, lambda num_slices: read_slices(num_slices, config, scan.modality, center))
-    return model_input(image, config, center)
+    return model_input(informative(image), config, center)
+
+
+def informative(image):
+    """The ScanImage itself, or ScanError when every voxel read has one value (a RescaleSlope of 0, an empty
+    volume): its model input would be one flat grey, and a prediction from it a guess with nothing to guess from."""
+    voxels = image.voxels
+    low, high = float(voxels.min()), float(voxels.max())
+    if low == high:
+        read = "voxel" if image.slices is None else f"voxel of the {len(image.slices)} slice(s) it is made from"
+        raise ScanError(f"constant: every {read} has the value {low:g}, so there is no image to classify")
+    return image
 
 
 def point_inputs(scan, config: PreprocessConfig, points) -> list:
@@ -211,7 +222,7 @@ def point_inputs(scan, config: PreprocessConfig, points) -> list:
         def pick(num_slices: int) -> list[int]:
             wanted = [k for p in picks for k in p(num_slices)]
             return list(range(min(wanted), max(wanted) + 1))  # consecutive, as point_grid needs
-    image = read_scan(scan, pick)
+    image = informative(read_scan(scan, pick))
     grids = []
     for point in points:
         try:
@@ -278,6 +289,10 @@ def point_voxel(image, point_lps) -> np.ndarray:
     if not image.has_patient_geometry:
         raise ScanError("the file does not place this scan in the patient (no orientation or position), so a "
                         "point in patient millimetres cannot be found in it")
+    guessed = [size for size in ("pixel spacing", "slice spacing") if size in image.assumed]
+    if guessed:  # 1 mm stands in for it: the grid would show another field of view, off-centre
+        raise ScanError(f"the file does not give its {' or '.join(guessed)} (1 mm would be assumed), so a point in "
+                        "patient millimetres cannot be placed in it")
     index = image.to_voxel(point_lps)
     shape = (image.num_slices if image.slices is not None else image.voxels.shape[0], *image.voxels.shape[1:])
     if any(not -0.5 <= k <= n - 0.5 for k, n in zip(index, shape)):
