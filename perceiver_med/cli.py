@@ -16,7 +16,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from perceiver_med import __version__
 from perceiver_med.inputs.kinds import AUTO, KINDS
 from perceiver_med.models import DEFAULT_MODEL
-from perceiver_med.training.config import POSITIVE_NAMES, TrainConfig, is_laterality
+from perceiver_med.training.config import POSITIVE_NAMES, SEED_RANGE, TrainConfig, is_laterality, value_range
 from perceiver_med.errors import Interrupted, UserError
 from perceiver_med.results.display import (console, counts_table, err_console, metrics_table, plain, scans_table,
                                   skipped_table, summary_line, trust_table)
@@ -208,7 +208,7 @@ def synth(kind: Annotated[Kind, typer.Argument(help="knee or lung", case_sensiti
           patients: Annotated[int, typer.Option(help="number of patients", min=1, metavar="N")] = 100,
           format: Annotated[Optional[Format], _choice("file format", show_default="png for knee, dicom for lung")
                             ] = None,
-          seed: Annotated[int, typer.Option(help="random seed", metavar="N")] = 0,
+          seed: Annotated[int, typer.Option(help="random seed", min=SEED_RANGE[0], max=SEED_RANGE[1], metavar="N")] = 0,
           difficulty: Annotated[Difficulty, _choice(
               "lung nodules: easy (size and a calcified core give the class away), medium (4-6 mm radius) or "
               "hard (2-4 mm: 3-6 pixels), where only the shape, smooth or spiculated, tells the classes apart")
@@ -264,7 +264,7 @@ def split(data: Annotated[Optional[Path], typer.Argument(help="folder of scans",
           check: Annotated[Optional[Path], typer.Option(help="verify an existing splits CSV instead",
                                                         metavar="CSV")] = None,
           ratios: Annotated[str, typer.Option(help="train,val,test fractions", metavar="T,V,T")] = "0.6,0.2,0.2",
-          seed: Annotated[int, typer.Option(help="random seed", metavar="N")] = 0,
+          seed: Annotated[int, typer.Option(help="random seed", min=SEED_RANGE[0], max=SEED_RANGE[1], metavar="N")] = 0,
           labels: Annotated[Optional[Path], typer.Option(help="CSV path,label[,patient_id][,slice]",
                                                          metavar="CSV")] = None,
           label_from: Annotated[LabelFrom, _choice("where labels come from (auto: a labels CSV, else class "
@@ -381,7 +381,8 @@ def prepare(splits: Annotated[Path, typer.Argument(help="splits CSV", metavar="S
             input: Annotated[InputKind, _choice("model input (auto: a grid for volumes, else an image)")
                              ] = InputKind.auto,
             size: Size = None, channels: Channels = None, grid_pad: GridPad = None, window: WindowOption = None,
-            workers: Annotated[int, typer.Option(help="processes (0: one per core, up to 8)", min=0,
+            workers: Annotated[int, typer.Option(help="processes (0: one per core, up to 8; never more than the "
+                                                      "cores)", min=0, max=value_range(TrainConfig, "num_workers")[1],
                                                  metavar="N")] = 0,
             max_voxels: MaxVoxels = None):
     """Preprocess every scan of a splits file into the on-disk cache (training does this too)."""
@@ -439,7 +440,7 @@ def _with_model_options(command):
         values = {f"{value:g}" if isinstance(value, float) else str(value) for _, _, value in takers}
         shown = values.pop() if len(values) == 1 else ", ".join(f"{model}: {value}" for model, _, value in takers)
         info = typer.Option(help=f"{'; '.join(helps)} ({' and '.join(model for model, _, _ in takers)})",
-                            min=option.minimum, metavar=option.metavar, show_default=shown)
+                            min=option.minimum, max=option.maximum, metavar=option.metavar, show_default=shown)
         extra.append(Parameter(name, Parameter.KEYWORD_ONLY, default=None,
                                        annotation=Annotated[Optional[option.type], info]))
     signature = _signature(command, eval_str=True)
@@ -461,8 +462,9 @@ def train(splits: Annotated[Optional[Path], typer.Argument(help="splits CSV from
               callback=_model_choice)] = None,
           epochs: Annotated[Optional[int], typer.Option(
               help="maximum epochs, per stage for the hybrid (0: about 600 steps, 30..150 epochs)", min=0,
-              metavar="N", show_default=str(_D.epochs))] = None,
+              max=value_range(TrainConfig, "epochs")[1], metavar="N", show_default=str(_D.epochs))] = None,
           batch_size: Annotated[Optional[int], typer.Option(help="samples per step and process", min=1, metavar="N",
+                                                            max=value_range(TrainConfig, "batch_size")[1],
                                                             show_default=str(_D.batch_size))] = None,
           lr: Annotated[Optional[float], typer.Option(help="peak learning rate", min=0.0, metavar="LR",
                                                       show_default=f"{_D.lr:g}")] = None,
@@ -470,9 +472,10 @@ def train(splits: Annotated[Optional[Path], typer.Argument(help="splits CSV from
                                                                 show_default=f"{_D.weight_decay:g}")] = None,
           patience: Annotated[Optional[int], typer.Option(
               help="early-stopping patience in epochs (0: off), counted once the training set is fitted or 3/4 of "
-                   "the epochs have run", min=0, metavar="N", show_default=str(_D.patience))] = None,
-          seed: Annotated[Optional[int], typer.Option(help="random seed", metavar="N",
-                                                      show_default=str(_D.seed))] = None,
+                   "the epochs have run", min=0, max=value_range(TrainConfig, "patience")[1], metavar="N",
+              show_default=str(_D.patience))] = None,
+          seed: Annotated[Optional[int], typer.Option(help="random seed", metavar="N", min=SEED_RANGE[0],
+                                                      max=SEED_RANGE[1], show_default=str(_D.seed))] = None,
           device: DeviceOption = Device.auto,
           precision: Annotated[Precision, _choice("arithmetic: auto = bf16 autocast on CUDA and on CPUs with "
                                                   "native bf16 units, else fp32")] = Precision.auto,
@@ -494,7 +497,9 @@ def train(splits: Annotated[Optional[Path], typer.Argument(help="splits CSV from
               show_default="0.5")] = None,
           class_weights: Annotated[Optional[ClassWeights], _choice("auto: inverse class frequency in the loss",
                                                                    show_default="none")] = None,
-          num_workers: Annotated[int, typer.Option(help="preprocessing processes (0: one per core, up to 8)", min=0,
+          num_workers: Annotated[int, typer.Option(help="preprocessing processes (0: one per core, up to 8; never "
+                                                        "more than the cores)", min=0,
+                                                   max=value_range(TrainConfig, "num_workers")[1],
                                                    metavar="N")] = 0,
           fold: Annotated[Optional[int], typer.Option(
               help="train one cross-validation fold: its rows are val, the other folds' train (split --folds)",
@@ -676,7 +681,7 @@ def demo(out: Annotated[Path, typer.Option(help="folder for everything the demo 
          epochs: Annotated[Optional[int], typer.Option(help="maximum training epochs (0: train's default, about "
                                                              "600 steps)", min=0, metavar="N",
                                                         show_default="40 for knee, 0 for lung")] = None,
-         seed: Annotated[int, typer.Option(help="random seed", metavar="N")] = 0):
+         seed: Annotated[int, typer.Option(help="random seed", min=SEED_RANGE[0], max=SEED_RANGE[1], metavar="N")] = 0):
     """synth -> split -> train a Perceiver -> evaluate -> predict -> explain, on the CPU in minutes."""
     from perceiver_med.workflows.demo import run_demo
 

@@ -75,8 +75,8 @@ def test_train_help_shows_each_model_option_with_its_default_and_model(run_insta
     code, out, _ = run_installed("train", "--help", env={"COLUMNS": "160"})
     out = " ".join(out.split())
     assert code == 0
-    assert "--num-latents N latents (perceiver) [default: (64); x>=1]" in out
-    assert "--depth N ViT blocks (vit-rollout-cnn) [default: (4); x>=1]" in out
+    assert "--num-latents N latents (perceiver) [default: (64); 1<=x<=4096]" in out
+    assert "--depth N ViT blocks (vit-rollout-cnn) [default: (4); 1<=x<=64]" in out
     assert "(perceiver and vit-rollout-cnn) [default: (1); x>=0.0]" in out.replace("- ", "-")  # wrapped at a dash
 
 

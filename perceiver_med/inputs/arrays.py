@@ -125,6 +125,10 @@ def point_voxel(image, point_lps) -> np.ndarray:
     if not image.has_patient_geometry:
         raise ScanError("the file does not place this scan in the patient (no orientation or position), so a "
                         "point in patient millimetres cannot be found in it")
+    guessed = [size for size in ("pixel spacing", "slice spacing") if size in image.assumed]
+    if guessed:  # 1 mm stands in for it: the grid would show another field of view, off-centre
+        raise ScanError(f"the file does not give its {' or '.join(guessed)} (1 mm would be assumed), so a point in "
+                        "patient millimetres cannot be placed in it")
     index = image.to_voxel(point_lps)
     shape = (image.num_slices if image.slices is not None else image.voxels.shape[0], *image.voxels.shape[1:])
     if any(not -0.5 <= k <= n - 0.5 for k, n in zip(index, shape)):

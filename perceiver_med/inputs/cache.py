@@ -24,10 +24,10 @@ from typing import Callable
 import numpy as np
 
 from perceiver_med import __version__
-from perceiver_med.errors import ScanError
+from perceiver_med.errors import ScanError, UserError
 from perceiver_med.files import atomic_path
 from perceiver_med.io import discover
-from perceiver_med.io.limits import describe
+from perceiver_med.io.limits import describe, over_memory
 from perceiver_med.inputs.preprocess import PreprocessConfig, point_inputs, scan_input
 
 
@@ -242,18 +242,39 @@ def _pool_context():
     return context
 
 
+def worker_count(asked: int = 0) -> int:
+    """Processes to prepare inputs with: as asked (0: one per core, up to 8), never more than the cores this process
+    may run on, where more would only wait for each other and each holds a decoded scan in memory."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    return max(1, min(asked or 8, cores))
+
+
 def prepare_many(requests: list[InputRequest], config: PreprocessConfig, workers: int = 0,
                  use_cache: bool = True, on_done: Callable[[int, int], None] | None = None
                  ) -> tuple[list[np.ndarray | None], list[str]]:
     """Prepare many scans in parallel processes. Returns arrays (None where a scan failed) and reasons.
 
     `on_done(done, total)` reports progress. A worker that dies (killed, out of memory) costs the scans it
-    held a retry in a fresh pool, never a hang. Point requests of one scan are one job (see point_inputs).
+    held a retry in a fresh pool, never a hang. Point requests of one scan are one job (see point_inputs). A request
+    repeated (the same point ten thousand times) is prepared once, and its rows share one array. The memory the
+    inputs take together is estimated first, and a request over the budget is refused before any scan is read.
     """
+    problem = over_memory(len(requests) * int(np.prod(config.output_shape)) * 4,
+                          f"{len(requests):,} model inputs of shape {'x'.join(map(str, config.output_shape))}")
+    if problem:
+        raise UserError(f"{problem}: give fewer scans or points at a time, or a smaller --size")
+    unique = list(dict.fromkeys(requests))
+    if len(unique) < len(requests):
+        arrays, reasons = prepare_many(unique, config, workers, use_cache, on_done)
+        first = {request: k for k, request in enumerate(unique)}
+        return [arrays[first[r]] for r in requests], [reasons[first[r]] for r in requests]
     root = usable_cache_root() if use_cache else None
     groups = _jobs(requests, config)
     jobs = [(tuple(requests[k] for k in group), config, root, root is not None) for group in groups]
-    workers = workers or min(os.cpu_count() or 1, 8)
+    workers = worker_count(workers)
     results: list[tuple[np.ndarray | None, str] | None] = [None] * len(requests)
     done = 0
 

@@ -70,22 +70,32 @@ class PointsFile:
 
 
 def read_points(csv_path: Path) -> PointsFile:
-    """Read and check a points CSV; rows with a bad cell are skipped with the reason (line number included)."""
+    """Read and check a points CSV; rows with a bad cell are skipped with the reason (line number included). A row
+    repeating an earlier row's scan and point is the same sample: it is skipped, and the point prepared once."""
     table = read_csv(csv_path, "points file", COORDINATES)
     by = next((name for name in ("seriesuid", "path") if name in table.columns), None)
     if by is None:
         raise UserError(f"{printable(csv_path)} is not a points file: it needs a seriesuid or a path column to "
                         "name each point's scan")
     rows, skipped = [], []
+    first: dict[tuple, PointRow] = {}
     for record in table.rows:
         try:
             reference = record.path(by) if by == "path" else record.text(by, required=True)
             point = tuple(_number(record, name) for name in COORDINATES)
             diameter = _number(record, "diameter_mm") if record.text("diameter_mm") else None
-            rows.append(PointRow(record.line, reference, by, point, record.text("label"),
-                                 record.text("patient_id", any_bytes=True), diameter, dict(record.cells)))
+            row = PointRow(record.line, reference, by, point, record.text("label"),
+                           record.text("patient_id", any_bytes=True), diameter, dict(record.cells))
         except UserError as exc:
             skipped.append(Skip(Path(csv_path), str(exc)))
+            continue
+        earlier = first.setdefault((reference, point), row)
+        if earlier is row:
+            rows.append(row)
+        else:  # one reason for every repeat of a row, so the skip summary counts them on one line
+            labels = f" (labelled {earlier.label!r} there)" if row.label != earlier.label else ""
+            skipped.append(Skip(Path(csv_path), f"the same point of the same scan as line {earlier.line}{labels}, "
+                                                "which is used once"))
     return PointsFile(Path(csv_path), by, table.columns, rows, skipped)
 
 

@@ -94,9 +94,20 @@ def scan_input(scan, config: PreprocessConfig, center: int | None = None, point=
 
     config.kind.check_scan(scan)
     if config.kind.takes_points:
-        return model_input(read_scan(scan, point_pick(scan, config, point)), config, point=point)
+        return model_input(informative(read_scan(scan, point_pick(scan, config, point))), config, point=point)
     image = read_scan(scan, lambda num_slices: read_slices(num_slices, config, scan.modality, center))
-    return model_input(image, config, center)
+    return model_input(informative(image), config, center)
+
+
+def informative(image):
+    """The ScanImage itself, or ScanError when every voxel read has one value (a RescaleSlope of 0, an empty
+    volume): its model input would be one flat grey, and a prediction from it a guess with nothing to guess from."""
+    voxels = image.voxels
+    low, high = float(voxels.min()), float(voxels.max())
+    if low == high:
+        read = "voxel" if image.slices is None else f"voxel of the {len(image.slices)} slice(s) it is made from"
+        raise ScanError(f"constant: every {read} has the value {low:g}, so there is no image to classify")
+    return image
 
 
 def point_inputs(scan, config: PreprocessConfig, points) -> list:
@@ -112,7 +123,7 @@ def point_inputs(scan, config: PreprocessConfig, points) -> list:
         def pick(num_slices: int) -> list[int]:
             wanted = [k for p in picks for k in p(num_slices)]
             return list(range(min(wanted), max(wanted) + 1))  # consecutive, as point_grid needs
-    image = read_scan(scan, pick)
+    image = informative(read_scan(scan, pick))
     grids = []
     for point in points:
         try:

@@ -34,16 +34,15 @@ def read_scan(scan: Scan, pick: Pick | None = None) -> ScanImage:
     """Decode a scan found by `discover`. Raises ScanError with a one-line reason, whatever went wrong.
 
     `pick(num_slices)` -> display slice indices: for a volume, only those slices are read and returned
-    (in that order), with `slices` and `num_slices` set; 2D images ignore it.
+    (in that order), with `slices` and `num_slices` set; 2D images ignore it. A scan with a voxel read that is NaN
+    or infinite is refused: there is no value to put in its place that the model would not take for tissue.
     """
     reader = reader_of(scan.format)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             image = reader.read(scan, pick)
-            voxels = image.voxels
-            if not np.isfinite(voxels).all():
-                voxels = np.nan_to_num(voxels, nan=0.0, posinf=0.0, neginf=0.0)
+            finite = int(np.count_nonzero(np.isfinite(image.voxels)))
     except ScanError:
         raise
     except OSError as exc:
@@ -51,4 +50,8 @@ def read_scan(scan: Scan, pick: Pick | None = None) -> ScanImage:
         raise ScanError(f"{file.name}: {os_reason(exc, file)}") from None
     except Exception as exc:  # never more than this scan's skip
         raise ScanError(unexpected(exc, reader.name)) from None
-    return dataclasses.replace(image, voxels=voxels, warnings=tuple(scan.warnings) + tuple(image.warnings))
+    if finite < image.voxels.size:  # a NaN is no intensity: made 0, it would pass for a real value
+        read = "voxels" if image.slices is None else f"voxels of the {len(image.slices)} slice(s) read"
+        raise ScanError(f"{image.voxels.size - finite:,} of its {image.voxels.size:,} {read} are not numbers (NaN "
+                        "or infinite), so the scan is not used")
+    return dataclasses.replace(image, warnings=tuple(scan.warnings) + tuple(image.warnings))

@@ -290,6 +290,7 @@ def _check_header(ds, fp, skip: Callable[[int], int] | None) -> str:
         bits = int(ds.get("BitsAllocated", 0) or 0)
         samples = int(ds.get("SamplesPerPixel", 1) or 1)
         _rescale(ds)
+        _check_pixel_spacing(ds)
     except ScanError as exc:
         return str(exc)
     except (TypeError, ValueError) as exc:
@@ -414,6 +415,9 @@ def _rescale(ds) -> tuple[float, float]:
         raise ScanError(f"invalid RescaleSlope or RescaleIntercept: {describe(exc)}") from None
     if not (np.isfinite(slope) and np.isfinite(intercept)):
         raise ScanError("RescaleSlope or RescaleIntercept is not a finite number")
+    if slope == 0 and "ModalityLUTSequence" not in ds:
+        raise ScanError(f"RescaleSlope is 0: every pixel would have the value of RescaleIntercept ({intercept:g}), "
+                        "so the image holds nothing to classify")
     return slope, intercept
 
 
@@ -555,15 +559,45 @@ def _floats(value) -> tuple[float, ...] | None:
 
 
 def _pixel_spacing(ds) -> tuple[float, float] | None:
-    spacing = _floats(ds.get("PixelSpacing")) or _floats(ds.get("ImagerPixelSpacing"))
-    if spacing is None and "SharedFunctionalGroupsSequence" in ds:
-        shared = _first(ds.SharedFunctionalGroupsSequence)
-        if shared is not None and "PixelMeasuresSequence" in shared:
-            measures = _first(shared.PixelMeasuresSequence)
-            spacing = _floats(measures.get("PixelSpacing")) if measures is not None else None
+    """(row, column) spacing in mm; None when the file gives none (`_check_pixel_spacing` refuses a wrong one)."""
+    found = _stated_pixel_spacing(ds)
+    if found is None:
+        return None
+    spacing = _floats(found[1])
     if not spacing or len(spacing) < 2 or min(spacing[:2]) <= 0:
         return None
     return tuple(spacing[:2])
+
+
+def _stated_pixel_spacing(ds) -> tuple[str, object] | None:
+    """(keyword, value) of the pixel spacing the file states: PixelSpacing, else ImagerPixelSpacing, else an
+    enhanced file's shared pixel measures; None when it states none."""
+    for keyword in ("PixelSpacing", "ImagerPixelSpacing"):
+        if ds.get(keyword) not in (None, ""):
+            return keyword, ds.get(keyword)
+    if "SharedFunctionalGroupsSequence" in ds:
+        shared = _first(ds.SharedFunctionalGroupsSequence)
+        if shared is not None and "PixelMeasuresSequence" in shared:
+            measures = _first(shared.PixelMeasuresSequence)
+            if measures is not None and measures.get("PixelSpacing") not in (None, ""):
+                return "PixelSpacing", measures.get("PixelSpacing")
+    return None
+
+
+def _check_pixel_spacing(ds) -> None:
+    """ScanError when the file states a pixel spacing that is not two sizes above 0 mm. One stated wrongly is
+    refused, not replaced by 1 mm: in millimetres (a point's grid) that would show another field of view, and
+    image and grid inputs refuse it too, so that one header gives one answer whatever the input."""
+    found = _stated_pixel_spacing(ds)
+    if found is None:
+        return
+    keyword, value = found
+    spacing = _floats(value)
+    if not spacing or len(spacing) < 2 or min(spacing[:2]) <= 0:
+        values = value if isinstance(value, (list, tuple, pydicom.multival.MultiValue)) else [value]
+        text = "\\".join(str(v) for v in values)
+        raise ScanError(f"{keyword} is {text}: a pixel size must be two numbers of mm above 0, so the size of "
+                        "what the image shows is unknown")
 
 
 def _first(sequence):
@@ -808,7 +842,7 @@ _ASSUMPTIONS = {
     "pixel spacing": "no PixelSpacing, so 1 mm pixels are assumed",
     "slice order": "no per-slice positions, so the slices are assumed to run along the slice normal (row "
                    "direction x column direction) in the order stored",
-    "slice spacing": "no SpacingBetweenSlices or SliceThickness, so 1 mm between slices is assumed",
+    "slice spacing": "no SpacingBetweenSlices or SliceThickness above 0 mm, so 1 mm between slices is assumed",
 }
 
 

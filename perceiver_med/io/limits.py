@@ -110,3 +110,34 @@ def os_reason(exc: OSError, path: Path) -> str:
     if exc.errno in (errno.EACCES, errno.EPERM) or isinstance(exc, PermissionError):
         return "permission denied"
     return f"cannot be read: {exc.strerror or describe(exc)}"
+
+
+# A request's memory (a model's weights and optimiser state, a stack of model inputs) is estimated before it is
+# allocated and refused beyond this share of the machine's memory: a size option far too large is then one line
+# naming its size, not an allocation traceback or a machine swapping for minutes.
+MEMORY_SHARE = 2
+
+
+def memory_budget() -> int:
+    """Bytes one request may take: half the machine's physical memory (16 GiB where it cannot be told)."""
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        total = 16 << 30
+    return max(int(total) // MEMORY_SHARE, 1 << 30)
+
+
+def over_memory(needed: int, what: str) -> str:
+    """Why a request of `needed` bytes is refused, naming `what` it is; "" when it fits the memory budget."""
+    budget = memory_budget()
+    if needed <= budget:
+        return ""
+    return (f"{what} would take about {_bytes(needed)}, more than the {_bytes(budget)} allowed (half of this "
+            "machine's memory)")
+
+
+def _bytes(count: int) -> str:
+    for unit, size in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6)):
+        if count >= size:
+            return f"{count / size:.1f} {unit}"
+    return f"{count:,} bytes"

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+from nibabel.openers import ImageOpener
 
 from perceiver_med.errors import ScanError
 from perceiver_med.io.image import ScanImage, placed
@@ -83,6 +84,7 @@ def _load(path: Path) -> _Volume:
     if dtype.kind not in "uifb":
         raise ScanError(f"NIfTI voxels of type {dtype} (colour or structured) are not read")
     spatial, extra = shape[:3], shape[3:]
+    _check_voxel_sizes(_stored_header(path, image), spatial)
     notes = []
     if any(e > 1 for e in extra):
         count = int(np.prod(extra))
@@ -102,6 +104,31 @@ def _load(path: Path) -> _Volume:
     check_size(display[-2:], display[0] if len(display) == 3 else 1)
     _check_length(path, image, spatial, dtype)
     return _Volume(image, voxel_shape, order, affine, display, display_spacing(affine, len(display)), notes)
+
+
+def _stored_header(path: Path, image):
+    """The header as the file stores it: nibabel's load has already replaced a pixdim of 0 (or below) with 1 mm."""
+    try:
+        with ImageOpener(str(path)) as handle:
+            return type(image.header).from_fileobj(handle, check=False)
+    except Exception as exc:
+        if file_access_error(exc):
+            raise
+        raise ScanError(f"unreadable NIfTI header: {describe(exc)}") from None
+
+
+def _check_voxel_sizes(header, spatial: tuple[int, ...]) -> None:
+    """ScanError when a voxel size that places the volume (the sform's, else pixdim, which the qform and the
+    default affine use) is not above 0 mm along an axis of more than one voxel. nibabel would make a pixdim of 0
+    1 mm and a negative one positive: another field of view than the file's, for points in millimetres."""
+    if int(header["sform_code"]) > 0:
+        sizes, source = np.linalg.norm(np.asarray(header.get_sform(), float)[:3, :3], axis=0), "its sform"
+    else:
+        sizes, source = np.asarray(header["pixdim"][1:4], float), "pixdim"
+    for axis, count in enumerate(spatial):
+        if count > 1 and not (np.isfinite(sizes[axis]) and sizes[axis] > 0):
+            raise ScanError(f"{source} gives voxel axis {axis + 1} a size of {sizes[axis]:g} mm: voxel sizes must be "
+                            "above 0 mm, so the size of what the scan shows is unknown")
 
 
 def _check_length(path: Path, image, spatial: tuple[int, ...], dtype: np.dtype) -> None:

@@ -13,8 +13,10 @@ import difflib
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Callable
 
+import torch
 from torch import nn
 
+from perceiver_med.io.limits import over_memory
 from perceiver_med.models.cnn import ConvNet
 from perceiver_med.models.hybrid import ViTRolloutCNN
 from perceiver_med.models.perceiver import Perceiver
@@ -44,7 +46,8 @@ class Stage:
 @dataclass(frozen=True)
 class ModelOption:
     """A keyword argument `train` offers as --<name> (underscores as dashes); `part` names the sub-config that holds
-    it ("vit": the hybrid's ViT), None the model's own keywords. Its default is the config dataclass's."""
+    it ("vit": the hybrid's ViT), None the model's own keywords. Its default is the config dataclass's. Its range,
+    `minimum` to `maximum` (None: unbounded), holds on the command line (shown in --help) and in config.json."""
 
     name: str
     help: str
@@ -52,6 +55,19 @@ class ModelOption:
     minimum: float | None = 1
     metavar: str = "N"
     part: str | None = None
+    maximum: float | None = None
+
+    def check(self, value) -> None:
+        """ValueError naming the option when `value` is outside its range."""
+        low, high = self.minimum, self.maximum
+        if (low is not None and value < low) or (high is not None and value > high):
+            span = (f"from {low:g} to {high:g}" if low is not None and high is not None else
+                    f"{low:g} or more" if low is not None else f"{high:g} or less")
+            raise ValueError(f"{self.name} must be {span}, not {value}")
+
+
+# A model in training holds its weights, their gradients and AdamW's two moments: 4 float32 values per parameter.
+TRAINING_BYTES_PER_PARAMETER = 16
 
 
 @dataclass(frozen=True)
@@ -94,7 +110,21 @@ class ModelSpec:
         return stored
 
     def build(self, kwargs: dict) -> nn.Module:
-        return self.model(**complete(self.config, kwargs))
+        """The model of stored keyword arguments; ValueError for an option out of its range, or a model too big for
+        this machine (counted on the meta device, where building allocates nothing)."""
+        values = self.option_values(kwargs)
+        for option in self.options:
+            option.check(values[option.name])
+        arguments = complete(self.config, kwargs)
+        state = torch.random.get_rng_state()  # the probe draws nothing from the generator the weights come from
+        with torch.device("meta"):
+            probe = self.model(**arguments)
+        torch.random.set_rng_state(state)
+        problem = over_memory(count_parameters(probe) * TRAINING_BYTES_PER_PARAMETER,
+                              f"a {self.name} of {count_parameters(probe):,} parameters in training")
+        if problem:
+            raise ValueError(problem)
+        return self.model(**arguments)
 
     def option_values(self, stored: dict) -> dict:
         """The values of this model's options in a stored dict (keys it lacks at their defaults)."""
@@ -280,13 +310,15 @@ def unregister_model(name: str) -> None:
 
 register_model(ModelSpec(
     "perceiver", Perceiver, PerceiverConfig, summary="Perceiver: latents cross-attend to a conv stem's map",
-    options=(ModelOption("num_latents", "latents"), ModelOption("latent_dim", "latent width"),
-             ModelOption("num_iterations", "iterations of cross-attention and latent blocks"),
+    options=(ModelOption("num_latents", "latents", maximum=4096),
+             ModelOption("latent_dim", "latent width", maximum=4096),
+             ModelOption("num_iterations", "iterations of cross-attention and latent blocks", maximum=64),
              ModelOption("deep_supervision", DEEP_SUPERVISION_OPTION, float, 0.0, "W"))))
 register_model(ModelSpec(
     "vit-rollout-cnn", ViTRolloutCNN, HybridConfig, stages=_hybrid_stages, input_part="vit",
     summary="a ViT, then a CNN on the image and the ViT's attention rollout",
-    options=(ModelOption("depth", "ViT blocks", part="vit"), ModelOption("dim", "ViT width", part="vit"),
+    options=(ModelOption("depth", "ViT blocks", part="vit", maximum=64),
+             ModelOption("dim", "ViT width", part="vit", maximum=4096),
              ModelOption("deep_supervision", DEEP_SUPERVISION_OPTION, float, 0.0, "W", part="vit"))))
 register_model(ModelSpec("cnn", ConvNet, CNNConfig, summary="a plain three-stage CNN with global max pooling"))
 register_model(ModelSpec("vit", ViT, ViTConfig, trains=False, summary="a ViT alone (the hybrid's first stage)"))

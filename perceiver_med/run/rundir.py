@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from perceiver_med.errors import UserError
-from perceiver_med.files import FILE_MODE, writing_error
+from perceiver_med.files import FILE_MODE, check_name, expect_new, not_regular, writing_error
 from perceiver_med.inputs.cache import INPUT_VERSION
 from perceiver_med.inputs.splits import SplitRow, find_problems, read_splits
 from perceiver_med.training.config import RunConfig, read_run_config
@@ -259,20 +259,30 @@ def refuse_inside_runs(output: Path | str) -> None:
 
 
 def check_new_output(path: Path | str, overwrite: bool = False) -> None:
-    """Before any work: refuse to replace an existing output unasked, or to write inside a run directory, and
-    make sure the output's folder is writable."""
+    """Before any work: refuse to replace an existing output unasked, anything but a regular file even when asked,
+    to write inside a run directory or under a name the file system refuses, and make sure the output's folder is
+    writable. An output absent now is then created only if it is still absent (files.expect_new)."""
     path = Path(path)
-    refuse_inside_runs(path)
-    if path.is_dir():
+    check_name(path)
+    try:
+        refuse_inside_runs(path)
+        what = not_regular(path)
+        exists = os.path.lexists(path)
+    except OSError as exc:  # a name the file system refuses (too long...)
+        raise writing_error(path, exc) from None
+    if what == "a folder":
         raise UserError(f"{path} is a folder: give a file name")
-    if path.exists() and not overwrite:
+    if what:  # even with --overwrite: replacing a device or a pipe with a file breaks whatever uses it
+        raise UserError(f"{path} is {what}, not a regular file: it is not replaced (give a file name)")
+    if exists and not overwrite:
         raise UserError(f"{path} already exists: choose another name, or add --overwrite")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}."):
+        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name[:64]}."):
             pass  # the folder takes new files
     except OSError as exc:
         raise writing_error(path, exc) from None
+    expect_new(path, not exists)
 
 
 class RunLock:

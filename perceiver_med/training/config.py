@@ -120,6 +120,29 @@ def _shown(value) -> str:
 # ---------------------------------------------------------------- the settings
 # Settings of where a run runs, not of what it learns: a resume may change them. They live in "train" in config.json.
 RUNTIME = {"runtime": True}
+# numpy seeds its generators from 32-bit words and torch from 64 bits: a seed is one 32-bit word, in every command.
+SEED_RANGE = (0, 2 ** 32 - 1)
+
+
+def ranged(low: float, high: float, **metadata) -> dict:
+    """Field metadata giving a number setting its range, low to high: `check_ranges` holds config.json to it and the
+    command line shows it (`value_range`)."""
+    return {**metadata, "range": (low, high)}
+
+
+def value_range(cls: type, name: str) -> tuple[float, float]:
+    """(low, high) of a config dataclass field declared with `ranged`."""
+    return next(f for f in fields(cls) if f.name == name).metadata["range"]
+
+
+def check_ranges(config) -> None:
+    """ValueError naming the first field outside its `ranged` range."""
+    for spec in fields(config):
+        if "range" in spec.metadata:
+            low, high = spec.metadata["range"]
+            value = getattr(config, spec.name)
+            if not low <= value <= high:
+                raise ValueError(f"{spec.name} must be from {low:,} to {high:,}, not {value}")
 
 
 @dataclass
@@ -136,9 +159,9 @@ class TrainConfig:
         patience: stop after this many epochs without a lower validation loss (0: never); epochs are counted
             only once the training set is fitted (95% training accuracy) or 3/4 of the epochs have run.
         stop_loss: stop a stage once its validation loss (its training loss, measured in evaluation mode, without
-            a val split) is at or below this, counted as patience is (0: never); 0.01 means the samples' true classes have a mean
-            probability of about 0.99, where more epochs only sharpen what is already decided (Lightning's
-            `stopping_threshold`).
+            a val split) is at or below this, counted as patience is (0: never); 0.01 means the samples' true
+            classes have a mean probability of about 0.99, where more epochs only sharpen what is already decided
+            (Lightning's `stopping_threshold`).
         grad_clip: maximum gradient norm.
         seed: seed of weights, shuffling and augmentation.
         class_weights: "none" or "auto" (inverse class frequency in the training loss only).
@@ -148,18 +171,19 @@ class TrainConfig:
         precision: "auto" (bf16 autocast on CUDA and on CPUs with native bf16 units), "bf16" or "fp32".
     """
 
-    epochs: int = 0
-    batch_size: int = 16
+    epochs: int = field(default=0, metadata=ranged(0, 100_000))
+    batch_size: int = field(default=16, metadata=ranged(1, 65_536))
     lr: float = 2e-3
     weight_decay: float = 0.05
     warmup_epochs: float = 2.0
-    patience: int = 20
+    patience: int = field(default=20, metadata=ranged(0, 100_000))
     stop_loss: float = 0.0
     grad_clip: float = 1.0
-    seed: int = 0
+    seed: int = field(default=0, metadata=ranged(*SEED_RANGE))
     class_weights: str = "none"
     label_smoothing: float = 0.0
-    num_workers: int = field(default=0, metadata=RUNTIME)
+    # more processes than cores only wait for each other: prepare_many starts at most one per core
+    num_workers: int = field(default=0, metadata=ranged(0, 1024, **RUNTIME))
     device: str = field(default="auto", metadata=RUNTIME)
     precision: str = field(default="auto", metadata=RUNTIME)
 
@@ -181,6 +205,7 @@ class TrainConfig:
                               ("precision", ("auto", "bf16", "fp32"))):
             if getattr(self, name) not in choices:
                 raise ValueError(f"{name} must be {' or '.join(choices)}, not {getattr(self, name)!r}")
+        check_ranges(self)
 
 
 @dataclass

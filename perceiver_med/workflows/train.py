@@ -100,6 +100,10 @@ def _new_config(rows: list[SplitRow], splits: Path, model_name: str, asked: dict
         if model_name not in owners[key]:
             raise UserError(f"--{key.replace('_', '-')} is an option of {' and '.join(owners[key])}, not {model_name}")
     train = TrainConfig(**{k: v for k, v in asked.items() if k in TrainConfig.__dataclass_fields__})
+    try:
+        train.check()  # the ranges config.json is read with, before any scan is read or memory is taken
+    except ValueError as exc:
+        raise UserError(f"--{str(exc).replace('_', '-')}") from None
     scans = describe_scans(rows)
     with_points = sum(row.point is not None for row in rows)
     if with_points not in (0, len(rows)):
