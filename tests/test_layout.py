@@ -87,7 +87,7 @@ def test_imports_follow_the_data_downward():
     assert not upward, upward
 
 
-# ---------------------------------------------------------------- a thin command line, settings never in the environment
+# -------------------------------------------------------------- a thin command line; no settings in the environment
 NOT_LIBRARY_WORK = {"perceiver_med", "perceiver_med.errors", "perceiver_med.results.display"}  # version, errors, tables
 
 
