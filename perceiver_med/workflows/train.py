@@ -37,7 +37,6 @@ if TYPE_CHECKING:
     from perceiver_med.workflows.cv import CvResult
 
 
-
 @dataclass
 class TrainRequest:
     """What `train` is asked to do.
