@@ -29,12 +29,12 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     import perceiver_med
-    from perceiver_med.workflows.demo import run_demo
+    from perceiver_med.workflows.demo import DemoRequest, run_demo
 
     with tempfile.TemporaryDirectory() as temp:
         os.environ["PERCEIVER_MED_CACHE"] = str(Path(temp) / "cache")
         started = time.perf_counter()
-        result = run_demo(Path(temp) / "demo", say=lambda _: None)
+        result = run_demo(DemoRequest(Path(temp) / "demo"), say=lambda _: None)
         seconds = time.perf_counter() - started
         history = list(csv.DictReader(open(Path(temp) / "demo" / "run" / "history.csv")))
     best = max(float(row["val_accuracy"]) for row in history)

@@ -39,7 +39,8 @@ def main() -> None:
         import torch
 
         from perceiver_med.workflows.folders import split_folder
-        from perceiver_med.workflows.train import train_run
+        from perceiver_med.training.config import Runtime
+        from perceiver_med.workflows.train import TrainRequest, train
         from perceiver_med.synth.phantoms import LungDifficulty, synth
 
         # a stopped benchmark goes on where it was: runs already in --json are kept, not repeated
@@ -60,8 +61,8 @@ def main() -> None:
                     if (size, seed, model) in done:
                         continue
                     started = time.perf_counter()
-                    result = train_run(splits, model, temp / f"run-{size}-{seed}-{model}", seed=seed, device="cpu",
-                                       epochs=args.epochs or None)
+                    result = train(TrainRequest(splits, temp / f"run-{size}-{seed}-{model}", model,
+                                                {"seed": seed, "epochs": args.epochs or None}, Runtime(device="cpu")))
                     seconds = time.perf_counter() - started
                     history = result.metrics
                     row = {"size": size, "seed": seed, "model": model, "seconds": round(seconds, 1),

@@ -26,14 +26,15 @@ DEMO_EPOCHS = 40  # perceiver-med demo's default
 
 def _demo_run(folder: Path, epochs: int) -> tuple[Path, dict]:
     from perceiver_med.workflows.folders import split_folder
-    from perceiver_med.workflows.train import train_run
+    from perceiver_med.training.config import Runtime
+    from perceiver_med.workflows.train import TrainRequest, train
     from perceiver_med.synth.phantoms import synth
 
     started = time.perf_counter()
     data, _ = synth("knee", folder / "knee", 60, "png", 0)
     split_folder(data, folder / "splits.csv", seed=0)
-    train_run(folder / "splits.csv", "perceiver", folder / "run", epochs=epochs, seed=0, device="cpu",
-              precision="fp32")
+    train(TrainRequest(folder / "splits.csv", folder / "run", "perceiver", {"epochs": epochs, "seed": 0},
+                       Runtime(device="cpu", precision="fp32")))
     seconds = time.perf_counter() - started
     with open(folder / "run" / "history.csv", newline="") as handle:
         per_epoch = [float(row["seconds"]) for row in csv.DictReader(handle)]

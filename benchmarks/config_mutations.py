@@ -10,13 +10,16 @@ from pathlib import Path
 from perceiver_med import cli
 from perceiver_med.synth.phantoms import synth
 from perceiver_med.workflows.folders import split_folder
-from perceiver_med.workflows.train import train_run
+from perceiver_med.training.config import Runtime
+from perceiver_med.workflows.train import TrainRequest, train
 def main():
 
     root = Path(tempfile.mkdtemp())
     synth("knee", root / "data", 12, "png", 3)
     split_folder(root / "data", root / "splits.csv", seed=0)
-    run = train_run(root / "splits.csv", "perceiver", root / "run", size=32, epochs=2, batch_size=8, device="cpu", patience=0, num_latents=8, latent_dim=32).run
+    run = train(TrainRequest(root / "splits.csv", root / "run", "perceiver",
+                             dict(size=32, epochs=2, batch_size=8, patience=0, num_latents=8, latent_dim=32),
+                             Runtime(device="cpu"))).run
     cfg = json.loads((run / "config.json").read_text())
     def leaves(d, p=()):
         if isinstance(d, dict):

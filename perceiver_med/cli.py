@@ -16,7 +16,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from perceiver_med import __version__
 from perceiver_med.inputs.kinds import AUTO, KINDS
 from perceiver_med.models import DEFAULT_MODEL
-from perceiver_med.training.config import POSITIVE_NAMES, SEED_RANGE, TrainConfig, is_laterality, value_range
+from perceiver_med.io.limits import ENV as MAX_VOXELS_VARIABLE
+from perceiver_med.io.limits import parse_max_voxels
+from perceiver_med.training.config import POSITIVE_NAMES, SEED_RANGE, Runtime, TrainConfig, value_range
 from perceiver_med.errors import Interrupted, UserError
 from perceiver_med.results.display import (console, counts_table, err_console, metrics_table, plain, scans_table,
                                   skipped_table, summary_line, trust_table)
@@ -117,9 +119,13 @@ MaxVoxels = Annotated[Optional[int], typer.Option(
          "(default: $PERCEIVER_MED_MAX_VOXELS, else the readers' built-in budget)", min=1, metavar="N")]
 
 
-def _voxel_budget(max_voxels: int | None) -> None:
-    if max_voxels is not None:  # the readers (and worker processes they start) read it from the environment
-        os.environ["PERCEIVER_MED_MAX_VOXELS"] = str(max_voxels)
+def _runtime(max_voxels: int | None, device: Device = Device.auto, precision: Precision = Precision.auto,
+             workers: int = 0) -> Runtime:
+    """This machine's settings for a command: --max-voxels, else $PERCEIVER_MED_MAX_VOXELS, else the readers'
+    own budget."""
+    if max_voxels is None:
+        max_voxels = parse_max_voxels(os.environ.get(MAX_VOXELS_VARIABLE))
+    return Runtime(device.value, precision.value, workers, max_voxels)
 
 
 def _version(value: bool):
@@ -220,12 +226,11 @@ def synth(kind: Annotated[Kind, typer.Argument(help="knee or lung", case_sensiti
               "--masks", help="with --points: a NIfTI label map per scan in OUT/masks (value 1: a benign nodule, "
               "2: a malignant one)", metavar="")] = False):
     """Write a phantom data set as real DICOM / NIfTI / PNG files."""
-    from perceiver_med.run.rundir import refuse_inside_runs
-    from perceiver_med.synth.phantoms import synth as write
+    from perceiver_med.workflows.folders import SynthRequest, synth_folder
 
-    refuse_inside_runs(out)
+    request = SynthRequest(kind.value, out, patients, _value(format), seed, difficulty.value, points, masks)
     with console.status(f"writing synthetic {kind.value} scans"):
-        folder, count = write(kind.value, out, patients, _value(format), seed, difficulty.value, points, masks)
+        folder, count = synth_folder(request)
     unit = "images" if kind is Kind.knee else "volumes"
     console.print(f"wrote {count} {unit} of {patients} patients to [bold]{escape(str(folder))}[/]")
 
@@ -236,12 +241,8 @@ def inspect(data: Annotated[Path, typer.Argument(help="folder of scans, or one f
             overwrite: Overwrite = False, max_voxels: MaxVoxels = None):
     """List every scan found and every file skipped, with the reason."""
     from perceiver_med.workflows.folders import inspect_folder
-    from perceiver_med.run.rundir import check_new_output
 
-    _voxel_budget(max_voxels)
-    if out is not None:
-        check_new_output(out, overwrite)
-    discovery = inspect_folder(data, out)
+    discovery = inspect_folder(data, out, overwrite=overwrite, runtime=_runtime(max_voxels))
     console.print(scans_table(discovery))
     _print_skips(discovery.skipped)
     for scan in discovery.scans:
@@ -277,40 +278,24 @@ def split(data: Annotated[Optional[Path], typer.Argument(help="folder of scans",
                    "is the val split; test patients stay held out)", metavar="K", min=2)] = None,
           overwrite: Overwrite = False, max_voxels: MaxVoxels = None):
     """Stratified, patient-grouped train/val/test split (or --check an existing one)."""
-    from perceiver_med.workflows import folders as dataset_ops
-    from perceiver_med.run.rundir import check_new_output
-    from perceiver_med.inputs.splits import count_table, sample_noun
+    from perceiver_med.workflows.folders import SplitCheck, SplitRequest, split_data
 
-    _voxel_budget(max_voxels)
-    if check is not None:
-        checked = dataset_ops.check_splits_file(check)
-        samples = sample_noun(checked.rows)
-        console.print(counts_table(count_table(checked.rows), samples=samples))
-        if any(row.fold is not None for row in checked.rows):
-            console.print(counts_table(count_table(checked.rows, by_fold=True), "fold", samples))
-        for note in checked.notes:
+    result = split_data(SplitRequest(data, out, ratios, seed, label_from.value, labels, patient_regex, points, folds,
+                                     overwrite, check, _runtime(max_voxels)))
+    console.print(counts_table(result.counts(), samples=result.noun))
+    if result.has_folds:
+        console.print(counts_table(result.counts(by_fold=True), "fold", result.noun))
+    if isinstance(result, SplitCheck):
+        for note in result.notes:
             console.print(f"[yellow]note[/]: {escape(note)}")
-        console.print(f"[green]ok[/]: {len(checked.rows)} {samples}, no patient in two splits, every file present")
+        console.print(f"[green]ok[/]: {len(result.rows)} {result.noun}, no patient in two splits, every file "
+                      "present")
         return
-    if data is None or out is None:
-        raise UserError("split needs DATA and --out splits.csv (or --check splits.csv)")
-    try:
-        parsed = tuple(float(r) for r in ratios.split(","))
-    except ValueError:
-        raise UserError(f"--ratios must be three numbers like 0.6,0.2,0.2, got {ratios!r}") from None
-    check_new_output(out, overwrite)
-    result = dataset_ops.split_folder(data, out, parsed, seed, label_from.value, labels, patient_regex, points,
-                                      folds)
-    samples = sample_noun(result.rows)
-    console.print(counts_table(count_table(result.rows), samples=samples))
-    if folds is not None:
-        console.print(counts_table(count_table(result.rows, by_fold=True), "fold", samples))
-    _print_skips(result.discovery.skipped + result.labelled.skipped)
+    _print_skips(result.skipped)
     for note in result.notes:
         console.print(f"[yellow]note[/]: {escape(note)}")
     console.print(f"labels from {result.labelled.label_source}, patients from {result.labelled.patient_source}; "
-                  + summary_line(len(result.rows), len(result.discovery.skipped) + len(result.labelled.skipped),
-                                 f"{samples} split"))
+                  + summary_line(len(result.rows), len(result.skipped), f"{result.noun} split"))
     console.print(f"splits written to [bold]{escape(str(out))}[/]")
 
 
@@ -328,11 +313,9 @@ def points(masks: Annotated[Path, typer.Argument(help="folder of masks (NIfTI la
     sphere of its volume, its label; `split DATA --points CSV` takes the file."""
     from rich.table import Table
 
-    from perceiver_med.run.rundir import check_new_output
-    from perceiver_med.inputs.masks import points_from_masks
+    from perceiver_med.workflows.folders import mask_points
 
-    check_new_output(out, overwrite)
-    result = points_from_masks(masks, scans, out, mask_labels)
+    result = mask_points(masks, scans, out, mask_labels, overwrite)
     table = Table(title=f"components per scan ({len(result.scans)} mask(s) used)")
     for column in ("mask", "scan", "components"):
         table.add_column(column, justify="right" if column == "components" else "left")
@@ -366,12 +349,11 @@ def preview(scan: Annotated[Path, typer.Argument(help="a scan file, or a folder 
                 metavar="RUN")] = None,
             overwrite: Overwrite = False, max_voxels: MaxVoxels = None):
     """Write the exact model input of one scan as PNG and NumPy."""
-    from perceiver_med.workflows.folders import preview_scan
-    from perceiver_med.inputs.points import parse_point
+    from perceiver_med.workflows.folders import PreprocessOptions, PreviewRequest, preview_scan
 
-    _voxel_budget(max_voxels)
-    tensor = preview_scan(scan, out, _value(input), size, channels, grid_pad, series_uid, slice, overwrite,
-                          None if point is None else parse_point(point), fov_mm, slice_mm, window, run)
+    preprocess = PreprocessOptions(_value(input), size, channels, grid_pad, fov_mm, slice_mm, window)
+    tensor = preview_scan(PreviewRequest(scan, out, preprocess, series_uid, slice, point, run, overwrite,
+                                         _runtime(max_voxels)))
     console.print(f"model input {tuple(tensor.shape)} written to [bold]{escape(str(out))}.png[/] and "
                   f"[bold]{escape(str(out))}.npy[/]")
 
@@ -386,15 +368,14 @@ def prepare(splits: Annotated[Path, typer.Argument(help="splits CSV", metavar="S
                                                  metavar="N")] = 0,
             max_voxels: MaxVoxels = None):
     """Preprocess every scan of a splits file into the on-disk cache (training does this too)."""
-    from perceiver_med.inputs.cache import usable_cache_root
-    from perceiver_med.workflows.folders import prepare_splits
+    from perceiver_med.workflows.folders import PrepareRequest, PreprocessOptions, prepare_splits
 
-    _voxel_budget(max_voxels)
+    request = PrepareRequest(splits, PreprocessOptions(_value(input), size, channels, grid_pad, window=window),
+                             _runtime(max_voxels, workers=workers))
     with RichReporter() as reporter:
-        loaded, config = prepare_splits(splits, _value(input), size, channels, grid_pad, workers,
-                                        reporter.preparing, window)
+        prepared = prepare_splits(request, reporter.preparing)
+    loaded, config, root = prepared.loaded, prepared.config, prepared.cache
     _print_skips(loaded.skipped)
-    root = usable_cache_root()
     noun = f"{config.kind.noun}(s)"
     console.print(summary_line(len(loaded.rows), len(loaded.skipped), f"{noun} ready as {config.input} "
                                f"{config.output_shape}") + (f"; cache in {escape(str(root))}" if root else
@@ -511,31 +492,18 @@ def train(splits: Annotated[Optional[Path], typer.Argument(help="splits CSV from
           quiet: Annotated[bool, typer.Option("--quiet", metavar="", help="no per-epoch output")] = False,
           max_voxels: MaxVoxels = None, **model_options):
     """Train a model; writes config, weights, metrics, history, curves and predictions to --out."""
-    from perceiver_med.run.rundir import RunDir
-    from perceiver_med.workflows.train import train_run
+    from perceiver_med.workflows.train import TrainRequest
+    from perceiver_med.workflows.train import train as train_model
 
-    _voxel_budget(max_voxels)
-    main_process = _is_main_process()
     options = dict(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, patience=patience,
-                   seed=seed, device=device.value, precision=precision.value, num_workers=num_workers,
-                   class_weights=_value(class_weights), input=_value(input), size=size, channels=channels,
+                   seed=seed, class_weights=_value(class_weights), input=_value(input), size=size, channels=channels,
                    grid_pad=grid_pad, fov_mm=fov_mm, slice_mm=slice_mm, window=window, flip=flip, positive=positive,
-                   threshold=threshold, fold=fold, **model_options)
-    try:
-        with RichReporter(quiet or not main_process) as reporter:
-            trainer = train_run
-            if cv:
-                from perceiver_med.workflows.cv import train_cv as trainer
-            result = trainer(splits, model, out, resume=resume, reporter=reporter,
-                             on_prepared=reporter.preparing, **options)
-    except KeyboardInterrupt:
-        if cv and RunDir(out).cv_file.is_file():
-            raise Interrupted(f"interrupted; finished folds and the last completed epoch are kept: continue with "
-                              f"perceiver-med train --resume --cv --out {out}") from None
-        if RunDir(out).checkpoint_file.is_file():
-            raise Interrupted(f"interrupted; the last completed epoch is kept: continue with "
-                              f"perceiver-med train --resume --out {out}") from None
-        raise Interrupted("interrupted before the first epoch ended: nothing to resume") from None
+                   threshold=threshold, **model_options)
+    request = TrainRequest(splits, out, model, options, _runtime(max_voxels, device, precision, num_workers),
+                           resume=resume, cv=cv, fold=fold)
+    main_process = _is_main_process()
+    with RichReporter(quiet or not main_process) as reporter:
+        result = train_model(request, reporter, reporter.preparing)
     if not main_process:
         return
     _print_skips(result.skipped)
@@ -566,8 +534,7 @@ def evaluate(run: Annotated[Path, typer.Argument(help="run directory", metavar="
     """Metrics of a trained run on the chosen splits."""
     from perceiver_med.results.evaluation import evaluate_run
 
-    _voxel_budget(max_voxels)
-    metrics = evaluate_run(run, splits, split.value, device.value, tta=tta)
+    metrics = evaluate_run(run, splits, split.value, tta, _runtime(max_voxels, device))
     views = f", mean of {tta} test-time views" if tta > 1 else ""
     console.print(metrics_table(metrics, f"{escape(str(run))} (positive class: "
                                          f"{escape(metrics['positive_class'])}{views})"))
@@ -589,19 +556,16 @@ def predict(run: Annotated[Path, typer.Argument(help="run directory", metavar="R
     """Predict every scan found in a folder with the run's preprocessing."""
     from rich.table import Table
 
-    from perceiver_med.run.rundir import load_run_config
-    from perceiver_med.results.predictions import predict_run
+    from perceiver_med.results.predictions import PredictRequest, predict_run
 
-    _voxel_budget(max_voxels)
+    request = PredictRequest(run, scans, out, points, tta, overwrite, _runtime(max_voxels, device))
     with RichReporter() as reporter:
-        predictions, skipped, classes = predict_run(run, scans, out, device.value, on_done=reporter.preparing,
-                                                    overwrite=overwrite, points=points, tta=tta)
-    config = load_run_config(run)
-    decision = config.decision
+        result = predict_run(request, reporter.preparing)
+    predictions, skipped, classes = result.predictions, result.skipped, result.classes
     table = Table(title=f"{len(predictions)} prediction(s)" + (f", each the mean of {tta} test-time views"
                                                                 if tta > 1 else "")
-                  + (f"; pred is {escape(config.positive_class)} where its probability is at least "
-                     f"{decision.threshold:.6g}" if decision.threshold not in (None, 0.5) else ""))
+                  + (f"; pred is {escape(result.positive_class)} where its probability is at least "
+                     f"{result.threshold:.6g}" if result.threshold not in (None, 0.5) else ""))
     with_points = any(p.point is not None for p in predictions)
     point_column = ["point (LPS mm)"] if with_points else []
     for column in ("scan", *point_column, "label", "pred", *(f"p({c})" for c in classes)):
@@ -614,8 +578,7 @@ def predict(run: Annotated[Path, typer.Argument(help="run directory", metavar="R
     console.print(table)
     known = [p for p in predictions if p.label is not None]
     if known and len(known) == len(predictions):
-        _print_accuracy(known, "points file" if points else "class folders" if not is_laterality(classes)
-                        else "class folders or laterality")
+        _print_accuracy(known, result.label_source)
     _print_skips(skipped)
     noun = "point(s)" if points else "scan(s)"
     console.print(summary_line(len(predictions), len(skipped), f"{noun} predicted")
@@ -645,10 +608,10 @@ def explain(run: Annotated[Path, typer.Argument(help="run directory", metavar="R
             overwrite: Overwrite = False, max_voxels: MaxVoxels = None):
     """Overlay PNGs of the evidence for each prediction: the fall of log p(predicted class) when a patch is painted
     dark or bright. Works the same for every model; scans unlike the training scans are skipped."""
-    from perceiver_med.results.explain import explain_run
+    from perceiver_med.results.explain import ExplainRequest, explain_run
 
-    _voxel_budget(max_voxels)
-    written, skipped = explain_run(run, scans, out, overwrite=overwrite, points=points)
+    written, skipped = explain_run(ExplainRequest(run, scans, out, points, overwrite=overwrite,
+                                                  runtime=_runtime(max_voxels)))
     for path in written:
         console.print(f"wrote [bold]{escape(str(path))}[/]")
     _print_skips(skipped)
@@ -683,10 +646,10 @@ def demo(out: Annotated[Path, typer.Option(help="folder for everything the demo 
                                                         show_default="40 for knee, 0 for lung")] = None,
          seed: Annotated[int, typer.Option(help="random seed", min=SEED_RANGE[0], max=SEED_RANGE[1], metavar="N")] = 0):
     """synth -> split -> train a Perceiver -> evaluate -> predict -> explain, on the CPU in minutes."""
-    from perceiver_med.workflows.demo import run_demo
+    from perceiver_med.workflows.demo import DemoRequest, run_demo
 
     with RichReporter() as reporter:
-        run_demo(out, patients, epochs, seed, reporter, reporter.say, kind.value)
+        run_demo(DemoRequest(out, kind.value, patients, epochs, seed), reporter, reporter.say)
 
 
 def _usage_error_types() -> tuple[type, ...]:

@@ -9,6 +9,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from perceiver_med import cli
+from perceiver_med.training.config import Runtime
 
 
 def ct_slice(pixels_hu: np.ndarray, position_z: float, series_uid: str, instance: int | None = None,
@@ -103,16 +104,18 @@ def knee(tmp_path_factory):
     return root
 
 
-TINY_PERCEIVER_RUN = dict(size=32, epochs=2, batch_size=8, device="cpu", patience=0, num_latents=8, latent_dim=32)
+TINY_PERCEIVER_RUN = dict(size=32, epochs=2, batch_size=8, patience=0, num_latents=8, latent_dim=32)
+CPU = Runtime(device="cpu")
+CPU_FP32 = Runtime(device="cpu", precision="fp32")
 
 
 @pytest.fixture(scope="session")
 def tiny_run(knee, tmp_path_factory):
     """A small Perceiver trained on `knee` (shared: tests change only copies of it)."""
-    from perceiver_med.workflows.train import train_run
+    from perceiver_med.workflows.train import TrainRequest, train
 
-    return train_run(knee / "splits.csv", "perceiver", tmp_path_factory.mktemp("runs") / "run",
-                     **TINY_PERCEIVER_RUN)
+    return train(TrainRequest(knee / "splits.csv", tmp_path_factory.mktemp("runs") / "run", "perceiver",
+                              TINY_PERCEIVER_RUN, CPU))
 
 
 @pytest.fixture(autouse=True)

@@ -81,3 +81,21 @@ def test_an_unwritable_cache_costs_speed_not_the_result(tmp_path, monkeypatch):
     monkeypatch.setenv("PERCEIVER_MED_CACHE", str(blocker / "cache"))
     arrays, reasons = prepare_many([InputRequest(tmp_path / "ct")], PreprocessConfig(input="grid", size=8))
     assert arrays[0].shape == (1, 24, 24) and reasons == [""]
+
+
+def test_worker_processes_read_with_the_budget_of_the_process_that_started_them(tmp_path):
+    """The pool hands the caller's voxel budget to each worker it starts (no environment variable carries it):
+    a series over the budget is skipped there with the budget's reason, and read under the built-in budget."""
+    from perceiver_med.io.limits import voxel_budget
+
+    requests = []
+    for k in range(17):  # 16 jobs or more: prepare_many starts its pool
+        write_series(tmp_path / f"s{k}", index_volume(slices=12 if k == 5 else 9))  # 3,072 or 2,304 voxels
+        requests.append(InputRequest(tmp_path / f"s{k}"))
+    config = PreprocessConfig(input="grid", size=8)
+    with voxel_budget(16 * 16 * 10):
+        arrays, reasons = prepare_many(requests, config, workers=2, use_cache=False)
+    assert arrays[5] is None and "3,072 voxels, over the budget of 2,560" in reasons[5], reasons[5]
+    assert all(array is not None for k, array in enumerate(arrays) if k != 5)
+    arrays, reasons = prepare_many(requests, config, workers=2, use_cache=False)
+    assert all(array is not None for array in arrays), reasons

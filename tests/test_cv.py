@@ -11,7 +11,8 @@ import pytest
 from perceiver_med.errors import UserError
 from perceiver_med.inputs.splits import find_problems, read_splits
 from perceiver_med.stats.statistics import choose_threshold
-from tests.conftest import TINY_PERCEIVER_RUN
+from perceiver_med.workflows.train import TrainRequest, train
+from tests.conftest import CPU, TINY_PERCEIVER_RUN
 
 
 def _rows(path: Path) -> list[dict]:
@@ -74,10 +75,8 @@ def _write(path, rows):
 
 @pytest.fixture(scope="module")
 def cv_run(folded, tmp_path_factory):
-    from perceiver_med.workflows.cv import train_cv
-
-    return train_cv(folded, "perceiver", tmp_path_factory.mktemp("cv") / "run", threshold="youden",
-                    **TINY_PERCEIVER_RUN)
+    return train(TrainRequest(folded, tmp_path_factory.mktemp("cv") / "run", "perceiver",
+                              {**TINY_PERCEIVER_RUN, "threshold": "youden"}, CPU, cv=True))
 
 
 def test_each_fold_holds_its_own_rows_out_as_val(cv_run, folded):
@@ -120,15 +119,15 @@ def test_out_of_fold_and_ensemble_predictions_are_the_members_own(cv_run, folded
 
 def test_predict_and_evaluate_on_a_cross_validated_run_use_the_ensemble(cv_run, knee, tmp_path):
     from perceiver_med.results.evaluation import evaluate_run
-    from perceiver_med.results.predictions import predict_run
+    from perceiver_med.results.predictions import PredictRequest, predict_run
 
-    predict_run(cv_run.run, knee / "data", tmp_path / "predicted.csv", device="cpu")
+    predict_run(PredictRequest(cv_run.run, knee / "data", tmp_path / "predicted.csv", runtime=CPU))
     predicted = {r["path"]: r for r in _rows(tmp_path / "predicted.csv")}
     for row in _rows(cv_run.run / "predictions_test.csv"):
         assert predicted[row["path"]]["pred"] == row["pred"]
         assert float(predicted[row["path"]]["prob_right"]) == pytest.approx(float(row["prob_right"]), abs=1e-6)
-    assert set(evaluate_run(cv_run.run, device="cpu")) & {"train", "val", "test"} == {"test"}
-    again = evaluate_run(cv_run.run, split="test", device="cpu")
+    assert set(evaluate_run(cv_run.run, runtime=CPU)) & {"train", "val", "test"} == {"test"}
+    again = evaluate_run(cv_run.run, split="test", runtime=CPU)
     metrics = json.loads((cv_run.run / "metrics.json").read_text())
     assert again["test"]["accuracy"] == metrics["test"]["accuracy"]
     assert again["test"]["loss"] == pytest.approx(metrics["test"]["loss"], abs=1e-6)
@@ -136,8 +135,6 @@ def test_predict_and_evaluate_on_a_cross_validated_run_use_the_ensemble(cv_run, 
 
 def test_a_stopped_cross_validation_resumes_with_its_own_options(cv_run, tmp_path):
     import shutil
-
-    from perceiver_med.workflows.cv import train_cv
 
     run = tmp_path / "run"
     shutil.copytree(cv_run.run, run)
@@ -148,21 +145,20 @@ def test_a_stopped_cross_validation_resumes_with_its_own_options(cv_run, tmp_pat
             path.unlink()
     (run / "config.json").unlink()
     with pytest.raises(UserError, match="--lr"):
-        train_cv(None, None, run, resume=True, lr=0.5)
+        train(TrainRequest(None, run, options={"lr": 0.5}, resume=True, cv=True))
     # the same options in another spelling are the same options
-    result = train_cv(None, None, run, resume=True, device="cpu", threshold="YOUDEN")
+    result = train(TrainRequest(None, run, options={"threshold": "YOUDEN"}, runtime=CPU, resume=True, cv=True))
     assert (run / "fold_0" / "model.safetensors").read_bytes() == kept and result.folds[0] is None
     assert json.loads((run / "fold_2" / "config.json").read_text())["train"]["epochs"] == TINY_PERCEIVER_RUN["epochs"]
     assert (run / "config.json").is_file() and "test" in result.metrics
 
 
 def test_a_refused_option_leaves_nothing_to_block_the_corrected_command(folded, tmp_path):
-    from perceiver_med.workflows.cv import train_cv
-
     with pytest.raises(UserError, match="--threshold"):
-        train_cv(folded, "perceiver", tmp_path / "run", threshold="bogus", **TINY_PERCEIVER_RUN)
+        train(TrainRequest(folded, tmp_path / "run", "perceiver", {**TINY_PERCEIVER_RUN, "threshold": "bogus"}, CPU,
+                           cv=True))
     with pytest.raises(UserError, match="not perceiver"):  # refused inside the first fold
-        train_cv(folded, "perceiver", tmp_path / "run", depth=2, **TINY_PERCEIVER_RUN)
+        train(TrainRequest(folded, tmp_path / "run", "perceiver", {**TINY_PERCEIVER_RUN, "depth": 2}, CPU, cv=True))
     from perceiver_med.run.rundir import holds_files
 
     assert not holds_files(tmp_path / "run")  # what makes train refuse an --out
@@ -196,7 +192,5 @@ def test_out_of_fold_calibration_before_is_of_the_uncalibrated_probabilities(cv_
 
 
 def test_resume_of_a_finished_cross_validation_says_it_is_complete(cv_run):
-    from perceiver_med.workflows.cv import train_cv
-
     with pytest.raises(UserError, match="is complete"):
-        train_cv(None, None, cv_run.run, resume=True)
+        train(TrainRequest(None, cv_run.run, resume=True, cv=True))

@@ -5,10 +5,11 @@ import torch
 from PIL import Image
 from torch import nn
 
-from perceiver_med.results.explain import (EVIDENCE_FLOOR, EVIDENCE_TOP, Evidence, evidence_figure, evidence_for,
-                                           evidence_map, explain_run)
+from perceiver_med.results.explain import (EVIDENCE_FLOOR, EVIDENCE_TOP, Evidence, ExplainRequest, evidence_figure,
+                                           evidence_for, evidence_map, explain_run)
 from perceiver_med.models import Perceiver, ViTRolloutCNN
-from perceiver_med.workflows.train import train_run
+from perceiver_med.workflows.train import TrainRequest, train
+from tests.conftest import CPU
 
 SIZE = 32
 
@@ -291,8 +292,8 @@ def spot_run(tmp_path_factory):
         folder.mkdir(parents=True, exist_ok=True)
         Image.fromarray((image * 255).round().astype(np.uint8)).save(folder / f"case{k:03d}.png")
     split_folder(root / "data", root / "splits.csv", seed=0)
-    train_run(root / "splits.csv", "perceiver", root / "run", size=SIZE, epochs=1, batch_size=16, device="cpu",
-              num_latents=8, latent_dim=32)
+    train(TrainRequest(root / "splits.csv", root / "run", "perceiver",
+                       dict(size=SIZE, epochs=1, batch_size=16, num_latents=8, latent_dim=32), CPU))
     return root
 
 
@@ -301,7 +302,8 @@ def test_overlays_name_the_file_the_truth_and_the_prediction(spot_run, tmp_path)
     odd = tmp_path / "odd [/]" / "dot" / "$\\foo$ [bold].png"  # mathtext and rich markup in the path
     odd.parent.mkdir(parents=True)
     odd.write_bytes(scans[0].read_bytes())
-    written, skipped = explain_run(spot_run / "run", [*scans, odd], tmp_path / "out", labels={scans[1]: "dot"})
+    written, skipped = explain_run(ExplainRequest(spot_run / "run", [*scans, odd], tmp_path / "out",
+                                                  labels={scans[1]: "dot"}))
     assert not skipped and len(written) == 3
     titles = [Image.open(path).text["Title"] for path in written]
     assert "case001.png" in titles[0] and "true dot" in titles[0]  # the class folder

@@ -241,6 +241,26 @@ def test_a_raised_budget_reads_what_the_default_refuses(tmp_path):
     assert read_rows(tmp_path / "b.csv")["big.png"]["status"] == "ok"
 
 
+def test_prepare_workers_use_the_budget_given_on_the_command_line(tmp_path):
+    """--max-voxels reaches the preprocessing worker processes (--workers 2, 17 scans: a pool of two): a PNG over
+    the budget is skipped with the budget's reason, and prepared without the option."""
+    from perceiver_med.workflows.folders import split_folder
+
+    for side in ("left", "right"):
+        (tmp_path / "data" / side).mkdir(parents=True)
+    for k in range(16):
+        png_of_zeros(tmp_path / "data" / ("left", "right")[k % 2] / f"knee{k:02d}_{('L', 'R')[k % 2]}.png", 16, 16)
+    png_of_zeros(tmp_path / "data" / "right" / "big.png", 64, 64)  # one plane of 4,096 pixels
+    split_folder(tmp_path / "data", tmp_path / "splits.csv", seed=0)
+    prepare = ["prepare", tmp_path / "splits.csv", "--input", "image", "--size", "16", "--workers", "2"]
+    code, out, err, _ = run_measured([*prepare, "--max-voxels", "8000"], tmp_path)  # planes of 2,000 pixels
+    assert_clean(code, out, err)
+    assert "big.png" in out and "over the limit of 2,000" in out and "16 scan(s) ready" in out, out
+    code, out, err, _ = run_measured(prepare, tmp_path)
+    assert_clean(code, out, err)
+    assert "big.png" not in out and "17 scan(s) ready" in out, out
+
+
 def test_a_malformed_budget_is_one_line_and_exit_2(tmp_path):
     data = tmp_path / "data"
     good_scans(data)

@@ -110,3 +110,115 @@ def test_imports_follow_the_data_downward():
                 upward += [f"{name}:{node.lineno} -> {target}" for target in targets
                            if _layer(target) > _layer(name)]
     assert not upward, upward
+
+
+# -------------------------------------------------------------- a thin command line; no settings in the environment
+NOT_LIBRARY_WORK = {"perceiver_med", "perceiver_med.errors", "perceiver_med.results.display"}  # version, errors, tables
+
+
+def _imports(nodes) -> dict[str, tuple[str, str | None]]:
+    """Local name -> (module, name in it; None for a module itself), for perceiver_med's imports in `nodes`."""
+    found = {}
+    for node in nodes:
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("perceiver_med"):
+            for alias in node.names:
+                found[alias.asname or alias.name] = (node.module, alias.name)
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.startswith("perceiver_med"):
+                    found[alias.asname or alias.name] = (alias.name, None)
+    return found
+
+
+def _is_library_work(module: str, name: str | None, attribute: str | None = None) -> bool:
+    """A call into the library that does work: not a request or result type being built, not a parse_* helper
+    (turning option text into values is the command's own job), not a printing helper."""
+    import importlib
+    import inspect as python_inspect
+
+    if module in NOT_LIBRARY_WORK:
+        return False
+    target = importlib.import_module(module)
+    if name is not None:
+        target = getattr(target, name)
+        if python_inspect.ismodule(target) and attribute is not None:
+            return _is_library_work(target.__name__, attribute)
+    elif attribute is not None:
+        target = getattr(target, attribute)
+    called = attribute or name
+    return not python_inspect.isclass(target) and not called.startswith("parse_")
+
+
+def library_calls_of_commands(cli_path: Path) -> dict[str, list[str]]:
+    """For each command of a cli.py: the library calls its body makes, and those of the cli.py helpers it calls."""
+    tree = ast.parse(cli_path.read_text())
+    module_imports = _imports(tree.body)
+    functions = {node.name: node for node in tree.body if isinstance(node, ast.FunctionDef)}
+
+    def calls(function: ast.FunctionDef, seen: set[str]) -> list[str]:
+        body = [node for statement in function.body for node in ast.walk(statement)]  # not the options' help
+        imported = {**module_imports, **_imports(body)}
+        found = []
+        for call in (node for node in body if isinstance(node, ast.Call)):
+            if isinstance(call.func, ast.Name):
+                name = call.func.id
+                if name in imported and _is_library_work(*imported[name]):
+                    found.append(name)
+                elif name in functions and name not in seen:  # a helper of cli.py: its calls count too
+                    found += calls(functions[name], seen | {name})
+            elif isinstance(call.func, ast.Attribute) and isinstance(call.func.value, ast.Name):
+                owner = call.func.value.id
+                if owner in imported and _is_library_work(*imported[owner], call.func.attr):
+                    found.append(f"{owner}.{call.func.attr}")
+            elif isinstance(call.func, ast.Attribute):  # a method of a library object built on the spot
+                root = call.func.value
+                while isinstance(root, ast.Attribute):
+                    root = root.value
+                if (isinstance(root, ast.Call) and isinstance(root.func, ast.Name) and root.func.id in imported
+                        and imported[root.func.id][0] not in NOT_LIBRARY_WORK):
+                    found.append(ast.unparse(call.func))
+        return found
+
+    def is_command(function: ast.FunctionDef) -> bool:
+        return any(isinstance(d, ast.Call) and isinstance(d.func, ast.Attribute) and d.func.attr == "command"
+                   for d in function.decorator_list)
+
+    return {name: calls(function, {name}) for name, function in functions.items() if is_command(function)}
+
+
+def test_each_command_calls_one_library_function():
+    """A command parses its options, calls one library function with them (a request object where there are
+    many), and prints what it returns; work between two library calls belongs in the library."""
+    commands = library_calls_of_commands(PACKAGE / "cli.py")
+    assert len(commands) >= 12, sorted(commands)
+    assert {name: found for name, found in commands.items() if len(found) != 1} == {}
+
+
+# where each environment variable the package reads is read: the user's cache folder, --max-voxels' default
+# (read by the command line alone), and the variables torchrun sets for each process
+ENVIRONMENT_READS = {("inputs/cache.py", "'PERCEIVER_MED_CACHE'"), ("cli.py", "MAX_VOXELS_VARIABLE"),
+                     ("cli.py", "'RANK'"), ("training/engine.py", "'RANK'"), ("training/engine.py", "'WORLD_SIZE'"),
+                     ("training/engine.py", "'LOCAL_RANK'")}
+
+
+def test_no_setting_travels_through_the_environment():
+    """The package never writes an environment variable (a setting for another process travels as an argument),
+    and reads only the variables listed above, where they are listed."""
+    reads, writes = set(), []
+    for name, tree in _modules():
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in (
+                    "putenv", "unsetenv"):
+                writes.append(f"{name}:{node.lineno}")
+            if not (isinstance(node, ast.Attribute) and node.attr == "environ"):
+                continue
+            parent = next(p for p in ast.walk(tree) if node in ast.iter_child_nodes(p))
+            grand = next((p for p in ast.walk(tree) if parent in ast.iter_child_nodes(p)), None)
+            if isinstance(parent, ast.Attribute) and parent.attr == "get" and isinstance(grand, ast.Call):
+                reads.add((name, ast.unparse(grand.args[0])))
+            elif isinstance(parent, ast.Subscript) and isinstance(parent.ctx, ast.Load):
+                reads.add((name, ast.unparse(parent.slice)))
+            else:
+                writes.append(f"{name}:{node.lineno}")
+    assert not writes, writes
+    assert reads <= ENVIRONMENT_READS, reads - ENVIRONMENT_READS

@@ -6,7 +6,8 @@ import pytest
 
 from perceiver_med.workflows.folders import split_folder
 from perceiver_med.training.engine import stopping_armed, unfitted_note
-from perceiver_med.workflows.train import train_run
+from perceiver_med.workflows.train import TrainRequest, train
+from tests.conftest import CPU_FP32
 from perceiver_med.synth.phantoms import DIFFICULTIES, synth
 
 FIT_EPOCHS = 80  # of 4 steps (batch 4): the plain CNN fitted 15 of the 16 volumes in 60
@@ -48,23 +49,23 @@ def test_without_a_val_split_the_best_weights_have_the_lowest_training_loss_as_e
 
     monkeypatch.setattr(engine, "evaluate_forward", recording)
     split_folder(knee / "data", tmp_path / "splits.csv", ratios=(0.8, 0.0, 0.2), seed=0)
-    result = train_run(tmp_path / "splits.csv", "cnn", tmp_path / "run", size=32, epochs=4, batch_size=8,
-                       patience=0, device="cpu", precision="fp32")
+    result = train(TrainRequest(tmp_path / "splits.csv", tmp_path / "run", "cnn",
+                                dict(size=32, epochs=4, batch_size=8, patience=0), CPU_FP32))
     assert len(losses) == 4 and result.metrics["train"]["loss"] == pytest.approx(min(losses), rel=1e-6)
 
 
 def test_cnn_baseline_learns_knee_laterality_and_is_explained(tmp_path):
     """--model cnn goes through the same engine, metrics and explain as the transformers; global max pooling
     must not cost it laterality (a mirrored knee is the other class)."""
-    from perceiver_med.results.explain import explain_run
+    from perceiver_med.results.explain import ExplainRequest, explain_run
 
     data, _ = synth("knee", tmp_path / "knee", 40, "png", 0)
     split_folder(data, tmp_path / "splits.csv", seed=0)
-    result = train_run(tmp_path / "splits.csv", "cnn", tmp_path / "run", epochs=12, device="cpu", precision="fp32")
+    result = train(TrainRequest(tmp_path / "splits.csv", tmp_path / "run", "cnn", {"epochs": 12}, CPU_FP32))
     assert result.config.model["name"] == "cnn" and result.num_parameters < 50_000
     assert result.metrics["train"]["accuracy"] >= 0.95 and result.metrics["test"]["accuracy"] >= 0.9
     scans = sorted(data.iterdir())[:2]
-    written, skipped = explain_run(tmp_path / "run", scans, tmp_path / "explain")
+    written, skipped = explain_run(ExplainRequest(tmp_path / "run", scans, tmp_path / "explain"))
     assert len(written) == 2 and not skipped
 
 
@@ -83,8 +84,8 @@ def test_each_family_fits_a_small_hard_nodule_set(model, tiny_hard_lung, tmp_pat
     3-6 pixel nodules, and the hybrid's stages sat at chance. Every family must at least fit such a set; accuracy
     is measured in evaluation mode on the un-augmented training inputs (the batch-norm statistics are those
     evaluation uses)."""
-    result = train_run(tiny_hard_lung, model, tmp_path / "run", epochs=FIT_EPOCHS, batch_size=4, patience=0,
-                       device="cpu", precision="fp32", seed=0)
+    result = train(TrainRequest(tiny_hard_lung, tmp_path / "run", model,
+                                dict(epochs=FIT_EPOCHS, batch_size=4, patience=0, seed=0), CPU_FP32))
     assert result.metrics["train"]["accuracy"] >= 0.95, result.metrics["train"]
     if model == "vit-rollout-cnn":
         assert result.metrics["vit"]["train"]["accuracy"] >= 0.9  # the ViT itself learns, not only its CNN

@@ -19,7 +19,7 @@ from perceiver_med.results.report.document import PLACEHOLDER
 from perceiver_med.results.report.figures import GALLERY_SIZE, confident_errors
 from perceiver_med.results.report.headers import age_band
 from perceiver_med.results.report.run_record import Prediction
-from tests.conftest import TINY_PERCEIVER_RUN
+from tests.conftest import CPU, TINY_PERCEIVER_RUN
 
 SPLITS = ("train", "val", "test")
 
@@ -37,7 +37,7 @@ def reported(tmp_path_factory):
     """Phantom DICOM knees with sex, age and manufacturer written into their headers, one non-scan file, a
     splits file with its flow record, a tiny trained run and its report."""
     from perceiver_med.workflows.folders import split_folder
-    from perceiver_med.workflows.train import train_run
+    from perceiver_med.workflows.train import TrainRequest, train
     from perceiver_med.synth.phantoms import synth
 
     root = tmp_path_factory.mktemp("report")
@@ -52,7 +52,7 @@ def reported(tmp_path_factory):
             ds.save_as(file)
     (data / "notes.txt").write_text("not a scan\n")
     split_folder(data, root / "splits.csv", seed=0)
-    run = train_run(root / "splits.csv", "perceiver", root / "run", **TINY_PERCEIVER_RUN).run
+    run = train(TrainRequest(root / "splits.csv", root / "run", "perceiver", TINY_PERCEIVER_RUN, CPU)).run
     html = write_report(run, root / "out" / "report.html")
     return {"root": root, "data": data, "run": run, "html": html, "patients": patients,
             "page": html.read_text(encoding="utf-8"), "markdown": html.with_suffix(".md").read_text(encoding="utf-8")}

@@ -2,6 +2,7 @@
 import csv
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -9,17 +10,19 @@ import numpy as np
 import pytest
 import torch
 
+from perceiver_med.errors import Interrupted
 from perceiver_med.results.evaluation import evaluate_run
-from perceiver_med.workflows.train import train_run
+from perceiver_med.workflows.train import TrainRequest, train
+from tests.conftest import CPU
 
 TINY_PERCEIVER = {"num_latents": 8, "latent_dim": 32, "num_iterations": 2}
 TINY_VIT = {"depth": 1, "dim": 32}
 
 
-def _train(knee, out, model="perceiver", epochs=2, **kwargs):
-    options = TINY_PERCEIVER if model == "perceiver" else TINY_VIT
-    return train_run(knee / "splits.csv", model, out, size=32, epochs=epochs, batch_size=8, device="cpu",
-                     patience=0, **options, **kwargs)
+def _train(knee, out, model="perceiver", epochs=2, reporter=None, **options):
+    options = {**(TINY_PERCEIVER if model == "perceiver" else TINY_VIT), **options}
+    return train(TrainRequest(knee / "splits.csv", out, model, dict(size=32, epochs=epochs, batch_size=8, patience=0,
+                                                                    **options), CPU), reporter)
 
 
 @pytest.fixture
@@ -60,7 +63,7 @@ def test_each_split_loss_is_the_mean_cross_entropy_of_its_own_predictions(percei
 
 
 def test_evaluate_equals_what_training_reported(perceiver_run):
-    again = evaluate_run(perceiver_run.run, device="cpu")
+    again = evaluate_run(perceiver_run.run, runtime=CPU)
     for split in ("train", "val", "test"):
         assert again[split]["loss"] == pytest.approx(perceiver_run.metrics[split]["loss"], rel=1e-12)
         assert again[split]["confusion_matrix"] == perceiver_run.metrics[split]["confusion_matrix"]
@@ -83,11 +86,13 @@ class _StopAfter:
 
 def test_resume_after_an_interruption_gives_a_complete_run(knee, tmp_path):
     out = tmp_path / "run"
-    with pytest.raises(KeyboardInterrupt):
+    # Ctrl-C says what continues the run, and that command does
+    with pytest.raises(Interrupted, match=re.escape(f"the last completed epoch is kept: continue with "
+                                                    f"perceiver-med train --resume --out {out}")):
         _train(knee, out, epochs=3, reporter=_StopAfter(2))
     assert not (out / "metrics.json").exists() and (out / "checkpoint.pt").exists()
     assert torch.load(out / "checkpoint.pt", weights_only=True)["state"]["epoch"] == 2
-    result = train_run(knee / "splits.csv", "perceiver", out, resume=True)
+    result = train(TrainRequest(knee / "splits.csv", out, "perceiver", resume=True))
     assert [row["epoch"] for row in result_history(out)] == ["1", "2", "3"]
     assert (out / "metrics.json").is_file() and (out / "predictions_test.csv").is_file()
     assert result.metrics["test"]["n"] > 0
@@ -193,7 +198,7 @@ def test_two_process_training_matches_a_one_process_evaluation(knee, tmp_path, m
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.count("run written to") == 1  # rank 0 alone prints
     trained = json.loads((out / "metrics.json").read_text())
-    again = evaluate_run(out, device="cpu")
+    again = evaluate_run(out, runtime=CPU)
     for split in ("train", "val", "test"):
         # 1e-4: convolution kernels are picked by batch size and each process evaluates a different batch (2e-6 seen,
         # after temperature scaling); batch-norm statistics that differ between processes move the loss by 1e-2

@@ -277,14 +277,14 @@ def _split_rows(run, split):
 
 def test_a_chosen_threshold_is_reproduced_from_the_validation_predictions_alone(knee, tmp_path):
     from perceiver_med.results.evaluation import evaluate_run
-    from perceiver_med.results.predictions import predict_run
-    from perceiver_med.workflows.train import train_run
-    from tests.conftest import TINY_PERCEIVER_RUN
+    from perceiver_med.results.predictions import PredictRequest, predict_run
+    from perceiver_med.workflows.train import TrainRequest, train
+    from tests.conftest import CPU, CPU_FP32, TINY_PERCEIVER_RUN
 
     # 5 epochs, not the tiny run's 2: a model still at chance has a flat likelihood in the temperature, and a refit
     # on such probabilities stops anywhere
-    result = train_run(knee / "splits.csv", "perceiver", tmp_path / "run", threshold="Youden", precision="fp32",
-                       **{**TINY_PERCEIVER_RUN, "epochs": 5})
+    result = train(TrainRequest(knee / "splits.csv", tmp_path / "run", "perceiver",
+                                {**TINY_PERCEIVER_RUN, "epochs": 5, "threshold": "Youden"}, CPU_FP32))
     metrics = json.loads((result.run / "metrics.json").read_text())
     assert metrics["threshold"]["rule"] == "youden" and metrics["threshold"]["chosen_on"] == "val"
     val = list(csv.DictReader(open(result.run / "predictions_val.csv")))  # calibrated probabilities
@@ -305,11 +305,11 @@ def test_a_chosen_threshold_is_reproduced_from_the_validation_predictions_alone(
         rows = list(csv.DictReader(open(result.run / f"predictions_{split}.csv")))
         assert metrics[split]["accuracy"] == pytest.approx(np.mean([r["pred"] == r["label"] for r in rows]))
         assert metrics[split]["accuracy"] == metrics[split]["threshold"]["accuracy"]
-    again = evaluate_run(result.run, device="cpu")
+    again = evaluate_run(result.run, runtime=CPU)
     assert again["test"]["threshold"] == metrics["test"]["threshold"]
     assert again["test"]["ci95"] == metrics["test"]["ci95"]
     # predict applies the same temperature and threshold: its test scans get the test file's rows exactly
-    predict_run(result.run, knee / "data", tmp_path / "predicted.csv", device="cpu")
+    predict_run(PredictRequest(result.run, knee / "data", tmp_path / "predicted.csv", runtime=CPU))
     predicted = {str(Path(r["path"]).resolve()): r for r in csv.DictReader(open(tmp_path / "predicted.csv"))}
     for row in test:
         assert predicted[row["path"]]["pred"] == row["pred"]

@@ -13,7 +13,7 @@ from perceiver_med.errors import UserError
 from perceiver_med.io import discover, read_scan
 from perceiver_med.inputs.preprocess import PreprocessConfig, scan_input
 from perceiver_med.inputs.windows import parse_window
-from tests.conftest import TINY_PERCEIVER_RUN, write_series
+from tests.conftest import CPU, TINY_PERCEIVER_RUN, write_series
 
 SIDE = 16  # scans as big as a tile: resizing is then the identity, and values can be checked exactly
 
@@ -208,11 +208,11 @@ def test_a_bad_window_through_the_installed_command_is_one_line_and_exit_2(run_i
 
 def test_the_window_is_recorded_in_config_json_and_used_from_the_run(knee, tmp_path, tiny_run):
     from perceiver_med.run.rundir import load_run_config
-    from perceiver_med.workflows.train import train_run
+    from perceiver_med.workflows.train import TrainRequest, train
 
     assert json.loads((tiny_run.run / "config.json").read_text())["preprocess"]["window"] == "auto"
-    options = {**TINY_PERCEIVER_RUN, "epochs": 1, "size": 16}
-    result = train_run(knee / "splits.csv", "perceiver", tmp_path / "run", window="20,200", **options)
+    options = {**TINY_PERCEIVER_RUN, "epochs": 1, "size": 16, "window": "20,200"}
+    result = train(TrainRequest(knee / "splits.csv", tmp_path / "run", "perceiver", options, CPU))
     assert json.loads((result.run / "config.json").read_text())["preprocess"]["window"] == "20,200"
     config = load_run_config(result.run).preprocess
     scan = discover(next((knee / "data").rglob("*.png"))).scans[0]

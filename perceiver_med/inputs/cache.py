@@ -27,7 +27,7 @@ from perceiver_med import __version__
 from perceiver_med.errors import ScanError, UserError
 from perceiver_med.files import atomic_path
 from perceiver_med.io import discover
-from perceiver_med.io.limits import describe, over_memory
+from perceiver_med.io.limits import describe, max_voxels, over_memory, set_max_voxels
 from perceiver_med.inputs.preprocess import PreprocessConfig, point_inputs, scan_input
 
 
@@ -208,10 +208,12 @@ def _jobs(requests: list[InputRequest], config: PreprocessConfig) -> list[list[i
     return list(groups.values())
 
 
-def _worker_start(parent: int) -> None:
-    """Workers use one thread each and end when the process that started them ends (even by kill -9)."""
+def _worker_start(parent: int, budget: int) -> None:
+    """Workers read with the voxel budget of the process that started them, use one thread each, and end when
+    that process ends (even by kill -9)."""
     import torch
 
+    set_max_voxels(budget)
     torch.set_num_threads(1)
     threading.Thread(target=_exit_with, args=(parent,), daemon=True).start()
 
@@ -295,7 +297,7 @@ def prepare_many(requests: list[InputRequest], config: PreprocessConfig, workers
             if not pending:
                 break
             with ProcessPoolExecutor(max_workers=min(workers, len(pending)), mp_context=_pool_context(),
-                                     initializer=_worker_start, initargs=(os.getpid(),)) as pool:
+                                     initializer=_worker_start, initargs=(os.getpid(), max_voxels())) as pool:
                 futures = {pool.submit(_prepare_job, jobs[g]): g for g in pending}
                 for future in as_completed(futures):
                     try:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from perceiver_med.errors import ScanError, UserError
-from perceiver_med.io.limits import max_voxels, os_reason
+from perceiver_med.io.limits import os_reason
 from perceiver_med.io.reader import Reader
 from perceiver_med.io import registry
 from perceiver_med.io.scans import Scan, Skip, relative
@@ -99,7 +99,6 @@ def list_files(root: Path) -> tuple[list[Path], list[Skip]]:
 def discover(root: Path | str) -> Discovery:
     """Find every scan under `root` (a folder or a single file)."""
     root = Path(root)
-    max_voxels()  # a malformed PERCEIVER_MED_MAX_VOXELS is a usage error, not a reason to skip every file
     files, skipped = list_files(root)
     base = root if root.is_dir() else root.parent
     headers: dict[Reader, list[tuple[Path, object]]] = {reader: [] for reader in registry.READERS}

@@ -1,13 +1,16 @@
 """How big a scan may be before it is decoded, and one-line reasons from any exception.
 
-The voxel budget is read from the environment (PERCEIVER_MED_MAX_VOXELS, which `--max-voxels` sets), so
-worker processes started for preprocessing inherit it. Every reader checks a scan's size from its header
-against the budget BEFORE decoding anything, so a decompression bomb costs a header read, never its size.
+The voxel budget is a runtime setting of this process: `voxel_budget(n)` sets it for a block (a library entry
+function applies its request's budget so), and the preprocessing pool hands it to each worker process it starts
+(inputs/cache.py). Every reader checks a scan's size from its header against the budget BEFORE decoding
+anything, so a decompression bomb costs a header read, never its size. PERCEIVER_MED_MAX_VOXELS is the command
+line's default for --max-voxels, read by the command line alone (parse_max_voxels).
 """
 from __future__ import annotations
 
 import errno
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 from perceiver_med.errors import ScanError, UserError
@@ -21,11 +24,40 @@ DEFAULT_MAX_VOXELS = 1 << 28
 PLANE_SHARE = 4
 
 
+_budget = DEFAULT_MAX_VOXELS
+
+
 def max_voxels() -> int:
-    """The voxel budget per scan: PERCEIVER_MED_MAX_VOXELS, else 2^28. Raises UserError if it is not a count."""
-    text = os.environ.get(ENV, "").strip()
+    """The voxel budget per scan in this process: the one voxel_budget set, else 2^28."""
+    return _budget
+
+
+def set_max_voxels(budget: int | None) -> None:
+    """Make `budget` this process's voxel budget (None: the built-in one); a worker's initializer calls it."""
+    global _budget
+    if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int) or budget <= 0):
+        raise ValueError(f"the voxel budget must be a positive whole number, not {budget!r}")
+    _budget = DEFAULT_MAX_VOXELS if budget is None else budget
+
+
+@contextmanager
+def voxel_budget(budget: int | None):
+    """Read scans with `budget` voxels at most inside the block (None: leave the budget as it is)."""
+    before = _budget
+    if budget is not None:
+        set_max_voxels(budget)
+    try:
+        yield
+    finally:
+        set_max_voxels(before)
+
+
+def parse_max_voxels(text: str | None) -> int | None:
+    """The budget PERCEIVER_MED_MAX_VOXELS holds (None where it is unset or blank). Raises UserError naming the
+    variable if it is not a positive whole number."""
+    text = (text or "").strip()
     if not text:
-        return DEFAULT_MAX_VOXELS
+        return None
     try:
         value = int(text.replace("_", ""))
     except ValueError:

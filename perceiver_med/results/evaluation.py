@@ -14,7 +14,7 @@ from perceiver_med.inputs.splits import SplitRow
 from perceiver_med.results.scoring import run_summary, score_split
 from perceiver_med.run.predictor import Predictor
 from perceiver_med.run.rundir import TrainedOn, sound_rows
-from perceiver_med.training.config import RunConfig
+from perceiver_med.training.config import RunConfig, Runtime
 
 
 def score_rows(rows: list[SplitRow], labels: dict[str, np.ndarray], raw: dict[str, np.ndarray],
@@ -26,8 +26,8 @@ def score_rows(rows: list[SplitRow], labels: dict[str, np.ndarray], raw: dict[st
     return {"positive_class": config.positive_class, **run_summary(config), **scored}
 
 
-def evaluate_run(run: Path, splits: Path | None = None, split: str = "all", device: str = "auto",
-                 workers: int = 0, tta: int = 1) -> dict:
+def evaluate_run(run: Path, splits: Path | None = None, split: str = "all", tta: int = 1,
+                 runtime: Runtime = Runtime()) -> dict:
     """Metrics of a saved run on the chosen splits (the run's frozen copy of its splits by default), with the
     run's own temperature and threshold, as metrics.json has them; with `tta` > 1, of the mean probabilities
     over that many label-preserving views of each scan.
@@ -37,7 +37,7 @@ def evaluate_run(run: Path, splits: Path | None = None, split: str = "all", devi
     """
     if split not in (*SPLITS, "all"):
         raise UserError("--split must be train, val, test or all")
-    predictor = Predictor(run, device, tta)
+    predictor = Predictor(run, runtime.device, tta)
     config = predictor.config
     rows = predictor.run.frozen_rows(config) if splits is None else sound_rows(Path(splits))
     if config.ensemble and split == "all" and splits is None:
@@ -50,7 +50,8 @@ def evaluate_run(run: Path, splits: Path | None = None, split: str = "all", devi
     check_samples(config.preprocess.kind, any(row.point is not None for row in rows), "this run",
                   f"give a splits file of points (split --points CSV), not {splits}",
                   f"give a splits file of scans, not {splits}")
-    loaded = load_split_inputs(rows, config.preprocess, workers)
+    with runtime.reading():
+        loaded = load_split_inputs(rows, config.preprocess, runtime.workers)
     data = loaded.by_split(config.classes)
     raw = {name: predictor.probabilities(inputs) for name, (inputs, labels) in data.items() if len(labels)}
     return score_rows(loaded.rows, {name: labels.numpy() for name, (_, labels) in data.items()}, raw, config)

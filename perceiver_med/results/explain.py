@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import textwrap
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +33,7 @@ from perceiver_med.io.discover import Skip
 from perceiver_med.models import token_patch
 from perceiver_med.results.predictions import known_label
 from perceiver_med.run.predictor import Decisions, Predictor
+from perceiver_med.training.config import Runtime, applies_runtime
 
 FILL_QUANTILES = (0.02, 0.98)  # "dark" and "bright" paint, taken from the image itself
 # The colour scale of every overlay, in nats of log p(decided class). Below the floor a patch lowers p by less
@@ -149,17 +150,35 @@ def picture_of(array: np.ndarray) -> np.ndarray:
     return np.moveaxis(array, 0, -1) if array.shape[0] == 3 else array[0]
 
 
-def explain_run(run: Path, scans: list[Path], out: Path, labels: Mapping[Path, str] | None = None,
-                overwrite: bool = False, points: Path | None = None) -> tuple[list[Path], list[Skip]]:
+@dataclass(frozen=True)
+class ExplainRequest:
+    """Overlays of the evidence for each prediction of the run in `run` on `scans` (files or series folders), or
+    on each row of the points CSV `points` for a run trained on points, written into the folder `out`. True
+    labels come from `labels` ({scan path: label}) where given. Explanations run on the CPU; the runtime gives the
+    voxel budget."""
+
+    run: Path
+    scans: list[Path]
+    out: Path
+    points: Path | None = None
+    labels: Mapping[Path, str] | None = None
+    overwrite: bool = False
+    runtime: Runtime = field(default_factory=Runtime)
+
+
+@applies_runtime
+def explain_run(request: ExplainRequest) -> tuple[list[Path], list[Skip]]:
     """One overlay PNG per scan: the model input in grey, its occlusion evidence in colour where it reaches
     EVIDENCE_FLOOR (on the scale every overlay shares).
 
     The title names the file, the true label where known, the prediction and its probability, and is stored in
-    the PNG's Title; its Description says what the colours measure, and when no patch reaches the floor. True labels come from `labels` ({scan path: label}), else
-    from a class folder holding the scan (as `predict` reads them), else, for left/right runs, from DICOM
-    laterality or a LEFT/RIGHT token in the file name. Labels the run does not know are not shown.
+    the PNG's Title; its Description says what the colours measure, and when no patch reaches the floor. True
+    labels come from `labels` ({scan path: label}), else from a class folder holding the scan (as `predict` reads
+    them), else, for left/right runs, from DICOM laterality or a LEFT/RIGHT token in the file name. Labels the run does not know are not shown.
     A run trained on points needs `points` (a points CSV) and writes one overlay per point, labelled by the file.
     """
+    run, scans, out, labels = request.run, request.scans, request.out, request.labels
+    overwrite, points = request.overwrite, request.points
     from perceiver_med.run.point_runs import check_point_run
 
     predictor = Predictor(run, device="cpu")

@@ -3,7 +3,7 @@ Predictor, one row per sample: path[,coordX,coordY,coordZ][,label],pred,prob_<cl
 run's calibrated ones at full float precision (repr round-trips), `pred` its decision."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -22,7 +22,7 @@ from perceiver_med.io.discover import Skip
 from perceiver_med.io.labels import folder_label, known_patient, laterality_of
 from perceiver_med.run.point_runs import PreparedPoints, check_point_run, prepare_points
 from perceiver_med.run.predictor import Decisions, Predictor
-from perceiver_med.training.config import is_laterality
+from perceiver_med.training.config import Runtime, applies_runtime, is_laterality
 
 
 def write_predictions(path: Path, paths: list[str], labels: list[str] | None, decided: Decisions,
@@ -74,13 +74,47 @@ class Prediction:
     seen: str = ""  # "train" or "val" where the run learnt from this sample or its patient, "test", or "" (unseen)
 
 
-def predict_run(run: Path, scans: Path, out: Path, device: str = "auto", workers: int = 0,
-                on_done: Callable[[int, int], None] | None = None, overwrite: bool = False,
-                points: Path | None = None, tta: int = 1) -> tuple[list[Prediction], list[Skip], list[str]]:
+@dataclass(frozen=True)
+class PredictRequest:
+    """Every scan under `scans` (a folder or one file), or for a run trained on points every row of the points
+    CSV `points`, through the run in `run`; `out` is the predictions CSV to write (a new file unless
+    `overwrite`); `tta` > 1 averages that many label-preserving views of each sample."""
+
+    run: Path
+    scans: Path
+    out: Path
+    points: Path | None = None
+    tta: int = 1
+    overwrite: bool = False
+    runtime: Runtime = field(default_factory=Runtime)
+
+
+@dataclass
+class PredictResult:
+    predictions: list[Prediction]
+    skipped: list[Skip]  # files or points rows not predicted, with their reasons
+    classes: list[str]
+    positive_class: str
+    threshold: float | None  # the run's decision threshold on the positive class (None: the most probable class)
+    label_source: str  # where the true labels beside the predictions come from, for messages
+
+
+@applies_runtime
+def predict_run(request: PredictRequest, on_done: Callable[[int, int], None] | None = None) -> PredictResult:
     """Predict every scan in a folder (or one file), or for a run trained on points every row of `points`;
-    writes `out` and returns the predictions, the skipped files or rows with their reasons, and the classes."""
-    predictor = Predictor(run, device, tta)
+    writes `out` and returns the predictions, the skipped files or rows with their reasons, and the run's
+    decision rule."""
+    run, scans, out, points, overwrite = request.run, request.scans, request.out, request.points, request.overwrite
+    predictor = Predictor(run, request.runtime.device, request.tta)
+    workers = request.runtime.workers
     config = predictor.config
+
+    def result(predictions: list[Prediction], skipped: list[Skip]) -> PredictResult:
+        source = ("points file" if points is not None else
+                  "class folders or laterality" if is_laterality(config.classes) else "class folders")
+        return PredictResult(predictions, skipped, config.classes, config.positive_class, config.decision.threshold,
+                             source)
+
     refuse_inside(out, scans)
     check_new_output(out, overwrite)
     check_point_run(config, points)
@@ -89,11 +123,10 @@ def predict_run(run: Path, scans: Path, out: Path, device: str = "auto", workers
         prepared = prepare_points(Path(points), Path(scans), config, workers, on_done)
         decided = predictor.predict(prepared.inputs)
         write_point_predictions(out, prepared, decided)
-        return ([Prediction(s.scan.path, _known(s.row.label, config.classes), p, name, s.row.point,
-                            run_splits.split_of(s.scan.path, s.scan.series_uid, s.row.point,
-                                          s.row.patient_id or s.scan.patient_id))
-                 for s, p, name in zip(prepared.samples, decided.probs, decided.names)], prepared.skipped,
-                config.classes)
+        return result([Prediction(s.scan.path, _known(s.row.label, config.classes), p, name, s.row.point,
+                                  run_splits.split_of(s.scan.path, s.scan.series_uid, s.row.point,
+                                                      s.row.patient_id or s.scan.patient_id))
+                       for s, p, name in zip(prepared.samples, decided.probs, decided.names)], prepared.skipped)
     found = discover(scans)
     if not found.scans:
         raise UserError(f"no readable scans in {scans} ({len(found.skipped)} file(s) skipped)")
@@ -120,7 +153,7 @@ def predict_run(run: Path, scans: Path, out: Path, device: str = "auto", workers
     predictions = [Prediction(scan.path, label, p, name,
                               seen=run_splits.split_of(scan.path, scan.series_uid, None, known_patient(scan, found.root)))
                    for (scan, _), label, p, name in zip(kept, labels, decided.probs, decided.names)]
-    return predictions, skipped, config.classes
+    return result(predictions, skipped)
 
 
 def _known(label: str | None, classes: list[str]) -> str | None:

@@ -168,6 +168,17 @@ class RunDir:
     def lock(self, enabled: bool = True) -> RunLock:
         return RunLock(self.path, enabled=enabled)
 
+    def resume_command(self) -> str | None:
+        """The command that continues this unfinished run, or None where there is nothing to continue (training
+        stopped before a first epoch ended, or the run is complete). A cross-validation continues from its
+        cv.json until its config.json, written last, marks it whole; a single run from its checkpoint until
+        metrics.json marks it finished."""
+        if self.cv_file.is_file() and not self.checkpoint_file.is_file():
+            return None if self.config_file.is_file() else f"perceiver-med train --resume --cv --out {self.path}"
+        if self.checkpoint_file.is_file() and not self.metrics_file.is_file():
+            return f"perceiver-med train --resume --out {self.path}"
+        return None
+
     # ---------------------------------------------------------------- contents
     def config(self) -> RunConfig:
         """config.json, checked (load_run_config)."""

@@ -7,6 +7,7 @@ one ValueError that starts with the field's dotted path in config.json (`decisio
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 import platform
@@ -19,6 +20,7 @@ from perceiver_med import __version__
 from perceiver_med.inputs.augment import AugmentConfig
 from perceiver_med.errors import UserError
 from perceiver_med.inputs.preprocess import PreprocessConfig
+from perceiver_med.io.limits import voxel_budget
 from perceiver_med.models.registry import get_spec, num_classes
 
 LATERALITY_LABELS = {"left", "right", "l", "r"}
@@ -319,6 +321,42 @@ class RunConfig:
 
 # ---------------------------------------------------------------- train's options and --resume
 RUNTIME_OPTIONS = tuple(f.name for f in fields(TrainConfig) if f.metadata.get("runtime"))
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """How this machine does the work, kept apart from what defines a run: a resumed run, an evaluation or a
+    prediction may use other values and get the same numbers.
+
+    Args:
+        device: "auto" (CUDA, then Apple MPS, then the CPU), "cpu", "cuda" or "mps".
+        precision: "auto", "bf16" or "fp32" (training's arithmetic).
+        workers: preprocessing processes (0: one per core, up to 8).
+        max_voxels: the readers' budget per scan (None: the built-in one); worker processes receive it too.
+    """
+
+    device: str = "auto"
+    precision: str = "auto"
+    workers: int = 0
+    max_voxels: int | None = None
+
+    def train_options(self) -> dict:
+        """The runtime fields of TrainConfig (RUNTIME_OPTIONS), as a run records them."""
+        return {"device": self.device, "precision": self.precision, "num_workers": self.workers}
+
+    def reading(self):
+        """A context in which scans are read with this runtime's voxel budget."""
+        return voxel_budget(self.max_voxels)
+
+
+def applies_runtime(function):
+    """Runs `function(request, ...)` inside its request's runtime (request.runtime.reading()): a library entry
+    function that takes a request reads every scan with the request's voxel budget."""
+    @functools.wraps(function)
+    def within(request, *args, **kwargs):
+        with request.runtime.reading():
+            return function(request, *args, **kwargs)
+    return within
 
 
 def canonical_options(options: dict) -> dict:

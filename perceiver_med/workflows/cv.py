@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from perceiver_med.training.config import (RUNTIME_OPTIONS, RunConfig, canonical_options, check_resume,
+from perceiver_med.training.config import (RUNTIME_OPTIONS, RunConfig, Runtime, canonical_options, check_resume,
                                            trainable_model)
 from perceiver_med.inputs.loading import load_split_inputs
 from perceiver_med.training.engine import Processes, Reporter, pick_device
@@ -31,7 +31,7 @@ from perceiver_med.run.rundir import (CHECKPOINT, CONFIG, CV_RECORD, FROZEN_SPLI
 from perceiver_med.models import DEFAULT_MODEL
 from perceiver_med.models.ensemble import mean_of_members
 from perceiver_med.inputs.splits import SPLITS
-from perceiver_med.workflows.train import TrainResult, refuse_inside_scans, train_run
+from perceiver_med.workflows.train import TrainRequest, TrainResult, refuse_inside_scans, train_run
 from perceiver_med.results.predictions import write_split_predictions
 from perceiver_med.results.scoring import fit_decision, run_summary, score_split
 from perceiver_med.inputs.splits import SplitRow, fold_rows, read_splits, write_splits
@@ -51,20 +51,18 @@ class CvResult:
         return next((fold.skipped for fold in self.folds if fold is not None), [])
 
 
-def train_cv(splits: Path | None, model_name: str | None, out: Path, *, resume: bool = False,
-             reporter: Reporter | None = None, on_prepared=None, **options) -> CvResult:
+def train_cv(request: TrainRequest, reporter: Reporter | None = None, on_prepared=None) -> CvResult:
     """Train every fold of a splits file with a fold column into OUT/fold_<k>, then score the out-of-fold
     predictions and the folds' ensemble on the held-out test split, and write OUT as the ensemble's run.
 
-    `options` are train_run's. On `resume`, folds already finished are kept, an interrupted one resumes, and
-    the model and options are those recorded when the cross-validation started (device, workers and
-    precision may change)."""
+    On `resume`, folds already finished are kept, an interrupted one resumes, and the model and options are
+    those recorded when the cross-validation started; the request's runtime is this machine's."""
     reporter = reporter or Reporter()
-    out = Path(out)
-    if options.pop("fold", None) is not None:
+    splits, out, resume = request.splits, Path(request.out), request.resume
+    if request.fold is not None:
         raise UserError("--cv trains every fold: leave out --fold")
-    model_name = trainable_model(model_name)
-    options = canonical_options({k: v for k, v in options.items() if v is not None})
+    model_name = trainable_model(request.model)
+    options = canonical_options(request.given_options())
     processes = Processes.planned()
     with RunDir(out).lock(enabled=processes.main):
         if resume:
@@ -89,8 +87,8 @@ def train_cv(splits: Path | None, model_name: str | None, out: Path, *, resume: 
                 atomic_text(out / CV_RECORD, lambda h: json.dump(record, h, indent=2))
         folds = sorted({row.fold for row in rows if row.fold is not None})
         try:
-            trained = [_train_fold(out, fold, len(folds), source, model_name, options, reporter, on_prepared)
-                       for fold in folds]
+            trained = [_train_fold(out, fold, len(folds), source, model_name, options, request.runtime, reporter,
+                                   on_prepared) for fold in folds]
         except BaseException:
             if not any((out / fold_name(f) / name).exists() for f in folds for name in (CHECKPOINT, METRICS)):
                 for name in (CV_RECORD, FROZEN_SPLITS):  # nothing to resume: a corrected retry starts afresh
@@ -98,11 +96,11 @@ def train_cv(splits: Path | None, model_name: str | None, out: Path, *, resume: 
             raise
         if not processes.main:
             return CvResult(out, {}, trained, load_run_config(out / fold_name(folds[0])))
-        config, metrics = _ensemble(out, rows, folds, str(source), options.get("device") or "auto")
+        config, metrics = _ensemble(out, rows, folds, str(source), request.runtime.device)
         return CvResult(out, metrics, trained, config)
 
 
-def _train_fold(out: Path, fold: int, count: int, source: Path, model_name: str, options: dict,
+def _train_fold(out: Path, fold: int, count: int, source: Path, model_name: str, options: dict, runtime: Runtime,
                 reporter: Reporter, on_prepared) -> TrainResult | None:
     """Fold `fold` into OUT/fold_<k>: kept when finished, resumed from its checkpoint, else trained afresh."""
     member = out / fold_name(fold)
@@ -115,8 +113,8 @@ def _train_fold(out: Path, fold: int, count: int, source: Path, model_name: str,
             (member / name).unlink(missing_ok=True)
     reporter.message(f"fold {fold} of {count}" + (": resuming" if resuming else ""))
     # the user's splits file, not OUT's copy: under torchrun every process reads it before OUT's copy exists
-    return train_run(None if resuming else source, model_name, member, resume=resuming, reporter=reporter,
-                     on_prepared=on_prepared, fold=fold, **options)
+    return train_run(TrainRequest(None if resuming else source, member, model_name, options, runtime,
+                                  resume=resuming, fold=fold), reporter, on_prepared)
 
 
 def _cv_rows(splits: Path) -> list[SplitRow]:
@@ -148,8 +146,8 @@ def _resumed(out: Path, model_name: str | None, options: dict, splits: Path | No
     source = Path(record.get("splits_file") or out / FROZEN_SPLITS)
     if not source.is_file():  # moved since: the run's own copy has the same rows and folds
         source = out / FROZEN_SPLITS
-    runtime = {k: v for k, v in options.items() if k in RUNTIME_OPTIONS}
-    return started_with, {**stored, **runtime}, source
+    # runtime settings are this machine's, never the record's
+    return started_with, {k: v for k, v in stored.items() if k not in RUNTIME_OPTIONS}, source
 
 
 def _member_probabilities(run: Path, rows: list[SplitRow], device: torch.device

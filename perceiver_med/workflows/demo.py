@@ -3,16 +3,18 @@ radiographs (laterality) or for nodule points in phantom chest CTs (benign or ma
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 from perceiver_med.workflows.folders import split_folder
 from perceiver_med.training.engine import Reporter
 from perceiver_med.errors import UserError
-from perceiver_med.results.explain import explain_run
+from perceiver_med.results.explain import ExplainRequest, explain_run
 from perceiver_med.results.evaluation import evaluate_run
-from perceiver_med.results.predictions import predict_run
-from perceiver_med.workflows.train import train_run
+from perceiver_med.results.predictions import PredictRequest, predict_run
+from perceiver_med.training.config import Runtime
+from perceiver_med.workflows.train import TrainRequest, train_run
 from perceiver_med.synth.phantoms import synth
 
 
@@ -28,11 +30,27 @@ DEFAULT_EPOCHS = {"knee": 40, "lung": 0}
 STOP_LOSS = 0.01
 
 
-def run_demo(out: Path, patients: int = 60, epochs: int | None = None, seed: int = 0,
-             reporter: Reporter | None = None, say: Callable[[str], None] = print, kind: str = "knee") -> dict:
+# fp32 on the CPU: the demo gives the same numbers on every machine, with or without bf16 units
+DEMO_RUNTIME = Runtime(device="cpu", precision="fp32")
+
+
+@dataclass(frozen=True)
+class DemoRequest:
+    """The demo to run: `kind` "knee" (laterality of phantom radiographs) or "lung" (nodule points in phantom
+    chest CTs), written into the new folder `out`; `epochs` None: DEFAULT_EPOCHS of the kind (0: train's
+    default)."""
+
+    out: Path
+    kind: str = "knee"
+    patients: int = 60
+    epochs: int | None = None
+    seed: int = 0
+
+
+def run_demo(request: DemoRequest, reporter: Reporter | None = None, say: Callable[[str], None] = print) -> dict:
     """Run the whole pipeline on phantom knees (or, for `kind` "lung", on nodule points); returns the test
-    metrics. `epochs` None: DEFAULT_EPOCHS of the kind (0: train's default)."""
-    out = Path(out)
+    metrics."""
+    out, kind, patients, epochs, seed = Path(request.out), request.kind, request.patients, request.epochs, request.seed
     if kind not in KINDS:
         raise UserError(f"--kind must be one of {', '.join(KINDS)}")
     if out.exists() and any(out.iterdir()):
@@ -48,12 +66,13 @@ def run_demo(out: Path, patients: int = 60, epochs: int | None = None, seed: int
     result, test = _train_and_evaluate(out, epochs, seed, reporter, say, "on the radiographs")
     unseen, _ = synth("knee", out / "unseen", max(4, patients // 8), "png", seed + 1000,
                       first=patients)
-    predictions, _, classes = predict_run(out / "run", unseen, out / "predictions.csv", device="cpu")
+    predictions = predict_run(PredictRequest(out / "run", unseen, out / "predictions.csv",
+                                             runtime=DEMO_RUNTIME)).predictions
     correct = sum(p.pred in p.path.name.lower() for p in predictions)
     say(f"5. predictions for {len(predictions)} unseen scans: {out / 'predictions.csv'} "
         f"({correct}/{len(predictions)} match the LEFT/RIGHT in their names)")
     examples = sorted(unseen.iterdir())[:4]
-    written, _ = explain_run(out / "run", examples, out / "explain")
+    written, _ = explain_run(ExplainRequest(out / "run", examples, out / "explain"))
     say(f"6. evidence overlays (what each prediction rests on): {out / 'explain'} ({len(written)} PNGs)")
     say(f"done in {time.perf_counter() - started:.0f} s")
     return {"test": test, "train_metrics": result.metrics, "unseen_correct": correct, "unseen": len(predictions)}
@@ -62,11 +81,11 @@ def run_demo(out: Path, patients: int = 60, epochs: int | None = None, seed: int
 def _train_and_evaluate(out: Path, epochs: int, seed: int, reporter: Reporter | None, say: Callable[[str], None],
                         what: str):
     """Steps 3 and 4 of either demo: train the Perceiver on OUT/splits.csv, then score the saved weights."""
-    # fp32: the demo gives the same numbers on every CPU, with or without bf16 units
-    result = train_run(out / "splits.csv", None, out / "run", epochs=epochs, seed=seed, device="cpu",
-                       precision="fp32", stop_loss=STOP_LOSS, reporter=reporter)
+    result = train_run(TrainRequest(out / "splits.csv", out / "run", options={"epochs": epochs, "seed": seed,
+                                                                              "stop_loss": STOP_LOSS},
+                                    runtime=DEMO_RUNTIME), reporter)
     say(f"3. trained Perceiver {what}: {out / 'run'}")
-    test = evaluate_run(out / "run", split="test", device="cpu")["test"]
+    test = evaluate_run(out / "run", split="test", runtime=DEMO_RUNTIME)["test"]
     say(f"4. evaluated again from the saved weights: test accuracy {test['accuracy']:.4f}, "
         f"loss {test['loss']:.4f}, ROC AUC {test['roc_auc']:.4f}")
     return result, test
@@ -84,13 +103,13 @@ def _lung_demo(out: Path, patients: int, epochs: int, seed: int, reporter: Repor
     result, test = _train_and_evaluate(out, epochs, seed, reporter, say, "on 3x3 grids around each point")
     unseen, _ = synth("lung", out / "unseen", max(4, patients // 8), "dicom", seed + 1000, points=True,
                       first=patients)
-    predictions, _, _ = predict_run(out / "run", unseen / "scans", out / "predictions.csv", device="cpu",
-                                    points=unseen / "points.csv")
+    predictions = predict_run(PredictRequest(out / "run", unseen / "scans", out / "predictions.csv",
+                                             points=unseen / "points.csv", runtime=DEMO_RUNTIME)).predictions
     correct = sum(p.pred == p.label for p in predictions)
     say(f"5. predictions for {len(predictions)} nodules of unseen patients: {out / 'predictions.csv'} "
         f"({correct}/{len(predictions)} match the labels in their points file)")
     example = sorted(p for p in (unseen / "scans").iterdir() if p.is_dir())[0]
-    written, _ = explain_run(out / "run", [example], out / "explain", points=unseen / "points.csv")
+    written, _ = explain_run(ExplainRequest(out / "run", [example], out / "explain", points=unseen / "points.csv"))
     say(f"6. evidence overlays, one per nodule of {example.name}: {out / 'explain'} ({len(written)} PNGs)")
     say(f"done in {time.perf_counter() - started:.0f} s")
     return {"test": test, "train_metrics": result.metrics, "unseen_correct": correct, "unseen": len(predictions)}

@@ -1,45 +1,77 @@
-"""Library functions behind `inspect`, `split` and `preview`: each returns what the CLI prints."""
+"""Library functions behind `synth`, `inspect`, `split`, `points`, `preview` and `prepare`: each takes its command's
+options (a request object where there are many) and returns what the CLI prints."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from perceiver_med.inputs.cache import InputRequest, find_scan, prepare
+from perceiver_med.inputs.cache import InputRequest, find_scan, prepare, usable_cache_root
 from perceiver_med.csvfiles import printable, write_csv
 from perceiver_med.inputs.loading import LoadedInputs, describe_scans, load_split_inputs, preprocess_config
 from perceiver_med.errors import ScanError, UserError
 from perceiver_med.files import atomic_path, refuse_inside
-from perceiver_med.run.rundir import check_new_output
+from perceiver_med.run.rundir import check_new_output, refuse_inside_runs
 from perceiver_med.io import Discovery, discover
 from perceiver_med.io.discover import Skip
 from perceiver_med.io.labels import LabelledScan, LabelledSet, label_scans
-from perceiver_med.inputs.points import PointSample, match_points, read_points
+from perceiver_med.inputs.masks import MaskPoints, points_from_masks
+from perceiver_med.inputs.points import PointSample, match_points, parse_point, read_points
 from perceiver_med.inputs.kinds import AUTO, check_samples, choose_kind
 from perceiver_med.inputs.preprocess import PreprocessConfig
 from perceiver_med.results.report.flow import write_flow_record
 from perceiver_med.inputs.windows import parse_window
-from perceiver_med.inputs.splits import (SPLITS, SplitRow, assign_folds, assign_splits, check_ratios, find_problems,
-                                  fold_notes, read_splits, rows_from_items, split_notes, write_splits)
+from perceiver_med.inputs.splits import (SPLITS, SplitRow, assign_folds, assign_splits, check_ratios, count_table,
+                                  find_problems, fold_notes, read_splits, rows_from_items, sample_noun, split_notes,
+                                  write_splits)
+from perceiver_med.synth.phantoms import synth
+from perceiver_med.training.config import Runtime, applies_runtime
 
 INSPECT_COLUMNS = ["file", "scan", "status", "reason", "kind", "modality", "shape"]
 
 
-def inspect_folder(data: Path, out: Path | None = None) -> Discovery:
-    """Discover every scan under `data`; optionally write one CSV row per file.
+@dataclass(frozen=True)
+class SynthRequest:
+    """A phantom data set to write (synth.phantoms.synth documents each field)."""
+
+    kind: str
+    out: Path
+    patients: int = 100
+    format: str | None = None
+    seed: int = 0
+    difficulty: str = "easy"
+    points: bool = False
+    masks: bool = False
+
+
+def synth_folder(request: SynthRequest) -> tuple[Path, int]:
+    """Write a phantom data set into a new folder, never inside a run directory; returns its scans' folder and
+    how many files it holds."""
+    refuse_inside_runs(request.out)
+    return synth(request.kind, request.out, request.patients, request.format, request.seed, request.difficulty,
+                 request.points, request.masks)
+
+
+def inspect_folder(data: Path, out: Path | None = None, *, overwrite: bool = False,
+                   runtime: Runtime = Runtime()) -> Discovery:
+    """Discover every scan under `data` (with the runtime's voxel budget); optionally write one CSV row per file
+    to `out`, a new file unless `overwrite`.
 
     The labels `split --label-from auto` would use are attached as `discovery.labels` and
     `discovery.patients` ({scan id: label or patient id}).
     """
-    discovery = discover(data)
-    try:
-        labelled = label_scans(discovery)
-        discovery.labels = {item.scan.id: item.label for item in labelled.items}
-        discovery.patients = {item.scan.id: item.patient_id for item in labelled.items}
-    except UserError:  # no label source: inspect still lists the scans
-        discovery.labels = {}
+    if out is not None:
+        check_new_output(out, overwrite)
+    with runtime.reading():
+        discovery = discover(data)
+        try:
+            labelled = label_scans(discovery)
+            discovery.labels = {item.scan.id: item.label for item in labelled.items}
+            discovery.patients = {item.scan.id: item.patient_id for item in labelled.items}
+        except UserError:  # no label source: inspect still lists the scans
+            discovery.labels = {}
     if out is not None:
         refuse_inside(out, data)
         write_csv(out, INSPECT_COLUMNS, ([record[c] for c in INSPECT_COLUMNS] for record in discovery.records()))
@@ -52,6 +84,61 @@ class SplitResult:
     labelled: LabelledSet
     rows: list[SplitRow]
     notes: list[str]  # the labels' notes, then any empty split
+
+    @property
+    def noun(self) -> str:
+        return sample_noun(self.rows)
+
+    def counts(self, by_fold: bool = False) -> dict:
+        """{split (or "fold k"): {label: (samples, patients)}}."""
+        return count_table(self.rows, by_fold)
+
+    @property
+    def has_folds(self) -> bool:
+        return any(row.fold is not None for row in self.rows)
+
+    @property
+    def skipped(self) -> list[Skip]:
+        """Files not discovered as scans, then scans left without a label or patient."""
+        return self.discovery.skipped + self.labelled.skipped
+
+
+@dataclass(frozen=True)
+class SplitRequest:
+    """What `split` is asked: split the scans under `data` into the splits CSV `out` (split_folder documents the
+    fields), or, with `check`, verify an existing splits CSV instead."""
+
+    data: Path | None = None
+    out: Path | None = None
+    ratios: tuple[float, float, float] | str = (0.6, 0.2, 0.2)  # or "T,V,T", as --ratios takes them
+    seed: int = 0
+    label_from: str = "auto"
+    labels: Path | None = None
+    patient_regex: str | None = None
+    points: Path | None = None
+    folds: int | None = None
+    overwrite: bool = False
+    check: Path | None = None
+    runtime: Runtime = field(default_factory=Runtime)
+
+
+def split_data(request: SplitRequest) -> SplitResult | SplitCheck:
+    """`split`: a new splits file (SplitResult), or the verdict on an existing one when `request.check` is given
+    (SplitCheck)."""
+    if request.check is not None:
+        return check_splits_file(request.check)
+    if request.data is None or request.out is None:
+        raise UserError("split needs DATA and --out splits.csv (or --check splits.csv)")
+    ratios = request.ratios
+    if isinstance(ratios, str):
+        try:
+            ratios = tuple(float(r) for r in ratios.split(","))
+        except ValueError:
+            raise UserError(f"--ratios must be three numbers like 0.6,0.2,0.2, got {request.ratios!r}") from None
+    check_new_output(request.out, request.overwrite)
+    with request.runtime.reading():
+        return split_folder(request.data, request.out, ratios, request.seed, request.label_from, request.labels,
+                            request.patient_regex, request.points, request.folds)
 
 
 def split_folder(data: Path, out: Path, ratios=(0.6, 0.2, 0.2), seed: int = 0, label_from: str = "auto",
@@ -109,6 +196,25 @@ class SplitCheck:
     rows: list[SplitRow]
     notes: list[str]
 
+    @property
+    def noun(self) -> str:
+        return sample_noun(self.rows)
+
+    def counts(self, by_fold: bool = False) -> dict:
+        """{split (or "fold k"): {label: (samples, patients)}}."""
+        return count_table(self.rows, by_fold)
+
+    @property
+    def has_folds(self) -> bool:
+        return any(row.fold is not None for row in self.rows)
+
+
+def mask_points(masks: Path, scans: Path, out: Path, mask_labels: str | None = None,
+                overwrite: bool = False) -> MaskPoints:
+    """`points`: segmentation masks -> a new points CSV `out` (inputs.masks.points_from_masks)."""
+    check_new_output(out, overwrite)
+    return points_from_masks(masks, scans, out, mask_labels)
+
 
 def check_splits_file(csv_path: Path) -> SplitCheck:
     """Refuse what `train` would refuse; note what it would accept but measure nothing on."""
@@ -119,13 +225,53 @@ def check_splits_file(csv_path: Path) -> SplitCheck:
     return SplitCheck(rows, split_notes(rows) + fold_notes(rows))
 
 
-def preview_scan(scan: Path, prefix: Path, input: str = "auto", size: int | None = None,
-                 channels: int | None = None, grid_pad: bool | None = None, series_uid: str = "",
-                 center: int | None = None, overwrite: bool = False, point=None, fov_mm: float | None = None,
-                 slice_mm: float | None = None, window: str | None = None, run: Path | None = None) -> np.ndarray:
+@dataclass(frozen=True)
+class PreprocessOptions:
+    """The preprocessing options a user gave (None: not given, the choice train would make)."""
+
+    input: str = AUTO
+    size: int | None = None
+    channels: int | None = None
+    grid_pad: bool | None = None
+    fov_mm: float | None = None
+    slice_mm: float | None = None
+    window: str | None = None
+
+
+@dataclass(frozen=True)
+class PreviewRequest:
+    """One scan's model input to write as OUT.npy and OUT.png.
+
+    Args:
+        scan: a scan file, or a folder holding one series (`series_uid` picks one of several).
+        out: the output prefix.
+        preprocess: the preprocessing options; none may be given with `run`.
+        center: the centre slice of a grid (None: the middle one).
+        point: "X,Y,Z" in DICOM patient mm (LPS), or (x, y, z): centre a grid in mm on it.
+        run: preprocess as this run does (its config.json).
+    """
+
+    scan: Path
+    out: Path
+    preprocess: PreprocessOptions = PreprocessOptions()
+    series_uid: str = ""
+    center: int | None = None
+    point: str | tuple[float, float, float] | None = None
+    run: Path | None = None
+    overwrite: bool = False
+    runtime: Runtime = field(default_factory=Runtime)
+
+
+@applies_runtime
+def preview_scan(request: PreviewRequest) -> np.ndarray:
     """Write the exact model input as PREFIX.npy (float32, C x H x W) and PREFIX.png; input "auto" as train
-    (a point-centred grid when `point`, (x, y, z) LPS mm, is given). With `run`, the preprocessing is that run's
-    (its config.json), and no other preprocessing option may be given."""
+    (a point-centred grid when a point is given). With `run`, the preprocessing is that run's (its config.json),
+    and no other preprocessing option may be given."""
+    scan, prefix, options, overwrite = request.scan, request.out, request.preprocess, request.overwrite
+    input, size, channels, grid_pad = options.input, options.size, options.channels, options.grid_pad
+    fov_mm, slice_mm, window, run = options.fov_mm, options.slice_mm, options.window, request.run
+    series_uid, center = request.series_uid, request.center
+    point = parse_point(request.point) if isinstance(request.point, str) else request.point
     if not scan.exists():
         raise UserError(f"{scan} does not exist")
     for suffix in (".npy", ".png"):
@@ -163,13 +309,32 @@ def _run_preprocess(run: Path, point, **given) -> PreprocessConfig:
     return config
 
 
-def prepare_splits(splits: Path, input: str = "auto", size: int | None = None, channels: int | None = None,
-                   grid_pad: bool | None = None, workers: int = 0, on_done=None, window: str | None = None
-                   ) -> tuple[LoadedInputs, PreprocessConfig]:
+@dataclass(frozen=True)
+class PrepareRequest:
+    """A splits file to preprocess into the cache, as train would prepare it; the runtime's workers prepare it."""
+
+    splits: Path
+    preprocess: PreprocessOptions = PreprocessOptions()
+    runtime: Runtime = field(default_factory=Runtime)
+
+
+@dataclass
+class Prepared:
+    loaded: LoadedInputs
+    config: PreprocessConfig
+    cache: Path | None  # where the inputs are kept (None: the cache folder is not writable)
+
+
+@applies_runtime
+def prepare_splits(request: PrepareRequest, on_done=None) -> Prepared:
     """Preprocess every scan of a splits file into the cache, with the preprocessing train would choose."""
-    parse_window(window or "auto")  # a bad --window fails before the splits file is read
-    rows = read_splits(splits)
+    options = request.preprocess
+    parse_window(options.window or "auto")  # a bad --window fails before the splits file is read
+    rows = read_splits(request.splits)
     with_points = any(row.point is not None for row in rows)
-    kind = choose_kind(input, with_points, describe_scans(rows).kinds if input == AUTO and not with_points else ())
-    config = preprocess_config(kind.name, size, channels, grid_pad, window=window)
-    return load_split_inputs(rows, config, workers, on_done=on_done), config
+    kind = choose_kind(options.input, with_points,
+                       describe_scans(rows).kinds if options.input == AUTO and not with_points else ())
+    config = preprocess_config(kind.name, options.size, options.channels, options.grid_pad, options.fov_mm,
+                               options.slice_mm, options.window)
+    loaded = load_split_inputs(rows, config, request.runtime.workers, on_done=on_done)
+    return Prepared(loaded, config, usable_cache_root())

@@ -5,19 +5,19 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 
-from perceiver_med.training.config import (RUNTIME_OPTIONS, RunConfig, TrainConfig, canonical_options, check_resume,
-                                           is_laterality, pick_positive, trainable_model, versions)
+from perceiver_med.training.config import (RUNTIME_OPTIONS, RunConfig, Runtime, TrainConfig, canonical_options,
+                                           check_resume, is_laterality, pick_positive, trainable_model, versions)
 from perceiver_med.inputs.cache import INPUT_VERSION
 from perceiver_med.inputs.loading import describe_scans, load_split_inputs, preprocess_config
 from perceiver_med.inputs.augment import AugmentConfig
 from perceiver_med.training.engine import Processes, Reporter, fit, pick_device
 from perceiver_med.files import file_sha256
 from perceiver_med.csvfiles import write_csv
-from perceiver_med.errors import UserError
+from perceiver_med.errors import Interrupted, UserError
 from perceiver_med.files import atomic_text, refuse_inside
 from perceiver_med.run.rundir import holds_files, remove_stale_temporaries
 from perceiver_med.io.discover import Skip
@@ -33,6 +33,66 @@ from perceiver_med.run.rundir import (CHECKPOINT, CONFIG, CURVES, FROZEN_SPLITS,
                                       load_run_config,
                                       confusion_name, reliability_name, sound_rows, weights_metadata)
 
+if TYPE_CHECKING:
+    from perceiver_med.workflows.cv import CvResult
+
+
+@dataclass
+class TrainRequest:
+    """What `train` is asked to do.
+
+    Args:
+        splits: the splits CSV (None only to resume, which reads the run's frozen copy).
+        out: the run directory to create, or to continue with `resume`.
+        model: the model family (any case; None: the run's own on resume, else the default).
+        options: train's run-defining options by name (TrainConfig's optimisation fields, input, size, channels,
+            grid_pad, fov_mm, slice_mm, window, flip, positive, threshold, and the model's registry options);
+            None means not given.
+        runtime: where and how this machine trains (device, precision, workers, voxel budget); never compared
+            with a resumed run's record.
+        resume: continue the interrupted run in `out` (config.json, or cv.json for a cross-validation, is the truth).
+        cv: train every fold of the splits file and make `out` their ensemble (workflows/cv.py).
+        fold: train one cross-validation fold: its rows are val, the other folds' rows train.
+    """
+
+    splits: Path | None
+    out: Path
+    model: str | None = None
+    options: dict = field(default_factory=dict)
+    runtime: Runtime = Runtime()
+    resume: bool = False
+    cv: bool = False
+    fold: int | None = None
+
+    def given_options(self) -> dict:
+        """The options given (None left out), fold among them; runtime settings belong in `runtime`."""
+        given = {k: v for k, v in self.options.items() if v is not None}
+        misplaced = set(given) & set(RUNTIME_OPTIONS)
+        if misplaced:
+            raise TypeError(f"{sorted(misplaced)} are runtime settings: give them in TrainRequest.runtime")
+        unknown = set(given) - set(TrainConfig.__dataclass_fields__) - set(OTHER_OPTIONS) - set(option_owners())
+        if unknown or "fold" in given:
+            raise TypeError(f"TrainRequest got unknown options {sorted(unknown | ({'fold'} & set(given)))}")
+        return {**given, **({"fold": self.fold} if self.fold is not None else {})}
+
+
+def train(request: TrainRequest, reporter: Reporter | None = None,
+          on_prepared: Callable[[int, int], None] | None = None) -> TrainResult | CvResult:
+    """Train what `request` asks: one run (train_run) or, with `cv`, a cross-validation (train_cv), reading scans
+    with its runtime's voxel budget. Ctrl-C becomes Interrupted, whose message says what is kept and the command
+    that continues the run (RunDir.resume_command)."""
+    from perceiver_med.workflows.cv import train_cv
+
+    try:
+        with request.runtime.reading():
+            return (train_cv if request.cv else train_run)(request, reporter, on_prepared)
+    except KeyboardInterrupt:
+        command = RunDir(request.out).resume_command()
+        if command is None:
+            raise Interrupted("interrupted before the first epoch ended: nothing to resume") from None
+        kept = "finished folds and the last completed epoch are kept" if request.cv else \
+            "the last completed epoch is kept"
+        raise Interrupted(f"interrupted; {kept}: continue with {command}") from None
 
 
 @dataclass
@@ -128,22 +188,17 @@ def _new_config(rows: list[SplitRow], splits: Path, model_name: str, asked: dict
                      input_version=INPUT_VERSION)
 
 
-def train_run(splits: Path | None, model_name: str | None, out: Path, *, resume: bool = False,
-              reporter: Reporter | None = None, on_prepared: Callable[[int, int], None] | None = None,
-              **options) -> TrainResult:
+def train_run(request: TrainRequest, reporter: Reporter | None = None,
+              on_prepared: Callable[[int, int], None] | None = None) -> TrainResult:
     """Train a model on a splits file and write the complete run directory.
 
-    `options` are train's options by name (TrainConfig fields, input, size, channels, grid_pad, flip,
-    positive, threshold, and the options of the model's registry entry); None means not given. On `resume`,
-    config.json is the truth, an option that contradicts it is refused, and `splits` may be None. After
-    training, a temperature and the threshold are fitted on the validation split alone, then every split is scored.
+    On `resume`, config.json is the truth, an option that contradicts it is refused, and `splits` may be None.
+    After training, a temperature and the threshold are fitted on the validation split alone, then every split is
+    scored.
     """
     reporter = reporter or Reporter()
-    asked = {k: v for k, v in options.items() if v is not None}
-    unknown = set(asked) - set(TrainConfig.__dataclass_fields__) - set(OTHER_OPTIONS) - set(option_owners())
-    if unknown:
-        raise TypeError(f"train_run got unknown options {sorted(unknown)}")
-    asked = canonical_options(asked)
+    splits, model_name, out, resume = request.splits, request.model, request.out, request.resume
+    asked = {**canonical_options(request.given_options()), **request.runtime.train_options()}
     model_name = trainable_model(model_name)
     out = Path(out)
     if splits is None and not resume:

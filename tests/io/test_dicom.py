@@ -8,6 +8,7 @@ from pydicom.data import get_testdata_file
 
 from perceiver_med.errors import ScanError
 from perceiver_med.io import dicom
+from perceiver_med.io.limits import voxel_budget
 from tests.conftest import ct_slice
 
 
@@ -129,11 +130,9 @@ def test_a_deflated_header_is_read_without_inflating_the_pixel_data(tmp_path, mo
         return chunk
 
     monkeypatch.setattr(dicom._Inflater, "_inflate", counting)
-    monkeypatch.setenv("PERCEIVER_MED_MAX_VOXELS", str(1 << 22))  # 4096^2 = 2^24 pixels: over the budget
-    with pytest.raises(ScanError, match="PERCEIVER_MED_MAX_VOXELS"):
-        dicom.header(path)
+    with voxel_budget(1 << 22), pytest.raises(ScanError, match="PERCEIVER_MED_MAX_VOXELS"):
+        dicom.header(path)  # 4096^2 = 2^24 pixels: over the budget
     assert sum(inflated) < 1 << 20  # the header only (pydicom alone inflates the whole stream)
-    monkeypatch.delenv("PERCEIVER_MED_MAX_VOXELS")
     assert dicom.header(path).problem == ""  # within the budget: the length is checked by a streamed count
     array = dicom.decode(path).pixels
     assert array.shape == (4096, 4096) and not array.any()
@@ -164,10 +163,9 @@ def test_a_compressed_frame_claiming_more_pixels_than_the_header_is_refused(tmp_
     assert "claims 1024x256 pixels, more than the 512x128" in dicom.header(tmp_path / "j2k.dcm").problem
 
 
-def test_images_over_the_voxel_budget_are_refused_from_the_header(tmp_path, monkeypatch):
+def test_images_over_the_voxel_budget_are_refused_from_the_header(tmp_path):
     ct_slice(np.zeros((64, 64)), 0.0, "1.2.3").save_as(tmp_path / "a.dcm", enforce_file_format=True)
-    monkeypatch.setenv("PERCEIVER_MED_MAX_VOXELS", "4096")  # planes of at most 1024 pixels
-    with pytest.raises(ScanError) as refused:
+    with voxel_budget(4096), pytest.raises(ScanError) as refused:  # planes of at most 1024 pixels
         dicom.header(tmp_path / "a.dcm")
     assert "64x64" in str(refused.value) and "PERCEIVER_MED_MAX_VOXELS" in str(refused.value)
     assert "to at least 16,384" in str(refused.value)

@@ -8,6 +8,7 @@ import pytest
 
 from perceiver_med.errors import ScanError, UserError
 from perceiver_med.io import discover, read_scan
+from perceiver_med.io.limits import DEFAULT_MAX_VOXELS, max_voxels, parse_max_voxels, set_max_voxels, voxel_budget
 from perceiver_med.io.orientation import from_display
 from perceiver_med.inputs.arrays import make_grid
 from perceiver_med.inputs.preprocess import PreprocessConfig
@@ -266,8 +267,7 @@ def test_a_cifti_file_is_skipped_with_a_reason(tmp_path):
 # ---------------------------------------------------------------- the voxel budget
 
 
-def test_scans_over_the_voxel_budget_are_skipped_from_their_headers(tmp_path, monkeypatch):
-    monkeypatch.setenv("PERCEIVER_MED_MAX_VOXELS", str(16 * 16 * 10))
+def test_scans_over_the_voxel_budget_are_skipped_from_their_headers(tmp_path):
     write_series(tmp_path / "long", index_volume(slices=11))  # 2816 voxels
     write_series(tmp_path / "short", index_volume(slices=9))
     header = nib.Nifti1Header()
@@ -275,7 +275,8 @@ def test_scans_over_the_voxel_budget_are_skipped_from_their_headers(tmp_path, mo
     header.set_data_dtype(np.int16)
     header["vox_offset"] = 352
     (tmp_path / "claims.nii").write_bytes(header.binaryblock + bytes(4))
-    found = discover(tmp_path)
+    with voxel_budget(16 * 16 * 10):
+        found = discover(tmp_path)
     assert [s.shape for s in found.scans] == [(9, 16, 16)]
     reasons = {s.file.name: s.reason for s in found.skipped}
     assert "32767x32767x32767" in reasons["claims.nii"] and "set PERCEIVER_MED_MAX_VOXELS" in reasons["claims.nii"]
@@ -306,11 +307,26 @@ def test_a_truncated_png_is_found_by_inspect_and_odd_png_modes_read_as_grey(tmp_
         assert array.shape == scan.shape == (20, 10)
 
 
-def test_a_malformed_budget_is_a_usage_error(tmp_path, monkeypatch):
-    write_series(tmp_path / "ct", index_volume(slices=9))
-    monkeypatch.setenv("PERCEIVER_MED_MAX_VOXELS", "-5")
-    with pytest.raises(UserError, match="PERCEIVER_MED_MAX_VOXELS"):
-        discover(tmp_path)
+def test_a_malformed_budget_is_a_usage_error():
+    for text in ("-5", "lots", "1.5"):
+        with pytest.raises(UserError, match="PERCEIVER_MED_MAX_VOXELS"):
+            parse_max_voxels(text)
+    assert parse_max_voxels("1_000") == parse_max_voxels("1e3") == 1000 and parse_max_voxels(" ") is None
+    with pytest.raises(ValueError):
+        set_max_voxels(0)
+
+
+def test_the_library_reads_its_budget_from_the_caller_never_from_the_environment(tmp_path, monkeypatch):
+    """PERCEIVER_MED_MAX_VOXELS is the command line's default for --max-voxels; a library caller gives the
+    budget itself (voxel_budget), and the block's end restores the one before."""
+    write_series(tmp_path / "ct", index_volume(slices=9))  # 9 x 16 x 16 = 2,304 voxels
+    monkeypatch.setenv("PERCEIVER_MED_MAX_VOXELS", "100")
+    assert len(discover(tmp_path).scans) == 1
+    with voxel_budget(2000):
+        assert not discover(tmp_path).scans
+        with voxel_budget(None):  # None: the budget stays as it is
+            assert max_voxels() == 2000
+    assert max_voxels() == DEFAULT_MAX_VOXELS and len(discover(tmp_path).scans) == 1
 
 
 # ---------------------------------------------------------------- what is not a regular file

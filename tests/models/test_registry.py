@@ -100,17 +100,18 @@ def pooled_linear():
 
 
 def test_a_registered_model_trains_through_the_library_with_no_other_edit(pooled_linear, knee, tmp_path):
-    from perceiver_med.workflows.train import train_run
+    from perceiver_med.training.config import Runtime
+    from perceiver_med.workflows.train import TrainRequest, train
 
     assert "pooled-linear" in model_names()
-    result = train_run(knee / "splits.csv", "pooled-linear", tmp_path / "run", size=32, epochs=2, batch_size=8,
-                       device="cpu", patience=0, grid=2)
+    result = train(TrainRequest(knee / "splits.csv", tmp_path / "run", "pooled-linear",
+                                dict(size=32, epochs=2, batch_size=8, patience=0, grid=2), Runtime(device="cpu")))
     stored = json.loads((tmp_path / "run" / "config.json").read_text())["model"]
     assert stored == {"name": "pooled-linear", "in_channels": 1, "num_classes": 2, "grid": 2}
     assert result.num_parameters == 1 * 2 * 2 * 2 + 2 and result.metrics["test"]["n"] > 0
     (tmp_path / "run" / "metrics.json").unlink()  # as if interrupted: a finished run is not resumed at all
     with pytest.raises(Exception, match="--grid"):  # a resume refuses an option that contradicts the run
-        train_run(None, None, tmp_path / "run", resume=True, grid=3)
+        train(TrainRequest(None, tmp_path / "run", options={"grid": 3}, resume=True))
     with pytest.raises(Exception, match="--grid is an option of pooled-linear, not cnn"):
-        train_run(knee / "splits.csv", "cnn", tmp_path / "other", grid=3)
+        train(TrainRequest(knee / "splits.csv", tmp_path / "other", "cnn", {"grid": 3}))
     assert "pooled-linear" in MODELS

@@ -14,6 +14,9 @@ import pytest
 
 from perceiver_med.results.evaluation import evaluate_run
 from perceiver_med.run.predictor import Predictor
+from perceiver_med.training.config import Runtime
+
+CPU = Runtime(device="cpu")
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "legacy_runs"
 # run -> (data folder, its splits file, the split its expectations are for)
@@ -56,7 +59,7 @@ def _assert_same(got, expected, where="") -> None:
 @pytest.mark.parametrize("name", RUNS)
 def test_a_legacy_run_evaluates_to_its_old_numbers(name, legacy):
     data, splits, split = RUNS[name]
-    metrics = evaluate_run(legacy / "runs" / name, splits=legacy / "data" / data / splits, split=split, device="cpu")
+    metrics = evaluate_run(legacy / "runs" / name, splits=legacy / "data" / data / splits, split=split, runtime=CPU)
     _assert_same(json.loads(json.dumps(metrics)),
                  json.loads((legacy / "expected" / name / "evaluate_relocatable.json").read_text()))
 
@@ -70,12 +73,13 @@ def _predictions(path: Path) -> dict[tuple, dict]:
 
 @pytest.mark.parametrize("name", RUNS)
 def test_a_legacy_run_predicts_its_old_probabilities(name, legacy, tmp_path, monkeypatch):
-    from perceiver_med.results.predictions import predict_run
+    from perceiver_med.results.predictions import PredictRequest, predict_run
 
     monkeypatch.chdir(legacy)  # the expectations were written with paths relative to the fixture root
     data = RUNS[name][0]
     points = Path("data/lung/points.csv") if data == "lung" else None
-    predict_run(Path("runs") / name, Path(f"data/{data}/scans"), tmp_path / "p.csv", device="cpu", points=points)
+    predict_run(PredictRequest(Path("runs") / name, Path(f"data/{data}/scans"), tmp_path / "p.csv", points,
+                               runtime=CPU))
     got, expected = _predictions(tmp_path / "p.csv"), _predictions(legacy / "expected" / name / "predict.csv")
     assert set(got) == set(expected)
     for key, row in expected.items():
@@ -129,7 +133,7 @@ def test_a_legacy_run_trained_again_learns_the_same_weights(name, legacy, tmp_pa
     temperature is now decided differently, so the weights are the oracle.)"""
     from safetensors.torch import load_file
 
-    from perceiver_med.workflows.train import train_run
+    from perceiver_med.workflows.train import TrainRequest, train
 
     config = json.loads((legacy / "runs" / name / "config.json").read_text())
     data, splits, _ = RUNS[name]
@@ -137,8 +141,9 @@ def test_a_legacy_run_trained_again_learns_the_same_weights(name, legacy, tmp_pa
     options = ({"depth": model["vit"]["depth"], "dim": model["vit"]["dim"]} if model["name"] == "vit-rollout-cnn"
                else {"num_latents": model["num_latents"], "latent_dim": model["latent_dim"],
                      "num_iterations": model["num_iterations"]} if model["name"] == "perceiver" else {})
-    train_run(legacy / "data" / data / splits, model["name"], tmp_path / "run", epochs=config["train"]["epochs"],
-              seed=0, device="cpu", precision="fp32", num_workers=1, **options)
+    train(TrainRequest(legacy / "data" / data / splits, tmp_path / "run", model["name"],
+                       {"epochs": config["train"]["epochs"], "seed": 0, **options},
+                       Runtime(device="cpu", precision="fp32", workers=1)))
     again, before = load_file(tmp_path / "run" / "model.safetensors"), load_file(
         legacy / "runs" / name / "model.safetensors")
     assert set(again) == set(before)
@@ -150,6 +155,6 @@ def test_a_cross_validation_is_scored_on_test_with_the_splits_file_it_was_traine
     """Its val rows were training rows of the ensemble; with --split test only the test rows are scored, and none
     of them was a training patient (the old code refused the file as a whole)."""
     metrics = evaluate_run(legacy / "runs" / "knee-cv", splits=legacy / "data" / "knee" / "splits-cv.csv",
-                           split="test", device="cpu")
+                           split="test", runtime=CPU)
     _assert_same(json.loads(json.dumps(metrics)),
                  json.loads((legacy / "expected" / "knee-cv" / "evaluate_relocatable.json").read_text()))
