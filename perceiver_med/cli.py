@@ -455,6 +455,10 @@ def train(splits: Annotated[Optional[Path], typer.Argument(help="splits CSV from
               help="early-stopping patience in epochs (0: off), counted once the training set is fitted or 3/4 of "
                    "the epochs have run", min=0, max=value_range(TrainConfig, "patience")[1], metavar="N",
               show_default=str(_D.patience))] = None,
+          stop_loss: Annotated[Optional[float], typer.Option(
+              help="stop a stage once its validation loss is at or below this (0: never), counted as patience is; "
+                   "0.01: the true classes' mean probability is about 0.99", min=0.0, metavar="LOSS",
+              show_default=f"{_D.stop_loss:g}")] = None,
           seed: Annotated[Optional[int], typer.Option(help="random seed", metavar="N", min=SEED_RANGE[0],
                                                       max=SEED_RANGE[1], show_default=str(_D.seed))] = None,
           device: DeviceOption = Device.auto,
@@ -496,7 +500,7 @@ def train(splits: Annotated[Optional[Path], typer.Argument(help="splits CSV from
     from perceiver_med.workflows.train import train as train_model
 
     options = dict(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, patience=patience,
-                   seed=seed, class_weights=_value(class_weights), input=_value(input), size=size, channels=channels,
+                   stop_loss=stop_loss, seed=seed, class_weights=_value(class_weights), input=_value(input), size=size, channels=channels,
                    grid_pad=grid_pad, fov_mm=fov_mm, slice_mm=slice_mm, window=window, flip=flip, positive=positive,
                    threshold=threshold, **model_options)
     request = TrainRequest(splits, out, model, options, _runtime(max_voxels, device, precision, num_workers),
