@@ -11,14 +11,14 @@ import numpy as np
 
 from perceiver_med.training.config import Decision, RunConfig, is_laterality
 from perceiver_med.stats.metrics import split_metrics, threshold_metrics
-from perceiver_med.inputs.splits import SplitRow
+from perceiver_med.inputs.samples import Sample
 from perceiver_med.stats.statistics import (RESAMPLES, aggregate, apply_temperature, bootstrap_ci, brier_score,
                                               calibration_temperature, choose_threshold, expected_calibration_error,
                                               reliability_bins)
 
 AGGREGATION_RULE = ("mean of the calibrated probabilities of a unit's samples; units whose samples carry "
                     "different labels are left out (counted in mixed_label_units)")
-# the LEFT/RIGHT token io.labels reads in AKOA/OAI file names
+# the LEFT/RIGHT token inputs.labels reads in AKOA/OAI file names
 _SIDE = re.compile(r"(?<![a-z])(left|right)(?![a-z])", re.IGNORECASE)
 
 
@@ -65,7 +65,7 @@ def run_summary(config: RunConfig) -> dict:
             "temperature": decision.temperature, "temperature_fitted_on": decision.temperature_fitted_on or None}
 
 
-def unit_keys(rows: list[SplitRow], classes: list[str]) -> dict[str, list | None]:
+def unit_keys(rows: list[Sample], classes: list[str]) -> dict[str, list | None]:
     """Each sample's patient, knee (patient x laterality) and series. Laterality is the label for left/right
     runs, else a LEFT/RIGHT token in the file name; knee is None unless every sample has one. A series is the
     splits file's series_uid where it has one, else the scan's file or folder."""
@@ -80,7 +80,7 @@ def _side(name: str) -> str:
     return found.pop() if len(found) == 1 else ""
 
 
-def score_split(labels: np.ndarray, raw_probs: np.ndarray, rows: list[SplitRow], config: RunConfig,
+def score_split(labels: np.ndarray, raw_probs: np.ndarray, rows: list[Sample], config: RunConfig,
                 resamples: int = RESAMPLES, calibrated: np.ndarray | None = None) -> dict:
     """One split's metrics.json entry from the model's raw probabilities and the split's rows (same order).
 
