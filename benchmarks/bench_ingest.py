@@ -46,9 +46,10 @@ def scans_benchmark(args) -> dict:
     with tempfile.TemporaryDirectory() as temp:
         temp = Path(temp)
         os.environ["PERCEIVER_MED_CACHE"] = str(temp / "cache")
-        from perceiver_med.inputs.cache import InputRequest, prepare_many
-        from perceiver_med.io import discover
+        from perceiver_med.inputs.cache import prepare_many
         from perceiver_med.inputs.preprocess import PreprocessConfig
+        from perceiver_med.inputs.samples import Sample
+        from perceiver_med.io import discover
         from perceiver_med.synth.phantoms import synth
 
         started = time.perf_counter()
@@ -58,27 +59,27 @@ def scans_benchmark(args) -> dict:
         found = discover(data)
         discover_seconds = time.perf_counter() - started
         files = sum(len(scan.files) for scan in found.scans)
-        requests = [InputRequest(scan.path, scan.series_uid) for scan in found.scans]
+        samples = [Sample.of(scan) for scan in found.scans]
         config = PreprocessConfig(input="grid", size=64)
-        timings = cold_and_warm(prepare_many, requests, config, args.workers)
+        timings = cold_and_warm(prepare_many, samples, config, args.workers)
     return {
-        "benchmark": "ingest", "scans": len(requests), "files": files, "patients": args.patients,
+        "benchmark": "ingest", "scans": len(samples), "files": files, "patients": args.patients,
         "input": "grid 3x3 of 64x64 tiles from 20-slice 80x80 CT series", "workers": args.workers or os.cpu_count(),
         "cold_seconds": round(timings["cold"], 3), "warm_seconds": round(timings["warm"], 3),
-        "cold_scans_per_second": round(len(requests) / timings["cold"], 2),
-        "warm_scans_per_second": round(len(requests) / timings["warm"], 2),
+        "cold_scans_per_second": round(len(samples) / timings["cold"], 2),
+        "warm_scans_per_second": round(len(samples) / timings["warm"], 2),
         "cold_files_per_second": round(files / timings["cold"], 1),
         "discover_files_per_second": round(files / discover_seconds, 1),
         "synth_seconds": round(synth_seconds, 2),
     }
 
 
-def cold_and_warm(prepare_many, requests, config, workers: int) -> dict[str, float]:
-    """Seconds to prepare every request from the files (cold), then again from the cache (warm)."""
+def cold_and_warm(prepare_many, samples, config, workers: int) -> dict[str, float]:
+    """Seconds to prepare every sample from the files (cold), then again from the cache (warm)."""
     timings = {}
     for phase in ("cold", "warm"):
         started = time.perf_counter()
-        arrays, reasons = prepare_many(requests, config, workers)
+        arrays, reasons = prepare_many(samples, config, workers)
         timings[phase] = time.perf_counter() - started
         assert all(a is not None for a in arrays), reasons
     return timings
@@ -89,37 +90,38 @@ def points_benchmark(args, fmt: str) -> dict:
     with tempfile.TemporaryDirectory() as temp:
         temp = Path(temp)
         os.environ["PERCEIVER_MED_CACHE"] = str(temp / "cache")
-        from perceiver_med.inputs.cache import InputRequest, prepare, prepare_many
+        from perceiver_med.inputs.cache import prepare, prepare_many
         from perceiver_med.io import discover, read_scan
         from perceiver_med.inputs.points import match_points, read_points
         from perceiver_med.inputs.preprocess import PreprocessConfig
         from perceiver_med.synth.nodules import write_points
 
         write_points(temp, args.point_patients, fmt, seed=0)
-        samples, skipped = match_points(read_points(temp / "points.csv"), discover(temp / "scans"))
+        found = discover(temp / "scans")
+        samples, skipped = match_points(read_points(temp / "points.csv"), found)
         assert not skipped, skipped
-        requests = [InputRequest(s.scan.path, s.scan.series_uid, point=s.row.point) for s in samples]
         config = PreprocessConfig(input="point", size=64)
-        timings = cold_and_warm(prepare_many, requests, config, args.workers)
+        timings = cold_and_warm(prepare_many, samples, config, args.workers)
         # what prepare_many did before it grouped a scan's points: find, read and window the scan for every point
         started = time.perf_counter()
-        for request in requests:
-            prepare(request, config, use_cache=False)
+        for sample in samples:
+            prepare(sample, config, use_cache=False)
         timings["alone"] = time.perf_counter() - started
-        scans = list({id(s.scan): s.scan for s in samples}.values())
+        pointed = {(s.path, s.series_uid) for s in samples}
+        scans = [scan for scan in found.scans if (scan.path, scan.series_uid) in pointed]
         started = time.perf_counter()
         voxels = sum(read_scan(scan).voxels.size for scan in scans)  # the reference: every volume read once, whole
         whole_seconds = time.perf_counter() - started
     return {
-        "format": fmt, "patients": args.point_patients, "scans": len(scans), "points": len(requests),
+        "format": fmt, "patients": args.point_patients, "scans": len(scans), "points": len(samples),
         "input": "point grid: 9 planes 2 mm apart, 40 mm squares, 64x64 tiles",
         # prepare_many makes a scan's points one job, and works in the calling process below 16 jobs
         "workers": (args.workers or min(os.cpu_count() or 1, 8)) if len(scans) >= 16 else 1,
         "mean_slices_per_scan": round(float(np.mean([scan.shape[0] for scan in scans])), 1),
         "cold_seconds": round(timings["cold"], 3), "warm_seconds": round(timings["warm"], 3),
-        "cold_points_per_second": round(len(requests) / timings["cold"], 2),
-        "warm_points_per_second": round(len(requests) / timings["warm"], 1),
-        "cold_one_point_at_a_time_points_per_second": round(len(requests) / timings["alone"], 2),
+        "cold_points_per_second": round(len(samples) / timings["cold"], 2),
+        "warm_points_per_second": round(len(samples) / timings["warm"], 1),
+        "cold_one_point_at_a_time_points_per_second": round(len(samples) / timings["alone"], 2),
         "read_every_volume_whole_once_seconds": round(whole_seconds, 3),
         "voxels_per_scan": int(voxels / len(scans)),
     }

@@ -307,9 +307,9 @@ def phantom_knees() -> dict:
         rows = read_splits(Path(temp) / "splits.csv")
         loaded = load_split_inputs(rows, PreprocessConfig())
     return {"x": torch.from_numpy(loaded.inputs),
-            "y": torch.tensor([row.label == "right" for row in loaded.rows]).long(),
-            "train": torch.tensor([row.split == "train" for row in loaded.rows]),
-            "test": torch.tensor([row.split == "test" for row in loaded.rows])}
+            "y": torch.tensor([row.label == "right" for row in loaded.samples]).long(),
+            "train": torch.tensor([row.split == "train" for row in loaded.samples]),
+            "test": torch.tensor([row.split == "test" for row in loaded.samples])}
 
 
 def train_epochs(model, data, lr, channels_last, device, bf16=False, seed=0, batch=16):

@@ -15,6 +15,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from perceiver_med import __version__
 from perceiver_med.inputs.kinds import AUTO, KINDS
+from perceiver_med.inputs.splits import SPLITS
 from perceiver_med.models import DEFAULT_MODEL
 from perceiver_med.io.limits import ENV as MAX_VOXELS_VARIABLE
 from perceiver_med.io.limits import parse_max_voxels
@@ -377,7 +378,7 @@ def prepare(splits: Annotated[Path, typer.Argument(help="splits CSV", metavar="S
     loaded, config, root = prepared.loaded, prepared.config, prepared.cache
     _print_skips(loaded.skipped)
     noun = f"{config.kind.noun}(s)"
-    console.print(summary_line(len(loaded.rows), len(loaded.skipped), f"{noun} ready as {config.input} "
+    console.print(summary_line(len(loaded.samples), len(loaded.skipped), f"{noun} ready as {config.input} "
                                f"{config.output_shape}") + (f"; cache in {escape(str(root))}" if root else
                                                             "; [yellow]the cache folder is not writable[/]"))
 
@@ -564,43 +565,42 @@ def predict(run: Annotated[Path, typer.Argument(help="run directory", metavar="R
 
     request = PredictRequest(run, scans, out, points, tta, overwrite, _runtime(max_voxels, device))
     with RichReporter() as reporter:
-        result = predict_run(request, reporter.preparing)
-    predictions, skipped, classes = result.predictions, result.skipped, result.classes
-    table = Table(title=f"{len(predictions)} prediction(s)" + (f", each the mean of {tta} test-time views"
-                                                                if tta > 1 else "")
-                  + (f"; pred is {escape(result.positive_class)} where its probability is at least "
-                     f"{result.threshold:.6g}" if result.threshold not in (None, 0.5) else ""))
-    with_points = any(p.point is not None for p in predictions)
+        predicted = predict_run(request, reporter.preparing)
+    samples, decided = predicted.samples, predicted.decided
+    table = Table(title=f"{len(samples)} prediction(s)" + (f", each the mean of {tta} test-time views"
+                                                            if tta > 1 else "")
+                  + (f"; pred is {escape(predicted.positive_class)} where its probability is at least "
+                     f"{predicted.threshold:.6g}" if predicted.threshold not in (None, 0.5) else ""))
+    with_points = any(sample.point is not None for sample in samples)
     point_column = ["point (LPS mm)"] if with_points else []
-    for column in ("scan", *point_column, "label", "pred", *(f"p({c})" for c in classes)):
+    for column in ("scan", *point_column, "label", "pred", *(f"p({c})" for c in decided.classes)):
         table.add_column(plain(column), no_wrap=column in point_column)  # a coordinate cut short misleads
-    for p in predictions[:30]:
-        point = [",".join(f"{c:.1f}" for c in p.point)] if with_points else []
-        table.add_row(plain(p.path.name), *point, plain(p.label or ""), plain(p.pred), *(f"{v:.4f}" for v in p.probs))
-    if len(predictions) > 30:
-        table.caption = f"... and {len(predictions) - 30} more in {escape(str(out))}"
+    for sample, pred, probs in zip(samples[:30], decided.names, decided.probs):
+        point = [",".join(f"{c:.1f}" for c in sample.point)] if with_points else []
+        table.add_row(plain(sample.path.name), *point, plain(sample.label), plain(pred), *(f"{v:.4f}" for v in probs))
+    if len(samples) > 30:
+        table.caption = f"... and {len(samples) - 30} more in {escape(str(out))}"
     console.print(table)
-    known = [p for p in predictions if p.label is not None]
-    if known and len(known) == len(predictions):
-        _print_accuracy(known, result.label_source)
-    _print_skips(skipped)
+    if samples and all(sample.label for sample in samples):
+        _print_accuracy(samples, decided.names, predicted.label_source)
+    _print_skips(predicted.skipped)
     noun = "point(s)" if points else "scan(s)"
-    console.print(summary_line(len(predictions), len(skipped), f"{noun} predicted")
+    console.print(summary_line(len(samples), len(predicted.skipped), f"{noun} predicted")
                   + f"; written to [bold]{escape(str(out))}[/]")
 
 
-def _print_accuracy(known: list, source: str) -> None:
+def _print_accuracy(samples: list, preds: list[str], source: str) -> None:
     """Accuracy of labelled predictions, never mixing in samples the run learnt from (its train and val
     patients): those are counted and left out."""
-    own = [p for p in known if p.seen in ("train", "val")]
-    unseen = [p for p in known if p.seen not in ("train", "val")]
+    own = [sample for sample in samples if sample.split in SPLITS[:2]]
+    unseen = [(sample, pred) for sample, pred in zip(samples, preds) if sample.split not in SPLITS[:2]]
     if unseen:
-        accuracy = sum(p.pred == p.label for p in unseen) / len(unseen)
+        accuracy = sum(pred == sample.label for sample, pred in unseen) / len(unseen)
         console.print(f"accuracy against the labels of the {source}, on {len(unseen)} sample(s) of patients the "
                       f"run did not train on: [bold]{accuracy:.4f}[/]")
     if own:
-        counts = ", ".join(f"{sum(p.seen == split for p in own)} of its {split} patients" for split in ("train", "val")
-                           if any(p.seen == split for p in own))
+        counts = ", ".join(f"{sum(s.split == split for s in own)} of its {split} patients" for split in SPLITS[:2]
+                           if any(s.split == split for s in own))
         console.print(f"{len(own)} labelled sample(s) were the run's own ({counts}): left out of the accuracy")
 
 

@@ -3,6 +3,7 @@ fails with one line naming the file and line, never a traceback."""
 import csv
 import os
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,7 +13,8 @@ from perceiver_med.csvfiles import FORMULA_STARTS, escape_cell, unescape_cell
 from perceiver_med.workflows.folders import check_splits_file, inspect_folder
 from perceiver_med.errors import UserError
 from perceiver_med.io import discover
-from perceiver_med.io.labels import label_scans
+from perceiver_med.inputs.labels import label_scans
+from perceiver_med.inputs.samples import Sample
 from perceiver_med.results.predictions import write_predictions
 from perceiver_med.run.predictor import Decisions
 
@@ -68,7 +70,8 @@ def test_formula_names_and_labels_are_escaped_in_every_csv_and_read_back(tmp_pat
     assert all(map(_safe, cells)) and "'+benign/@a0.png" in cells
 
     probs = np.array([[0.25, 0.75], [1e-300, 1.0]])
-    write_predictions(tmp_path / "p.csv", ["@a.png", "=b.png"], ["-malignant", "+benign"],
+    write_predictions(tmp_path / "p.csv", [Sample(Path("@a.png"), label="-malignant"),
+                                           Sample(Path("=b.png"), label="+benign")],
                       Decisions(probs, probs, probs.argmax(axis=1), ["+benign", "-malignant"]))
     with open(tmp_path / "p.csv", newline="") as handle:
         table = list(csv.reader(handle))
@@ -96,7 +99,8 @@ def test_a_file_name_that_is_not_utf8_is_written_and_found_again(tmp_path, run_i
     inspect_folder(data, tmp_path / "files.csv")
     assert b"\xff_LEFT.png" in (tmp_path / "files.csv").read_bytes()
     even = np.array([[0.5, 0.5]])
-    write_predictions(tmp_path / "p.csv", [os.fsdecode(odd)], None, Decisions(even, even, np.array([0]), ["left", "right"]))
+    write_predictions(tmp_path / "p.csv", [Sample(Path(os.fsdecode(odd)))],
+                      Decisions(even, even, np.array([0]), ["left", "right"]))
     assert odd in (tmp_path / "p.csv").read_bytes()
 
 

@@ -176,7 +176,7 @@ def test_cross_validation_mistakes_are_one_line(run_installed, knee, folded, tmp
 def test_out_of_fold_calibration_before_is_of_the_uncalibrated_probabilities(cv_run):
     """Each fold's member calibrates its own predictions: 'before' must be the members' raw probabilities, not the
     calibrated ones a second time (that printed an out-of-fold loss of 0.000 and ECE 5e-07 'before')."""
-    from perceiver_med.inputs.splits import SplitRow
+    from perceiver_med.inputs.samples import Sample
     from perceiver_med.results.scoring import score_split
     from perceiver_med.run.rundir import RunDir
 
@@ -184,7 +184,8 @@ def test_out_of_fold_calibration_before_is_of_the_uncalibrated_probabilities(cv_
     labels = np.array([0, 1, 1, 0])
     raw = np.array([[0.6, 0.4], [0.3, 0.7], [0.45, 0.55], [0.2, 0.8]])
     calibrated = np.array([[0.9, 0.1], [0.1, 0.9], [0.3, 0.7], [0.4, 0.6]])  # as if each had its own T
-    rows = [SplitRow(Path(f"/x/{k}.png"), config.classes[label], f"P{k}", "val") for k, label in enumerate(labels)]
+    rows = [Sample(Path(f"/x/{k}.png"), label=config.classes[label], patient_id=f"P{k}", split="val")
+            for k, label in enumerate(labels)]
     scored = score_split(labels, raw, rows, config, calibrated=calibrated)
     nll = lambda p: float(np.mean(-np.log(p[np.arange(4), labels])))  # noqa: E731
     assert scored["calibration"]["loss"] == pytest.approx(nll(raw))

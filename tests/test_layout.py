@@ -57,9 +57,9 @@ def test_the_split_names_are_listed_by_their_owner_alone():
     assert not strays, strays
 
 
-def test_a_side_is_read_from_a_file_name_by_io_labels_alone():
+def test_a_side_is_read_from_a_file_name_by_inputs_labels_alone():
     """The LEFT/RIGHT pattern of AKOA/OAI names is written once: labels and patient-level knees read it alike."""
-    strays = [f"{name}:{node.lineno}" for name, tree in _modules() if name != "io/labels.py"
+    strays = [f"{name}:{node.lineno}" for name, tree in _modules() if name != "inputs/labels.py"
               for node in ast.walk(tree) if isinstance(node, ast.Constant) and isinstance(node.value, str)
               and "left|right" in node.value.lower()]
     assert not strays, strays

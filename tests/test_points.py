@@ -15,6 +15,7 @@ from perceiver_med.workflows.folders import split_folder
 from perceiver_med.errors import ScanError, UserError
 from perceiver_med.io import discover, read_scan
 from perceiver_med.io.image import ScanImage
+from perceiver_med.inputs.cache import find_scan
 from perceiver_med.inputs.points import match_points, parse_point, read_points
 from perceiver_med.inputs.arrays import point_grid
 from perceiver_med.inputs.preprocess import PreprocessConfig
@@ -121,17 +122,17 @@ def test_each_point_maps_to_a_voxel_of_its_own_nodule_and_back(phantom):
     fmt, out = phantom
     table = read_points(out / "points.csv")
     samples, skipped = match_points(table, discover(out / "scans"))
-    assert not skipped and len(samples) == len(table.rows) >= 2
-    for patient in sorted({s.row.patient_id for s in samples}):
-        mine = [s for s in samples if s.row.patient_id == patient]
-        image = read_scan(mine[0].scan)
+    assert not skipped and len(samples) == len(table.samples) >= 2
+    for patient in sorted({s.patient_id for s in samples}):
+        mine = [s for s in samples if s.patient_id == patient]
+        image = read_scan(find_scan(mine[0].path, mine[0].series_uid))
         mask = read_scan(discover(out / "masks" / f"{patient}.nii.gz").scans[0])
         np.testing.assert_allclose(mask.affine, image.affine, atol=1e-3)
         for sample in mine:
-            index = image.to_voxel(sample.row.point)
-            np.testing.assert_allclose(image.to_patient(index), sample.row.point, atol=1e-6)
+            index = image.to_voxel(sample.point)
+            np.testing.assert_allclose(image.to_patient(index), sample.point, atol=1e-6)
             # inside a nodule, of the point's class (the phantom's masks: 1 benign, 2 malignant)
-            assert mask.voxels[tuple(np.round(index).astype(int))] == MASK_VALUES[sample.row.label]
+            assert mask.voxels[tuple(np.round(index).astype(int))] == MASK_VALUES[sample.label]
 
 
 def test_the_same_nodule_in_dicom_and_nifti_gives_the_same_grid(tmp_path):
@@ -141,7 +142,8 @@ def test_the_same_nodule_in_dicom_and_nifti_gives_the_same_grid(tmp_path):
         write_points(tmp_path / fmt, 1, fmt, seed=5)
         table = read_points(tmp_path / fmt / "points.csv")
         samples, _ = match_points(table, discover(tmp_path / fmt / "scans"))
-        grids.append(point_grid(read_scan(samples[0].scan), samples[0].row.point, CONFIG))
+        grids.append(point_grid(read_scan(find_scan(samples[0].path, samples[0].series_uid)), samples[0].point,
+                                CONFIG))
     # NIfTI stores rounded HU in int16, DICOM its own rescale: the same anatomy to within a grey level
     np.testing.assert_allclose(grids[0], grids[1], atol=0.01)
 
@@ -153,9 +155,9 @@ def _write(path: Path, text: str, bom: bool = False) -> Path:
 
 def test_points_files_bad_rows_are_skipped_with_reasons_and_bad_files_refused(tmp_path, phantom):
     fmt, out = phantom
-    good = read_points(out / "points.csv").rows[0]
-    reference = good.reference
+    good = read_points(out / "points.csv").samples[0]
     column = "seriesuid" if fmt == "dicom" else "path"
+    reference = good.series_uid if fmt == "dicom" else good.path
     x, y, z = good.point
     # a LUNA16 annotations.csv with a label column; a BOM; a formula-escaped cell; a bad number; an unknown series
     text = (f"{column},coordX,coordY,coordZ,diameter_mm,label\n"
@@ -165,13 +167,13 @@ def test_points_files_bad_rows_are_skipped_with_reasons_and_bad_files_refused(tm
     if y >= 0:
         text = text.replace(f"'{y!r}", repr(y))
     points = read_points(_write(tmp_path / "p.csv", text, bom=True))
-    assert [row.point for row in points.rows] == [(x, y, z), (x, y, z)]
+    assert [sample.point for sample in points.samples] == [(x, y, z), (x, y, z)]
     assert len(points.skipped) == 1 and "p.csv:3" in points.skipped[0].reason and "coordY" in points.skipped[0].reason
     if fmt == "nifti":  # a path relative to the CSV's folder: the CSV sits beside scans/
         (tmp_path / "p.csv").replace(out / "p_test.csv")
         points = read_points(out / "p_test.csv")
     samples, skipped = match_points(points, discover(out / "scans"))
-    assert len(samples) == 1 and samples[0].row.label == "benign"
+    assert len(samples) == 1 and samples[0].label == "benign"
     assert any("not found among the scans" in s.reason for s in skipped)
     (out / "p_test.csv").unlink(missing_ok=True)
     with pytest.raises(UserError, match="coordX,coordY,coordZ"):
@@ -271,7 +273,8 @@ def test_train_stores_the_point_grid_and_predict_writes_one_row_per_point(point_
 
 
 def test_preview_of_a_point_is_the_grid_train_used(point_run, run_installed):
-    from perceiver_med.inputs.cache import InputRequest, prepare
+    from perceiver_med.inputs.cache import prepare
+    from perceiver_med.inputs.samples import Sample
     from perceiver_med.run.rundir import load_run_config
 
     root, _ = point_run
@@ -282,8 +285,7 @@ def test_preview_of_a_point_is_the_grid_train_used(point_run, run_installed):
                                          "--out", root / "pv")
     assert code == 0, stderr
     config = load_run_config(root / "run").preprocess
-    expected = prepare(InputRequest(series, point=tuple(float(v) for v in point.split(","))), config,
-                       use_cache=False)
+    expected = prepare(Sample(series, point=tuple(float(v) for v in point.split(","))), config, use_cache=False)
     np.testing.assert_array_equal(np.load(root / "pv.npy"), expected)
     # --run takes the run's preprocessing whole, and refuses an option that would change it
     code, stdout, stderr = run_installed("preview", series, "--point", point, "--run", root / "run", "--out",
@@ -344,36 +346,38 @@ def test_reading_only_the_slices_a_point_needs_gives_the_same_grid(phantom):
     table = read_points(out / "points.csv")
     samples, _ = match_points(table, discover(out / "scans"))
     for sample in samples:
-        pick = point_pick(sample.scan, CONFIG, sample.row.point)
+        scan = find_scan(sample.path, sample.series_uid)
+        pick = point_pick(scan, CONFIG, sample.point)
         assert (pick is None) == (fmt == "nifti")  # discovery knows a DICOM series' geometry before reading
         if pick is not None:
-            assert len(pick(sample.scan.shape[0])) < sample.scan.shape[0]
-        whole = model_input(read_scan(sample.scan), CONFIG, point=sample.row.point)
-        np.testing.assert_array_equal(scan_input(sample.scan, CONFIG, point=sample.row.point), whole)
+            assert len(pick(scan.shape[0])) < scan.shape[0]
+        whole = model_input(read_scan(scan), CONFIG, point=sample.point)
+        np.testing.assert_array_equal(scan_input(scan, CONFIG, point=sample.point), whole)
 
 
 def test_the_points_of_one_scan_read_together_give_each_points_own_grid(phantom, monkeypatch):
     """prepare_many decodes a scan once for all its points (the union of their slices): each grid must be the one
     that point alone gives, and a point outside its scan fails alone."""
     import perceiver_med.io as io
-    from perceiver_med.inputs.cache import InputRequest, prepare, prepare_many
+    from dataclasses import replace
+
+    from perceiver_med.inputs.cache import prepare, prepare_many
 
     fmt, out = phantom
     table = read_points(out / "points.csv")
     samples, _ = match_points(table, discover(out / "scans"))
-    requests = [InputRequest(s.scan.path, s.scan.series_uid, point=s.row.point) for s in samples]
-    first = requests[0]
-    requests.append(InputRequest(first.path, first.series_uid, point=(first.point[0], first.point[1], 1e4)))
+    first = samples[0]
+    samples.append(replace(first, point=(first.point[0], first.point[1], 1e4)))
     reads = []
     real_read = io.read_scan
     monkeypatch.setattr(io, "read_scan", lambda scan, pick=None: reads.append(scan.path) or real_read(scan, pick))
-    arrays, reasons = prepare_many(requests, CONFIG, workers=1)
-    assert sorted(reads) == sorted({s.scan.path for s in samples})  # one read per scan, not per point
+    arrays, reasons = prepare_many(samples, CONFIG, workers=1)
+    assert sorted(reads) == sorted({s.path for s in samples})  # one read per scan, not per point
     assert "lies outside this scan" in reasons[-1] and arrays[-1] is None
     monkeypatch.setattr(io, "read_scan", real_read)
-    for request, array, reason in zip(requests[:-1], arrays, reasons):
+    for sample, array, reason in zip(samples[:-1], arrays, reasons):
         assert reason == ""
-        np.testing.assert_array_equal(array, prepare(request, CONFIG, use_cache=False))
-    again, _ = prepare_many(requests, CONFIG, workers=1)  # from the cache, the same arrays
+        np.testing.assert_array_equal(array, prepare(sample, CONFIG, use_cache=False))
+    again, _ = prepare_many(samples, CONFIG, workers=1)  # from the cache, the same arrays
     for before, after in zip(arrays[:-1], again):
         np.testing.assert_array_equal(before, after)

@@ -9,6 +9,7 @@ from collections import Counter, defaultdict
 from html.parser import HTMLParser
 from pathlib import Path
 
+import numpy as np
 import pydicom
 import pytest
 
@@ -17,8 +18,9 @@ from perceiver_med.results.report import write_report
 from perceiver_med.results.report.claim import ITEMS
 from perceiver_med.results.report.document import PLACEHOLDER
 from perceiver_med.results.report.figures import GALLERY_SIZE, confident_errors
+from perceiver_med.inputs.samples import Sample
+from perceiver_med.results.predictions import PredictionsFile
 from perceiver_med.results.report.headers import age_band
-from perceiver_med.results.report.run_record import Prediction
 from tests.conftest import CPU, TINY_PERCEIVER_RUN
 
 SPLITS = ("train", "val", "test")
@@ -218,10 +220,8 @@ def test_skip_reasons_lose_the_patient_ids_and_file_names_they_quote():
     from types import SimpleNamespace
 
     from perceiver_med.results.report.sections import _redactor
-    from perceiver_med.inputs.splits import SplitRow
-
-    rows = [SplitRow(Path("/data/OAI9000042/IMG00007.dcm"), "left", "OAI9000042", "test"),
-            SplitRow(Path("/data/7/x.dcm"), "left", "7", "train")]
+    rows = [Sample(Path("/data/OAI9000042/IMG00007.dcm"), label="left", patient_id="OAI9000042", split="test"),
+            Sample(Path("/data/7/x.dcm"), label="left", patient_id="7", split="train")]
     redact = _redactor(SimpleNamespace(rows=rows))
     assert redact("the same image as IMG00007.dcm (OAI9000042), 7 files") == "the same image as \u2026 (\u2026), 7 files"
 
@@ -277,11 +277,12 @@ def test_the_roc_dots_are_the_decisions_the_run_wrote(reported):
 
 
 def test_confident_errors_are_wrong_and_ordered_by_the_probability_of_the_call():
-    def p(label, pred, right):
-        return Prediction(0, label, pred, {"left": 1 - right, "right": right})
-
-    predictions = [p("left", "right", 0.7), p("left", "left", 0.1), p("right", "left", 0.05),
-                   p("", "right", 0.99), p("left", "right", 0.9)]
+    calls = [("left", "right", 0.7), ("left", "left", 0.1), ("right", "left", 0.05), ("", "right", 0.99),
+             ("left", "right", 0.9)]  # (label, pred, p(right))
+    predictions = PredictionsFile(samples=[Sample(Path("x.png"), label=label) for label, _, _ in calls],
+                                  names=[pred for _, pred, _ in calls],
+                                  probs=np.array([[1 - right, right] for _, _, right in calls]),
+                                  classes=["left", "right"], lines=list(range(2, 2 + len(calls))))
     assert confident_errors(predictions) == [2, 4, 0]  # p(left) = 0.95, then p(right) = 0.9, then 0.7
     assert confident_errors(predictions, limit=1) == [2]
 

@@ -1,5 +1,6 @@
 import re
 from collections import defaultdict
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -7,9 +8,9 @@ import pytest
 from perceiver_med.workflows.folders import check_splits_file, split_folder
 from perceiver_med.errors import UserError
 from perceiver_med.io import discover
-from perceiver_med.io.discover import Scan
-from perceiver_med.io.labels import LabelledScan, label_scans
-from perceiver_med.inputs.splits import assign_splits, find_problems, read_splits, rows_from_items, write_splits
+from perceiver_med.inputs.labels import label_scans
+from perceiver_med.inputs.samples import Sample
+from perceiver_med.inputs.splits import assign_splits, find_problems, read_splits, write_splits
 
 
 def _items(patients=30, seed=0):
@@ -22,14 +23,14 @@ def _items(patients=30, seed=0):
         for label in labels:
             for k in range(int(rng.integers(1, 4))):
                 path = Path(f"/data/P{p}_{label}_{k}.png")
-                items.append(LabelledScan(Scan(path.name, path, [path], "png", "image"), label, f"P{p}"))
+                items.append(Sample(path, label=label, patient_id=f"P{p}"))
     return items
 
 
 @pytest.mark.parametrize("seed", range(25))
 def test_no_patient_in_two_splits_and_every_class_in_every_split(seed):
     items = _items(patients=12 + seed, seed=seed)
-    splits = assign_splits(items, (0.6, 0.2, 0.2), seed=seed)
+    splits = [item.split for item in assign_splits(items, (0.6, 0.2, 0.2), seed=seed)]
     where = defaultdict(set)
     for item, split in zip(items, splits):
         where[item.patient_id].add(split)
@@ -42,7 +43,7 @@ def test_split_is_deterministic_per_seed_and_close_to_the_ratios():
     items = _items(patients=100)
     first, second = assign_splits(items, seed=3), assign_splits(items, seed=3)
     assert first == second and assign_splits(items, seed=4) != first
-    patients = {(item.patient_id, split) for item, split in zip(items, first)}
+    patients = {(item.patient_id, item.split) for item in first}
     train = sum(1 for _, split in patients if split == "train")
     assert 50 <= train <= 70
 
@@ -56,12 +57,11 @@ def test_bad_ratios_and_single_class_are_refused():
 
 
 def test_csv_round_trip_and_leakage_check(tmp_path):
-    items = _items(patients=10)
+    items = [replace(item, path=tmp_path / "data" / item.path.name) for item in _items(patients=10)]
     for item in items:  # real files, so the check finds them
-        item.scan.path = tmp_path / "data" / item.scan.path.name
-        item.scan.path.parent.mkdir(exist_ok=True)
-        item.scan.path.write_bytes(b"x")
-    rows = rows_from_items(items, assign_splits(items))
+        item.path.parent.mkdir(exist_ok=True)
+        item.path.write_bytes(b"x")
+    rows = assign_splits(items)
     write_splits(rows, tmp_path / "out" / "splits.csv")
     text = (tmp_path / "out" / "splits.csv").read_text()
     # the CSV sits beside the data, not above it: absolute paths, never ../
@@ -69,10 +69,10 @@ def test_csv_round_trip_and_leakage_check(tmp_path):
     back = read_splits(tmp_path / "out" / "splits.csv")
     assert [(r.path, r.split) for r in back] == [(r.path, r.split) for r in rows]
     assert find_problems(back) == []
-    back[0].split = "test" if back[0].split != "test" else "train"
+    back[0] = replace(back[0], split="test" if back[0].split != "test" else "train")
     same_patient = [r for r in back if r.patient_id == back[0].patient_id]
     if len(same_patient) == 1:
-        back.append(type(back[0])(back[0].path, back[0].label, back[0].patient_id, "val"))
+        back.append(replace(back[0], split="val"))
     back[1].path.unlink()
     problems = find_problems(back)
     assert any("more than one split" in p for p in problems) and any("missing" in p for p in problems)
@@ -150,8 +150,8 @@ def test_an_empty_patient_id_is_refused_when_splitting(tmp_path, run_installed):
     assert code == 2 and "--patient-regex '(x?)' gives no patient id for any scan" in err, err
     assert not (tmp_path / "s.csv").exists()
     labelled = label_scans(discover(tmp_path / "data"), patient_regex=r"subj(\d*)_")
-    assert sorted(i.patient_id for i in labelled.items) == [str(k) for k in range(8)]
-    items = labelled.items
-    items[0].patient_id = ""
+    assert sorted(i.patient_id for i in labelled.samples) == [str(k) for k in range(8)]
+    items = labelled.samples
+    items[0] = replace(items[0], patient_id="")
     with pytest.raises(UserError, match="empty patient id"):
         assign_splits(items)

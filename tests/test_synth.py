@@ -4,11 +4,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from perceiver_med.inputs.cache import InputRequest, prepare
+from perceiver_med.inputs.cache import prepare
 from perceiver_med.io import discover
-from perceiver_med.io.labels import folder_label
+from perceiver_med.inputs.labels import folder_label
 from perceiver_med.inputs.arrays import grid_slices
 from perceiver_med.inputs.preprocess import PreprocessConfig
+from perceiver_med.inputs.samples import Sample
 from perceiver_med.synth.phantoms import DIFFICULTIES, LUNG_CENTRES, nodule_masks
 
 
@@ -56,7 +57,7 @@ def test_synth_lung_difficulty_writes_small_nodule_series(tmp_path, run_cli, dif
     assert sorted(folder_label(scan, found.root) for scan in found.scans) == ["benign", "malignant"]
     for scan in found.scans:
         assert scan.kind == "volume" and len(scan.files) == 24
-    grid = prepare(InputRequest(found.scans[0].path), PreprocessConfig(input="grid", size=64), use_cache=False)
+    grid = prepare(Sample(found.scans[0].path), PreprocessConfig(input="grid", size=64), use_cache=False)
     assert grid.shape == (1, 192, 192)
     # tiles are the 64x64 slices themselves, not resized: the nodule keeps its 3-6 pixel radius
     assert run_cli("synth", "knee", tmp_path / "knee", "--difficulty", "hard")[0] == 2

@@ -107,11 +107,12 @@ def test_a_stored_window_is_its_name_and_numbers_are_refused():
 
 
 def test_the_cache_key_changes_with_the_window(tmp_path):
-    from perceiver_med.inputs.cache import InputRequest, cache_key
+    from perceiver_med.inputs.cache import cache_key
+    from perceiver_med.inputs.samples import Sample
 
     (tmp_path / "a.png").write_bytes(b"not read")
-    request = InputRequest(tmp_path / "a.png")
-    keys = {cache_key(request, PreprocessConfig(window=w)) for w in ("auto", "lung", "-1000,300", "percentile")}
+    sample = Sample(tmp_path / "a.png")
+    keys = {cache_key(sample, PreprocessConfig(window=w)) for w in ("auto", "lung", "-1000,300", "percentile")}
     assert len(keys) == 4
 
 

@@ -17,7 +17,7 @@ import threading
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
@@ -29,21 +29,11 @@ from perceiver_med.files import atomic_path
 from perceiver_med.io import discover
 from perceiver_med.io.limits import describe, max_voxels, over_memory, set_max_voxels
 from perceiver_med.inputs.preprocess import PreprocessConfig, point_inputs, scan_input
+from perceiver_med.inputs.samples import Sample
 
 
 def cache_root() -> Path:
     return Path(os.environ.get("PERCEIVER_MED_CACHE") or Path.home() / ".cache" / "perceiver-med")
-
-
-@dataclass(frozen=True)
-class InputRequest:
-    """Which scan to prepare: a file, or a series folder plus its SeriesInstanceUID; `point` (LPS mm) centres
-    a point grid."""
-
-    path: Path
-    series_uid: str = ""
-    slice: int | None = None
-    point: tuple[float, float, float] | None = None
 
 
 def find_scan(path: Path, series_uid: str = ""):
@@ -86,11 +76,12 @@ def _identity(path: Path, series_uid: str) -> list:
 INPUT_VERSION = 2
 
 
-def cache_key(request: InputRequest, config: PreprocessConfig, identity: list | None = None) -> str:
-    """`identity`: `_identity` of the request's files, when the caller has it already (points of one scan)."""
-    point = None if request.point is None else [float(v) for v in request.point]
-    blob = json.dumps([__version__, INPUT_VERSION, asdict(config), request.slice, point,
-                       identity if identity is not None else _identity(request.path, request.series_uid)])
+def cache_key(sample: Sample, config: PreprocessConfig, identity: list | None = None) -> str:
+    """`identity`: `_identity` of the sample's files, when the caller has it already (points of one scan). What
+    is known of a sample (label, patient, split) is no part of its input."""
+    point = None if sample.point is None else [float(v) for v in sample.point]
+    blob = json.dumps([__version__, INPUT_VERSION, asdict(config), sample.slice, point,
+                       identity if identity is not None else _identity(sample.path, sample.series_uid)])
     return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
 
@@ -120,18 +111,18 @@ def usable_cache_root() -> Path | None:
     return root
 
 
-def prepare(request: InputRequest, config: PreprocessConfig, root: Path | None = None,
+def prepare(sample: Sample, config: PreprocessConfig, root: Path | None = None,
             use_cache: bool = True) -> np.ndarray:
-    """The model input for one scan, from the cache when a sound entry is there."""
+    """The model input of one sample, from the cache when a sound entry is there."""
     entry = None
     if use_cache:
-        entry = (root or cache_root()) / f"{cache_key(request, config)}.npy"
+        entry = (root or cache_root()) / f"{cache_key(sample, config)}.npy"
         if entry.exists():
             cached = _load_entry(entry, config)
             if cached is not None:
                 return cached
-    tensor = scan_input(find_scan(request.path, request.series_uid), config, request.slice,  # reads only the slices used
-                        request.point)
+    tensor = scan_input(find_scan(sample.path, sample.series_uid), config, sample.slice,  # reads only the slices used
+                        sample.point)
     _store(entry, tensor)
     return tensor
 
@@ -155,31 +146,31 @@ def _reason(exc: BaseException) -> str:
 
 def _prepare_or_reason(args) -> tuple[np.ndarray | None, str]:
     """Every failure of one scan becomes its reason, so one scan can never stop or stall the others."""
-    request, config, root, use_cache = args
+    sample, config, root, use_cache = args
     try:
-        return prepare(request, config, root, use_cache), ""
+        return prepare(sample, config, root, use_cache), ""
     except Exception as exc:
         return None, _reason(exc)
 
 
 def _prepare_points_or_reasons(args) -> list[tuple[np.ndarray | None, str]]:
-    """The point grids of one scan (requests of one path and series): its files are identified, found and
+    """The point grids of one scan (samples of one path and series): its files are identified, found and
     decoded once for all the points not in the cache. A failure is the reason of every point it concerns."""
-    requests, config, root, use_cache = args
-    results: list[tuple[np.ndarray | None, str] | None] = [None] * len(requests)
-    entries: list[Path | None] = [None] * len(requests)
+    samples, config, root, use_cache = args
+    results: list[tuple[np.ndarray | None, str] | None] = [None] * len(samples)
+    entries: list[Path | None] = [None] * len(samples)
     try:
         if use_cache:
-            identity = _identity(requests[0].path, requests[0].series_uid)
-            for n, request in enumerate(requests):
-                entries[n] = (root or cache_root()) / f"{cache_key(request, config, identity)}.npy"
+            identity = _identity(samples[0].path, samples[0].series_uid)
+            for n, sample in enumerate(samples):
+                entries[n] = (root or cache_root()) / f"{cache_key(sample, config, identity)}.npy"
                 cached = _load_entry(entries[n], config) if entries[n].exists() else None
                 if cached is not None:
                     results[n] = (cached, "")
         missing = [n for n, result in enumerate(results) if result is None]
         if missing:
-            scan = find_scan(requests[0].path, requests[0].series_uid)
-            for n, grid in zip(missing, point_inputs(scan, config, [requests[n].point for n in missing])):
+            scan = find_scan(samples[0].path, samples[0].series_uid)
+            for n, grid in zip(missing, point_inputs(scan, config, [samples[n].point for n in missing])):
                 if isinstance(grid, ScanError):
                     results[n] = (None, str(grid))
                 else:
@@ -192,19 +183,19 @@ def _prepare_points_or_reasons(args) -> list[tuple[np.ndarray | None, str]]:
 
 
 def _prepare_job(args) -> list[tuple[np.ndarray | None, str]]:
-    requests, config, root, use_cache = args
+    samples, config, root, use_cache = args
     if config.kind.takes_points:
         return _prepare_points_or_reasons(args)
-    return [_prepare_or_reason((requests[0], config, root, use_cache))]
+    return [_prepare_or_reason((samples[0], config, root, use_cache))]
 
 
-def _jobs(requests: list[InputRequest], config: PreprocessConfig) -> list[list[int]]:
-    """Indices of the requests each job prepares: one scan's points together, any other request alone."""
+def _jobs(samples: list[Sample], config: PreprocessConfig) -> list[list[int]]:
+    """Indices of the samples each job prepares: one scan's points together, any other sample alone."""
     if not config.kind.takes_points:
-        return [[k] for k in range(len(requests))]
+        return [[k] for k in range(len(samples))]
     groups: dict[tuple, list[int]] = {}
-    for k, request in enumerate(requests):
-        groups.setdefault((str(request.path), request.series_uid), []).append(k)
+    for k, sample in enumerate(samples):
+        groups.setdefault((str(sample.path), sample.series_uid), []).append(k)
     return list(groups.values())
 
 
@@ -254,30 +245,32 @@ def worker_count(asked: int = 0) -> int:
     return max(1, min(asked or 8, cores))
 
 
-def prepare_many(requests: list[InputRequest], config: PreprocessConfig, workers: int = 0,
+def prepare_many(samples: list[Sample], config: PreprocessConfig, workers: int = 0,
                  use_cache: bool = True, on_done: Callable[[int, int], None] | None = None
                  ) -> tuple[list[np.ndarray | None], list[str]]:
-    """Prepare many scans in parallel processes. Returns arrays (None where a scan failed) and reasons.
+    """Prepare many samples in parallel processes. Returns arrays (None where a sample failed) and reasons.
 
     `on_done(done, total)` reports progress. A worker that dies (killed, out of memory) costs the scans it
-    held a retry in a fresh pool, never a hang. Point requests of one scan are one job (see point_inputs). A request
+    held a retry in a fresh pool, never a hang. The points of one scan are one job (see point_inputs). A sample
     repeated (the same point ten thousand times) is prepared once, and its rows share one array. The memory the
     inputs take together is estimated first, and a request over the budget is refused before any scan is read.
     """
-    problem = over_memory(len(requests) * int(np.prod(config.output_shape)) * 4,
-                          f"{len(requests):,} model inputs of shape {'x'.join(map(str, config.output_shape))}")
+    problem = over_memory(len(samples) * int(np.prod(config.output_shape)) * 4,
+                          f"{len(samples):,} model inputs of shape {'x'.join(map(str, config.output_shape))}")
     if problem:
         raise UserError(f"{problem}: give fewer scans or points at a time, or a smaller --size")
-    unique = list(dict.fromkeys(requests))
-    if len(unique) < len(requests):
-        arrays, reasons = prepare_many(unique, config, workers, use_cache, on_done)
-        first = {request: k for k, request in enumerate(unique)}
-        return [arrays[first[r]] for r in requests], [reasons[first[r]] for r in requests]
+    first = {}
+    for sample in samples:
+        first.setdefault(sample.key, sample)
+    if len(first) < len(samples):
+        arrays, reasons = prepare_many(list(first.values()), config, workers, use_cache, on_done)
+        index = {key: k for k, key in enumerate(first)}
+        return ([arrays[index[s.key]] for s in samples], [reasons[index[s.key]] for s in samples])
     root = usable_cache_root() if use_cache else None
-    groups = _jobs(requests, config)
-    jobs = [(tuple(requests[k] for k in group), config, root, root is not None) for group in groups]
+    groups = _jobs(samples, config)
+    jobs = [(tuple(samples[k] for k in group), config, root, root is not None) for group in groups]
     workers = worker_count(workers)
-    results: list[tuple[np.ndarray | None, str] | None] = [None] * len(requests)
+    results: list[tuple[np.ndarray | None, str] | None] = [None] * len(samples)
     done = 0
 
     def finish(job, job_results):
@@ -286,7 +279,7 @@ def prepare_many(requests: list[InputRequest], config: PreprocessConfig, workers
             results[index] = result
             done += 1
             if on_done:
-                on_done(done, len(requests))
+                on_done(done, len(samples))
 
     if workers <= 1 or len(jobs) < 16:
         for job in range(len(jobs)):

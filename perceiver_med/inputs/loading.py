@@ -1,4 +1,4 @@
-"""Model inputs for the rows of a splits file, and what kind of scans they are."""
+"""Model inputs for the samples of a splits file, and what kind of scans they are."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -7,12 +7,12 @@ from typing import Callable
 import numpy as np
 import torch
 
-from perceiver_med.inputs.cache import InputRequest, find_scan, prepare_many
+from perceiver_med.inputs.cache import find_scan, prepare_many
 from perceiver_med.errors import ScanError, UserError
 from perceiver_med.io.discover import Skip
 from perceiver_med.inputs.splits import SPLITS
 from perceiver_med.inputs.preprocess import PreprocessConfig
-from perceiver_med.inputs.splits import SplitRow
+from perceiver_med.inputs.samples import Sample
 
 
 # DICOM modalities grouped by what the pictures look like: a model trained on one group says nothing of another.
@@ -48,13 +48,13 @@ class ScanSummary:
     modality_groups: list[str]
 
 
-def describe_scans(rows: list[SplitRow], sample: int = 32) -> ScanSummary:
-    """The kinds and modality groups of up to `sample` scans spread over the splits file (headers only)."""
-    step = max(1, len(rows) // sample)
+def describe_scans(samples: list[Sample], at_most: int = 32) -> ScanSummary:
+    """The kinds and modality groups of up to `at_most` scans spread over the splits file (headers only)."""
+    step = max(1, len(samples) // at_most)
     kinds, groups = set(), set()
-    for row in rows[::step][:sample]:
+    for sample in samples[::step][:at_most]:
         try:
-            scan = find_scan(row.path, row.series_uid)
+            scan = find_scan(sample.path, sample.series_uid)
         except ScanError:
             continue
         kinds.add(scan.kind)
@@ -79,39 +79,38 @@ def scan_mismatch(scan, config) -> str:
 
 @dataclass
 class LoadedInputs:
-    rows: list[SplitRow]
+    samples: list[Sample]  # those prepared, in the splits file's order
     inputs: np.ndarray  # (N, C, H, W) float32
     skipped: list[Skip]
 
     def by_split(self, classes: list[str]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """{split: (inputs, label indices)} for train, val and test; a label the run does not know is a user
         error."""
-        unknown = sorted({row.label for row in self.rows} - set(classes))
+        unknown = sorted({sample.label for sample in self.samples} - set(classes))
         if unknown:
             raise UserError(f"labels {unknown} are not among the run's classes {classes}")
         index = {name: k for k, name in enumerate(classes)}
         data = {}
         for split in SPLITS:
-            picked = [k for k, row in enumerate(self.rows) if row.split == split]
-            labels = torch.tensor([index[self.rows[k].label] for k in picked], dtype=torch.long)
+            picked = [k for k, sample in enumerate(self.samples) if sample.split == split]
+            labels = torch.tensor([index[self.samples[k].label] for k in picked], dtype=torch.long)
             data[split] = (torch.from_numpy(self.inputs[picked]), labels)
         return data
 
 
-def load_split_inputs(rows: list[SplitRow], config: PreprocessConfig, workers: int = 0,
+def load_split_inputs(samples: list[Sample], config: PreprocessConfig, workers: int = 0,
                       on_done: Callable[[int, int], None] | None = None, must_keep: bool = True) -> LoadedInputs:
-    """Preprocess (or fetch from the cache) every row; rows that fail are skipped with their reason."""
-    missing = [row.path for row in rows if not row.path.exists()]
+    """Preprocess (or fetch from the cache) every sample; samples that fail are skipped with their reason."""
+    missing = [sample.path for sample in samples if not sample.path.exists()]
     if missing:
         raise UserError(f"the splits file names {len(missing)} file(s) that do not exist, e.g. {missing[0]}")
-    requests = [InputRequest(row.path, row.series_uid, row.slice, row.point) for row in rows]
-    arrays, reasons = prepare_many(requests, config, workers, on_done=on_done)
+    arrays, reasons = prepare_many(samples, config, workers, on_done=on_done)
     kept, inputs, skipped = [], [], []
-    for row, array, reason in zip(rows, arrays, reasons):
+    for sample, array, reason in zip(samples, arrays, reasons):
         if array is None:
-            skipped.append(Skip(row.path, reason))
+            skipped.append(Skip(sample.path, reason))
         else:
-            kept.append(row)
+            kept.append(sample)
             inputs.append(array)
     if not kept:
         if must_keep:

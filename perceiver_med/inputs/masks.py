@@ -33,7 +33,7 @@ from perceiver_med.files import refuse_inside
 from perceiver_med.io import discover, read_label_map, read_scan
 from perceiver_med.io.discover import Scan, Skip
 from perceiver_med.io.label_maps import is_segmentation, segmented_series
-from perceiver_med.io.labels import folder_label
+from perceiver_med.inputs.labels import folder_label
 from perceiver_med.io.nifti import SUFFIXES as NIFTI_SUFFIXES, is_nifti
 MASK_SUFFIX = re.compile(r"_(seg|segmentation|mask|label|labels)$", re.IGNORECASE)
 CHANNEL_SUFFIX = re.compile(r"_\d{4}$")  # nnU-Net: case_0000.nii.gz is channel 0 of case

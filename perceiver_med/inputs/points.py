@@ -3,7 +3,7 @@
 A row names its scan by `seriesuid` (the DICOM SeriesInstanceUID) or by `path` (relative to the CSV, or to the
 scan folder), and gives `coordX,coordY,coordZ` in DICOM patient coordinates (LPS mm: x towards the patient's
 left, y posterior, z superior), the convention of LUNA16 and pylidc. `diameter_mm`, `label` and `patient_id` are
-optional; any other column is carried along untouched. A NIfTI scan stores RAS, and its reader converts its
+optional; any other column is ignored. A NIfTI scan stores RAS, and its reader converts its
 affine to LPS, so the same coordinates work for both formats.
 
 A row that cannot be used (a cell that is not a number, a series not found) is skipped with its reason; only
@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Callable
 
 from perceiver_med.csvfiles import printable, read_csv
 from perceiver_med.errors import UserError
 from perceiver_med.io.discover import Discovery, Scan, Skip
+from perceiver_med.inputs.samples import Sample
 
 COORDINATES = ("coordX", "coordY", "coordZ")
 NOT_FOUND = "not found among the scans in"
@@ -27,46 +29,16 @@ RAS_HINT = ("no point lies inside its scan: are the coordinates RAS (NIfTI/ITK w
 
 
 @dataclass
-class PointRow:
-    """One row of a points CSV: where the point is and what is known of it.
-
-    Args:
-        line: the row's line in the CSV, for messages.
-        reference: the `seriesuid` or `path` cell as written.
-        by: "seriesuid" or "path".
-        point: (x, y, z) LPS mm.
-        cells: every cell of the row as written (coordinates included), for outputs that carry them.
-    """
-
-    line: int
-    reference: str
-    by: str
-    point: tuple[float, float, float]
-    label: str = ""
-    patient_id: str = ""
-    diameter_mm: float | None = None
-    cells: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def point_id(self) -> str:
-        return f"{self.line}"
-
-
-@dataclass
-class PointSample:
-    """A point matched to its scan."""
-
-    row: PointRow
-    scan: Scan
-
-
-@dataclass
 class PointsFile:
+    """A points CSV's usable rows as samples, before each is matched to its scan (match_points): a sample's `path`
+    is its path cell as written, or for a seriesuid file only its `series_uid` is set; `point_id` is its line."""
+
     source: Path
-    by: str  # "seriesuid" or "path"
+    by: str  # "seriesuid" or "path": the column that names each point's scan
     columns: list[str]
-    rows: list[PointRow]
+    samples: list[Sample]
     skipped: list[Skip]
+    scan_cells: dict[str, str]  # point_id -> the `by` cell as written, for outputs that echo the file
 
 
 def read_points(csv_path: Path) -> PointsFile:
@@ -77,26 +49,29 @@ def read_points(csv_path: Path) -> PointsFile:
     if by is None:
         raise UserError(f"{printable(csv_path)} is not a points file: it needs a seriesuid or a path column to "
                         "name each point's scan")
-    rows, skipped = [], []
-    first: dict[tuple, PointRow] = {}
+    samples, skipped, scan_cells = [], [], {}
+    first: dict[tuple, Sample] = {}
     for record in table.rows:
         try:
             reference = record.path(by) if by == "path" else record.text(by, required=True)
             point = tuple(_number(record, name) for name in COORDINATES)
             diameter = _number(record, "diameter_mm") if record.text("diameter_mm") else None
-            row = PointRow(record.line, reference, by, point, record.text("label"),
-                           record.text("patient_id", any_bytes=True), diameter, dict(record.cells))
+            sample = Sample(Path(reference if by == "path" else ""),
+                            series_uid=reference if by == "seriesuid" else "", point=point,
+                            diameter_mm=diameter, point_id=str(record.line), label=record.text("label"),
+                            patient_id=record.text("patient_id", any_bytes=True))
         except UserError as exc:
             skipped.append(Skip(Path(csv_path), str(exc)))
             continue
-        earlier = first.setdefault((reference, point), row)
-        if earlier is row:
-            rows.append(row)
+        earlier = first.setdefault((reference, point), sample)
+        if earlier is sample:
+            samples.append(sample)
+            scan_cells[str(record.line)] = record.cells.get(by, "")
         else:  # one reason for every repeat of a row, so the skip summary counts them on one line
-            labels = f" (labelled {earlier.label!r} there)" if row.label != earlier.label else ""
-            skipped.append(Skip(Path(csv_path), f"the same point of the same scan as line {earlier.line}{labels}, "
+            labels = f" (labelled {earlier.label!r} there)" if sample.label != earlier.label else ""
+            skipped.append(Skip(Path(csv_path), f"the same point of the same scan as line {earlier.point_id}{labels}, "
                                                 "which is used once"))
-    return PointsFile(Path(csv_path), by, table.columns, rows, skipped)
+    return PointsFile(Path(csv_path), by, table.columns, samples, skipped, scan_cells)
 
 
 def _number(record, column: str) -> float:
@@ -110,9 +85,12 @@ def _number(record, column: str) -> float:
     return value
 
 
-def match_points(points: PointsFile, discovery: Discovery) -> tuple[list[PointSample], list[Skip]]:
-    """Each row's scan among those discovered: by SeriesInstanceUID, or by path (relative to the CSV's folder,
-    else to the scan folder, else absolute). Rows whose scan is not found are skipped with the reason."""
+def match_points(points: PointsFile, discovery: Discovery, mismatch: Callable[[Scan], str] = lambda scan: ""
+                 ) -> tuple[list[Sample], list[Skip]]:
+    """Each row's sample placed on its scan among those discovered: by SeriesInstanceUID, or by path (relative to
+    the CSV's folder, else to the scan folder, else absolute); a patient id the file does not give is the scan's
+    DICOM PatientID. Rows whose scan is not found, is not a volume, or is refused by `mismatch` (a reason, or "")
+    are skipped with the reason."""
     samples, skipped = [], list(points.skipped)
     by_uid: dict[str, Scan] = {}
     by_path: dict[Path, Scan] = {}
@@ -120,26 +98,28 @@ def match_points(points: PointsFile, discovery: Discovery) -> tuple[list[PointSa
         if scan.series_uid:
             by_uid.setdefault(scan.series_uid, scan)
         by_path.setdefault(scan.path.resolve(), scan)
-    for row in points.rows:
-        where = f"{printable(points.source)}:{row.line}"
-        if row.by == "seriesuid":
-            scan = by_uid.get(row.reference)
-            reason = f"{where}: series {printable(row.reference)} {NOT_FOUND} {printable(discovery.root)}"
+    for sample in points.samples:
+        where = f"{printable(points.source)}:{sample.point_id}"
+        if points.by == "seriesuid":
+            scan = by_uid.get(sample.series_uid)
+            reason = f"{where}: series {printable(sample.series_uid)} {NOT_FOUND} {printable(discovery.root)}"
         else:
-            scan = next((by_path[p] for p in _candidates(row.reference, points.source.parent, discovery.root)
+            scan = next((by_path[p] for p in _candidates(sample.path, points.source.parent, discovery.root)
                          if p in by_path), None)
-            reason = f"{where}: {printable(row.reference)} {NOT_FOUND} {printable(discovery.root)}"
+            reason = f"{where}: {printable(sample.path)} {NOT_FOUND} {printable(discovery.root)}"
         if scan is None:
             skipped.append(Skip(points.source, reason))
         elif scan.kind != "volume":
             skipped.append(Skip(scan.path, f"{where}: a point needs a volume, and this scan is a 2D image"))
+        elif reason := mismatch(scan):
+            skipped.append(Skip(scan.path, f"{where}: {reason}"))
         else:
-            samples.append(PointSample(row, scan))
+            samples.append(replace(sample, path=scan.path, series_uid=scan.series_uid,
+                                   patient_id=sample.patient_id or scan.patient_id))
     return samples, skipped
 
 
-def _candidates(reference: str, csv_folder: Path, data: Path) -> list[Path]:
-    path = Path(reference)
+def _candidates(path: Path, csv_folder: Path, data: Path) -> list[Path]:
     if path.is_absolute():
         return [path.resolve()]
     root = data if data.is_dir() else data.parent

@@ -1,4 +1,4 @@
-"""Patient-grouped, label-stratified train/val/test splits, their CSV, and a leakage check.
+"""Patient-grouped, label-stratified train/val/test splits, their CSV (one sample a row), and a leakage check.
 
 The knee project this tool grew from split images, so slices of one knee reached both train
 and test. Here the unit of assignment is the patient: every scan of a patient goes to one split.
@@ -8,14 +8,14 @@ from __future__ import annotations
 import os
 import warnings
 from collections import Counter, defaultdict
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from perceiver_med.csvfiles import CsvRow, printable, read_csv, write_csv
 from perceiver_med.errors import UserError
-from perceiver_med.io.labels import LabelledScan
+from perceiver_med.inputs.samples import Sample
 
 SPLITS = ("train", "val", "test")
 
@@ -25,18 +25,18 @@ def check_ratios(ratios: tuple[float, float, float]) -> None:
         raise UserError(f"split ratios must be three non-negative numbers that sum to 1, got {ratios}")
 
 
-def assign_splits(items: list[LabelledScan], ratios=(0.6, 0.2, 0.2), seed: int = 0) -> list[str]:
-    """The split of each item. Patients are stratified by the set of labels they carry."""
+def assign_splits(samples: list[Sample], ratios=(0.6, 0.2, 0.2), seed: int = 0) -> list[Sample]:
+    """The samples, each with its split. Patients are stratified by the set of labels they carry."""
     check_ratios(tuple(ratios))
-    if any(not item.patient_id for item in items):
+    if any(not sample.patient_id for sample in samples):
         raise UserError("some scans have an empty patient id: every scan needs one, or a patient could "
                         "sit in two splits")
-    classes = sorted({item.label for item in items})
+    classes = sorted({sample.label for sample in samples})
     if len(classes) < 2:
         raise UserError(f"only one class ({classes[0] if classes else 'none'}): a classifier needs at least two")
     patient_labels: dict[str, set[str]] = defaultdict(set)
-    for item in items:
-        patient_labels[item.patient_id].add(item.label)
+    for sample in samples:
+        patient_labels[sample.patient_id].add(sample.label)
     strata: dict[str, list[str]] = defaultdict(list)
     for patient in sorted(patient_labels):
         strata["+".join(sorted(patient_labels[patient]))].append(patient)
@@ -52,7 +52,7 @@ def assign_splits(items: list[LabelledScan], ratios=(0.6, 0.2, 0.2), seed: int =
                 patient_split[patient] = split
             start += count
     _cover_every_class(patient_split, patient_labels, classes, ratios, rng)
-    return [SPLITS[patient_split[item.patient_id]] for item in items]
+    return [replace(sample, split=SPLITS[patient_split[sample.patient_id]]) for sample in samples]
 
 
 def _allocate(n: int, ratios, rng) -> list[int]:
@@ -85,63 +85,37 @@ def _cover_every_class(patient_split, patient_labels, classes, ratios, rng) -> N
             patient_split[donors[0]] = split
 
 
-@dataclass
-class SplitRow:
-    path: Path  # absolute
-    label: str
-    patient_id: str
-    split: str
-    series_uid: str = ""
-    slice: int | None = None
-    point: tuple[float, float, float] | None = None  # LPS mm: the sample is a point-centred grid
-    diameter_mm: float | None = None
-    point_id: str = ""  # where the point came from (its line in the points CSV)
-    fold: int | None = None  # cross-validation fold of a train/val row (split --folds); None for test rows
-
-    @property
-    def identity(self) -> tuple:
-        """Everything a splits file says of the row: two files are the same splits when these sets are equal."""
-        return (str(self.path), self.label, self.patient_id, self.split, self.series_uid, self.slice, self.point,
-                self.fold)
-
-    @property
-    def sample_key(self) -> tuple:
-        """What makes a row one sample: its scan, and its slice or point."""
-        return (self.path, self.series_uid, self.slice, self.point)
-
-
 POINT_COLUMNS = ["coordX", "coordY", "coordZ", "diameter_mm", "point_id"]
 
 
-def assign_folds(rows: list[SplitRow], folds: int, seed: int = 0) -> None:
-    """Give every train/val row a fold 0..folds-1 in place: patient-grouped, stratified by label
+def assign_folds(rows: list[Sample], folds: int, seed: int = 0) -> list[Sample]:
+    """The rows, every train/val row with a fold 0..folds-1: patient-grouped, stratified by label
     (scikit-learn's StratifiedGroupKFold); test rows stay held out, without a fold. A row's split becomes val
     in fold 0 and train elsewhere, so the file trains fold 0 when no fold is asked for."""
     from sklearn.model_selection import StratifiedGroupKFold
 
-    pool = [row for row in rows if row.split != "test"]
-    patients = sorted({row.patient_id for row in pool})
+    pool = [k for k, row in enumerate(rows) if row.split != "test"]
+    patients = sorted({rows[k].patient_id for k in pool})
     if folds < 2 or folds > len(patients):
         raise UserError(f"--folds must be between 2 and the number of train/val patients ({len(patients)}), "
                         f"not {folds}")
-    labels = [row.label for row in pool]
+    labels = [rows[k].label for k in pool]
     # a class with fewer patients than folds leaves some folds without it: allowed, and said by split_notes
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", "The least populated class", UserWarning)
         splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
-        assigned = splitter.split(np.zeros(len(pool)), labels, [row.patient_id for row in pool])
-        for fold, (_, held) in enumerate(assigned):
-            for k in held:
-                pool[k].fold = fold
-                pool[k].split = "val" if fold == 0 else "train"
+        assigned = splitter.split(np.zeros(len(pool)), labels, [rows[k].patient_id for k in pool])
+        fold_of = {pool[k]: fold for fold, (_, held) in enumerate(assigned) for k in held}
+    return [replace(row, fold=fold_of[k], split="val" if fold_of[k] == 0 else "train") if k in fold_of else row
+            for k, row in enumerate(rows)]
 
 
-def sample_noun(rows: list[SplitRow]) -> str:
+def sample_noun(rows: list[Sample]) -> str:
     """What a splits file's rows are, for messages: "points" (point-centred grids, one or more a scan) or "scans"."""
     return "points" if any(row.point is not None for row in rows) else "scans"
 
 
-def fold_rows(rows: list[SplitRow], fold: int) -> list[SplitRow]:
+def fold_rows(rows: list[Sample], fold: int) -> list[Sample]:
     """The rows as fold `fold` trains on them: its own rows are val, the other folds' train, test stays."""
     folds = sorted({row.fold for row in rows if row.fold is not None})
     if not folds:
@@ -152,12 +126,7 @@ def fold_rows(rows: list[SplitRow], fold: int) -> list[SplitRow]:
             for row in rows]
 
 
-def rows_from_items(items: list[LabelledScan], splits: list[str]) -> list[SplitRow]:
-    return [SplitRow(item.scan.path.resolve(), item.label, item.patient_id, split, item.scan.series_uid, item.slice)
-            for item, split in zip(items, splits)]
-
-
-def write_splits(rows: list[SplitRow], out: Path) -> None:
+def write_splits(rows: list[Sample], out: Path) -> None:
     """Write splits.csv atomically.
 
     A scan inside the CSV's folder is written relative to it, so the folder can move as a whole;
@@ -176,7 +145,7 @@ def write_splits(rows: list[SplitRow], out: Path) -> None:
         ["slice"] if with_slice else []) + (POINT_COLUMNS if with_point else []) + (["fold"] if with_fold else [])
     out_dir = Path(out).resolve().parent
 
-    def values(row: SplitRow) -> list:
+    def values(row: Sample) -> list:
         cells = [_path_cell(row.path, out_dir), row.label, row.patient_id, row.split]
         if with_series:
             cells.append(row.series_uid)
@@ -200,7 +169,7 @@ def _path_cell(path: Path, folder: Path) -> str:
         return str(path)
 
 
-def read_splits(csv_path: Path) -> list[SplitRow]:
+def read_splits(csv_path: Path) -> list[Sample]:
     """Read a splits CSV; paths resolved against the CSV's folder. Raises UserError on a malformed file."""
     table = read_csv(csv_path, "splits file", ("path", "label", "patient_id", "split"))
     rows = [_split_row(record) for record in table.rows]
@@ -209,7 +178,7 @@ def read_splits(csv_path: Path) -> list[SplitRow]:
     return rows
 
 
-def _split_row(record: CsvRow) -> SplitRow:
+def _split_row(record: CsvRow) -> Sample:
     split = record.text("split")
     if split not in SPLITS:
         raise record.error(f"split must be train, val or test, not {split!r}")
@@ -219,8 +188,10 @@ def _split_row(record: CsvRow) -> SplitRow:
     fold = record.integer("fold")
     if fold is not None and split == "test":
         raise record.error("a test row has no fold: test patients are held out of cross-validation")
-    return SplitRow(_scan_path(record), record.text("label", required=True), patient, split,
-                    record.text("series_uid"), record.integer("slice"), *_point_cells(record), fold=fold)
+    point, diameter, point_id = _point_cells(record)
+    return Sample(_scan_path(record), series_uid=record.text("series_uid"), slice=record.integer("slice"),
+                  point=point, diameter_mm=diameter, point_id=point_id, label=record.text("label", required=True),
+                  patient_id=patient, split=split, fold=fold)
 
 
 def _point_cells(record: CsvRow) -> tuple:
@@ -249,7 +220,7 @@ def _scan_path(record: CsvRow) -> Path:
     return (record.source.parent / path).resolve()
 
 
-def find_problems(rows: list[SplitRow]) -> list[str]:
+def find_problems(rows: list[Sample]) -> list[str]:
     """What `train` refuses: leakage, repeated scans, missing files, fewer than two classes, no training
     scans. An empty list means the file is sound."""
     problems = []
@@ -280,7 +251,7 @@ def find_problems(rows: list[SplitRow]) -> list[str]:
             problems.append(f"{len(split_up)} train/val patient(s) without one fold, e.g. patient "
                             f"{printable(split_up[0])} in folds "
                             f"{', '.join('none' if f is None else str(f) for f in sorted(folds_of[split_up[0]], key=str))}")
-    repeated = [key for key, n in Counter(row.sample_key for row in rows).items() if n > 1]
+    repeated = [key for key, n in Counter(row.key for row in rows).items() if n > 1]
     if repeated:
         problems.append(f"{len(repeated)} scan(s) listed more than once, e.g. {printable(repeated[0][0])}")
     classes = sorted({row.label for row in rows})
@@ -294,13 +265,13 @@ def find_problems(rows: list[SplitRow]) -> list[str]:
     return problems
 
 
-def split_notes(rows: list[SplitRow], splits=("val", "test")) -> list[str]:
+def split_notes(rows: list[Sample], splits=("val", "test")) -> list[str]:
     """Warnings that do not stop training: an empty validation or test split."""
     return [f"the {split} split is empty: no metrics will be measured on it"
             for split in splits if not any(row.split == split for row in rows)]
 
 
-def fold_notes(rows: list[SplitRow]) -> list[str]:
+def fold_notes(rows: list[Sample]) -> list[str]:
     """Warnings about cross-validation folds that lack a class (too few patients of it for the folds)."""
     classes = sorted({row.label for row in rows})
     folds = sorted({row.fold for row in rows if row.fold is not None})
@@ -312,9 +283,9 @@ def fold_notes(rows: list[SplitRow]) -> list[str]:
     return notes
 
 
-def count_table(rows: list[SplitRow], by_fold: bool = False) -> dict[str, dict[str, tuple[int, int]]]:
+def count_table(rows: list[Sample], by_fold: bool = False) -> dict[str, dict[str, tuple[int, int]]]:
     """{split: {label: (scans, patients)}}, or {"fold k": ...} over the rows that have a fold."""
-    def group(row: SplitRow) -> str | None:
+    def group(row: Sample) -> str | None:
         return (None if row.fold is None else f"fold {row.fold}") if by_fold else row.split
 
     scans = Counter((group(row), row.label) for row in rows)

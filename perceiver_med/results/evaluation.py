@@ -10,14 +10,14 @@ from perceiver_med.errors import UserError
 from perceiver_med.inputs.kinds import check_samples
 from perceiver_med.inputs.splits import SPLITS
 from perceiver_med.inputs.loading import load_split_inputs
-from perceiver_med.inputs.splits import SplitRow
+from perceiver_med.inputs.samples import Sample
 from perceiver_med.results.scoring import run_summary, score_split
 from perceiver_med.run.predictor import Predictor
 from perceiver_med.run.rundir import TrainedOn, sound_rows
 from perceiver_med.training.config import RunConfig, Runtime
 
 
-def score_rows(rows: list[SplitRow], labels: dict[str, np.ndarray], raw: dict[str, np.ndarray],
+def score_rows(rows: list[Sample], labels: dict[str, np.ndarray], raw: dict[str, np.ndarray],
                config: RunConfig) -> dict:
     """metrics.json: the run's positive class, threshold, temperature and bootstrap, and each split's scores from
     the model's probabilities `raw` ({split: (N, K)}, rows in the order of `rows` within each split)."""
@@ -54,13 +54,12 @@ def evaluate_run(run: Path, splits: Path | None = None, split: str = "all", tta:
         loaded = load_split_inputs(rows, config.preprocess, runtime.workers)
     data = loaded.by_split(config.classes)
     raw = {name: predictor.probabilities(inputs) for name, (inputs, labels) in data.items() if len(labels)}
-    return score_rows(loaded.rows, {name: labels.numpy() for name, (_, labels) in data.items()}, raw, config)
+    return score_rows(loaded.samples, {name: labels.numpy() for name, (_, labels) in data.items()}, raw, config)
 
 
-def refuse_training_scans(rows: list[SplitRow], trained_on: TrainedOn) -> None:
+def refuse_training_scans(rows: list[Sample], trained_on: TrainedOn) -> None:
     """Val and test rows of another splits file must be samples and patients the run did not train on."""
-    leaked = [r for r in rows if r.split != "train"
-              and trained_on.split_of(r.path, r.series_uid, r.point, r.patient_id) == "train"]
+    leaked = [r for r in rows if r.split != "train" and trained_on.split_of(r) == "train"]
     if leaked:
         raise UserError(f"{len(leaked)} {leaked[0].split} scan(s) of that splits file were training scans or "
                         f"patients of this run (e.g. patient {leaked[0].patient_id}): their scores would be leaked")

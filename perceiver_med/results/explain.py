@@ -22,8 +22,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from perceiver_med.inputs.cache import InputRequest, find_scan, prepare
+from perceiver_med.inputs.cache import find_scan, prepare
 from perceiver_med.inputs.loading import scan_mismatch
+from perceiver_med.inputs.samples import Sample
 from perceiver_med.errors import ScanError, UserError
 from perceiver_med.csvfiles import printable
 from perceiver_med.run.rundir import check_new_output
@@ -191,21 +192,21 @@ def explain_run(request: ExplainRequest) -> tuple[list[Path], list[Skip]]:
         return _explain_points(predictor, scans, Path(points), out, overwrite)
     given = {Path(path).resolve(): label for path, label in (labels or {}).items()}
     written, skipped = [], []
-    for scan, series_uid in _each_scan(scans):
+    for sample in _each_scan(scans):
         try:
-            found = find_scan(scan, series_uid)
+            found = find_scan(sample.path, sample.series_uid)
             mismatch = scan_mismatch(found, config)
             if mismatch:
                 raise ScanError(mismatch)
-            array = prepare(InputRequest(scan, series_uid), config.preprocess)
+            array = prepare(sample, config.preprocess)
         except ScanError as exc:
-            skipped.append(Skip(scan, str(exc)))
+            skipped.append(Skip(sample.path, str(exc)))
             continue
-        truth = given.get(scan.resolve()) or known_label(found, found.path.parent.parent, config.classes)
-        target = out / f"{_stem(scan)}_explain.png"
+        truth = given.get(sample.path.resolve()) or known_label(found, found.path.parent.parent, config.classes)
+        target = out / f"{_stem(sample.path)}_explain.png"
         if target in written:
-            target = out / f"{_stem(scan)}_{len(written)}_explain.png"
-        _overlay(predictor, array, printable(scan.name), truth, target, overwrite)
+            target = out / f"{_stem(sample.path)}_{len(written)}_explain.png"
+        _overlay(predictor, array, printable(sample.path.name), truth, target, overwrite)
         written.append(target)
     if not written:
         raise UserError(f"no overlay written: {skipped[0].file.name}: {skipped[0].reason}" if skipped else
@@ -242,10 +243,10 @@ def _explain_points(predictor: Predictor, scans: list[Path], points: Path, out: 
     prepared = prepare_points(points, scans, predictor.config)
     written = []
     for sample, array in zip(prepared.samples, prepared.inputs):
-        x, y, z = sample.row.point
-        name = f"{printable(sample.scan.path.name)} line {sample.row.line} ({x:.1f}, {y:.1f}, {z:.1f}) mm LPS"
-        target = out / f"{_stem(sample.scan.path)}_line{sample.row.line}_explain.png"
-        _overlay(predictor, array, name, sample.row.label or None, target, overwrite)
+        x, y, z = sample.point
+        name = f"{printable(sample.path.name)} line {sample.point_id} ({x:.1f}, {y:.1f}, {z:.1f}) mm LPS"
+        target = out / f"{_stem(sample.path)}_line{sample.point_id}_explain.png"
+        _overlay(predictor, array, name, sample.label or None, target, overwrite)
         written.append(target)
     # explain is given a few scans: rows of other scans were not asked for, and are counted, not listed
     others = [skip for skip in prepared.skipped if NOT_FOUND in skip.reason]
@@ -255,18 +256,18 @@ def _explain_points(predictor: Predictor, scans: list[Path], points: Path, out: 
     return written, skipped
 
 
-def _each_scan(paths: list[Path]) -> list[tuple[Path, str]]:
-    """(path, series UID) of every scan given: a file or a series folder as it is, a folder of several scans as
-    each of them (as predict takes a folder)."""
+def _each_scan(paths: list[Path]) -> list[Sample]:
+    """A sample of every scan given: a file or a series folder as it is, a folder of several scans as each of
+    them (as predict takes a folder)."""
     each = []
     for path in paths:
         if not path.exists():
             raise UserError(f"{path} does not exist")
         found = discover(path) if path.is_dir() else None
         if found is not None and len(found.scans) > 1:
-            each += [(scan.path, scan.series_uid) for scan in found.scans]
+            each += [Sample.of(scan) for scan in found.scans]
         else:
-            each.append((path, ""))
+            each.append(Sample(path))
     return each
 
 

@@ -3,75 +3,79 @@ Predictor, one row per sample: path[,coordX,coordY,coordZ][,label],pred,prob_<cl
 run's calibrated ones at full float precision (repr round-trips), `pred` its decision."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
-from perceiver_med.csvfiles import write_csv
+from perceiver_med.csvfiles import read_csv, write_csv
 from perceiver_med.errors import UserError
 from perceiver_med.run.rundir import check_new_output
 from perceiver_med.files import refuse_inside
-from perceiver_med.inputs.cache import InputRequest, prepare_many
+from perceiver_med.inputs.cache import prepare_many
+from perceiver_med.inputs.labels import folder_label, known_patient, laterality_of
 from perceiver_med.inputs.loading import scan_mismatch
 from perceiver_med.inputs.points import COORDINATES
-from perceiver_med.inputs.splits import SplitRow
+from perceiver_med.inputs.samples import Sample
 from perceiver_med.io import discover
 from perceiver_med.io.discover import Skip
-from perceiver_med.io.labels import folder_label, known_patient, laterality_of
-from perceiver_med.run.point_runs import PreparedPoints, check_point_run, prepare_points
+from perceiver_med.run.point_runs import check_point_run, prepare_points
 from perceiver_med.run.predictor import Decisions, Predictor
 from perceiver_med.training.config import Runtime, applies_runtime, is_laterality
 
 
-def write_predictions(path: Path, paths: list[str], labels: list[str] | None, decided: Decisions,
-                      points: list | None = None) -> None:
-    """path[,coordX,coordY,coordZ][,label],pred,prob_<class>...; `points` (LPS mm, one per row) tell the samples
-    of a run trained on points apart."""
-    columns = ["path"] + (list(COORDINATES) if points else []) + (
-        ["label"] if labels is not None else []) + ["pred"] + [f"prob_{c}" for c in decided.classes]
+def write_predictions(path: Path, samples: list[Sample], decided: Decisions, with_points: bool = False,
+                      scan_column: tuple[str, list[str]] | None = None) -> None:
+    """One row per sample: path[,coordX,coordY,coordZ][,label],pred,prob_<class>... `with_points` writes each
+    sample's point (LPS mm), which tells the samples of a run trained on points apart; the label column is there
+    when every sample's label is one of the run's classes. `scan_column` (a name and one cell per sample) names
+    the scans as a points file did, instead of by their paths."""
+    name, scans = scan_column or ("path", [str(sample.path) for sample in samples])
+    with_label = all(sample.label in decided.classes for sample in samples)
+    columns = [name] + (list(COORDINATES) if with_points else []) + (["label"] if with_label else []) + [
+        "pred"] + [f"prob_{c}" for c in decided.classes]
     names = decided.names
 
-    def row(k: int, scan: str) -> list:
-        # floats, not text: the csv module writes their repr, and a probability is never escaped
-        return ([scan] + (list(points[k]) if points else []) + ([labels[k]] if labels is not None else [])
+    def row(k: int, sample: Sample) -> list:
+        # floats, not text: the csv module writes their repr (a point's is the value given), and a number is
+        # never formula-escaped
+        return ([scans[k]] + (list(sample.point) if with_points else []) + ([sample.label] if with_label else [])
                 + [names[k]] + [float(v) for v in decided.probs[k]])
 
-    write_csv(path, columns, (row(k, scan) for k, scan in enumerate(paths)))
-
-
-def write_split_predictions(path: Path, rows: list[SplitRow], decided: Decisions, with_points: bool) -> None:
-    """predictions_<split>.csv of splits rows, with each row's point for a run trained on points."""
-    write_predictions(path, [str(row.path) for row in rows], [row.label for row in rows], decided,
-                      [row.point for row in rows] if with_points else None)
-
-
-def write_point_predictions(out: Path, prepared: PreparedPoints, decided: Decisions) -> None:
-    """One row per point: its scan and coordinates as the points file wrote them, [label,] pred, prob_<class>."""
-    labels = [s.row.label for s in prepared.samples]
-    with_label = all(label in decided.classes for label in labels)
-    columns = [prepared.by, *COORDINATES] + (["label"] if with_label else []) + ["pred"] + [
-        f"prob_{c}" for c in decided.classes]
-    names = decided.names
-
-    def row(k: int) -> list:
-        cells = prepared.samples[k].row.cells
-        # the coordinates as numbers: their repr is the value given, and a number is never formula-escaped
-        return ([cells.get(prepared.by, ""), *prepared.samples[k].row.point]
-                + ([labels[k]] if with_label else []) + [names[k]] + [float(v) for v in decided.probs[k]])
-
-    write_csv(out, columns, (row(k) for k in range(len(prepared.samples))))
+    write_csv(path, columns, (row(k, sample) for k, sample in enumerate(samples)))
 
 
 @dataclass
-class Prediction:
-    path: Path
-    label: str | None
-    probs: np.ndarray  # calibrated with the run's temperature
-    pred: str = ""  # the run's decision: its threshold for two classes, else the most probable class
-    point: tuple[float, float, float] | None = None  # LPS mm, for a run trained on points
-    seen: str = ""  # "train" or "val" where the run learnt from this sample or its patient, "test", or "" (unseen)
+class PredictionsFile:
+    """A predictions CSV read back: its samples (path, point and label as written; label "" where the file has
+    none), the class decided for each, their calibrated probabilities, and each row's line for a reader to look
+    it up. Paths may hold patient ids: the report never shows them."""
+
+    samples: list[Sample]
+    names: list[str]  # the pred column
+    probs: np.ndarray  # (N, K), columns in the order of `classes`
+    classes: list[str]
+    lines: list[int]
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def probability(self, k: int, name: str) -> float:
+        """Row k's probability of class `name`."""
+        return float(self.probs[k, self.classes.index(name)])
+
+
+def read_predictions(path: Path, classes: list[str]) -> PredictionsFile:
+    """A predictions CSV that write_predictions wrote for a run with these classes."""
+    table = read_csv(path, "predictions file", ("path", "pred"))
+    with_points = all(c in table.columns for c in COORDINATES)
+    samples = [Sample(Path(row.path()), label=row.cells.get("label", ""),
+                      point=tuple(float(row.cells[c]) for c in COORDINATES) if with_points else None)
+               for row in table.rows]
+    probs = np.array([[float(row.cells[f"prob_{c}"]) for c in classes] for row in table.rows], float)
+    return PredictionsFile(samples, [row.cells["pred"] for row in table.rows], probs.reshape(-1, len(classes)),
+                           list(classes), [row.line for row in table.rows])
 
 
 @dataclass(frozen=True)
@@ -90,43 +94,50 @@ class PredictRequest:
 
 
 @dataclass
-class PredictResult:
-    predictions: list[Prediction]
-    skipped: list[Skip]  # files or points rows not predicted, with their reasons
-    classes: list[str]
+class Predicted:
+    """What `predict` says: its samples (a label the run does not know is ""; `split` is the run's where the run
+    learnt from the sample or its patient, else ""), the run's decisions for them in order, what was skipped, and
+    the run's decision rule and where the true labels came from, for the summary."""
+
+    samples: list[Sample]
+    decided: Decisions
+    skipped: list[Skip]
     positive_class: str
     threshold: float | None  # the run's decision threshold on the positive class (None: the most probable class)
-    label_source: str  # where the true labels beside the predictions come from, for messages
+    label_source: str
 
 
 @applies_runtime
-def predict_run(request: PredictRequest, on_done: Callable[[int, int], None] | None = None) -> PredictResult:
+def predict_run(request: PredictRequest, on_done: Callable[[int, int], None] | None = None) -> Predicted:
     """Predict every scan in a folder (or one file), or for a run trained on points every row of `points`;
-    writes `out` and returns the predictions, the skipped files or rows with their reasons, and the run's
-    decision rule."""
-    run, scans, out, points, overwrite = request.run, request.scans, request.out, request.points, request.overwrite
-    predictor = Predictor(run, request.runtime.device, request.tta)
-    workers = request.runtime.workers
+    writes `out` and returns the samples with the run's decisions, and the files or rows skipped with their
+    reasons."""
+    scans, out, points, workers = Path(request.scans), request.out, request.points, request.runtime.workers
+    predictor = Predictor(request.run, request.runtime.device, request.tta)
     config = predictor.config
-
-    def result(predictions: list[Prediction], skipped: list[Skip]) -> PredictResult:
-        source = ("points file" if points is not None else
-                  "class folders or laterality" if is_laterality(config.classes) else "class folders")
-        return PredictResult(predictions, skipped, config.classes, config.positive_class, config.decision.threshold,
-                             source)
-
     refuse_inside(out, scans)
-    check_new_output(out, overwrite)
+    check_new_output(out, request.overwrite)
     check_point_run(config, points)
-    run_splits = predictor.run.trained_on(config)
+    trained_on = predictor.run.trained_on(config)
     if points is not None:
-        prepared = prepare_points(Path(points), Path(scans), config, workers, on_done)
-        decided = predictor.predict(prepared.inputs)
-        write_point_predictions(out, prepared, decided)
-        return result([Prediction(s.scan.path, _known(s.row.label, config.classes), p, name, s.row.point,
-                                  run_splits.split_of(s.scan.path, s.scan.series_uid, s.row.point,
-                                                      s.row.patient_id or s.scan.patient_id))
-                       for s, p, name in zip(prepared.samples, decided.probs, decided.names)], prepared.skipped)
+        prepared = prepare_points(Path(points), scans, config, workers, on_done)
+        samples, inputs, skipped = prepared.samples, prepared.inputs, prepared.skipped
+        scan_column = prepared.scan_column
+    else:
+        samples, inputs, skipped = _prepare_scans(scans, config, workers, on_done)
+        scan_column = None
+    samples = [replace(sample, label=_known(sample.label, config.classes), split=trained_on.split_of(sample))
+               for sample in samples]
+    decided = predictor.predict(inputs)
+    write_predictions(out, samples, decided, points is not None, scan_column)
+    source = ("points file" if points is not None else
+              "class folders or laterality" if is_laterality(config.classes) else "class folders")
+    return Predicted(samples, decided, skipped, config.positive_class, config.decision.threshold, source)
+
+
+def _prepare_scans(scans: Path, config, workers: int, on_done) -> tuple[list[Sample], np.ndarray, list[Skip]]:
+    """A sample of every scan under `scans` that suits the run, with its label and patient where the files tell
+    them, and its model input; the others skipped with their reason."""
     found = discover(scans)
     if not found.scans:
         raise UserError(f"no readable scans in {scans} ({len(found.skipped)} file(s) skipped)")
@@ -137,33 +148,26 @@ def predict_run(request: PredictRequest, on_done: Callable[[int, int], None] | N
         if reason:
             skipped.append(Skip(scan.path, reason))
         else:
-            usable.append(scan)
+            usable.append(Sample.of(scan, label=known_label(scan, found.root, config.classes),
+                                    patient_id=known_patient(scan, found.root)))
     if not usable:
         raise UserError(f"no scan in {scans} suits this run ({skipped[-1].reason})")
-    requests = [InputRequest(scan.path, scan.series_uid) for scan in usable]
-    arrays, reasons = prepare_many(requests, config.preprocess, workers, on_done=on_done)
+    arrays, reasons = prepare_many(usable, config.preprocess, workers, on_done=on_done)
     skipped += [Skip(s.path, r) for s, r, a in zip(usable, reasons, arrays) if a is None]
-    kept = [(scan, a) for scan, a in zip(usable, arrays) if a is not None]
+    kept = [(sample, a) for sample, a in zip(usable, arrays) if a is not None]
     if not kept:
         raise UserError(f"no scan in {scans} could be prepared ({skipped[-1].reason})")
-    decided = predictor.predict(np.stack([a for _, a in kept]))
-    labels = [known_label(scan, found.root, config.classes) for scan, _ in kept]
-    known = labels if all(label is not None for label in labels) else None
-    write_predictions(out, [str(scan.path) for scan, _ in kept], known, decided)
-    predictions = [Prediction(scan.path, label, p, name,
-                              seen=run_splits.split_of(scan.path, scan.series_uid, None, known_patient(scan, found.root)))
-                   for (scan, _), label, p, name in zip(kept, labels, decided.probs, decided.names)]
-    return result(predictions, skipped)
+    return [sample for sample, _ in kept], np.stack([a for _, a in kept]), skipped
 
 
-def _known(label: str | None, classes: list[str]) -> str | None:
-    return label if label in classes else None
+def _known(label: str | None, classes: list[str]) -> str:
+    return label if label in classes else ""
 
 
-def known_label(scan, root: Path, classes: list[str]) -> str | None:
+def known_label(scan, root: Path, classes: list[str]) -> str:
     """A scan's true label where the files tell it: the class folder holding it under `root`, else for left/right
-    runs its laterality (DICOM, or LEFT/RIGHT in the file name). Labels the run does not know are None."""
+    runs its laterality (DICOM, or LEFT/RIGHT in the file name). Labels the run does not know are ""."""
     label = _known(folder_label(scan, root), classes)
-    if label is None and is_laterality(classes):
+    if not label and is_laterality(classes):
         label = _known(laterality_of(scan), classes)
     return label

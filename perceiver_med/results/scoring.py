@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from perceiver_med.io.labels import laterality_in_name
+from perceiver_med.inputs.labels import laterality_in_name
 from perceiver_med.training.config import Decision, RunConfig, is_laterality
 from perceiver_med.stats.metrics import split_metrics, threshold_metrics
-from perceiver_med.inputs.splits import SplitRow
+from perceiver_med.inputs.samples import Sample
 from perceiver_med.stats.statistics import (RESAMPLES, aggregate, apply_temperature, bootstrap_ci, brier_score,
                                               calibration_temperature, choose_threshold, expected_calibration_error,
                                               reliability_bins)
@@ -62,7 +62,7 @@ def run_summary(config: RunConfig) -> dict:
             "temperature": decision.temperature, "temperature_fitted_on": decision.temperature_fitted_on or None}
 
 
-def unit_keys(rows: list[SplitRow], classes: list[str]) -> dict[str, list | None]:
+def unit_keys(rows: list[Sample], classes: list[str]) -> dict[str, list | None]:
     """Each sample's patient, knee (patient x laterality) and series. Laterality is the label for left/right
     runs, else a LEFT/RIGHT token in the file name; knee is None unless every sample has one. A series is the
     splits file's series_uid where it has one, else the scan's file or folder."""
@@ -73,7 +73,7 @@ def unit_keys(rows: list[SplitRow], classes: list[str]) -> dict[str, list | None
             "series": [(row.patient_id, row.series_uid or str(row.path)) for row in rows]}
 
 
-def score_split(labels: np.ndarray, raw_probs: np.ndarray, rows: list[SplitRow], config: RunConfig,
+def score_split(labels: np.ndarray, raw_probs: np.ndarray, rows: list[Sample], config: RunConfig,
                 resamples: int = RESAMPLES, calibrated: np.ndarray | None = None) -> dict:
     """One split's metrics.json entry from the model's raw probabilities and the split's rows (same order).
 

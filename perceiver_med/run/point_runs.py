@@ -7,14 +7,15 @@ from typing import Callable
 
 import numpy as np
 
-from perceiver_med.inputs.cache import InputRequest, prepare_many
+from perceiver_med.inputs.cache import prepare_many
 from perceiver_med.csvfiles import printable
 from perceiver_med.inputs.loading import scan_mismatch
 from perceiver_med.errors import UserError
 from perceiver_med.inputs.kinds import check_samples
 from perceiver_med.io import discover
 from perceiver_med.io.discover import Skip
-from perceiver_med.inputs.points import RAS_HINT, PointSample, all_outside, match_points, read_points
+from perceiver_med.inputs.points import RAS_HINT, PointsFile, all_outside, match_points, read_points
+from perceiver_med.inputs.samples import Sample
 
 
 def check_point_run(config, points: Path | None) -> None:
@@ -25,10 +26,15 @@ def check_point_run(config, points: Path | None) -> None:
 
 @dataclass
 class PreparedPoints:
-    by: str  # "seriesuid" or "path": the points file's column naming the scan
-    samples: list[PointSample]
+    points: PointsFile
+    samples: list[Sample]  # each placed on its scan
     inputs: np.ndarray  # (N, C, H, W)
     skipped: list[Skip]
+
+    @property
+    def scan_column(self) -> tuple[str, list[str]]:
+        """The points file's column naming each sample's scan (seriesuid or path), and its cells as written."""
+        return self.points.by, [self.points.scan_cells[sample.point_id] for sample in self.samples]
 
 
 def prepare_points(points: Path, scans: Path | list[Path], config, workers: int = 0,
@@ -44,21 +50,13 @@ def prepare_points(points: Path, scans: Path | list[Path], config, workers: int 
         more = discover(folder)
         found.scans += more.scans
         found.skipped += more.skipped
-    samples, skipped = match_points(table, found)
+    usable, skipped = match_points(table, found, lambda scan: scan_mismatch(scan, config))
     skipped = list(found.skipped) + skipped
-    usable = []
-    for sample in samples:
-        reason = scan_mismatch(sample.scan, config)
-        if reason:
-            skipped.append(Skip(sample.scan.path, f"{printable(points)}:{sample.row.line}: {reason}"))
-        else:
-            usable.append(sample)
-    requests = [InputRequest(s.scan.path, s.scan.series_uid, point=s.row.point) for s in usable]
-    arrays, reasons = prepare_many(requests, config.preprocess, workers, on_done=on_done)
+    arrays, reasons = prepare_many(usable, config.preprocess, workers, on_done=on_done)
     kept, inputs = [], []
     for sample, array, reason in zip(usable, arrays, reasons):
         if array is None:
-            skipped.append(Skip(sample.scan.path, f"{printable(points)}:{sample.row.line}: {reason}"))
+            skipped.append(Skip(sample.path, f"{printable(points)}:{sample.point_id}: {reason}"))
         else:
             kept.append(sample)
             inputs.append(array)
@@ -66,5 +64,5 @@ def prepare_points(points: Path, scans: Path | list[Path], config, workers: int 
         hint = f" ({RAS_HINT})" if all_outside(skipped) else ""
         first = skipped[-1].reason if skipped else "the points file lists no points"
         raise UserError(f"no point of {printable(points)} could be used: {first}{hint}")
-    return PreparedPoints(table.by, kept, np.stack(inputs).astype(np.float32), skipped)
+    return PreparedPoints(table, kept, np.stack(inputs).astype(np.float32), skipped)
 

@@ -20,7 +20,8 @@ from torch import nn
 from perceiver_med.errors import UserError
 from perceiver_med.files import FILE_MODE, check_name, expect_new, not_regular, writing_error
 from perceiver_med.inputs.cache import INPUT_VERSION
-from perceiver_med.inputs.splits import SplitRow, find_problems, read_splits
+from perceiver_med.inputs.samples import Sample
+from perceiver_med.inputs.splits import find_problems, read_splits
 from perceiver_med.training.config import RunConfig, read_run_config
 from perceiver_med.training.engine import FitFiles
 
@@ -71,7 +72,7 @@ def load_run_config(run: Path) -> RunConfig:
     return config
 
 
-def sound_rows(splits: Path) -> list[SplitRow]:
+def sound_rows(splits: Path) -> list[Sample]:
     """A splits file's rows, refused (UserError naming every problem) where train would refuse them."""
     rows = read_splits(splits)
     problems = find_problems(rows)
@@ -90,15 +91,20 @@ class TrainedOn:
     """Which split of a run each of its samples, and each of its patients, was in: a sample the run learnt from (or
     a sample of a patient it learnt from) never counts as unseen data."""
 
-    def __init__(self, rows: list[SplitRow]):
-        self.samples = {(row.path.resolve(), row.series_uid, row.point): row.split for row in rows}
+    def __init__(self, rows: list[Sample]):
+        self.samples = {self._key(row): row.split for row in rows}
         self.patients = {row.patient_id: row.split for row in rows if row.patient_id}
 
-    def split_of(self, path: Path, series_uid: str, point, patient_id: str) -> str:
+    @staticmethod
+    def _key(sample: Sample) -> tuple:
+        """Its scan and point, not its slice: predict takes whole scans, and a training slice's scan is seen."""
+        return (sample.path.resolve(), sample.series_uid, sample.point)
+
+    def split_of(self, sample: Sample) -> str:
         """"train", "val", "test", or "" for a sample and patient the run has not seen."""
-        split = self.samples.get((Path(path).resolve(), series_uid, point))
-        if split is None and patient_id:
-            split = self.patients.get(patient_id)
+        split = self.samples.get(self._key(sample))
+        if split is None and sample.patient_id:
+            split = self.patients.get(sample.patient_id)
         return split or ""
 
 
@@ -184,7 +190,7 @@ class RunDir:
         """config.json, checked (load_run_config)."""
         return load_run_config(self.path)
 
-    def frozen_rows(self, config: RunConfig) -> list[SplitRow]:
+    def frozen_rows(self, config: RunConfig) -> list[Sample]:
         """The splits the run was trained on: its own copy, refused if it changed since it was written."""
         from perceiver_med.files import file_sha256
 

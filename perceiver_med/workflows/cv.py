@@ -32,9 +32,10 @@ from perceiver_med.models import DEFAULT_MODEL
 from perceiver_med.models.ensemble import mean_of_members
 from perceiver_med.inputs.splits import SPLITS
 from perceiver_med.workflows.train import TrainRequest, TrainResult, refuse_inside_scans, train_run
-from perceiver_med.results.predictions import write_split_predictions
+from perceiver_med.results.predictions import write_predictions
 from perceiver_med.results.scoring import fit_decision, run_summary, score_split
-from perceiver_med.inputs.splits import SplitRow, fold_rows, read_splits, write_splits
+from perceiver_med.inputs.samples import Sample
+from perceiver_med.inputs.splits import fold_rows, read_splits, write_splits
 
 
 
@@ -117,7 +118,7 @@ def _train_fold(out: Path, fold: int, count: int, source: Path, model_name: str,
                                   resume=resuming, fold=fold), reporter, on_prepared)
 
 
-def _cv_rows(splits: Path) -> list[SplitRow]:
+def _cv_rows(splits: Path) -> list[Sample]:
     """The splits file's rows as the ensemble sees them: every row of a fold is a training row."""
     rows = sound_rows(splits)
     if not any(row.fold is not None for row in rows):
@@ -150,17 +151,17 @@ def _resumed(out: Path, model_name: str | None, options: dict, splits: Path | No
     return started_with, {k: v for k, v in stored.items() if k not in RUNTIME_OPTIONS}, source
 
 
-def _member_probabilities(run: Path, rows: list[SplitRow], device: torch.device
+def _member_probabilities(run: Path, rows: list[Sample], device: torch.device
                           ) -> dict[tuple, tuple[np.ndarray, np.ndarray]]:
     """A member's (uncalibrated, calibrated) probabilities by sample, for the rows it can prepare; the calibrated
     ones are what its predictions files hold."""
     predictor = Predictor(run, device)
     loaded = load_split_inputs(rows, predictor.config.preprocess)
     decided = predictor.predict(loaded.inputs)
-    return {row.sample_key: (raw, probs) for row, raw, probs in zip(loaded.rows, decided.raw, decided.probs)}
+    return {row.key: (raw, probs) for row, raw, probs in zip(loaded.samples, decided.raw, decided.probs)}
 
 
-def _ensemble(out: Path, rows: list[SplitRow], folds: list[int], splits_file: str, device: str
+def _ensemble(out: Path, rows: list[Sample], folds: list[int], splits_file: str, device: str
               ) -> tuple[RunConfig, dict]:
     """Score the out-of-fold predictions and the ensemble on test; write OUT's config, metrics and predictions."""
     torch_device = pick_device(device)
@@ -176,8 +177,7 @@ def _ensemble(out: Path, rows: list[SplitRow], folds: list[int], splits_file: st
         held_out = [row for row in fold_rows(rows, fold) if row.split == "val"]
         # one load and one pass per member for its held-out and the test rows (disjoint samples)
         predicted = _member_probabilities(out / member, held_out + test, torch_device)
-        out_of_fold.update({row.sample_key: predicted[row.sample_key] for row in held_out
-                            if row.sample_key in predicted})
+        out_of_fold.update({row.key: predicted[row.key] for row in held_out if row.key in predicted})
         if test:
             test_probs.append({key: calibrated for key, (_, calibrated) in predicted.items()})
         try:
@@ -188,9 +188,9 @@ def _ensemble(out: Path, rows: list[SplitRow], folds: list[int], splits_file: st
         per_fold.append({"fold": fold, **{split: {k: fold_metrics.get(split, {}).get(k)
                                                   for k in ("n", "accuracy", "roc_auc", "loss")}
                                           for split in SPLITS}})
-    oof_rows = [row for row in rows if row.sample_key in out_of_fold]
-    oof_raw = np.array([out_of_fold[row.sample_key][0] for row in oof_rows])
-    oof = np.array([out_of_fold[row.sample_key][1] for row in oof_rows])
+    oof_rows = [row for row in rows if row.key in out_of_fold]
+    oof_raw = np.array([out_of_fold[row.key][0] for row in oof_rows])
+    oof = np.array([out_of_fold[row.key][1] for row in oof_rows])
     oof_labels = np.array([index[row.label] for row in oof_rows])
     decision = fit_decision({"val": oof_labels}, {"val": oof}, member_config.threshold_rule, classes,
                             member_config.positive_class, calibrate=False, source="out_of_fold")
@@ -207,15 +207,13 @@ def _ensemble(out: Path, rows: list[SplitRow], folds: list[int], splits_file: st
                # calibration "before" is of the members' uncalibrated probabilities, "after" of the calibrated ones
                "out_of_fold": score_split(oof_labels, oof_raw, oof_rows, config, calibrated=oof)}
     with_points = config.preprocess.kind.takes_points
-    write_split_predictions(out / predictions_name("out_of_fold"), oof_rows, Decisions.of(oof, config),
-                            with_points)
+    write_predictions(out / predictions_name("out_of_fold"), oof_rows, Decisions.of(oof, config), with_points)
     # a test sample counts only where every member could prepare it
-    test_rows = [row for row in test if all(row.sample_key in probs for probs in test_probs)]
+    test_rows = [row for row in test if all(row.key in probs for probs in test_probs)]
     if test_rows:
-        ensemble = mean_of_members([np.array([probs[row.sample_key] for row in test_rows]) for probs in test_probs])
+        ensemble = mean_of_members([np.array([probs[row.key] for row in test_rows]) for probs in test_probs])
         metrics["test"] = score_split(np.array([index[row.label] for row in test_rows]), ensemble, test_rows, config)
-        write_split_predictions(out / predictions_name("test"), test_rows, Decisions.of(ensemble, config),
-                                with_points)
+        write_predictions(out / predictions_name("test"), test_rows, Decisions.of(ensemble, config), with_points)
     atomic_text(out / METRICS, lambda h: json.dump(metrics, h, indent=2))
     atomic_text(out / CONFIG, lambda h: h.write(config.to_json()))  # last: its presence marks a whole run
     return config, metrics

@@ -66,16 +66,15 @@ def run_demo(request: DemoRequest, reporter: Reporter | None = None, say: Callab
     result, test = _train_and_evaluate(out, epochs, seed, reporter, say, "on the radiographs")
     unseen, _ = synth("knee", out / "unseen", max(4, patients // 8), "png", seed + 1000,
                       first=patients)
-    predictions = predict_run(PredictRequest(out / "run", unseen, out / "predictions.csv",
-                                             runtime=DEMO_RUNTIME)).predictions
-    correct = sum(p.pred in p.path.name.lower() for p in predictions)
-    say(f"5. predictions for {len(predictions)} unseen scans: {out / 'predictions.csv'} "
-        f"({correct}/{len(predictions)} match the LEFT/RIGHT in their names)")
+    predicted = predict_run(PredictRequest(out / "run", unseen, out / "predictions.csv", runtime=DEMO_RUNTIME))
+    correct = sum(pred in sample.path.name.lower() for sample, pred in zip(predicted.samples, predicted.decided.names))
+    say(f"5. predictions for {len(predicted.samples)} unseen scans: {out / 'predictions.csv'} "
+        f"({correct}/{len(predicted.samples)} match the LEFT/RIGHT in their names)")
     examples = sorted(unseen.iterdir())[:4]
     written, _ = explain_run(ExplainRequest(out / "run", examples, out / "explain"))
     say(f"6. evidence overlays (what each prediction rests on): {out / 'explain'} ({len(written)} PNGs)")
     say(f"done in {time.perf_counter() - started:.0f} s")
-    return {"test": test, "train_metrics": result.metrics, "unseen_correct": correct, "unseen": len(predictions)}
+    return {"test": test, "train_metrics": result.metrics, "unseen_correct": correct, "unseen": len(predicted.samples)}
 
 
 def _train_and_evaluate(out: Path, epochs: int, seed: int, reporter: Reporter | None, say: Callable[[str], None],
@@ -103,13 +102,13 @@ def _lung_demo(out: Path, patients: int, epochs: int, seed: int, reporter: Repor
     result, test = _train_and_evaluate(out, epochs, seed, reporter, say, "on 3x3 grids around each point")
     unseen, _ = synth("lung", out / "unseen", max(4, patients // 8), "dicom", seed + 1000, points=True,
                       first=patients)
-    predictions = predict_run(PredictRequest(out / "run", unseen / "scans", out / "predictions.csv",
-                                             points=unseen / "points.csv", runtime=DEMO_RUNTIME)).predictions
-    correct = sum(p.pred == p.label for p in predictions)
-    say(f"5. predictions for {len(predictions)} nodules of unseen patients: {out / 'predictions.csv'} "
-        f"({correct}/{len(predictions)} match the labels in their points file)")
+    predicted = predict_run(PredictRequest(out / "run", unseen / "scans", out / "predictions.csv",
+                                           points=unseen / "points.csv", runtime=DEMO_RUNTIME))
+    correct = sum(pred == sample.label for sample, pred in zip(predicted.samples, predicted.decided.names))
+    say(f"5. predictions for {len(predicted.samples)} nodules of unseen patients: {out / 'predictions.csv'} "
+        f"({correct}/{len(predicted.samples)} match the labels in their points file)")
     example = sorted(p for p in (unseen / "scans").iterdir() if p.is_dir())[0]
     written, _ = explain_run(ExplainRequest(out / "run", [example], out / "explain", points=unseen / "points.csv"))
     say(f"6. evidence overlays, one per nodule of {example.name}: {out / 'explain'} ({len(written)} PNGs)")
     say(f"done in {time.perf_counter() - started:.0f} s")
-    return {"test": test, "train_metrics": result.metrics, "unseen_correct": correct, "unseen": len(predictions)}
+    return {"test": test, "train_metrics": result.metrics, "unseen_correct": correct, "unseen": len(predicted.samples)}

@@ -2,13 +2,13 @@
 options (a request object where there are many) and returns what the CLI prints."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from perceiver_med.inputs.cache import InputRequest, find_scan, prepare, usable_cache_root
+from perceiver_med.inputs.cache import find_scan, prepare, usable_cache_root
 from perceiver_med.csvfiles import printable, write_csv
 from perceiver_med.inputs.loading import LoadedInputs, describe_scans, load_split_inputs, preprocess_config
 from perceiver_med.errors import ScanError, UserError
@@ -16,16 +16,16 @@ from perceiver_med.files import atomic_path, refuse_inside
 from perceiver_med.run.rundir import check_new_output, refuse_inside_runs
 from perceiver_med.io import Discovery, discover
 from perceiver_med.io.discover import Skip
-from perceiver_med.io.labels import LabelledScan, LabelledSet, label_scans
+from perceiver_med.inputs.labels import LabelledSet, label_scans
 from perceiver_med.inputs.masks import MaskPoints, points_from_masks
-from perceiver_med.inputs.points import PointSample, match_points, parse_point, read_points
+from perceiver_med.inputs.points import match_points, parse_point, read_points
+from perceiver_med.inputs.samples import Sample
 from perceiver_med.inputs.kinds import AUTO, check_samples, choose_kind
 from perceiver_med.inputs.preprocess import PreprocessConfig
 from perceiver_med.results.report.flow import write_flow_record
 from perceiver_med.inputs.windows import parse_window
-from perceiver_med.inputs.splits import (SPLITS, SplitRow, assign_folds, assign_splits, check_ratios, count_table,
-                                  find_problems, fold_notes, read_splits, rows_from_items, sample_noun, split_notes,
-                                  write_splits)
+from perceiver_med.inputs.splits import (SPLITS, assign_folds, assign_splits, check_ratios, count_table, find_problems,
+                                         fold_notes, read_splits, sample_noun, split_notes, write_splits)
 from perceiver_med.synth.phantoms import synth
 from perceiver_med.training.config import Runtime, applies_runtime
 
@@ -68,8 +68,11 @@ def inspect_folder(data: Path, out: Path | None = None, *, overwrite: bool = Fal
         discovery = discover(data)
         try:
             labelled = label_scans(discovery)
-            discovery.labels = {item.scan.id: item.label for item in labelled.items}
-            discovery.patients = {item.scan.id: item.patient_id for item in labelled.items}
+            samples = {(sample.path, sample.series_uid): sample for sample in labelled.samples}
+            labelled_scans = [(scan.id, samples.get((scan.path.resolve(), scan.series_uid)))
+                              for scan in discovery.scans]
+            discovery.labels = {scan_id: sample.label for scan_id, sample in labelled_scans if sample}
+            discovery.patients = {scan_id: sample.patient_id for scan_id, sample in labelled_scans if sample}
         except UserError:  # no label source: inspect still lists the scans
             discovery.labels = {}
     if out is not None:
@@ -82,7 +85,7 @@ def inspect_folder(data: Path, out: Path | None = None, *, overwrite: bool = Fal
 class SplitResult:
     discovery: Discovery
     labelled: LabelledSet
-    rows: list[SplitRow]
+    rows: list[Sample]
     notes: list[str]  # the labels' notes, then any empty split
 
     @property
@@ -151,19 +154,15 @@ def split_folder(data: Path, out: Path, ratios=(0.6, 0.2, 0.2), seed: int = 0, l
     refuse_inside(out, data)
     discovery = discover(data)
     if points_csv is not None:
-        labelled, samples = label_points(points_csv, discovery)
+        labelled = label_points(points_csv, discovery)
     else:
         labelled = label_scans(discovery, label_from, labels_csv, patient_regex)
-    if not labelled.items:
+    if not labelled.samples:
         raise UserError(f"no labelled scans in {data}" + (f" ({labelled.skipped[0].reason})"
                                                           if labelled.skipped else ""))
-    splits = assign_splits(labelled.items, ratios, seed)
-    rows = rows_from_items(labelled.items, splits)
-    if points_csv is not None:
-        for row, sample in zip(rows, samples):
-            row.point, row.diameter_mm, row.point_id = sample.row.point, sample.row.diameter_mm, sample.row.point_id
+    rows = assign_splits(labelled.samples, ratios, seed)
     if folds is not None:
-        assign_folds(rows, folds, seed)
+        rows = assign_folds(rows, folds, seed)
     problems = find_problems(rows)  # what `split --check` and `train` would refuse is never written
     if problems:
         raise UserError(f"{printable(data)}: " + "; ".join(problems))
@@ -173,27 +172,25 @@ def split_folder(data: Path, out: Path, ratios=(0.6, 0.2, 0.2), seed: int = 0, l
     return SplitResult(discovery, labelled, rows, labelled.notes + split_notes(rows, asked) + fold_notes(rows))
 
 
-def label_points(points_csv: Path, discovery: Discovery) -> tuple[LabelledSet, list[PointSample]]:
+def label_points(points_csv: Path, discovery: Discovery) -> LabelledSet:
     """The labelled samples of a points file (one per usable row, in its order) and the rows skipped."""
     samples, skipped = match_points(read_points(points_csv), discovery)
-    items, kept = [], []
+    labelled = []
     for sample in samples:
-        where = f"{printable(points_csv)}:{sample.row.line}"
-        patient = sample.row.patient_id or sample.scan.patient_id
-        if not sample.row.label:
-            skipped.append(Skip(sample.scan.path, f"{where}: no label (add a label column to the points file)"))
-        elif not patient:
-            skipped.append(Skip(sample.scan.path, f"{where}: no patient_id in the points file, and the scan has no "
-                                                  "DICOM PatientID"))
+        where = f"{printable(points_csv)}:{sample.point_id}"
+        if not sample.label:
+            skipped.append(Skip(sample.path, f"{where}: no label (add a label column to the points file)"))
+        elif not sample.patient_id:
+            skipped.append(Skip(sample.path, f"{where}: no patient_id in the points file, and the scan has no "
+                                             "DICOM PatientID"))
         else:
-            items.append(LabelledScan(sample.scan, sample.row.label, patient))
-            kept.append(sample)
-    return LabelledSet(items, skipped, "the points file", "the points file or DICOM PatientID"), kept
+            labelled.append(replace(sample, path=sample.path.resolve()))
+    return LabelledSet(labelled, skipped, "the points file", "the points file or DICOM PatientID")
 
 
 @dataclass
 class SplitCheck:
-    rows: list[SplitRow]
+    rows: list[Sample]
     notes: list[str]
 
     @property
@@ -286,7 +283,7 @@ def preview_scan(request: PreviewRequest) -> np.ndarray:
             scan_kinds = {find_scan(scan, series_uid).kind} if input == AUTO and point is None else set()
             kind = choose_kind(input, point is not None, scan_kinds)
             config = preprocess_config(kind.name, size, channels, grid_pad, fov_mm, slice_mm, window)
-        tensor = prepare(InputRequest(scan, series_uid, center, point), config, use_cache=False)
+        tensor = prepare(Sample(scan, series_uid=series_uid, slice=center, point=point), config, use_cache=False)
     except ScanError as exc:
         raise UserError(f"{scan}: {exc}") from None
     with atomic_path(prefix.parent / f"{prefix.name}.npy", suffix=".npy") as temp:

@@ -24,11 +24,12 @@ from perceiver_med.io.discover import Skip
 from perceiver_med.models import DEFAULT_MODEL, build_model, default_config, get_spec, model_stages, option_owners
 from perceiver_med.results.evaluation import score_rows
 from perceiver_med.stats.metrics import split_metrics
-from perceiver_med.results.predictions import write_split_predictions
+from perceiver_med.results.predictions import write_predictions
 from perceiver_med.results.scoring import fit_decision
 from perceiver_med.run.predictor import Predictor
 from perceiver_med.inputs.kinds import choose_kind
-from perceiver_med.inputs.splits import SplitRow, fold_rows, write_splits
+from perceiver_med.inputs.samples import Sample
+from perceiver_med.inputs.splits import fold_rows, write_splits
 from perceiver_med.run.rundir import (CHECKPOINT, CONFIG, CURVES, FROZEN_SPLITS, HISTORY, METRICS, WEIGHTS, RunDir,
                                       load_run_config,
                                       confusion_name, reliability_name, sound_rows, weights_metadata)
@@ -105,7 +106,7 @@ class TrainResult:
     earlier_stages: list[str] = field(default_factory=list)  # stages before the last: metrics[name] scores each alone
 
 
-def _row_set(rows: list[SplitRow]) -> set:
+def _row_set(rows: list[Sample]) -> set:
     return {row.identity for row in rows}
 
 
@@ -124,7 +125,7 @@ def _check_output(out: Path, rows, resume: bool) -> None:
     refuse_inside_scans(out, rows)
 
 
-def refuse_inside_scans(out: Path, rows: list[SplitRow]) -> None:
+def refuse_inside_scans(out: Path, rows: list[Sample]) -> None:
     """An output inside a folder of the scans would write into the user's data."""
     for folder in {row.path if row.path.is_dir() else row.path.parent for row in rows}:
         refuse_inside(out, folder)
@@ -153,7 +154,7 @@ def _resume_config(out: Path, asked: dict) -> RunConfig:
     return config
 
 
-def _new_config(rows: list[SplitRow], splits: Path, model_name: str, asked: dict) -> RunConfig:
+def _new_config(rows: list[Sample], splits: Path, model_name: str, asked: dict) -> RunConfig:
     owners = option_owners()
     model_options = {k: v for k, v in asked.items() if k in owners}
     for key in model_options:
@@ -260,7 +261,7 @@ def _train(rows, config: RunConfig, out: Path, resume: bool, reporter: Reporter,
             config.splits_sha256 = file_sha256(out / FROZEN_SPLITS)
             _write_config(out, config)
         reporter.message(f"{config.model['name']}: {model.num_parameters:,} parameters, input "
-                         f"{config.preprocess.input} {config.preprocess.output_shape}, {len(loaded.rows)} "
+                         f"{config.preprocess.input} {config.preprocess.output_shape}, {len(loaded.samples)} "
                          f"{config.preprocess.kind.noun}s, "
                          f"device {device}" + (f" x {processes.world} processes" if processes.world > 1 else "")
                          + ("" if config.augment.flip else ", no horizontal flip"))
@@ -285,7 +286,7 @@ def _train(rows, config: RunConfig, out: Path, resume: bool, reporter: Reporter,
                                        config.threshold_rule, config.classes, config.positive_class)
         if processes.main:
             _write_config(out, config)
-        metrics = score_rows(loaded.rows, labels, probs, config)
+        metrics = score_rows(loaded.samples, labels, probs, config)
         earlier = model_stages(model, config.model["name"])[:-1]
         for stage in earlier:  # an earlier stage alone, as the model gives it (no calibration)
             alone = Predictor.of_model(config, stage.module, device)
@@ -310,8 +311,8 @@ def _write_outputs(out: Path, loaded, decided: dict, metrics, config: RunConfig,
 
     atomic_text(out / METRICS, lambda h: json.dump(metrics, h, indent=2))
     for split, split_decided in decided.items():
-        write_split_predictions(RunDir(out).predictions_file(split), [row for row in loaded.rows if row.split == split],
-                                split_decided, config.preprocess.kind.takes_points)
+        write_predictions(RunDir(out).predictions_file(split), [s for s in loaded.samples if s.split == split],
+                          split_decided, config.preprocess.kind.takes_points)
         save_confusion(metrics[split]["confusion_matrix"], config.classes, split, out / confusion_name(split))
         save_reliability(metrics[split]["calibration"]["reliability"], config.decision.temperature, split,
                          out / reliability_name(split))

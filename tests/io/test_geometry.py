@@ -342,7 +342,8 @@ def test_a_series_spread_over_two_folders_is_found_and_trained_on_whole(tmp_path
     from perceiver_med.inputs.loading import load_split_inputs
     from perceiver_med.inputs.arrays import make_grid
     from perceiver_med.inputs.preprocess import PreprocessConfig
-    from perceiver_med.inputs.splits import SplitRow, read_splits, write_splits
+    from perceiver_med.inputs.samples import Sample
+    from perceiver_med.inputs.splits import read_splits, write_splits
 
     volume = index_volume(slices=12)
     uid = generate_uid()
@@ -355,7 +356,7 @@ def test_a_series_spread_over_two_folders_is_found_and_trained_on_whole(tmp_path
     scan = scans[uid]
     assert scan.shape == (12, 16, 16) and scan.path == tmp_path / "data"
     np.testing.assert_array_equal(read_scan(scan).voxels, volume)
-    rows = [SplitRow(scans[u].path, label, f"P{n}", "train", u)
+    rows = [Sample(scans[u].path, series_uid=u, label=label, patient_id=f"P{n}", split="train")
             for n, (u, label) in enumerate([(uid, "a"), (other, "b")])]
     write_splits(rows, tmp_path / "splits.csv")
     assert (tmp_path / "splits.csv").read_text().splitlines()[0] == "path,label,patient_id,split,series_uid"

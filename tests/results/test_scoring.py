@@ -6,7 +6,7 @@ from PIL import Image
 
 from perceiver_med.inputs.splits import read_splits
 from perceiver_med.io import discover
-from perceiver_med.io.labels import laterality_of
+from perceiver_med.inputs.labels import laterality_of
 from perceiver_med.results.scoring import unit_keys
 
 NAMES = ["OAI9062645_BaseLine_3_de3d1_SAG_3D_DESS_WE_LEFT.nii.gz_0.png", "OAI9011111_WE_Right.nii.gz_4.png",
@@ -14,7 +14,7 @@ NAMES = ["OAI9062645_BaseLine_3_de3d1_SAG_3D_DESS_WE_LEFT.nii.gz_0.png", "OAI901
 
 
 def test_a_knees_side_in_the_patient_level_scores_is_the_laterality_labels_read(tmp_path):
-    """Oracle: io.labels.laterality_of on the real files; scoring groups knees by the same side or by none."""
+    """Oracle: inputs.labels.laterality_of on the real files; scoring groups knees by the same side or by none."""
     for name in NAMES:
         Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / name)
     (tmp_path / "splits.csv").write_text("path,label,patient_id,split\n" + "".join(

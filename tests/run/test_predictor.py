@@ -84,12 +84,13 @@ def test_predict_scores_apart_the_samples_the_run_learnt_from(tiny_run, knee, tm
 
 def test_explain_and_the_report_draw_the_same_evidence(tiny_run, tmp_path):
     """One evidence_for serves both: the same window and the same map for the same input."""
-    from perceiver_med.inputs.cache import InputRequest, prepare
+    from perceiver_med.inputs.cache import prepare
+    from perceiver_med.inputs.samples import Sample
     from perceiver_med.results.explain import evidence_for, occlusion_window
 
     predictor = Predictor(tiny_run.run, device="cpu")
     row = predictor.run.frozen_rows(predictor.config)[0]
-    array = prepare(InputRequest(row.path), predictor.config.preprocess)
+    array = prepare(Sample(row.path), predictor.config.preprocess)
     evidence = evidence_for(predictor, array)
     assert evidence.window == occlusion_window(predictor.model, max(array.shape[-2:]))
     again = evidence_for(Predictor(tiny_run.run, device="cpu"), array)

@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from perceiver_med.results.display import REPORTED_SPLITS
-from perceiver_med.results.report.run_record import Prediction, RunRecord
+from perceiver_med.results.predictions import PredictionsFile
+from perceiver_med.results.report.run_record import RunRecord
 from perceiver_med.run.rundir import CURVES
 
 GALLERY_SIZE = 6
@@ -64,15 +65,17 @@ def roc_plot(record: RunRecord):
     axis.plot([0, 1], [0, 1], ":", color="grey", label="chance")
     drawn = dotted = False
     for split in REPORTED_SPLITS:
-        rows = record.predictions.get(split, [])
-        truth = np.array([p.label == positive for p in rows])
-        if len(rows) == 0 or truth.all() or not truth.any():
+        predictions = record.predictions.get(split)
+        if not predictions:
+            continue
+        truth = np.array([sample.label == positive for sample in predictions.samples])
+        if truth.all() or not truth.any():
             continue  # ROC needs both classes
-        scores = np.array([p.probs[positive] for p in rows])
+        scores = predictions.probs[:, predictions.classes.index(positive)]
         fpr, tpr, _ = roc_curve(truth, scores)
         auc = record.metrics.get(split, {}).get("roc_auc")
         line, = axis.plot(fpr, tpr, "--" if split == "val" else "-", linewidth=2.2 if split == "test" else 1.2,
-                          label=f"{split} (n={len(rows)}" + (f", AUC {auc:.3f})" if auc is not None else ")"))
+                          label=f"{split} (n={len(predictions)}" + (f", AUC {auc:.3f})" if auc is not None else ")"))
         point = operating_point(record.metrics.get(split))
         if point is not None:
             axis.plot([point[0]], [point[1]], "o", color=line.get_color(), markersize=7)
@@ -123,19 +126,26 @@ def curves_figure(record: RunRecord, folder: Path) -> Figure | None:
     return Figure(CURVES, f"loss and accuracy per epoch (the run's {CURVES})")
 
 
-def confident_errors(predictions: list[Prediction], limit: int = GALLERY_SIZE) -> list[int]:
+def _wrong(predictions: PredictionsFile) -> list[int]:
+    """Indices of wrong predictions with a known label."""
+    return [k for k, (sample, pred) in enumerate(zip(predictions.samples, predictions.names))
+            if sample.label and pred != sample.label]
+
+
+def confident_errors(predictions: PredictionsFile, limit: int = GALLERY_SIZE) -> list[int]:
     """Indices of wrong predictions with a known label, most confident (highest p of the call) first."""
-    wrong = [k for k, p in enumerate(predictions) if p.label and p.pred != p.label]
-    return sorted(wrong, key=lambda k: -predictions[k].probs[predictions[k].pred])[:limit]
+    return sorted(_wrong(predictions), key=lambda k: -predictions.probability(k, predictions.names[k]))[:limit]
 
 
 def _rows_of_predictions(record: RunRecord, split: str) -> list:
     """The splits row behind each prediction: predictions follow the split's rows in order, skipping any row
-    that was unreadable at training time, so one walk pairs them (repeated paths, points, included)."""
+    that was unreadable at training time, so one walk pairs them (repeated paths included: a point run's
+    predictions carry each sample's point)."""
     rows = [row for row in record.rows if row.split == split]
     paired, start = [], 0
-    for path in record.prediction_paths.get(split, []):
-        found = next((k for k in range(start, len(rows)) if str(rows[k].path) == path), None)
+    for sample in record.predictions[split].samples:
+        found = next((k for k in range(start, len(rows))
+                      if (rows[k].path, rows[k].point) == (sample.path, sample.point)), None)
         paired.append(None if found is None else rows[found])
         start = start if found is None else found + 1
     return paired
@@ -144,7 +154,7 @@ def _rows_of_predictions(record: RunRecord, split: str) -> list:
 def gallery(record: RunRecord, folder: Path, split: str = "test") -> tuple[list[Figure], str]:
     """Occlusion-evidence overlays of the most confident errors of `split`, and a sentence about them."""
 
-    from perceiver_med.inputs.cache import InputRequest, prepare
+    from perceiver_med.inputs.cache import prepare
     from perceiver_med.errors import ScanError
     from perceiver_med.results.explain import EVIDENCE_FLOOR, EVIDENCE_TOP, evidence_figure, evidence_for, picture_of
     from perceiver_med.results.display import save_figure
@@ -160,28 +170,28 @@ def gallery(record: RunRecord, folder: Path, split: str = "test") -> tuple[list[
     rows = _rows_of_predictions(record, split)
     figures, unreadable = [], 0
     for rank, k in enumerate(picked, 1):
-        p, row = predictions[k], rows[k]
+        row = rows[k]
         try:
             if row is None:
                 raise ScanError("not in the splits file")
-            array = prepare(InputRequest(row.path, row.series_uid, row.slice, row.point), predictor.config.preprocess)
+            array = prepare(row, predictor.config.preprocess)
         except (ScanError, OSError):
             unreadable += 1
             continue
         # the run's decision and the evidence for it, exactly as explain draws them
         evidence = evidence_for(predictor, array)
-        title = (f"{split} error {rank}: true {p.label}, predicted {evidence.predicted} "
+        title = (f"{split} error {rank}: true {predictions.samples[k].label}, predicted {evidence.predicted} "
                  f"(p = {evidence.probability:.3f})")
         figure = evidence_figure(picture_of(array), evidence, title)
         name = f"error_{rank}.png"
         save_figure(figure, folder / name)
         scale = (f"in nats on the scale every overlay shares (nothing coloured below {EVIDENCE_FLOOR:g}, the top "
                  f"colour from {EVIDENCE_TOP:g})" + ("" if evidence.matters else ": no patch reaches the floor"))
-        figures.append(Figure(name, f"{title}; line {p.line} of predictions_{split}.csv. Colour: how much "
-                                    f"log p({evidence.predicted}) falls when a {evidence.window}\u00d7{evidence.window} "
-                                    "patch is painted dark or bright (occlusion evidence, "
-                                    f"perceiver_med.results.explain), {scale}."))
-    wrong = sum(1 for q in predictions if q.label and q.pred != q.label)
+        figures.append(Figure(name, f"{title}; line {predictions.lines[k]} of predictions_{split}.csv. Colour: how "
+                                    f"much log p({evidence.predicted}) falls when a "
+                                    f"{evidence.window}\u00d7{evidence.window} patch is painted dark or bright "
+                                    f"(occlusion evidence, perceiver_med.results.explain), {scale}."))
+    wrong = len(_wrong(predictions))
     sentence = (f"{wrong} of {len(predictions)} {split} predictions are wrong; the {len(figures)} most confident "
                 "are shown with the evidence the model used" + (f" ({unreadable} could not be read again)"
                                                                 if unreadable else "") + ".")

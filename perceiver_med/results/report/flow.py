@@ -14,7 +14,8 @@ from pathlib import Path
 from perceiver_med.files import file_sha256
 from perceiver_med.errors import UserError
 from perceiver_med.files import atomic_text
-from perceiver_med.inputs.splits import SPLITS, SplitRow, read_splits
+from perceiver_med.inputs.samples import Sample
+from perceiver_med.inputs.splits import SPLITS, read_splits
 
 FLOW_SUFFIX = ".flow.json"
 FLOW_VERSION = 1
@@ -40,12 +41,12 @@ def write_flow_record(splits: Path, discovery, labelled) -> Path:
     return target
 
 
-def _row_key(row: SplitRow) -> tuple:
+def _row_key(row: Sample) -> tuple:
     """A row's sample, label and patient, not its split: a fold of a cross-validation re-assigns splits."""
-    return row.sample_key + (row.label, row.patient_id)
+    return row.key + (row.label, row.patient_id)
 
 
-def read_flow_record(splits_file: str, rows: list[SplitRow]) -> tuple[dict | None, str]:
+def read_flow_record(splits_file: str, rows: list[Sample]) -> tuple[dict | None, str]:
     """The flow record beside the run's original splits file, with a note; None (and why) unless that file is
     unchanged since the record was written and lists exactly the run's rows."""
     if not splits_file:
@@ -74,7 +75,7 @@ class SplitCounts:
     per_class: dict = field(default_factory=dict)  # {label: (samples, patients)}
 
 
-def split_counts(rows: list[SplitRow]) -> dict[str, SplitCounts]:
+def split_counts(rows: list[Sample]) -> dict[str, SplitCounts]:
     """{split and "all": samples (rows), distinct scans, distinct patients, and per class samples and patients}."""
     counts = {}
     classes = sorted({row.label for row in rows})
@@ -87,7 +88,7 @@ def split_counts(rows: list[SplitRow]) -> dict[str, SplitCounts]:
     return counts
 
 
-def patients_in_two_splits(rows: list[SplitRow]) -> int:
+def patients_in_two_splits(rows: list[Sample]) -> int:
     seen: dict[str, set] = {}
     for row in rows:
         seen.setdefault(row.patient_id, set()).add(row.split)

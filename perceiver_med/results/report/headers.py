@@ -10,7 +10,8 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from perceiver_med.inputs.splits import SPLITS, SplitRow
+from perceiver_med.inputs.samples import Sample
+from perceiver_med.inputs.splits import SPLITS
 from perceiver_med.io.descriptions import ScanDescription, describe_scan
 
 SCAN_FIELDS = ("modality", "manufacturer", "body part", "view", "laterality", "pixel spacing (mm)",
@@ -61,7 +62,7 @@ def _fields(description: ScanDescription) -> dict:
             "age band (years)": age_band(description.age)}
 
 
-def characteristics(rows: list[SplitRow]) -> Characteristics:
+def characteristics(rows: list[Sample]) -> Characteristics:
     """Count each characteristic per split; a scan that is not DICOM (NIfTI, PNG) or a missing tag counts as
     NOT_RECORDED. A patient's sex and age band are those of their first scan that records them."""
     result = Characteristics({name: defaultdict(Counter) for name in SCAN_FIELDS},

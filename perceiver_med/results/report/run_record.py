@@ -14,17 +14,10 @@ from perceiver_med.files import file_sha256
 from perceiver_med.errors import UserError
 from perceiver_med.results.display import REPORTED_SPLITS
 from perceiver_med.run.rundir import CHECKPOINT, FROZEN_SPLITS, HISTORY, METRICS, WEIGHTS, RunDir
-from perceiver_med.inputs.splits import SplitRow
+from perceiver_med.results.predictions import PredictionsFile, read_predictions
+from perceiver_med.inputs.samples import Sample
 
 DISTRIBUTIONS = ("perceiver-med", *VERSIONED)
-
-
-@dataclass
-class Prediction:
-    line: int  # the row's line in predictions_<split>.csv, so an author can look it up
-    label: str
-    pred: str
-    probs: dict[str, float]
 
 
 @dataclass
@@ -32,9 +25,8 @@ class RunRecord:
     run: Path
     config: RunConfig
     metrics: dict
-    rows: list[SplitRow]
-    predictions: dict[str, list[Prediction]]
-    prediction_paths: dict[str, list[str]]  # kept apart: paths may hold patient ids and never reach the report
+    rows: list[Sample]
+    predictions: dict[str, PredictionsFile]
     history: list[dict]  # history.csv: stage, epoch, train_accuracy, ... per epoch (empty for a cross-validation)
 
 
@@ -51,16 +43,9 @@ def read_run(run: Path) -> RunRecord:
     except (OSError, ValueError) as exc:
         raise UserError(f"{metrics_path} cannot be read: {exc}") from None
     rows = directory.frozen_rows(config)
-    predictions, paths = {}, {}
-    for split in REPORTED_SPLITS:
-        path = directory.predictions_file(split)
-        if path.is_file():
-            table = read_csv(path, "predictions file", ("path", "pred"))
-            predictions[split] = [Prediction(row.line, row.cells.get("label", ""), row.cells["pred"],
-                                             {c: float(row.cells[f"prob_{c}"]) for c in config.classes})
-                                  for row in table.rows]
-            paths[split] = [row.path() for row in table.rows]
-    return RunRecord(run, config, metrics, rows, predictions, paths, _history(run / HISTORY))
+    predictions = {split: read_predictions(directory.predictions_file(split), config.classes)
+                   for split in REPORTED_SPLITS if directory.predictions_file(split).is_file()}
+    return RunRecord(run, config, metrics, rows, predictions, _history(run / HISTORY))
 
 
 def _history(path: Path) -> list[dict]:

@@ -1,4 +1,5 @@
-"""Labels and patient ids for discovered scans: class folders, a CSV, or laterality."""
+"""Labels and patient ids for discovered scans: class folders, a CSV, or laterality. Each labelled scan is a
+Sample (with its slice where a labels CSV names one)."""
 from __future__ import annotations
 
 import re
@@ -9,6 +10,7 @@ from pathlib import Path
 from perceiver_med.csvfiles import printable, read_csv
 from perceiver_med.errors import UserError
 from perceiver_med.io.discover import Discovery, Scan, Skip
+from perceiver_med.inputs.samples import Sample
 
 LABEL_SOURCES = ("auto", "folder", "csv", "laterality")
 # OAI participant ids (seven digits, e.g. OAI9062645) as they appear in AKOA file names.
@@ -18,16 +20,8 @@ _LATERALITY_TAG = {"L": "left", "R": "right"}
 
 
 @dataclass
-class LabelledScan:
-    scan: Scan
-    label: str
-    patient_id: str
-    slice: int | None = None
-
-
-@dataclass
 class LabelledSet:
-    items: list[LabelledScan]
+    samples: list[Sample]  # their paths resolved, in the order of the scans discovered
     skipped: list[Skip]
     label_source: str
     patient_source: str
@@ -35,7 +29,7 @@ class LabelledSet:
 
     @property
     def classes(self) -> list[str]:
-        return sorted({item.label for item in self.items})
+        return sorted({sample.label for sample in self.samples})
 
 
 def laterality_of(scan: Scan) -> str | None:
@@ -125,7 +119,7 @@ def _one_patient_per_folder(scans: list[Scan], root: Path, pattern) -> bool:
 
 def label_scans(discovery: Discovery, label_from: str = "auto", labels_csv: Path | None = None,
                 patient_regex: str | None = None) -> LabelledSet:
-    """Attach a label and a patient id to every scan; scans without a label are skipped with the reason."""
+    """A labelled sample of every scan, with its patient id; scans without a label are skipped with the reason."""
     if label_from not in LABEL_SOURCES:
         raise UserError(f"--label-from must be one of {', '.join(LABEL_SOURCES)}")
     if not discovery.scans:
@@ -133,7 +127,7 @@ def label_scans(discovery: Discovery, label_from: str = "auto", labels_csv: Path
     pattern = _compile(patient_regex)
     source, notes = _pick_source(discovery, label_from, labels_csv, pattern)
     table = read_labels_csv(labels_csv, discovery.root) if source == "csv" else {}
-    items, skipped, patient_sources = [], [], set()
+    samples, skipped, patient_sources, first_id = [], [], set(), ""
     for scan in discovery.scans:
         row = _csv_row(scan, table) if source == "csv" else None
         if source == "csv":
@@ -149,14 +143,16 @@ def label_scans(discovery: Discovery, label_from: str = "auto", labels_csv: Path
             raise UserError(f"the class folder name '{printable(label)}' is not UTF-8 text: rename the folder")
         patient, how = _patient_id(scan, discovery.root, row, pattern)
         patient_sources.add(how)
-        items.append(LabelledScan(scan, label.strip(), patient, (row or {}).get("slice")))
-    if patient_regex and items and "regex" not in patient_sources and patient_sources != {"csv"}:
+        samples.append(Sample(scan.path.resolve(), series_uid=scan.series_uid, slice=(row or {}).get("slice"),
+                              label=label.strip(), patient_id=patient))
+        first_id = first_id or scan.id
+    if patient_regex and samples and "regex" not in patient_sources and patient_sources != {"csv"}:
         raise UserError(f"--patient-regex {patient_regex!r} gives no patient id for any scan path "
-                        f"(e.g. {printable(items[0].scan.id)}); `perceiver-med inspect` lists the paths")
+                        f"(e.g. {printable(first_id)}); `perceiver-med inspect` lists the paths")
     if "scan" in patient_sources:
         notes.append("no patient id for some scans (no PatientID, patient_id column or --patient-regex match): "
                      "each of those scans is its own patient")
-    return LabelledSet(items, skipped, source, "+".join(sorted(patient_sources)), notes)
+    return LabelledSet(samples, skipped, source, "+".join(sorted(patient_sources)), notes)
 
 
 def _reason(source: str) -> str:

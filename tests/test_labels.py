@@ -5,7 +5,7 @@ from pydicom.uid import generate_uid
 
 from perceiver_med.errors import UserError
 from perceiver_med.io import discover
-from perceiver_med.io.labels import label_scans
+from perceiver_med.inputs.labels import label_scans
 from tests.conftest import ct_slice
 
 
@@ -20,7 +20,7 @@ def test_akoa_names_give_laterality_and_oai_patient_ids(tmp_path):
     _png(tmp_path / "OAI9011111_BaseLine_3_de3d1_SAG_3D_DESS_WE_Right.nii.gz_4.png")
     labelled = label_scans(discover(tmp_path))
     assert labelled.label_source == "laterality"
-    assert sorted((i.label, i.patient_id) for i in labelled.items) == [
+    assert sorted((i.label, i.patient_id) for i in labelled.samples) == [
         ("left", "OAI9062645"), ("right", "OAI9011111"), ("right", "OAI9062645")]
 
 
@@ -30,7 +30,7 @@ def test_dicom_laterality_tag_and_patient_id(tmp_path):
         ds.ImageLaterality = side
         ds.save_as(tmp_path / f"img{k}", enforce_file_format=True)
     labelled = label_scans(discover(tmp_path), label_from="laterality")
-    assert sorted((i.label, i.patient_id) for i in labelled.items) == [("left", "PX0"), ("right", "PX1")]
+    assert sorted((i.label, i.patient_id) for i in labelled.samples) == [("left", "PX0"), ("right", "PX1")]
 
 
 def test_class_folders_and_scans_outside_them(tmp_path):
@@ -38,7 +38,7 @@ def test_class_folders_and_scans_outside_them(tmp_path):
     _png(tmp_path / "malignant" / "b.png")
     _png(tmp_path / "loose.png")
     labelled = label_scans(discover(tmp_path), label_from="folder")
-    assert sorted(i.label for i in labelled.items) == ["benign", "malignant"]
+    assert sorted(i.label for i in labelled.samples) == ["benign", "malignant"]
     assert [s.file.name for s in labelled.skipped] == ["loose.png"]
     assert any("own patient" in note for note in labelled.notes)
 
@@ -48,7 +48,7 @@ def test_labels_csv_with_patient_and_slice_columns(tmp_path):
     _png(tmp_path / "data" / "b.png")
     (tmp_path / "labels.csv").write_text("path,label,patient_id,slice\ndata/a.png,yes,P1,4\ndata/b.png,no,P2,\n")
     labelled = label_scans(discover(tmp_path / "data"), labels_csv=tmp_path / "labels.csv")
-    got = sorted((i.scan.id, i.label, i.patient_id, i.slice) for i in labelled.items)
+    got = sorted((i.path.name, i.label, i.patient_id, i.slice) for i in labelled.samples)
     assert got == [("a.png", "yes", "P1", 4), ("b.png", "no", "P2", None)]
 
 
@@ -63,7 +63,7 @@ def test_patient_regex_overrides(tmp_path):
     _png(tmp_path / "subj-07_LEFT_a.png")
     _png(tmp_path / "subj-07_RIGHT_b.png")
     labelled = label_scans(discover(tmp_path), patient_regex=r"subj-(\d+)")
-    assert {i.patient_id for i in labelled.items} == {"07"}
+    assert {i.patient_id for i in labelled.samples} == {"07"}
 
 
 def _radiograph(path, side, patient):
