@@ -248,9 +248,14 @@ def test_prepare_workers_use_the_budget_given_on_the_command_line(tmp_path):
 
     for side in ("left", "right"):
         (tmp_path / "data" / side).mkdir(parents=True)
+    from PIL import Image
+
+    def gradient_png(path: Path, side: int) -> None:  # not constant: a flat image is skipped as such
+        Image.fromarray(np.add.outer(np.arange(side), np.arange(side)).astype(np.uint8)).save(path)
+
     for k in range(16):
-        png_of_zeros(tmp_path / "data" / ("left", "right")[k % 2] / f"knee{k:02d}_{('L', 'R')[k % 2]}.png", 16, 16)
-    png_of_zeros(tmp_path / "data" / "right" / "big.png", 64, 64)  # one plane of 4,096 pixels
+        gradient_png(tmp_path / "data" / ("left", "right")[k % 2] / f"knee{k:02d}_{('L', 'R')[k % 2]}.png", 16)
+    gradient_png(tmp_path / "data" / "right" / "big.png", 64)  # one plane of 4,096 pixels
     split_folder(tmp_path / "data", tmp_path / "splits.csv", seed=0)
     prepare = ["prepare", tmp_path / "splits.csv", "--input", "image", "--size", "16", "--workers", "2"]
     code, out, err, _ = run_measured([*prepare, "--max-voxels", "8000"], tmp_path)  # planes of 2,000 pixels
