@@ -82,11 +82,11 @@ def inspect_folder(data: Path, out: Path | None = None, *, overwrite: bool = Fal
 
 
 @dataclass
-class SplitResult:
-    discovery: Discovery
-    labelled: LabelledSet
+class SplitCheck:
+    """A splits file's samples and what is worth saying of them (empty splits, folds without a class)."""
+
     rows: list[Sample]
-    notes: list[str]  # the labels' notes, then any empty split
+    notes: list[str]
 
     @property
     def noun(self) -> str:
@@ -99,6 +99,14 @@ class SplitResult:
     @property
     def has_folds(self) -> bool:
         return any(row.fold is not None for row in self.rows)
+
+
+@dataclass
+class SplitResult(SplitCheck):
+    """A split made from a folder: its samples and notes, with the discovery and labelling behind them."""
+
+    discovery: Discovery
+    labelled: LabelledSet
 
     @property
     def skipped(self) -> list[Skip]:
@@ -169,7 +177,7 @@ def split_folder(data: Path, out: Path, ratios=(0.6, 0.2, 0.2), seed: int = 0, l
     write_splits(rows, out)
     write_flow_record(out, discovery, labelled)  # files found and skipped, for the report's flow diagram
     asked = [split for split, ratio in zip(SPLITS, ratios) if split != "train" and ratio > 0]
-    return SplitResult(discovery, labelled, rows, labelled.notes + split_notes(rows, asked) + fold_notes(rows))
+    return SplitResult(rows, labelled.notes + split_notes(rows, asked) + fold_notes(rows), discovery, labelled)
 
 
 def label_points(points_csv: Path, discovery: Discovery) -> LabelledSet:
@@ -186,24 +194,6 @@ def label_points(points_csv: Path, discovery: Discovery) -> LabelledSet:
         else:
             labelled.append(replace(sample, path=sample.path.resolve()))
     return LabelledSet(labelled, skipped, "the points file", "the points file or DICOM PatientID")
-
-
-@dataclass
-class SplitCheck:
-    rows: list[Sample]
-    notes: list[str]
-
-    @property
-    def noun(self) -> str:
-        return sample_noun(self.rows)
-
-    def counts(self, by_fold: bool = False) -> dict:
-        """{split (or "fold k"): {label: (samples, patients)}}."""
-        return count_table(self.rows, by_fold)
-
-    @property
-    def has_folds(self) -> bool:
-        return any(row.fold is not None for row in self.rows)
 
 
 def mask_points(masks: Path, scans: Path, out: Path, mask_labels: str | None = None,
