@@ -279,14 +279,14 @@ def split(data: Annotated[Optional[Path], typer.Argument(help="folder of scans",
                    "is the val split; test patients stay held out)", metavar="K", min=2)] = None,
           overwrite: Overwrite = False, max_voxels: MaxVoxels = None):
     """Stratified, patient-grouped train/val/test split (or --check an existing one)."""
-    from perceiver_med.workflows.folders import SplitCheck, SplitRequest, split_data
+    from perceiver_med.workflows.folders import SplitRequest, SplitResult, split_data
 
     result = split_data(SplitRequest(data, out, ratios, seed, label_from.value, labels, patient_regex, points, folds,
                                      overwrite, check, _runtime(max_voxels)))
     console.print(counts_table(result.counts(), samples=result.noun))
     if result.has_folds:
         console.print(counts_table(result.counts(by_fold=True), "fold", result.noun))
-    if isinstance(result, SplitCheck):
+    if not isinstance(result, SplitResult):  # --check: a splits file read back, nothing made
         for note in result.notes:
             console.print(f"[yellow]note[/]: {escape(note)}")
         console.print(f"[green]ok[/]: {len(result.rows)} {result.noun}, no patient in two splits, every file "
