@@ -1,19 +1,20 @@
 """Model inputs for the samples of a splits file, and what kind of scans they are."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import torch
 
-from perceiver_med.inputs.cache import find_scan, prepare_many
+from perceiver_med.csvfiles import printable
 from perceiver_med.errors import ScanError, UserError
-from perceiver_med.io.discover import Skip
-from perceiver_med.inputs.splits import SPLITS
+from perceiver_med.inputs.cache import find_scan, prepare_many
 from perceiver_med.inputs.preprocess import PreprocessConfig
 from perceiver_med.inputs.samples import Sample
-
+from perceiver_med.inputs.splits import SPLITS
+from perceiver_med.io.discover import Discovery, Skip
+from perceiver_med.io.scans import Scan
 
 # DICOM modalities grouped by what the pictures look like: a model trained on one group says nothing of another.
 MODALITY_GROUPS = {"CT": "CT", "MR": "MR", "PT": "nuclear medicine", "NM": "nuclear medicine",
@@ -100,23 +101,50 @@ class LoadedInputs:
 
 def load_split_inputs(samples: list[Sample], config: PreprocessConfig, workers: int = 0,
                       on_done: Callable[[int, int], None] | None = None, must_keep: bool = True) -> LoadedInputs:
-    """Preprocess (or fetch from the cache) every sample; samples that fail are skipped with their reason."""
+    """The model inputs of a splits file's samples; those that fail are skipped with their reason."""
     missing = [sample.path for sample in samples if not sample.path.exists()]
     if missing:
         raise UserError(f"the splits file names {len(missing)} file(s) that do not exist, e.g. {missing[0]}")
+    return load_inputs(samples, config, workers, on_done, must_keep=must_keep)
+
+
+def suited_samples(found: Discovery, config, sample_of: Callable[[Scan], Sample] = Sample.of
+                   ) -> tuple[list[Sample], list[Skip]]:
+    """A sample (`sample_of`) of each discovered scan that suits the run `config` (scan_mismatch); the others
+    skipped with their reason, after the files the discovery skipped. Nothing left is a UserError."""
+    if not found.scans:
+        raise UserError(f"no readable scans in {printable(found.root)} ({len(found.skipped)} file(s) skipped)")
+    samples, skipped = [], list(found.skipped)
+    for scan in found.scans:
+        reason = scan_mismatch(scan, config)
+        if reason:
+            skipped.append(Skip(scan.path, reason))
+        else:
+            samples.append(sample_of(scan))
+    if not samples:
+        raise UserError(f"no scan in {printable(found.root)} suits this run ({skipped[-1].reason})")
+    return samples, skipped
+
+
+def load_inputs(samples: list[Sample], config: PreprocessConfig, workers: int = 0,
+                on_done: Callable[[int, int], None] | None = None, *, skipped: list[Skip] = (),
+                where: Callable[[Sample], str] | None = None, must_keep: bool = True) -> LoadedInputs:
+    """Preprocess (or fetch from the cache) every sample, in order. A sample that fails is skipped with its
+    reason (after `skipped`, prefixed by `where(sample)` when given, e.g. a points file's line); when none is left
+    that is a UserError naming the last reason, unless `must_keep` is False."""
     arrays, reasons = prepare_many(samples, config, workers, on_done=on_done)
-    kept, inputs, skipped = [], [], []
+    kept, inputs, skipped = [], [], list(skipped)
     for sample, array, reason in zip(samples, arrays, reasons):
         if array is None:
-            skipped.append(Skip(sample.path, reason))
+            skipped.append(Skip(sample.path, f"{where(sample)}: {reason}" if where else reason))
         else:
             kept.append(sample)
             inputs.append(array)
-    if not kept:
-        if must_keep:
-            from perceiver_med.inputs.points import RAS_HINT, all_outside
+    if kept:
+        return LoadedInputs(kept, np.stack(inputs).astype(np.float32), skipped)
+    if must_keep:
+        from perceiver_med.inputs.points import RAS_HINT, all_outside
 
-            hint = f"; {RAS_HINT}" if all_outside(skipped) else ""
-            raise UserError(f"no scan could be prepared ({skipped[0].reason if skipped else 'empty'}){hint}")
-        return LoadedInputs([], np.zeros((0, *config.output_shape), np.float32), skipped)
-    return LoadedInputs(kept, np.stack(inputs).astype(np.float32), skipped)
+        hint = f"; {RAS_HINT}" if all_outside(skipped) else ""
+        raise UserError(f"no scan could be prepared ({skipped[-1].reason if skipped else 'none given'}){hint}")
+    return LoadedInputs([], np.zeros((0, *config.output_shape), np.float32), skipped)

@@ -14,10 +14,11 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from perceiver_med.csvfiles import printable
 from perceiver_med.errors import ScanError, UserError
+from perceiver_med.io import registry
 from perceiver_med.io.limits import os_reason
 from perceiver_med.io.reader import Reader
-from perceiver_med.io import registry
 from perceiver_med.io.scans import Scan, Skip, relative
 
 
@@ -62,11 +63,11 @@ def _regular(path: Path) -> str:
 def list_files(root: Path) -> tuple[list[Path], list[Skip]]:
     """Every regular file under `root`, in a stable order, and what was passed over with the reason."""
     if not os.path.lexists(root):
-        raise UserError(f"{root} does not exist")
+        raise UserError(f"{printable(root)} does not exist")
     if not root.is_dir():
         reason = _regular(root)
         if reason and not os.path.exists(root):
-            raise UserError(f"{root}: {reason}")
+            raise UserError(f"{printable(root)}: {reason}")
         return ([], [Skip(root, reason)]) if reason else ([root], [])
     files: list[Path] = []
     skipped: list[Skip] = []
@@ -90,9 +91,9 @@ def list_files(root: Path) -> tuple[list[Path], list[Skip]]:
             else:
                 files.append(path)
     if not files and not skipped:
-        raise UserError(f"{root} is empty: no files to read")
+        raise UserError(f"{printable(root)} is empty: no files to read")
     if not files and any(skip.file == root for skip in skipped):
-        raise UserError(f"{root}: {skipped[0].reason}")
+        raise UserError(f"{printable(root)}: {skipped[0].reason}")
     return files, skipped
 
 
@@ -117,3 +118,13 @@ def discover(root: Path | str) -> Discovery:
     scans.sort(key=lambda scan: scan.id)
     skipped.sort(key=lambda skip: str(skip.file))
     return Discovery(root=base, scans=scans, skipped=skipped)
+
+
+def discover_each(paths: list[Path]) -> Discovery:
+    """The scans of several files or folders together (discover), rooted at the first."""
+    found = discover(paths[0])
+    for path in paths[1:]:
+        more = discover(path)
+        found.scans += more.scans
+        found.skipped += more.skipped
+    return found

@@ -22,18 +22,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from perceiver_med.inputs.cache import find_scan, prepare
-from perceiver_med.inputs.loading import scan_mismatch
-from perceiver_med.inputs.samples import Sample
-from perceiver_med.errors import ScanError, UserError
 from perceiver_med.csvfiles import printable
-from perceiver_med.run.rundir import check_new_output
+from perceiver_med.errors import UserError
 from perceiver_med.files import refuse_inside
-from perceiver_med.io import discover
-from perceiver_med.io.discover import Skip
+from perceiver_med.inputs.samples import Sample
+from perceiver_med.inputs.loading import load_inputs, suited_samples
+from perceiver_med.io.discover import Skip, discover_each
 from perceiver_med.models import token_patch
 from perceiver_med.results.predictions import known_label
 from perceiver_med.run.predictor import Decisions, Predictor
+from perceiver_med.run.rundir import check_new_output
 from perceiver_med.training.config import Runtime, applies_runtime
 
 FILL_QUANTILES = (0.02, 0.98)  # "dark" and "bright" paint, taken from the image itself
@@ -191,27 +189,22 @@ def explain_run(request: ExplainRequest) -> tuple[list[Path], list[Skip]]:
     if points is not None:
         return _explain_points(predictor, scans, Path(points), out, overwrite)
     given = {Path(path).resolve(): label for path, label in (labels or {}).items()}
-    written, skipped = [], []
-    for sample in _each_scan(scans):
-        try:
-            found = find_scan(sample.path, sample.series_uid)
-            mismatch = scan_mismatch(found, config)
-            if mismatch:
-                raise ScanError(mismatch)
-            array = prepare(sample, config.preprocess)
-        except ScanError as exc:
-            skipped.append(Skip(sample.path, str(exc)))
-            continue
-        truth = given.get(sample.path.resolve()) or known_label(found, found.path.parent.parent, config.classes)
+    found = discover_each([Path(scan) for scan in scans])
+
+    def sample_of(scan) -> Sample:
+        truth = given.get(scan.path.resolve()) or known_label(scan, scan.path.parent.parent, config.classes)
+        return Sample.of(scan, label=truth)
+
+    usable, skipped = suited_samples(found, config, sample_of)
+    loaded = load_inputs(usable, config.preprocess, skipped=skipped)
+    written = []
+    for sample, array in zip(loaded.samples, loaded.inputs):
         target = out / f"{_stem(sample.path)}_explain.png"
         if target in written:
             target = out / f"{_stem(sample.path)}_{len(written)}_explain.png"
-        _overlay(predictor, array, printable(sample.path.name), truth, target, overwrite)
+        _overlay(predictor, array, printable(sample.path.name), sample.label, target, overwrite)
         written.append(target)
-    if not written:
-        raise UserError(f"no overlay written: {skipped[0].file.name}: {skipped[0].reason}" if skipped else
-                        "no scans given")
-    return written, skipped
+    return written, loaded.skipped
 
 
 def _overlay(predictor: Predictor, array: np.ndarray, name: str, truth: str | None, target: Path,
@@ -237,8 +230,8 @@ def _overlay(predictor: Predictor, array: np.ndarray, name: str, truth: str | No
 def _explain_points(predictor: Predictor, scans: list[Path], points: Path, out: Path, overwrite: bool
                     ) -> tuple[list[Path], list[Skip]]:
     """One overlay per usable row of a points file, named after the scan and the row's line."""
-    from perceiver_med.run.point_runs import prepare_points
     from perceiver_med.inputs.points import NOT_FOUND
+    from perceiver_med.run.point_runs import prepare_points
 
     prepared = prepare_points(points, scans, predictor.config)
     written = []
@@ -254,21 +247,6 @@ def _explain_points(predictor: Predictor, scans: list[Path], points: Path, out: 
     if others:
         skipped.append(Skip(points, f"{len(others)} row(s) of the points file name scans not among those given"))
     return written, skipped
-
-
-def _each_scan(paths: list[Path]) -> list[Sample]:
-    """A sample of every scan given: a file or a series folder as it is, a folder of several scans as each of
-    them (as predict takes a folder)."""
-    each = []
-    for path in paths:
-        if not path.exists():
-            raise UserError(f"{path} does not exist")
-        found = discover(path) if path.is_dir() else None
-        if found is not None and len(found.scans) > 1:
-            each += [Sample.of(scan) for scan in found.scans]
-        else:
-            each.append(Sample(path))
-    return each
 
 
 def _stem(scan: Path) -> str:

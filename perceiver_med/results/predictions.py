@@ -3,25 +3,23 @@ Predictor, one row per sample: path[,coordX,coordY,coordZ][,label],pred,prob_<cl
 run's calibrated ones at full float precision (repr round-trips), `pred` its decision."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
 from perceiver_med.csvfiles import read_csv, write_csv
-from perceiver_med.errors import UserError
-from perceiver_med.run.rundir import check_new_output
 from perceiver_med.files import refuse_inside
-from perceiver_med.inputs.cache import prepare_many
 from perceiver_med.inputs.labels import folder_label, known_patient, laterality_of
-from perceiver_med.inputs.loading import scan_mismatch
+from perceiver_med.inputs.loading import load_inputs, suited_samples
 from perceiver_med.inputs.points import COORDINATES
 from perceiver_med.inputs.samples import Sample
 from perceiver_med.io import discover
 from perceiver_med.io.discover import Skip
 from perceiver_med.run.point_runs import check_point_run, prepare_points
 from perceiver_med.run.predictor import Decisions, Predictor
+from perceiver_med.run.rundir import check_new_output
 from perceiver_med.training.config import Runtime, applies_runtime, is_laterality
 
 
@@ -139,25 +137,10 @@ def _prepare_scans(scans: Path, config, workers: int, on_done) -> tuple[list[Sam
     """A sample of every scan under `scans` that suits the run, with its label and patient where the files tell
     them, and its model input; the others skipped with their reason."""
     found = discover(scans)
-    if not found.scans:
-        raise UserError(f"no readable scans in {scans} ({len(found.skipped)} file(s) skipped)")
-    skipped = list(found.skipped)
-    usable = []
-    for scan in found.scans:
-        reason = scan_mismatch(scan, config)
-        if reason:
-            skipped.append(Skip(scan.path, reason))
-        else:
-            usable.append(Sample.of(scan, label=known_label(scan, found.root, config.classes),
-                                    patient_id=known_patient(scan, found.root)))
-    if not usable:
-        raise UserError(f"no scan in {scans} suits this run ({skipped[-1].reason})")
-    arrays, reasons = prepare_many(usable, config.preprocess, workers, on_done=on_done)
-    skipped += [Skip(s.path, r) for s, r, a in zip(usable, reasons, arrays) if a is None]
-    kept = [(sample, a) for sample, a in zip(usable, arrays) if a is not None]
-    if not kept:
-        raise UserError(f"no scan in {scans} could be prepared ({skipped[-1].reason})")
-    return [sample for sample, _ in kept], np.stack([a for _, a in kept]), skipped
+    usable, skipped = suited_samples(found, config, lambda scan: Sample.of(
+        scan, label=known_label(scan, found.root, config.classes), patient_id=known_patient(scan, found.root)))
+    loaded = load_inputs(usable, config.preprocess, workers, on_done, skipped=skipped)
+    return loaded.samples, loaded.inputs, loaded.skipped
 
 
 def _known(label: str | None, classes: list[str]) -> str:
