@@ -1,4 +1,11 @@
-"""Legacy run fixtures: small runs made by today's code, with the numbers today's code gives for them.
+"""Legacy run fixtures: small runs made by the code of commit 4000073, with the numbers that code gave for them.
+
+This script belongs to commit 4000073 (the flat package layout before the redesign) and imports that layout's
+modules (perceiver_med.runs, perceiver_med.cache, ...): it does not run against today's package. It is kept as the
+record of how tests/fixtures/legacy_runs was made; to make the fixtures again, run it from a checkout of that commit:
+
+    git worktree add /tmp/legacy 4000073 && cd /tmp/legacy && python -m venv .venv && . .venv/bin/activate
+    pip install torch==2.13.0 && pip install -e . && python /path/to/this/make_legacy_fixtures.py OUT
 
     python benchmarks/make_legacy_fixtures.py OUT [--no-retrain] [--overwrite]
 
