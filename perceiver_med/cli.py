@@ -688,8 +688,30 @@ def main() -> None:
             print(exc.ctx.get_help())
         else:
             context = getattr(exc, "ctx", None)
+            exc.message = _plain_validation(exc)
             _error_line(f"{exc.format_message()} (see {context.command_path if context else 'perceiver-med'} --help)")
         sys.exit(getattr(exc, "exit_code", 2))
+
+
+# Typer checks option values with pydantic; its messages ("Input should be greater than or equal to 0") are
+# said here as a person would, with the value given, so `--lr nan` reads "must be at least 0, not nan".
+_VALIDATION_PHRASES = {"greater_than_equal": "at least {ge}", "greater_than": "more than {gt}",
+                       "less_than_equal": "at most {le}", "less_than": "less than {lt}",
+                       "int_parsing": "a whole number", "int_from_float": "a whole number",
+                       "float_parsing": "a number", "finite_number": "a finite number"}
+
+
+def _plain_validation(exc) -> str:
+    """A usage error's message, in plain words where pydantic phrased it."""
+    cause = exc.__cause__
+    errors = cause.errors() if type(cause).__name__ == "ValidationError" else []
+    phrase = _VALIDATION_PHRASES.get(errors[0]["type"]) if errors else None
+    if phrase is None:
+        return exc.message
+    given = errors[0].get("input")
+    bounds = {name: f"{value:g}" if isinstance(value, float) else value
+              for name, value in errors[0].get("ctx", {}).items()}
+    return f"must be {phrase.format(**bounds)}, not {plain(str(given))}"
 
 
 def _error_line(text: str) -> None:

@@ -41,9 +41,10 @@ def copy_run(run, tmp_path):
 @pytest.mark.parametrize("args, expected", [
     (["train", "--no-such-option"], "No such option"),
     (["train"], "Missing"),
-    (["train", "s.csv", "--out", "r", "--epochs", "abc"], "--epochs"),
-    (["train", "s.csv", "--out", "r", "--epochs", "-1"], "--epochs"),
-    (["train", "s.csv", "--out", "r", "--batch-size", "0"], "--batch-size"),
+    (["train", "s.csv", "--out", "r", "--epochs", "abc"], "'--epochs': must be a whole number, not abc"),
+    (["train", "s.csv", "--out", "r", "--epochs", "-1"], "'--epochs': must be at least 0, not -1"),
+    (["train", "s.csv", "--out", "r", "--batch-size", "0"], "'--batch-size': must be at least 1, not 0"),
+    (["train", "s.csv", "--out", "r", "--lr", "nan"], "'--lr': must be at least 0, not nan"),
     (["train", "s.csv", "--out", "r", "--model", "resnet"], "--model"),
     (["-V"], "No such option"),
     (["predict"], "Missing"),
