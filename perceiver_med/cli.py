@@ -15,7 +15,6 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from perceiver_med import __version__
 from perceiver_med.inputs.kinds import AUTO, KINDS
-from perceiver_med.inputs.splits import SPLITS
 from perceiver_med.models import DEFAULT_MODEL
 from perceiver_med.io.limits import ENV as MAX_VOXELS_VARIABLE
 from perceiver_med.io.limits import parse_max_voxels
@@ -384,7 +383,9 @@ def prepare(splits: Annotated[Path, typer.Argument(help="splits CSV", metavar="S
 
 
 def _is_main_process() -> bool:
-    return os.environ.get("RANK", "0") == "0"
+    from perceiver_med.training.engine import Processes
+
+    return Processes.planned().main
 
 
 _D = TrainConfig()
@@ -581,27 +582,18 @@ def predict(run: Annotated[Path, typer.Argument(help="run directory", metavar="R
     if len(samples) > 30:
         table.caption = f"... and {len(samples) - 30} more in {escape(str(out))}"
     console.print(table)
-    if samples and all(sample.label for sample in samples):
-        _print_accuracy(samples, decided.names, predicted.label_source)
+    scored = predicted.accuracy()
+    if scored is not None and scored.accuracy is not None:
+        console.print(f"accuracy against the labels of the {predicted.label_source}, on {scored.unseen} sample(s) "
+                      f"of patients the run did not train on: [bold]{scored.accuracy:.4f}[/]")
+    if scored is not None and scored.own:
+        counts = ", ".join(f"{n} of its {split} patients" for split, n in scored.own.items())
+        console.print(f"{sum(scored.own.values())} labelled sample(s) were the run's own ({counts}): left out of "
+                      "the accuracy")
     _print_skips(predicted.skipped)
     noun = "point(s)" if points else "scan(s)"
     console.print(summary_line(len(samples), len(predicted.skipped), f"{noun} predicted")
                   + f"; written to [bold]{escape(str(out))}[/]")
-
-
-def _print_accuracy(samples: list, preds: list[str], source: str) -> None:
-    """Accuracy of labelled predictions, never mixing in samples the run learnt from (its train and val
-    patients): those are counted and left out."""
-    own = [sample for sample in samples if sample.split in SPLITS[:2]]
-    unseen = [(sample, pred) for sample, pred in zip(samples, preds) if sample.split not in SPLITS[:2]]
-    if unseen:
-        accuracy = sum(pred == sample.label for sample, pred in unseen) / len(unseen)
-        console.print(f"accuracy against the labels of the {source}, on {len(unseen)} sample(s) of patients the "
-                      f"run did not train on: [bold]{accuracy:.4f}[/]")
-    if own:
-        counts = ", ".join(f"{sum(s.split == split for s in own)} of its {split} patients" for split in SPLITS[:2]
-                           if any(s.split == split for s in own))
-        console.print(f"{len(own)} labelled sample(s) were the run's own ({counts}): left out of the accuracy")
 
 
 @app.command(short_help="Overlays of what each prediction rests on (occlusion evidence).")
