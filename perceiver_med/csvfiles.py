@@ -128,8 +128,11 @@ def read_csv(path: Path | str, kind: str, required: Iterable[str]) -> CsvTable:
                 missing = [name for name in required if name not in header]
                 if missing:
                     found = ",".join(printable(name) for name in header) or "nothing"
+                    separator = next((sep for sep in ";\t|" if len(header) == 1 and sep in header[0]), None)
+                    hint = (f"; its columns are separated by {separator!r}: save it as comma-separated values"
+                            if separator else "")
                     raise UserError(f"{printable(path)} is not a {kind}: it needs the columns {','.join(required)} "
-                                    f"(found: {found})")
+                                    f"(found: {found}){hint}")
                 rows = []
                 for record in reader:
                     if not any(cell.strip() for cell in record):
