@@ -194,6 +194,8 @@ def test_split_takes_the_lidc_points(case, run_cli):
     assert len(result.rows) == 2 and sorted(row.label for row in rows) == ["benign", "malignant"]
     assert [row.point for row in rows] == [tuple(point_of(r)) for r in read_rows(root / "p.csv")]
     assert {row.patient_id for row in rows} == {"LIDC-IDRI-0001"}
+    assert [skip.reason for skip in result.skipped] == [  # the XML beside the slices, said to be what it is
+        "an LIDC-IDRI reading (XML), not an image: `perceiver-med points` turns it into points"]
     assert not [p for p in data.rglob("*") if p.suffix in (".csv", ".json")]  # nothing written beside the scans
 
 
@@ -214,6 +216,7 @@ def test_marks_closer_than_the_tolerance_are_split_until_no_nodule_has_more_mark
     marks = [mark(0.0), mark(0.1), mark(1.6), mark(1.7)]
     assert cluster(marks, 2.0, 4) == [[0, 1, 2, 3]]
     assert cluster(marks, 2.0, 3) == [[0, 1], [2, 3]]  # 2 * 0.9^k < 1.5 first at k = 2: 1.62, then 1.458
+    assert cluster([], 2.0, 4) == []  # a reading of small nodules only
     with pytest.raises(ScanError, match="cannot be told apart"):
         cluster([mark(0.0), mark(0.0), mark(0.05)], 2.0, 2)
 
@@ -252,3 +255,14 @@ def test_mask_labels_are_refused_for_lidc_readings_and_nothing_is_written(case):
     with pytest.raises(UserError, match="inside the input folder"):
         mask_points(data, data, folder / "p.csv")
     assert not (root / "p.csv").exists() and not (folder / "p.csv").exists()
+
+
+def test_no_usable_reading_is_one_line_exit_2_through_the_installed_command(case, run_installed, tmp_path):
+    root, folder, uid = case
+    readings = tmp_path / "xml"
+    readings.mkdir()
+    (readings / "other.xml").write_text(reading_xml("1.2.3.4.5.6", {k: f"9.9.{k}" for k in range(SHAPE[0])}))
+    code, stdout, stderr = run_installed("points", readings, "--scans", root / "LIDC-IDRI", "--out", tmp_path / "p.csv")
+    assert code == 2 and len(stderr.strip().splitlines()) == 1 and "Traceback" not in stdout + stderr, stderr
+    assert "no LIDC reading" in stderr and "is not among the scans" in stderr
+    assert not (tmp_path / "p.csv").exists() and not list(tmp_path.glob(".p.csv*"))

@@ -205,19 +205,21 @@ def cluster(marks: list[PlacedMark], tolerance: float, most: int) -> list[list[i
     from scipy.spatial.distance import cdist
 
     count = len(marks)
+    if not count:
+        return []
     distance = np.zeros((count, count))
     for i in range(count):
         for j in range(i + 1, count):
             distance[i, j] = distance[j, i] = cdist(marks[i].outline_mm, marks[j].outline_mm).min()
     while True:
         _, groups = connected_components(csr_matrix(distance <= tolerance), directed=False)
-        if count == 0 or np.bincount(groups).max() <= most:
+        if np.bincount(groups).max() <= most:
             break
         tolerance *= SHRINK
         if tolerance < SMALLEST_TOLERANCE_MM:
             raise ScanError(f"its nodule marks cannot be told apart: marks closer than {SMALLEST_TOLERANCE_MM} mm "
                             f"form a nodule of more marks than its {most} reader(s)")
-    return [sorted(np.flatnonzero(groups == group).tolist()) for group in range(groups.max() + 1 if count else 0)]
+    return [np.flatnonzero(groups == group).tolist() for group in range(groups.max() + 1)]
 
 
 def nodules_of(reading: LidcReading, grid: OutlineGrid) -> tuple[list[Nodule], int]:
