@@ -181,11 +181,12 @@ class OutlineGrid:
         return float(np.linalg.norm(self.affine[:3, 2]))
 
     def image_of(self, outline: Outline) -> int | None:
-        """The series image an outline is drawn on: by its SOPInstanceUID, else the image within a quarter of
-        the slice spacing of its z position; None when neither is in the series."""
+        """The series image an outline is drawn on: by its SOPInstanceUID, else (an axial series) the image within
+        a quarter of the slice spacing of its z position; None when neither is in the series."""
         if outline.sop_uid in self.image_of_sop:
             return self.image_of_sop[outline.sop_uid]
-        if outline.z is None:
+        axial = abs(self.affine[2, 2]) >= 0.5 * self.slice_spacing  # z tells images apart only when they step along it
+        if outline.z is None or not axial:
             return None
         origins_z = self.affine[2, 2] * np.arange(self.shape[2]) + self.affine[2, 3]
         nearest = int(np.argmin(np.abs(origins_z - outline.z)))
