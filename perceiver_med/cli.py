@@ -304,7 +304,8 @@ def split(data: Annotated[Optional[Path], typer.Argument(help="folder of scans",
 def points(masks: Annotated[Path, typer.Argument(help="folder of masks (NIfTI label maps named as their scans, "
                                                       "or DICOM SEG), or one mask; or LIDC-IDRI readers' XML (a TCIA "
                                                       "download: the scans folder itself)", metavar="MASKS")],
-           scans: Annotated[Path, typer.Option(help="folder of the scans the masks segment", metavar="DIR")],
+           scans: Annotated[Path, typer.Option(help="folder of the scans the masks segment (or the readings read)",
+                                               metavar="DIR")],
            out: Annotated[Path, typer.Option(help="points CSV to write", metavar="CSV")],
            mask_labels: Annotated[Optional[str], typer.Option(
                help="class of each label value (SEG: segment number), e.g. 1=benign,2=malignant; other values are "
