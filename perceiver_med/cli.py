@@ -299,10 +299,12 @@ def split(data: Annotated[Optional[Path], typer.Argument(help="folder of scans",
     console.print(f"splits written to [bold]{escape(str(out))}[/]")
 
 
-@app.command(short_help="Segmentation masks -> a points CSV: one point per connected component.")
+@app.command(short_help="Segmentation masks or LIDC-IDRI readings -> a points CSV: one point per lesion.")
 def points(masks: Annotated[Path, typer.Argument(help="folder of masks (NIfTI label maps named as their scans, "
-                                                      "or DICOM SEG), or one mask", metavar="MASKS")],
-           scans: Annotated[Path, typer.Option(help="folder of the scans the masks segment", metavar="DIR")],
+                                                      "or DICOM SEG), or one mask; or LIDC-IDRI readers' XML (a TCIA "
+                                                      "download: the scans folder itself)", metavar="MASKS")],
+           scans: Annotated[Path, typer.Option(help="folder of the scans the masks segment (or the readings read)",
+                                               metavar="DIR")],
            out: Annotated[Path, typer.Option(help="points CSV to write", metavar="CSV")],
            mask_labels: Annotated[Optional[str], typer.Option(
                help="class of each label value (SEG: segment number), e.g. 1=benign,2=malignant; other values are "
@@ -310,23 +312,34 @@ def points(masks: Annotated[Path, typer.Argument(help="folder of masks (NIfTI la
                metavar="VALUE=CLASS,...")] = None,
            overwrite: Overwrite = False):
     """Each connected component of a mask becomes one row: its centroid in patient mm (LPS), the diameter of a
-    sphere of its volume, its label; `split DATA --points CSV` takes the file."""
+    sphere of its volume, its label. LIDC-IDRI XML: the readers' outlines of one nodule (3 mm or more) become one
+    row, labelled by their median malignancy rating. `split DATA --points CSV` takes the file."""
     from rich.table import Table
 
+    from perceiver_med.inputs.lidc import LidcPoints
     from perceiver_med.workflows.folders import mask_points
 
     result = mask_points(masks, scans, out, mask_labels, overwrite)
-    table = Table(title=f"components per scan ({len(result.scans)} mask(s) used)")
-    for column in ("mask", "scan", "components"):
-        table.add_column(column, justify="right" if column == "components" else "left")
-    for item in result.scans:
-        table.add_row(plain(item.mask.name), plain(item.scan.id), str(len(item.components)))
+    if isinstance(result, LidcPoints):
+        table = Table(title=f"nodules of 3 mm or more per series ({len(result.series)} reading(s) used)")
+        for column in ("reading", "series", "nodules", "labelled", "marks under 3 mm", "non-nodules"):
+            table.add_column(column, justify="left" if column in ("reading", "series") else "right")
+        for item in result.series:
+            table.add_row(plain(item.reading.name), plain(item.scan.id), str(len(item.nodules)),
+                          str(len(item.labelled)), str(item.small_marks), str(item.non_nodules))
+        what, skipped_title = "nodule point(s)", "skipped (readings and other XML files)"
+    else:
+        table = Table(title=f"components per scan ({len(result.scans)} mask(s) used)")
+        for column in ("mask", "scan", "components"):
+            table.add_column(column, justify="right" if column == "components" else "left")
+        for item in result.scans:
+            table.add_row(plain(item.mask.name), plain(item.scan.id), str(len(item.components)))
+        what, skipped_title = "point(s) from masks", "skipped (masks and other files)"
     console.print(table)
-    _print_skips(result.skipped, "skipped (masks and other files)")
+    _print_skips(result.skipped, skipped_title)
     for note in result.notes:
         console.print(f"[yellow]note[/]: {escape(note)}")
-    console.print(f"labels from {escape(result.label_source)}; "
-                  + summary_line(result.rows, len(result.skipped), "point(s) from masks"))
+    console.print(f"labels from {escape(result.label_source)}; " + summary_line(result.rows, len(result.skipped), what))
     console.print(f"points written to [bold]{escape(str(out))}[/]")
 
 
