@@ -21,8 +21,8 @@ from perceiver_med.io.limits import ENV as MAX_VOXELS_VARIABLE
 from perceiver_med.io.limits import parse_max_voxels
 from perceiver_med.training.config import POSITIVE_NAMES, SEED_RANGE, Runtime, TrainConfig, value_range
 from perceiver_med.errors import Interrupted, UserError
-from perceiver_med.results.display import (console, counts_table, err_console, metrics_table, plain, scans_table,
-                                  skipped_table, summary_line, trust_table)
+from perceiver_med.results.display import (console, counts_table, err_console, froc_table, metrics_table, plain,
+                                           scans_table, skipped_table, summary_line, trust_table)
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
                   context_settings={"max_content_width": 100},
@@ -535,15 +535,31 @@ def evaluate(run: Annotated[Path, typer.Argument(help="run directory", metavar="
                                                             "are refused", metavar="CSV",
                                                             show_default="the run's frozen copy")] = None,
              split: Annotated[SplitName, _choice("which split")] = SplitName.all,
+             nodules: Annotated[Optional[Path], typer.Option(
+                 help="a point run's nodule reference for FROC and CPM, as LUNA16 counts them: seriesuid (or "
+                      "path),coordX,coordY,coordZ,diameter_mm in LPS mm (LUNA16's annotations.csv)",
+                 metavar="CSV")] = None,
+             excluded: Annotated[Optional[Path], typer.Option(
+                 help="findings whose hits FROC ignores, in the same columns (annotations_excluded.csv)",
+                 metavar="CSV")] = None,
+             out: Annotated[Optional[Path], typer.Option(help="also write the metrics as JSON (metrics.json's "
+                                                             "form)", metavar="JSON")] = None,
+             overwrite: Overwrite = False,
              tta: TtaOption = 1, device: DeviceOption = Device.auto, max_voxels: MaxVoxels = None):
-    """Metrics of a trained run on the chosen splits."""
+    """Metrics of a trained run on the chosen splits; FROC and CPM of a point run with --nodules."""
     from perceiver_med.results.evaluation import evaluate_run
 
-    metrics = evaluate_run(run, splits, split.value, tta, _runtime(max_voxels, device))
+    metrics = evaluate_run(run, splits, split.value, tta, _runtime(max_voxels, device), nodules, excluded, out,
+                           overwrite)
     views = f", mean of {tta} test-time views" if tta > 1 else ""
     console.print(metrics_table(metrics, f"{escape(str(run))} (positive class: "
                                          f"{escape(metrics['positive_class'])}{views})"))
     _print_trust(metrics)
+    table = froc_table(metrics)
+    if table is not None:
+        console.print(table)
+    if out is not None:
+        console.print(f"wrote [bold]{escape(str(out))}[/]")
 
 
 def _print_trust(metrics: dict) -> None:

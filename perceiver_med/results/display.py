@@ -266,3 +266,24 @@ def trust_table(metrics: dict) -> Table | None:
         row(f"per {unit}: ROC AUC", lambda v: number(v["patient_level"][unit].get("roc_auc")))
         row(f"per {unit}: accuracy", lambda v: number(v["patient_level"][unit].get("accuracy")))
     return table
+
+
+def froc_table(metrics: dict) -> Table | None:
+    """One column per split: the CPM and the sensitivity at each false-positive rate of the FROC, with 95%
+    patient-bootstrap intervals, and how the candidates were counted; None without FROC results."""
+    splits = [s for s in REPORTED_SPLITS if isinstance(metrics.get(s), dict) and "froc" in metrics[s]]
+    if not splits:
+        return None
+    table = Table(title="FROC against the nodule reference (LUNA16's counting); 95% patient-bootstrap intervals")
+    table.add_column("")
+    for split in splits:
+        table.add_column(split.replace("_", " "), justify="right")
+    entries = [metrics[split]["froc"] for split in splits]
+    table.add_row("CPM", *(_with_interval(e["cpm"], e["ci95"]["cpm"]) for e in entries))
+    for k, rate in enumerate(entries[0]["fp_rates"]):
+        table.add_row(f"sens. at {rate:g} FP/scan",
+                      *(_with_interval(e["sensitivity"][k], e["ci95"]["sensitivity"][k]) for e in entries))
+    for key, name in (("scans", "scans"), ("nodules", "nodules"), ("found", "nodules hit"),
+                      ("false_positives", "false-positive marks"), ("on_excluded", "marks on excluded findings")):
+        table.add_row(name, *(str(e[key]) for e in entries))
+    return table
