@@ -225,7 +225,8 @@ def _with_interval(value, interval) -> str:
 
 
 def trust_table(metrics: dict) -> Table | None:
-    """One column per split, one row per result: ROC AUC and accuracy with 95% patient-bootstrap intervals, the
+    """One column per split, one row per result: ROC AUC, accuracy, average precision and the sensitivity at 95%
+    specificity with 95% patient-bootstrap intervals, the
     decision at the run's threshold, calibration before -> after temperature scaling, and the patient-level ROC
     AUC and accuracy. Splits are columns so that it fits an 80-column terminal."""
     threshold = metrics.get("threshold") or {}
@@ -251,6 +252,11 @@ def trust_table(metrics: dict) -> Table | None:
 
     row("ROC AUC", lambda v: _with_interval(v["roc_auc"], v["ci95"].get("roc_auc")))
     row("accuracy", lambda v: _with_interval(v["accuracy"], v["ci95"].get("accuracy")))
+    if all("average_precision" in metrics[split] for split in splits):  # runs scored before these were added lack them
+        row("average precision",
+            lambda v: _with_interval(v["average_precision"], v["ci95"].get("average_precision")))
+        row("sens. at 95% spec.", lambda v: _with_interval(v["sensitivity_at_95_specificity"],
+                                                           v["ci95"].get("sensitivity_at_95_specificity")))
     if all(v.get("threshold") for v in map(metrics.get, splits)):
         row("sensitivity", lambda v: number(v["threshold"]["sensitivity"]))
         row("specificity", lambda v: number(v["threshold"]["specificity"]))

@@ -11,7 +11,8 @@ from perceiver_med.results.report.headers import NOT_RECORDED, Characteristics
 from perceiver_med.results.report.run_record import FileDigest, RunRecord
 from perceiver_med.run.rundir import CONFIG
 
-SAMPLE_METRICS = (("n", "samples scored"), ("roc_auc", "ROC AUC"), ("accuracy", "accuracy"),
+SAMPLE_METRICS = (("n", "samples scored"), ("roc_auc", "ROC AUC"), ("average_precision", "average precision"),
+                  ("sensitivity_at_95_specificity", "sensitivity at 95% specificity"), ("accuracy", "accuracy"),
                   ("balanced_accuracy", "balanced accuracy"), ("f1_macro", "F1 (macro)"),
                   ("sensitivity", "sensitivity (run's decisions)"),
                   ("specificity", "specificity (run's decisions)"), ("loss", "cross-entropy (calibrated)"))
@@ -203,9 +204,12 @@ def scored_splits(metrics: dict) -> list[str]:
 
 def _metric_table(by_split: dict, spec, pick, caption: str, prefix: str) -> Table:
     """Rows of metrics, a column per split. `pick` finds the metrics in a split's entry; an interval comes from
-    the picked dict's ci95, or from the split's ci95 under the spec's third element when it has one."""
+    the picked dict's ci95, or from the split's ci95 under the spec's third element when it has one. A metric no
+    split has (one a later version added) has no row."""
     rows, splits = [], scored_splits(by_split)
     for key, name, *interval_key in spec:
+        if not any(key in (pick(by_split.get(split) or {}) or {}) for split in splits):
+            continue  # a metric added after this run was scored
         cells = [name]
         for split in splits:
             entry = by_split.get(split) or {}
