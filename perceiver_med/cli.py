@@ -75,6 +75,12 @@ class ClassWeights(str, Enum):
     auto = "auto"
 
 
+class Sampler(str, Enum):
+    auto = "auto"
+    shuffle = "shuffle"
+    balanced = "balanced"
+
+
 class SplitName(str, Enum):
     all = "all"
     train = "train"
@@ -483,6 +489,10 @@ def train(splits: Annotated[Optional[Path], typer.Argument(help="splits CSV from
               show_default="0.5")] = None,
           class_weights: Annotated[Optional[ClassWeights], _choice("auto: inverse class frequency in the loss",
                                                                    show_default="none")] = None,
+          sampler: Annotated[Optional[Sampler], _choice(
+              "how an epoch draws training samples: shuffle (each once) or balanced (with replacement, each class "
+              "equally often); auto: balanced where a class has under 1/4 of the commonest class's training "
+              "samples and --class-weights is not auto", show_default="auto")] = None,
           num_workers: Annotated[int, typer.Option(help="preprocessing processes (0: one per core, up to 8; never "
                                                         "more than the cores)", min=0,
                                                    max=value_range(TrainConfig, "num_workers")[1],
@@ -501,7 +511,9 @@ def train(splits: Annotated[Optional[Path], typer.Argument(help="splits CSV from
     from perceiver_med.workflows.train import train as train_model
 
     options = dict(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, patience=patience,
-                   stop_loss=stop_loss, seed=seed, class_weights=_value(class_weights), input=_value(input), size=size, channels=channels,
+                   stop_loss=stop_loss, seed=seed, class_weights=_value(class_weights),
+                   sampler=None if sampler in (None, Sampler.auto) else sampler.value, input=_value(input),
+                   size=size, channels=channels,
                    grid_pad=grid_pad, fov_mm=fov_mm, slice_mm=slice_mm, window=window, flip=flip, positive=positive,
                    threshold=threshold, **model_options)
     request = TrainRequest(splits, out, model, options, _runtime(max_voxels, device, precision, num_workers),
