@@ -653,12 +653,18 @@ def explain(run: Annotated[Path, typer.Argument(help="run directory", metavar="R
 def report(run: Annotated[Path, typer.Argument(help="run directory", metavar="RUN")],
            out: Annotated[Path, typer.Option(help="HTML file to write; OUT.md and OUT_files/ go beside it",
                                              metavar="HTML")],
+           nodules: Annotated[Optional[Path], typer.Option(
+               help="a point run's nodule reference: adds FROC and CPM of its predictions (as evaluate --nodules)",
+               metavar="CSV")] = None,
+           excluded: Annotated[Optional[Path], typer.Option(help="findings whose hits FROC ignores "
+                                                                 "(annotations_excluded.csv)", metavar="CSV")] = None,
            overwrite: Overwrite = False):
     """A model card of a trained run: flow of patients, per-split characteristics, configuration and file hashes,
-    metrics with 95% intervals, calibration, the most confident errors, and a CLAIM 2024 checklist."""
+    metrics with 95% intervals, calibration, the most confident errors, and a CLAIM 2024 checklist; FROC and CPM of
+    a point run with --nodules."""
     from perceiver_med.results.report import write_report
 
-    written = write_report(run, out, overwrite)
+    written = write_report(run, out, overwrite, nodules, excluded)
     console.print(f"wrote [bold]{escape(str(written))}[/] and [bold]{escape(str(written.with_suffix('.md')))}[/]")
 
 

@@ -93,3 +93,26 @@ def test_the_command_prints_the_froc_and_refuses_mistakes_in_one_line(lung, run_
     code, _, err = run_installed("evaluate", tiny_run.run, "--nodules", root / "lung" / "nodules.csv")
     assert code == 2 and "give a run trained on points" in err and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_the_report_shows_the_froc_of_the_run_s_predictions(tmp_path):
+    from perceiver_med.results.report import write_report
+
+    run = tmp_path / "run"
+    shutil.copytree(LEGACY / "runs" / "lung-points-perceiver", run)
+    rows = read_splits(run / "splits.csv")  # absolute paths, as the run froze them: the nodules name them so
+    (tmp_path / "nodules.csv").write_text("path,coordX,coordY,coordZ,diameter_mm\n" + "".join(
+        f"{r.path},{r.point[0]!r},{r.point[1]!r},{r.point[2]!r},{r.diameter_mm}\n" for r in rows
+        if r.label == "malignant"))
+    html = write_report(run, tmp_path / "report" / "report.html", nodules=tmp_path / "nodules.csv")
+    predictions = read_predictions(run / "predictions_test.csv", ["benign", "malignant"])
+    malignant = np.array([s.label == "malignant" for s in predictions.samples])
+    score = predictions.probs[:, 1]
+    hand = _luna16_sensitivities(score[malignant], score[~malignant], malignant.sum(),
+                                 len({s.path for s in predictions.samples}))
+    markdown = html.with_suffix(".md").read_text()
+    header = next(line for line in markdown.splitlines() if line.startswith("|  | train"))
+    cpm = next(line for line in markdown.splitlines() if line.startswith("| CPM |"))
+    assert "## Detection: FROC" in markdown and header.split("|")[-2].strip() == "test"
+    assert cpm.split("|")[-2].strip().startswith(f"{hand.mean():.3f} (")
+    assert (tmp_path / "report" / "report_files" / "froc.png").is_file()

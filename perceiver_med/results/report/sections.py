@@ -268,3 +268,26 @@ def _folds_blocks(cross_validation: dict) -> list:
     return [Paragraph(f"{cross_validation.get('folds', len(per_fold))}-fold cross-validation; the folds' models as "
                       f"one: {cross_validation.get('ensemble', 'not recorded')}."),
             Table(["fold", *splits], rows, "each fold's own model on its splits")]
+
+
+def froc_section(froc: dict[str, dict], reference: dict, positive_class: str) -> Section:
+    """FROC of a point run's candidates against a nodule reference: CPM and the sensitivity at each rate with
+    95% intervals, and how the candidates were counted; the reference files by name and SHA-256."""
+    splits = list(froc)
+    rows = [["CPM", *(Cell(number(froc[s]["cpm"], froc[s]["ci95"]["cpm"]), f"froc-{s}-cpm") for s in splits)]]
+    for k, rate in enumerate(froc[splits[0]]["fp_rates"]):
+        rows.append([f"sensitivity at {rate:g} false positives per scan",
+                     *(number(froc[s]["sensitivity"][k], froc[s]["ci95"]["sensitivity"][k]) for s in splits)])
+    for key, name in (("scans", "scans"), ("nodules", "nodules"), ("found", "nodules hit"),
+                      ("false_positives", "false-positive marks"), ("on_excluded", "marks on excluded findings"),
+                      ("double_hits", "further hits on a nodule already hit (not counted)"),
+                      ("candidates", "candidates"), ("scored", f"candidates scored (at most "
+                                                               f"{froc[splits[0]]['max_marks_per_scan']} a scan)")):
+        rows.append([name, *(str(froc[s][key]) for s in splits)])
+    files = "; ".join(f"{name}: {entry['file']} (SHA-256 {entry['sha256'][:16]}\u2026)"
+                      for name, entry in reference.items() if name != "rule")
+    return Section("froc", "Detection: FROC", [
+        Paragraph(f"Candidates scored by the run's calibrated probability of {positive_class}, counted against the "
+                  f"nodule reference as {reference['rule']}. Reference files: {files}. Intervals: 95% percentile "
+                  "intervals of patient-bootstrap resamples."),
+        Table(["", *splits], rows, "FROC per split")])
