@@ -170,12 +170,16 @@ def froc_results(record: RunRecord, reference) -> dict[str, dict]:
 def froc_figure(froc: dict[str, dict], folder: Path) -> Figure | None:
     """FROC curves (sensitivity against false positives per scan, log scale from 1/8 to 8) of each split, with
     their 95% bands and dots at the rates the CPM averages."""
-    from perceiver_med.results.display import PLAIN, _pyplot, save_figure
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from perceiver_med.results.display import PLAIN, save_figure
 
     drawn = {split: entry for split, entry in froc.items() if entry["cpm"] is not None}
     if not drawn:
         return None
-    plt = _pyplot()
     figure, axis = plt.subplots(figsize=(5.6, 4.6))
     for split, entry in drawn.items():
         curve = entry["curve"]
