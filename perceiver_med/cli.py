@@ -20,8 +20,8 @@ from perceiver_med.io.limits import ENV as MAX_VOXELS_VARIABLE
 from perceiver_med.io.limits import parse_max_voxels
 from perceiver_med.training.config import POSITIVE_NAMES, SEED_RANGE, Runtime, TrainConfig, value_range
 from perceiver_med.errors import Interrupted, UserError
-from perceiver_med.results.display import (console, counts_table, err_console, metrics_table, plain, scans_table,
-                                  skipped_table, summary_line, trust_table)
+from perceiver_med.results.display import (console, counts_table, err_console, froc_table, metrics_table, plain,
+                                           scans_table, skipped_table, summary_line, trust_table)
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
                   context_settings={"max_content_width": 100},
@@ -72,6 +72,12 @@ class Precision(str, Enum):
 class ClassWeights(str, Enum):
     none = "none"
     auto = "auto"
+
+
+class Sampler(str, Enum):
+    auto = "auto"
+    shuffle = "shuffle"
+    balanced = "balanced"
 
 
 class SplitName(str, Enum):
@@ -497,6 +503,10 @@ def train(splits: Annotated[Optional[Path], typer.Argument(help="splits CSV from
               show_default="0.5")] = None,
           class_weights: Annotated[Optional[ClassWeights], _choice("auto: inverse class frequency in the loss",
                                                                    show_default="none")] = None,
+          sampler: Annotated[Optional[Sampler], _choice(
+              "how an epoch draws training samples: shuffle (each once) or balanced (with replacement, each class "
+              "equally often); auto: balanced where a class has under 1/4 of the commonest class's training "
+              "samples and --class-weights is not auto", show_default="auto")] = None,
           num_workers: Annotated[int, typer.Option(help="preprocessing processes (0: one per core, up to 8; never "
                                                         "more than the cores)", min=0,
                                                    max=value_range(TrainConfig, "num_workers")[1],
@@ -515,7 +525,9 @@ def train(splits: Annotated[Optional[Path], typer.Argument(help="splits CSV from
     from perceiver_med.workflows.train import train as train_model
 
     options = dict(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, patience=patience,
-                   stop_loss=stop_loss, seed=seed, class_weights=_value(class_weights), input=_value(input), size=size, channels=channels,
+                   stop_loss=stop_loss, seed=seed, class_weights=_value(class_weights),
+                   sampler=None if sampler in (None, Sampler.auto) else sampler.value, input=_value(input),
+                   size=size, channels=channels,
                    grid_pad=grid_pad, fov_mm=fov_mm, slice_mm=slice_mm, window=window, flip=flip, positive=positive,
                    threshold=threshold, **model_options)
     request = TrainRequest(splits, out, model, options, _runtime(max_voxels, device, precision, num_workers),
@@ -549,15 +561,31 @@ def evaluate(run: Annotated[Path, typer.Argument(help="run directory", metavar="
                                                             "are refused", metavar="CSV",
                                                             show_default="the run's frozen copy")] = None,
              split: Annotated[SplitName, _choice("which split")] = SplitName.all,
+             nodules: Annotated[Optional[Path], typer.Option(
+                 help="a point run's nodule reference for FROC and CPM, as LUNA16 counts them: seriesuid (or "
+                      "path),coordX,coordY,coordZ,diameter_mm in LPS mm (LUNA16's annotations.csv)",
+                 metavar="CSV")] = None,
+             excluded: Annotated[Optional[Path], typer.Option(
+                 help="findings whose hits FROC ignores, in the same columns (annotations_excluded.csv)",
+                 metavar="CSV")] = None,
+             out: Annotated[Optional[Path], typer.Option(help="also write the metrics as JSON (metrics.json's "
+                                                             "form)", metavar="JSON")] = None,
+             overwrite: Overwrite = False,
              tta: TtaOption = 1, device: DeviceOption = Device.auto, max_voxels: MaxVoxels = None):
-    """Metrics of a trained run on the chosen splits."""
+    """Metrics of a trained run on the chosen splits; FROC and CPM of a point run with --nodules."""
     from perceiver_med.results.evaluation import evaluate_run
 
-    metrics = evaluate_run(run, splits, split.value, tta, _runtime(max_voxels, device))
+    metrics = evaluate_run(run, splits, split.value, tta, _runtime(max_voxels, device), nodules, excluded, out,
+                           overwrite)
     views = f", mean of {tta} test-time views" if tta > 1 else ""
     console.print(metrics_table(metrics, f"{escape(str(run))} (positive class: "
                                          f"{escape(metrics['positive_class'])}{views})"))
     _print_trust(metrics)
+    table = froc_table(metrics)
+    if table is not None:
+        console.print(table)
+    if out is not None:
+        console.print(f"wrote [bold]{escape(str(out))}[/]")
 
 
 def _print_trust(metrics: dict) -> None:
@@ -630,12 +658,18 @@ def explain(run: Annotated[Path, typer.Argument(help="run directory", metavar="R
 def report(run: Annotated[Path, typer.Argument(help="run directory", metavar="RUN")],
            out: Annotated[Path, typer.Option(help="HTML file to write; OUT.md and OUT_files/ go beside it",
                                              metavar="HTML")],
+           nodules: Annotated[Optional[Path], typer.Option(
+               help="a point run's nodule reference: adds FROC and CPM of its predictions (as evaluate --nodules)",
+               metavar="CSV")] = None,
+           excluded: Annotated[Optional[Path], typer.Option(help="findings whose hits FROC ignores "
+                                                                 "(annotations_excluded.csv)", metavar="CSV")] = None,
            overwrite: Overwrite = False):
     """A model card of a trained run: flow of patients, per-split characteristics, configuration and file hashes,
-    metrics with 95% intervals, calibration, the most confident errors, and a CLAIM 2024 checklist."""
+    metrics with 95% intervals, calibration, the most confident errors, and a CLAIM 2024 checklist; FROC and CPM of
+    a point run with --nodules."""
     from perceiver_med.results.report import write_report
 
-    written = write_report(run, out, overwrite)
+    written = write_report(run, out, overwrite, nodules, excluded)
     console.print(f"wrote [bold]{escape(str(written))}[/] and [bold]{escape(str(written.with_suffix('.md')))}[/]")
 
 

@@ -225,7 +225,8 @@ def _with_interval(value, interval) -> str:
 
 
 def trust_table(metrics: dict) -> Table | None:
-    """One column per split, one row per result: ROC AUC and accuracy with 95% patient-bootstrap intervals, the
+    """One column per split, one row per result: ROC AUC, accuracy, average precision and the sensitivity at 95%
+    specificity with 95% patient-bootstrap intervals, the
     decision at the run's threshold, calibration before -> after temperature scaling, and the patient-level ROC
     AUC and accuracy. Splits are columns so that it fits an 80-column terminal."""
     threshold = metrics.get("threshold") or {}
@@ -251,6 +252,11 @@ def trust_table(metrics: dict) -> Table | None:
 
     row("ROC AUC", lambda v: _with_interval(v["roc_auc"], v["ci95"].get("roc_auc")))
     row("accuracy", lambda v: _with_interval(v["accuracy"], v["ci95"].get("accuracy")))
+    if all("average_precision" in metrics[split] for split in splits):  # runs scored before these were added lack them
+        row("average precision",
+            lambda v: _with_interval(v["average_precision"], v["ci95"].get("average_precision")))
+        row("sens. at 95% spec.", lambda v: _with_interval(v["sensitivity_at_95_specificity"],
+                                                           v["ci95"].get("sensitivity_at_95_specificity")))
     if all(v.get("threshold") for v in map(metrics.get, splits)):
         row("sensitivity", lambda v: number(v["threshold"]["sensitivity"]))
         row("specificity", lambda v: number(v["threshold"]["specificity"]))
@@ -265,4 +271,25 @@ def trust_table(metrics: dict) -> Table | None:
             f"({v['patient_level'][unit]['mixed_label_units']})")
         row(f"per {unit}: ROC AUC", lambda v: number(v["patient_level"][unit].get("roc_auc")))
         row(f"per {unit}: accuracy", lambda v: number(v["patient_level"][unit].get("accuracy")))
+    return table
+
+
+def froc_table(metrics: dict) -> Table | None:
+    """One column per split: the CPM and the sensitivity at each false-positive rate of the FROC, with 95%
+    patient-bootstrap intervals, and how the candidates were counted; None without FROC results."""
+    splits = [s for s in REPORTED_SPLITS if isinstance(metrics.get(s), dict) and "froc" in metrics[s]]
+    if not splits:
+        return None
+    table = Table(title="FROC against the nodule reference (LUNA16's counting); 95% patient-bootstrap intervals")
+    table.add_column("")
+    for split in splits:
+        table.add_column(split.replace("_", " "), justify="right")
+    entries = [metrics[split]["froc"] for split in splits]
+    table.add_row("CPM", *(_with_interval(e["cpm"], e["ci95"]["cpm"]) for e in entries))
+    for k, rate in enumerate(entries[0]["fp_rates"]):
+        table.add_row(f"sens. at {rate:g} FP/scan",
+                      *(_with_interval(e["sensitivity"][k], e["ci95"]["sensitivity"][k]) for e in entries))
+    for key, name in (("scans", "scans"), ("nodules", "nodules"), ("found", "nodules hit"),
+                      ("false_positives", "false-positive marks"), ("on_excluded", "marks on excluded findings")):
+        table.add_row(name, *(str(e[key]) for e in entries))
     return table
