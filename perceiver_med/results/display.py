@@ -96,9 +96,18 @@ def save_figure(figure, path, metadata: dict[str, str] | None = None) -> None:
 
 def save_curves(history: list[dict], path) -> None:
     """Loss and accuracy per split per epoch, one column of plots per stage."""
+    save_figure(curves_figure(history), path)
+
+
+def curves_figure(history: list[dict]):
+    """The figure of save_curves: whole-number epoch ticks, and one legend below the plots, where it hides no
+    curve (inside an axis it covers the points of a short run wherever it goes)."""
+    from matplotlib.ticker import MaxNLocator
+
     plt = _pyplot()
     stages = list(dict.fromkeys(row["stage"] for row in history)) or ["(none)"]
-    figure, axes = plt.subplots(2, len(stages), figsize=(4.5 * len(stages), 6), squeeze=False)
+    figure, axes = plt.subplots(2, len(stages), figsize=(4.5 * len(stages), 6.4), squeeze=False)
+    legend = {}
     for column, stage in enumerate(stages):
         rows = [row for row in history if row["stage"] == stage]
         epochs = [row["epoch"] for row in rows]
@@ -107,14 +116,19 @@ def save_curves(history: list[dict], path) -> None:
             for split, style, name in (("train", "-", "train (running, augmented)"), ("val", "--", "val")):
                 values = [row.get(f"{split}_{metric}") for row in rows]
                 if values and all(v is not None for v in values):
-                    axis.plot(epochs, values, style, marker="o", markersize=3, label=name)
+                    color = f"C{0 if split == 'train' else 1}"
+                    legend[name], = axis.plot(epochs, values, style, color=color, marker="o", markersize=3)
             axis.set_title(f"{stage}: {metric}", **PLAIN)
             axis.set_xlabel("epoch")
+            axis.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole: no tick at 2.5
             axis.grid(alpha=0.3)
-            for text in axis.legend().get_texts():
-                text.set_parse_math(False)
-    figure.tight_layout()
-    save_figure(figure, path)
+    if legend:
+        shown = figure.legend(list(legend.values()), list(legend), loc="lower center", ncol=len(legend),
+                              frameon=False)
+        for text in shown.get_texts():
+            text.set_parse_math(False)
+    figure.tight_layout(rect=(0, 0.05, 1, 1))
+    return figure
 
 
 def save_confusion(matrix: list[list[int]], classes: list[str], split: str, path) -> None:
