@@ -313,6 +313,7 @@ def test_bad_points_are_skipped_with_a_reason_and_nothing_usable_is_exit_2(point
     assert code == 0, stderr
     assert len(_points(tmp_path / "p.csv")) == 1
     assert "1.2.3.999 not found" in stdout.replace("\n", " ") or "1.2.3.999" in stdout
+    assert "1 point(s) predicted, 2 point row(s) skipped" in " ".join(stdout.split())  # rows, not "files"
     # LPS given as RAS: no point inside any scan, and the message says what may be wrong
     ras = tmp_path / "ras.csv"
     ras.write_text(",".join(keys) + "\n" + "\n".join(

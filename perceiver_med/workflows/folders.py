@@ -188,10 +188,11 @@ def label_points(points_csv: Path, discovery: Discovery) -> LabelledSet:
     for sample in samples:
         where = f"{printable(points_csv)}:{sample.point_id}"
         if not sample.label:
-            skipped.append(Skip(sample.path, f"{where}: no label (add a label column to the points file)"))
+            skipped.append(Skip(sample.path, f"{where}: no label (add a label column to the points file)",
+                                int(sample.point_id)))
         elif not sample.patient_id:
             skipped.append(Skip(sample.path, f"{where}: no patient_id in the points file, and the scan has no "
-                                             "DICOM PatientID"))
+                                             "DICOM PatientID", int(sample.point_id)))
         else:
             labelled.append(replace(sample, path=sample.path.resolve()))
     return LabelledSet(labelled, skipped, "the points file", "the points file or DICOM PatientID")
