@@ -745,6 +745,8 @@ def _plain_validation(exc) -> str:
     cause = exc.__cause__
     errors = cause.errors() if type(cause).__name__ == "ValidationError" else []
     phrase = _VALIDATION_PHRASES.get(errors[0]["type"]) if errors else None
+    if errors and errors[0]["type"] == "value_error":  # our own checks' sentence, without "Value error, "
+        return str(errors[0]["msg"]).removeprefix("Value error, ")
     if phrase is None:
         return exc.message
     given = errors[0].get("input")

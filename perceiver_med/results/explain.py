@@ -24,7 +24,6 @@ import torch
 
 from perceiver_med.csvfiles import printable
 from perceiver_med.errors import UserError
-from perceiver_med.files import refuse_inside
 from perceiver_med.inputs.samples import Sample
 from perceiver_med.inputs.loading import load_inputs, suited_samples
 from perceiver_med.io.discover import Skip, discover_each
@@ -182,9 +181,8 @@ def explain_run(request: ExplainRequest) -> tuple[list[Path], list[Skip]]:
 
     predictor = Predictor(run, device="cpu")
     config = predictor.config
-    for scan in scans:
-        refuse_inside(out / "x.png", scan)
-    check_new_output(out / "x.png", overwrite=True)  # not inside a run directory, and writable
+    # the folder of overlays: not inside an input folder or a run directory, and writable
+    check_new_output(out / "overlay.png", overwrite=True, inputs=tuple(scans))
     check_point_run(config, points)
     if points is not None:
         return _explain_points(predictor, scans, Path(points), out, overwrite)

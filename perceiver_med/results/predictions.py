@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 
 from perceiver_med.csvfiles import read_csv, write_csv
-from perceiver_med.files import refuse_inside
 from perceiver_med.inputs.labels import folder_label, known_patient, laterality_of
 from perceiver_med.inputs.loading import load_inputs, suited_samples
 from perceiver_med.inputs.points import COORDINATES
@@ -135,8 +134,7 @@ def predict_run(request: PredictRequest, on_done: Callable[[int, int], None] | N
     scans, out, points, workers = Path(request.scans), request.out, request.points, request.runtime.workers
     predictor = Predictor(request.run, request.runtime.device, request.tta)
     config = predictor.config
-    refuse_inside(out, scans)
-    check_new_output(out, request.overwrite)
+    check_new_output(out, request.overwrite, inputs=(scans,))
     check_point_run(config, points)
     trained_on = predictor.run.trained_on(config)
     if points is not None:
