@@ -239,12 +239,8 @@ def _explain_points(predictor: Predictor, scans: list[Path], points: Path, out: 
         target = out / f"{_stem(sample.path)}_line{sample.point_id}_explain.png"
         _overlay(predictor, array, name, sample.label or None, target, overwrite)
         written.append(target)
-    # explain is given a few scans: rows of other scans were not asked for, and are counted, not listed
-    others = [skip for skip in prepared.skipped if NOT_FOUND in skip.reason]
-    skipped = [skip for skip in prepared.skipped if NOT_FOUND not in skip.reason]
-    if others:
-        skipped.append(Skip(points, f"{len(others)} row(s) of the points file name scans not among those given"))
-    return written, skipped
+    # explain is given a few scans: rows of other scans were not asked for, so they are not skips
+    return written, [skip for skip in prepared.skipped if NOT_FOUND not in skip.reason]
 
 
 def _stem(scan: Path) -> str:
