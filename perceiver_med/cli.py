@@ -18,6 +18,7 @@ from perceiver_med.inputs.kinds import AUTO, KINDS
 from perceiver_med.models import DEFAULT_MODEL
 from perceiver_med.io.limits import ENV as MAX_VOXELS_VARIABLE
 from perceiver_med.io.limits import parse_max_voxels
+from perceiver_med.io.scans import relative
 from perceiver_med.training.config import POSITIVE_NAMES, SEED_RANGE, Runtime, TrainConfig, value_range
 from perceiver_med.errors import Interrupted, UserError
 from perceiver_med.results.display import (console, counts_table, err_console, froc_table, metrics_table, plain,
@@ -614,12 +615,18 @@ def predict(run: Annotated[Path, typer.Argument(help="run directory", metavar="R
                   + (f"; pred is {escape(predicted.positive_class)} where its probability is at least "
                      f"{predicted.threshold:.6g}" if predicted.threshold not in (None, 0.5) else ""))
     with_points = any(sample.point is not None for sample in samples)
-    point_column = ["point (LPS mm)"] if with_points else []
-    for column in ("scan", *point_column, "label", "pred", *(f"p({c})" for c in decided.classes)):
-        table.add_column(plain(column), no_wrap=column in point_column)  # a coordinate cut short misleads
+    # the scan as a path below SCANS (IMG00025.dcm is in every patient's folder), folded, never cut; a
+    # coordinate cut short misleads; a probability's header is never cut to p(malignan…)
+    table.add_column("scan", overflow="fold")
+    if with_points:
+        table.add_column("point (LPS mm)", no_wrap=True)
+    for column in ("label", "pred", *(f"p({c})" for c in decided.classes)):
+        table.add_column(plain(column), min_width=len(plain(column)) if column.startswith("p(") else None)
+    root = (scans if scans.is_dir() else scans.parent).resolve()
     for sample, pred, probs in zip(samples[:30], decided.names, decided.probs):
         point = [",".join(f"{c:.1f}" for c in sample.point)] if with_points else []
-        table.add_row(plain(sample.path.name), *point, plain(sample.label), plain(pred), *(f"{v:.4f}" for v in probs))
+        table.add_row(plain(relative(sample.path, root)), *point, plain(sample.label), plain(pred),
+                      *(f"{v:.4f}" for v in probs))
     if len(samples) > 30:
         table.caption = f"... and {len(samples) - 30} more in {escape(str(out))}"
     console.print(table)

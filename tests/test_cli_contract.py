@@ -6,6 +6,7 @@ no traceback, and nothing written where it should not be.
 import csv
 import json
 import os
+import re
 import shutil
 import signal
 import stat
@@ -345,6 +346,29 @@ def test_training_display_in_a_terminal_has_one_clean_row_per_epoch(knee, tmp_pa
     bars = [line for line in screen if line.startswith(("preprocessing", "loss ", "epoch ")) or "/?" in line]
     assert not bars, "\n".join(screen)  # progress bars are gone once done, and never showed an unknown total
     assert any(line.startswith("run written to") for line in screen)
+
+
+@pytest.mark.parametrize("fmt", ["dicom", "png"])
+def test_inspect_and_predict_tables_fit_80_columns_and_tell_the_scans_apart(tmp_path, run, fmt):
+    """At 80 columns every table keeps its right edge and no name is cut to "OAI9000…": long names fold."""
+    from tests.terminal import render, run_in_terminal
+
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
+    env.update(TERM="xterm-256color", PERCEIVER_MED_CACHE=str(tmp_path / "cache"))
+    data = tmp_path / "data"
+    assert subprocess.run([installed_command(), "synth", "knee", str(data), "--patients", "2", "--format", fmt],
+                          capture_output=True).returncode == 0
+    for command in (["inspect", str(data)], ["predict", str(run), str(data), "--out", str(tmp_path / "p.csv")]):
+        code, raw = run_in_terminal([installed_command(), *command], env, columns=80, rows=200)
+        screen = render(raw, width=80)
+        assert code == 0, "\n".join(screen)
+        table = [line for line in screen if line and line[0] in "┏┃┡│└"]
+        cut = [line for line in table if not line.endswith(("┓", "┃", "┩", "│", "┘"))]
+        assert table and not cut, cut
+        assert "…" not in "\n".join(screen)
+        names = [line.split("│")[1].strip() for line in table if line.startswith("│")]
+        if fmt == "dicom":  # IMG00000.dcm is in every patient's folder: the folder is shown with it
+            assert any(re.fullmatch(r"OAI\d+/IMG\d+\.dcm", name) for name in names), names
 
 
 def test_an_error_in_a_terminal_is_one_line_without_a_blank_line_before_it(tmp_path, knee):

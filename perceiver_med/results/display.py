@@ -24,16 +24,30 @@ def plain(value: object) -> Text:
     return Text(printable(value))
 
 
+# Columns whose text must be read whole (names that differ at their end): folded onto a second line when the
+# terminal is narrow, never cut to "OAI9000…" as every row would then read the same.
+FOLDED = {"overflow": "fold"}
+
+
 def scans_table(discovery: Discovery, limit: int = 40) -> Table:
-    table = Table(title=plain(f"{len(discovery.scans)} scan(s) in {discovery.root}"))
-    for column in ("scan", "kind", "format", "modality", "shape", "spacing", "patient", "label"):
-        table.add_column(column)
-    labels = discovery.labels
+    """The scans found, one row each; a column empty for every scan (no modality in PNGs) is left out so the rest
+    fit 80 columns."""
+    # the shape tells the kind, the file name the format (both are in inspect --out's CSV)
+    columns = ("scan", "modality", "shape, spacing mm", "patient", "label")
+    rows = []
     for scan in discovery.scans[:limit]:
-        spacing = "x".join(f"{s:g}" for s in scan.spacing) if scan.spacing else ""
-        table.add_row(plain(scan.id), scan.kind, scan.format, plain(scan.modality), "x".join(map(str, scan.shape)),
-                      spacing, plain(discovery.patients.get(scan.id, scan.patient_id)),
-                      plain(labels.get(scan.id, "")))
+        shape = "x".join(map(str, scan.shape))
+        spacing = "\n" + "x".join(f"{s:.3g}" for s in scan.spacing) if scan.spacing else ""
+        rows.append([plain(scan.id), plain(scan.modality), shape + spacing,
+                     plain(discovery.patients.get(scan.id, scan.patient_id)),
+                     plain(discovery.labels.get(scan.id, ""))])
+    kept = [k for k, name in enumerate(columns) if name == "scan" or any(row[k] for row in rows)]
+    table = Table(title=plain(f"{len(discovery.scans)} scan(s) in {discovery.root}"))
+    for k in kept:  # the scan's name gets the room (up to 24 characters); the other columns fold to give it
+        widest = max((len(row[k]) for row in rows), default=0)
+        table.add_column(columns[k], min_width=min(widest, 24) if columns[k] == "scan" else None, **FOLDED)
+    for row in rows:
+        table.add_row(*(row[k] for k in kept))
     if len(discovery.scans) > limit:
         table.caption = f"... and {len(discovery.scans) - limit} more (the CSV from --out lists them all)"
     return table
@@ -43,22 +57,27 @@ def skipped_table(skipped: list[Skip], title: str = "skipped") -> Table | None:
     if not skipped:
         return None
     reasons = Counter(skip.reason for skip in skipped)
-    table = Table(title=f"{len(skipped)} file(s) {title}")
+    table = Table(title=f"{skip_count(skipped)} {title}")
     table.add_column("reason")
-    table.add_column("files", justify="right")
-    table.add_column("example")
+    table.add_column("count", justify="right")
+    table.add_column("example", **FOLDED)
     for reason, count in reasons.most_common():
         example = next(skip.file.name for skip in skipped if skip.reason == reason)
         table.add_row(plain(reason), str(count), plain(example))
     return table
 
 
-def summary_line(read: int, skipped: list, what: str = "scan(s) read") -> str:
-    """"N <what>, M file(s) skipped", counting a points file's rows as rows, not files."""
+def skip_count(skipped: list[Skip]) -> str:
+    """"M file(s)", "K point row(s)" or both: a points file's rows are counted as rows, not files."""
     rows = sum(skip.row is not None for skip in skipped)
     counts = [f"[bold]{len(skipped) - rows}[/] file(s)"] if len(skipped) > rows or not rows else []
     counts += [f"[bold]{rows}[/] point row(s)"] if rows else []
-    return f"[bold]{read}[/] {what}, {' and '.join(counts)} skipped"
+    return " and ".join(counts)
+
+
+def summary_line(read: int, skipped: list[Skip], what: str = "scan(s) read") -> str:
+    """"N <what>, M file(s) skipped"."""
+    return f"[bold]{read}[/] {what}, {skip_count(skipped)} skipped"
 
 
 def counts_table(counts: dict[str, dict[str, tuple[int, int]]], unit: str = "split", samples: str = "scans"
