@@ -8,12 +8,12 @@ import numpy as np
 
 from perceiver_med.errors import UserError
 from perceiver_med.inputs.kinds import check_samples
-from perceiver_med.inputs.splits import SPLITS
+from perceiver_med.inputs.splits import SPLITS, read_sound_splits
 from perceiver_med.inputs.loading import load_split_inputs
 from perceiver_med.inputs.samples import Sample
 from perceiver_med.results.scoring import run_summary, score_split
 from perceiver_med.run.predictor import Predictor
-from perceiver_med.run.rundir import TrainedOn, sound_rows
+from perceiver_med.run.rundir import TrainedOn
 from perceiver_med.training.config import RunConfig, Runtime
 
 
@@ -39,7 +39,7 @@ def evaluate_run(run: Path, splits: Path | None = None, split: str = "all", tta:
         raise UserError("--split must be train, val, test or all")
     predictor = Predictor(run, runtime.device, tta)
     config = predictor.config
-    rows = predictor.run.frozen_rows(config) if splits is None else sound_rows(Path(splits))
+    rows = predictor.run.frozen_rows(config) if splits is None else read_sound_splits(Path(splits))
     if config.ensemble and split == "all" and splits is None:
         split = "test"  # the folds' own scans trained most of the ensemble: only the held-out test scores it
     rows = [row for row in rows if split == "all" or row.split == split]

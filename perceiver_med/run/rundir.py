@@ -21,7 +21,7 @@ from perceiver_med.errors import UserError
 from perceiver_med.files import FILE_MODE, check_name, expect_new, not_regular, writing_error
 from perceiver_med.inputs.cache import INPUT_VERSION
 from perceiver_med.inputs.samples import Sample
-from perceiver_med.inputs.splits import find_problems, read_splits
+from perceiver_med.inputs.splits import read_splits
 from perceiver_med.training.config import RunConfig, read_run_config
 from perceiver_med.training.engine import FitFiles
 
@@ -70,15 +70,6 @@ def load_run_config(run: Path) -> RunConfig:
         raise UserError(f"{run} was trained on inputs prepared by {made}; this perceiver-med prepares them as "
                         f"input version {INPUT_VERSION}, so its predictions would be wrong: train the run again")
     return config
-
-
-def sound_rows(splits: Path) -> list[Sample]:
-    """A splits file's rows, refused (UserError naming every problem) where train would refuse them."""
-    rows = read_splits(splits)
-    problems = find_problems(rows)
-    if problems:
-        raise UserError(f"{splits}: " + "; ".join(problems))
-    return rows
 
 
 def weights_metadata(config: RunConfig) -> dict[str, str]:
