@@ -27,7 +27,7 @@ from perceiver_med.run.rundir import holds_files
 from perceiver_med.run.predictor import Decisions, Predictor
 from perceiver_med.run.rundir import (CHECKPOINT, CONFIG, CV_RECORD, FROZEN_SPLITS, METRICS, RunDir, fold_name,
                                       load_run_config,
-                                      predictions_name, sound_rows)
+                                      predictions_name)
 from perceiver_med.models import DEFAULT_MODEL
 from perceiver_med.models.ensemble import mean_of_members
 from perceiver_med.inputs.splits import SPLITS
@@ -35,7 +35,7 @@ from perceiver_med.workflows.train import TrainRequest, TrainResult, refuse_insi
 from perceiver_med.results.predictions import write_predictions
 from perceiver_med.results.scoring import fit_decision, run_summary, score_split
 from perceiver_med.inputs.samples import Sample
-from perceiver_med.inputs.splits import fold_rows, read_splits, write_splits
+from perceiver_med.inputs.splits import fold_rows, read_sound_splits, read_splits, write_splits
 
 
 
@@ -120,7 +120,7 @@ def _train_fold(out: Path, fold: int, count: int, source: Path, model_name: str,
 
 def _cv_rows(splits: Path) -> list[Sample]:
     """The splits file's rows as the ensemble sees them: every row of a fold is a training row."""
-    rows = sound_rows(splits)
+    rows = read_sound_splits(splits)
     if not any(row.fold is not None for row in rows):
         raise UserError(f"{splits} has no fold column: write one with split --folds K")
     if any(row.fold is None and row.split != "test" for row in rows):

@@ -29,10 +29,10 @@ from perceiver_med.results.scoring import fit_decision
 from perceiver_med.run.predictor import Predictor
 from perceiver_med.inputs.kinds import choose_kind
 from perceiver_med.inputs.samples import Sample
-from perceiver_med.inputs.splits import fold_rows, write_splits
+from perceiver_med.inputs.splits import fold_rows, read_sound_splits, write_splits
 from perceiver_med.run.rundir import (CHECKPOINT, CONFIG, CURVES, FROZEN_SPLITS, HISTORY, METRICS, WEIGHTS, RunDir,
                                       load_run_config,
-                                      confusion_name, reliability_name, sound_rows, weights_metadata)
+                                      confusion_name, reliability_name, weights_metadata)
 
 if TYPE_CHECKING:
     from perceiver_med.workflows.cv import CvResult
@@ -204,7 +204,7 @@ def train_run(request: TrainRequest, reporter: Reporter | None = None,
     out = Path(out)
     if splits is None and not resume:
         raise UserError("train needs a splits file (or --resume --out RUN to continue a run)")
-    rows = sound_rows(splits) if splits is not None else []
+    rows = read_sound_splits(splits) if splits is not None else []
     if rows and asked.get("fold") is not None:
         rows = fold_rows(rows, asked["fold"])
     main_process = Processes.planned().main  # under torchrun, rank 0 alone owns the run directory
