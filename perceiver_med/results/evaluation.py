@@ -1,29 +1,54 @@
-"""`evaluate`: a run's metrics on chosen splits, scored by the same functions (score_rows, score_split) that
-write a run's own metrics.json, so a run's own metrics and a later evaluate agree."""
+"""`evaluate`: a run's metrics on chosen splits, scored by the same function (predict_splits, then
+SplitPredictions.metrics) that writes a run's own metrics.json, so a run's own metrics and a later evaluate agree."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from perceiver_med.errors import UserError
 from perceiver_med.inputs.kinds import check_samples
 from perceiver_med.inputs.splits import SPLITS, read_sound_splits
-from perceiver_med.inputs.loading import load_split_inputs
+from perceiver_med.inputs.loading import LoadedInputs, load_split_inputs
 from perceiver_med.inputs.samples import Sample
 from perceiver_med.results.scoring import run_summary, score_split
-from perceiver_med.run.predictor import Predictor
+from perceiver_med.run.predictor import Decisions, Predictor
 from perceiver_med.run.rundir import TrainedOn
 from perceiver_med.training.config import RunConfig, Runtime
+from perceiver_med.training.engine import Processes
 
 
-def score_rows(rows: list[Sample], labels: dict[str, np.ndarray], raw: dict[str, np.ndarray],
-               config: RunConfig) -> dict:
-    """metrics.json: the run's positive class, threshold, temperature and bootstrap, and each split's scores from
-    the model's probabilities `raw` ({split: (N, K)}, rows in the order of `rows` within each split)."""
-    scored = {split: score_split(labels[split], raw[split], [row for row in rows if row.split == split], config)
-              for split in SPLITS if split in raw}
-    return {"positive_class": config.positive_class, **run_summary(config), **scored}
+@dataclass
+class SplitPredictions:
+    """What a run's Predictor gives the loaded samples of each split that has any (train, val, test in order)."""
+
+    rows: dict[str, list[Sample]]  # the samples, in the splits file's order
+    labels: dict[str, np.ndarray]  # (N,) their label indices among the run's classes
+    raw: dict[str, np.ndarray]  # (N, K) the probabilities the run's decision applies to (Predictor.probabilities)
+
+    def decided(self, predictor: Predictor) -> dict[str, Decisions]:
+        """What the run decides for each split's samples (its temperature and threshold as they are now)."""
+        return {split: predictor.decide(raw) for split, raw in self.raw.items()}
+
+    def metrics(self, config: RunConfig) -> dict:
+        """metrics.json: the run's positive class, threshold, temperature and bootstrap, and each split's scores."""
+        scored = {split: score_split(self.labels[split], raw, self.rows[split], config)
+                  for split, raw in self.raw.items()}
+        return {"positive_class": config.positive_class, **run_summary(config), **scored}
+
+
+def predict_splits(predictor: Predictor, loaded: LoadedInputs, processes: Processes | None = None,
+                   data: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None) -> SplitPredictions:
+    """The Predictor's probabilities for every split of `loaded`: what training, `evaluate` and cross-validation
+    score. `data` is `loaded.by_split(classes)` where the caller holds it already (training fits on it), so the
+    inputs are not copied twice."""
+    data = loaded.by_split(predictor.classes) if data is None else data
+    present = [split for split in SPLITS if split in data and len(data[split][1])]
+    return SplitPredictions({split: [row for row in loaded.samples if row.split == split] for split in present},
+                            {split: data[split][1].numpy() for split in present},
+                            {split: predictor.probabilities(data[split][0], processes) for split in present})
 
 
 def evaluate_run(run: Path, splits: Path | None = None, split: str = "all", tta: int = 1,
@@ -52,9 +77,7 @@ def evaluate_run(run: Path, splits: Path | None = None, split: str = "all", tta:
                   f"give a splits file of scans, not {splits}")
     with runtime.reading():
         loaded = load_split_inputs(rows, config.preprocess, runtime.workers)
-    data = loaded.by_split(config.classes)
-    raw = {name: predictor.probabilities(inputs) for name, (inputs, labels) in data.items() if len(labels)}
-    return score_rows(loaded.samples, {name: labels.numpy() for name, (_, labels) in data.items()}, raw, config)
+    return predict_splits(predictor, loaded).metrics(config)
 
 
 def refuse_training_scans(rows: list[Sample], trained_on: TrainedOn) -> None:
