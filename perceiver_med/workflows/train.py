@@ -1,5 +1,5 @@
-"""The library function behind `train`: a splits file -> a complete run directory (written through RunDir's
-file names; its splits scored through the run's Predictor, as `evaluate` and `predict` score them later)."""
+"""The library function behind `train`: a splits file -> a complete run directory (written through its RunDir;
+its splits scored by predict_splits through the run's Predictor, as `evaluate` scores them later)."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
