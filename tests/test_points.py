@@ -106,9 +106,12 @@ def test_samples_outside_the_volume_are_air_and_a_point_outside_is_refused():
     assert grid[4][0].max() == 0.0  # the top row of the middle tile: 20 mm anterior, outside the 14 mm half-width
     with pytest.raises(ScanError, match="outside this scan"):
         point_grid(image, POINT + [0, 0, 30], CONFIG)
-    ras = POINT * [-1, -1, 1]  # LPS given as RAS
-    with pytest.raises(ScanError, match="outside this scan"):
+    ras = POINT * [-1, -1, 1]  # LPS given as RAS: outside, and the message says the mirrored point fits
+    with pytest.raises(ScanError, match=r"outside this scan .*x and y negated, lies inside: are the coordinates RAS"):
         point_grid(image, ras, CONFIG)
+    with pytest.raises(ScanError, match=r"voxel \d+, \d+, 1\.43e\+30 of") as far:  # not a 30-digit number
+        point_grid(image, POINT + [1e30, 0, 0], CONFIG)
+    assert "RAS" not in str(far.value)  # its mirror is outside too
 
 
 @pytest.fixture(scope="module", params=["dicom", "nifti"])
