@@ -40,8 +40,8 @@ def main() -> None:
     from perceiver_med.training.config import RunConfig
     from perceiver_med.inputs.loading import load_split_inputs
     from perceiver_med.models import build_model
-    from perceiver_med.run.rundir import RunDir, sound_rows
-    from perceiver_med.inputs.splits import fold_rows
+    from perceiver_med.run.rundir import RunDir
+    from perceiver_med.inputs.splits import fold_rows, read_sound_splits
 
     torch.set_num_threads(1)
     config = RunConfig.from_json(args.base.read_text())
@@ -49,7 +49,7 @@ def main() -> None:
     if kept.exists():
         data = torch.load(kept)
     else:
-        rows = sound_rows(args.splits)
+        rows = read_sound_splits(args.splits)
         rows = fold_rows(rows, args.fold) if args.fold is not None else rows
         data = load_split_inputs(rows, config.preprocess).by_split(config.classes)
         torch.save(data, kept)

@@ -74,16 +74,55 @@ def test_no_module_imports_another_modules_private_names():
 
 
 def test_the_decision_chain_is_composed_in_the_predictor_alone():
-    """A function that both calibrates (apply_temperature) and thresholds (decisions) is the chain itself."""
+    """A function that both calibrates (calibrate, apply_temperature) and thresholds (decisions) is the chain
+    itself."""
     composers = []
     for name, tree in _modules():
         for node in ast.walk(tree):
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 called = {call.func.id if isinstance(call.func, ast.Name) else getattr(call.func, "attr", "")
                           for call in ast.walk(node) if isinstance(call, ast.Call)}
-                if {"apply_temperature", "decisions"} <= called:
+                if "decisions" in called and called & {"calibrate", "apply_temperature"}:
                     composers.append(f"{name}:{node.name}")
     assert composers == ["run/predictor.py:decide"]
+
+
+def _called(call: ast.Call) -> str:
+    return call.func.id if isinstance(call.func, ast.Name) else getattr(call.func, "attr", "")
+
+
+def _names_a_temperature(node) -> bool:
+    """An expression that mentions a temperature: `t`, `T`, `temperature`, `self.temperatures[k]`..."""
+    names = [sub.id if isinstance(sub, ast.Name) else sub.attr for sub in ast.walk(node)
+             if isinstance(sub, (ast.Name, ast.Attribute))]
+    return any(name in ("t", "T", "temp") or "temperature" in name.lower() for name in names)
+
+
+def temperature_strays(modules) -> list[str]:
+    """Where a module other than run/predictor.py applies a temperature or averages an ensemble's members: a call
+    of apply_temperature or mean_of_members, or a softmax of something divided by a temperature
+    (softmax(logits / t))."""
+    strays = []
+    for name, tree in modules:
+        if name == "run/predictor.py":
+            continue
+        for call in (node for node in ast.walk(tree) if isinstance(node, ast.Call)):
+            called = _called(call)
+            scaled = called.endswith("softmax") and any(
+                isinstance(sub, ast.BinOp) and isinstance(sub.op, ast.Div) and _names_a_temperature(sub.right)
+                for argument in call.args for sub in ast.walk(argument))
+            if called in ("apply_temperature", "mean_of_members") or scaled:
+                strays.append(f"{name}:{call.lineno} {called}")
+    return strays
+
+
+def test_probabilities_are_calibrated_and_averaged_in_the_predictor_alone():
+    """The temperature reaches a run's probabilities in run/predictor.py alone (calibrate), and an ensemble's
+    members are averaged there, each calibrated by its own chain: no model, workflow or result applies one itself.
+    (An oracle that this can fail: the ensemble model this replaced, softmax(member(x).float() / t).)"""
+    before = ast.parse("probs = mean_of_members([torch.softmax(member(x).float() / t, dim=1) for member, t in pairs])")
+    assert len(temperature_strays([("models/ensemble.py", before)])) == 2
+    assert temperature_strays(_modules()) == []
 
 
 # The packages in the order data moves; a module imports only from its own layer or those before it.

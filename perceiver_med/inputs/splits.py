@@ -240,6 +240,16 @@ def _scan_path(record: CsvRow) -> Path:
     return (record.source.parent / path).resolve()
 
 
+def read_sound_splits(csv_path: Path) -> list[Sample]:
+    """A splits file's rows, refused (one UserError naming every problem) where `train` would refuse them: what
+    train, cross-validation, evaluate and `split --check` read a user's splits file with."""
+    rows = read_splits(csv_path)
+    problems = find_problems(rows)
+    if problems:
+        raise UserError(f"{printable(csv_path)}: " + "; ".join(problems))
+    return rows
+
+
 def find_problems(rows: list[Sample]) -> list[str]:
     """What `train` refuses: leakage, repeated scans, missing files, fewer than two classes, no training
     scans. An empty list means the file is sound."""

@@ -1,34 +1,60 @@
-"""`evaluate`: a run's metrics on chosen splits, scored by the same functions (score_rows, score_split) that
-write a run's own metrics.json, so a run's own metrics and a later evaluate agree; for a point run given a nodule
-reference, also FROC and CPM (results/detection.py). Nothing is written inside the run: `out` is elsewhere."""
+"""`evaluate`: a run's metrics on chosen splits, scored by the same function (predict_splits, then
+SplitPredictions.metrics) that writes a run's own metrics.json, so a run's own metrics and a later evaluate agree;
+for a point run given a nodule reference, also FROC and CPM (results/detection.py). Nothing is written inside the
+run: `out` is elsewhere."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import json
 
 import numpy as np
+import torch
 
 from perceiver_med.errors import UserError
 from perceiver_med.files import atomic_text
 from perceiver_med.inputs.kinds import check_samples
-from perceiver_med.inputs.splits import SPLITS
-from perceiver_med.inputs.loading import load_split_inputs
+from perceiver_med.inputs.splits import SPLITS, read_sound_splits
+from perceiver_med.inputs.loading import LoadedInputs, load_split_inputs
 from perceiver_med.inputs.samples import Sample
 from perceiver_med.results.detection import NoduleReference, check_reference_names_scans, split_froc
 from perceiver_med.results.scoring import run_summary, score_split
-from perceiver_med.run.predictor import Predictor, decide
-from perceiver_med.run.rundir import TrainedOn, check_new_output, sound_rows
+from perceiver_med.run.predictor import Decisions, Predictor
+from perceiver_med.run.rundir import TrainedOn, check_new_output
 from perceiver_med.training.config import RunConfig, Runtime
+from perceiver_med.training.engine import Processes
 
 
-def score_rows(rows: list[Sample], labels: dict[str, np.ndarray], raw: dict[str, np.ndarray],
-               config: RunConfig) -> dict:
-    """metrics.json: the run's positive class, threshold, temperature and bootstrap, and each split's scores from
-    the model's probabilities `raw` ({split: (N, K)}, rows in the order of `rows` within each split)."""
-    scored = {split: score_split(labels[split], raw[split], [row for row in rows if row.split == split], config)
-              for split in SPLITS if split in raw}
-    return {"positive_class": config.positive_class, **run_summary(config), **scored}
+@dataclass
+class SplitPredictions:
+    """What a run's Predictor gives the loaded samples of each split that has any (train, val, test in order)."""
+
+    rows: dict[str, list[Sample]]  # the samples, in the splits file's order
+    labels: dict[str, np.ndarray]  # (N,) their label indices among the run's classes
+    raw: dict[str, np.ndarray]  # (N, K) the probabilities the run's decision applies to (Predictor.probabilities)
+
+    def decided(self, predictor: Predictor) -> dict[str, Decisions]:
+        """What the run decides for each split's samples (its temperature and threshold as they are now)."""
+        return {split: predictor.decide(raw) for split, raw in self.raw.items()}
+
+    def metrics(self, config: RunConfig) -> dict:
+        """metrics.json: the run's positive class, threshold, temperature and bootstrap, and each split's scores."""
+        scored = {split: score_split(self.labels[split], raw, self.rows[split], config)
+                  for split, raw in self.raw.items()}
+        return {"positive_class": config.positive_class, **run_summary(config), **scored}
+
+
+def predict_splits(predictor: Predictor, loaded: LoadedInputs, processes: Processes | None = None,
+                   data: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None) -> SplitPredictions:
+    """The Predictor's probabilities for every split of `loaded`: what training, `evaluate` and cross-validation
+    score. `data` is `loaded.by_split(classes)` where the caller holds it already (training fits on it), so the
+    inputs are not copied twice."""
+    data = loaded.by_split(predictor.classes) if data is None else data
+    present = [split for split in SPLITS if split in data and len(data[split][1])]
+    return SplitPredictions({split: [row for row in loaded.samples if row.split == split] for split in present},
+                            {split: data[split][1].numpy() for split in present},
+                            {split: predictor.probabilities(data[split][0], processes) for split in present})
 
 
 def evaluate_run(run: Path, splits: Path | None = None, split: str = "all", tta: int = 1,
@@ -59,7 +85,7 @@ def evaluate_run(run: Path, splits: Path | None = None, split: str = "all", tta:
         check_new_output(out, overwrite)
     reference = None if nodules is None else NoduleReference.read(Path(nodules),
                                                                   None if excluded is None else Path(excluded))
-    rows = predictor.run.frozen_rows(config) if splits is None else sound_rows(Path(splits))
+    rows = predictor.run.frozen_rows(config) if splits is None else read_sound_splits(Path(splits))
     if config.ensemble and split == "all" and splits is None:
         split = "test"  # the folds' own scans trained most of the ensemble: only the held-out test scores it
     rows = [row for row in rows if split == "all" or row.split == split]
@@ -72,14 +98,12 @@ def evaluate_run(run: Path, splits: Path | None = None, split: str = "all", tta:
                   f"give a splits file of scans, not {splits}")
     with runtime.reading():
         loaded = load_split_inputs(rows, config.preprocess, runtime.workers)
-    data = loaded.by_split(config.classes)
-    raw = {name: predictor.probabilities(inputs) for name, (inputs, labels) in data.items() if len(labels)}
-    metrics = score_rows(loaded.samples, {name: labels.numpy() for name, (_, labels) in data.items()}, raw, config)
+    predicted = predict_splits(predictor, loaded)
+    metrics = predicted.metrics(config)
     if reference is not None:
         positive = config.classes.index(config.positive_class)
-        froc = {name: split_froc([s for s in loaded.samples if s.split == name],
-                                 decide(probs, config.decision, positive)[0][:, positive], reference,
-                                 seed=config.train.seed) for name, probs in raw.items()}
+        froc = {name: split_froc(predicted.rows[name], decided.probs[:, positive], reference, seed=config.train.seed)
+                for name, decided in predicted.decided(predictor).items()}
         check_reference_names_scans(froc, reference)
         for name, entry in froc.items():
             metrics[name]["froc"] = entry

@@ -41,7 +41,8 @@ EVIDENCE_TOP = 5.0
 
 
 def occlusion_window(model, side: int) -> int:
-    """The side of an occluded patch: the model's token patch, but no more than 16 x 16 windows per image."""
+    """The side of an occluded patch: the token patch of `model` (a model, or a Predictor: for an ensemble its
+    members'), but no more than 16 x 16 windows per image."""
     patch = token_patch(model) or 8
     return max(int(patch), -(-side // 16))
 
@@ -114,7 +115,7 @@ def evidence_for(predictor: Predictor, array: np.ndarray) -> Evidence:
     reports (its temperature applied, through the predictor), the same that give the shown p."""
     x = torch.from_numpy(array)[None]
     decided = predictor.predict(x)
-    window = occlusion_window(predictor.model, max(x.shape[-2:]))
+    window = occlusion_window(predictor, max(x.shape[-2:]))
     heat = evidence_map(_calibrated_log_probs(predictor), x, window, classes=torch.from_numpy(decided.indices))
     return Evidence(decided, window, heat[0, 0].numpy())
 

@@ -11,9 +11,9 @@ from perceiver_med.inputs.labels import laterality_in_name
 from perceiver_med.training.config import Decision, RunConfig, is_laterality
 from perceiver_med.stats.metrics import split_metrics, threshold_metrics
 from perceiver_med.inputs.samples import Sample
-from perceiver_med.stats.statistics import (RESAMPLES, aggregate, apply_temperature, bootstrap_ci, brier_score,
-                                              calibration_temperature, choose_threshold, expected_calibration_error,
-                                              reliability_bins)
+from perceiver_med.run.predictor import calibrate as with_temperature, decide  # fit_decision has a `calibrate` flag
+from perceiver_med.stats.statistics import (RESAMPLES, aggregate, bootstrap_ci, brier_score, calibration_temperature,
+                                              choose_threshold, expected_calibration_error, reliability_bins)
 
 AGGREGATION_RULE = ("mean of the calibrated probabilities of a unit's samples; units whose samples carry "
                     "different labels are left out (counted in mixed_label_units)")
@@ -47,7 +47,7 @@ def fit_decision(labels: dict[str, np.ndarray], probs: dict[str, np.ndarray], ru
     if not binary:
         return Decision(temperature, fitted_on, None, f"argmax: more than two classes (asked: {rule})", "")
     positive = classes.index(positive_class)
-    calibrated = apply_temperature(val_probs, temperature)
+    calibrated = with_temperature(val_probs, temperature)
     threshold = choose_threshold(np.asarray(val_labels) == positive, calibrated[:, positive], rule)
     return Decision(temperature, fitted_on, threshold, rule, "fixed" if rule == "0.5" else source)
 
@@ -81,8 +81,6 @@ def score_split(labels: np.ndarray, raw_probs: np.ndarray, rows: list[Sample], c
     before and after. `calibrated` gives them where they are not the run's temperature applied to `raw_probs`:
     out-of-fold predictions, each calibrated by its own fold's temperature.
     """
-    from perceiver_med.run.predictor import decide
-
     decision, classes, seed = config.decision, config.classes, config.train.seed
     positive = classes.index(config.positive_class)
     probs = decide(raw_probs, decision, positive)[0] if calibrated is None else calibrated

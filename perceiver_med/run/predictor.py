@@ -1,4 +1,5 @@
-"""Predictor: a run's inputs -> probabilities -> temperature -> threshold -> decision.
+"""Predictor: a run's inputs -> probabilities -> temperature -> threshold -> decision; for a cross-validated run,
+the mean of its members' calibrated probabilities, then the ensemble's own threshold.
 
 This is the one place that turns a model's output into what a run reports. `evaluate`, `predict`, `explain`,
 `report`, training's own final scoring and the demo go through it, and cross-validation decides its members'
@@ -7,6 +8,7 @@ serves its command line and its Python API alike).
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from perceiver_med.models import token_patch
 from perceiver_med.stats.metrics import decisions
 from perceiver_med.stats.statistics import apply_temperature
 from perceiver_med.run.rundir import RunDir
@@ -21,18 +24,32 @@ from perceiver_med.training.config import Decision, RunConfig
 from perceiver_med.training.engine import Processes, pick_device, predict_probs
 
 
+def calibrate(raw: np.ndarray, temperature: float) -> np.ndarray:
+    """(N, K) model probabilities -> calibrated ones, softmax(log(raw) / T) in float64 (statistics.apply_temperature).
+    Every temperature a run reports by, fitted or applied, goes through here."""
+    return apply_temperature(raw, temperature)
+
+
 def decide(raw: np.ndarray, decision: Decision, positive: int) -> tuple[np.ndarray, np.ndarray]:
     """The chain itself: (N, K) model probabilities -> the run's calibrated probabilities and its predicted class
     indices (the threshold on the positive class for two classes, else the most probable class)."""
-    probs = apply_temperature(raw, decision.temperature)
+    probs = calibrate(raw, decision.temperature)
     return probs, decisions(probs, positive, decision.threshold)
+
+
+def mean_of_members(member_probs: Sequence[np.ndarray]) -> np.ndarray:
+    """An ensemble's probabilities (N, K): the plain mean of its members' calibrated probabilities, each (N, K)."""
+    if not member_probs:
+        raise ValueError("an ensemble needs at least one member")
+    return sum(member_probs[1:], member_probs[0]) / len(member_probs)
 
 
 @dataclass
 class Decisions:
     """What a run says of N samples."""
 
-    raw: np.ndarray  # (N, K) the model's probabilities (for TTA the mean over views; for an ensemble its mean)
+    raw: np.ndarray  # (N, K) the model's probabilities (for TTA the mean over views; for an ensemble the mean of
+    # its members' calibrated probabilities)
     probs: np.ndarray  # (N, K) calibrated with the run's temperature: what every output reports
     indices: np.ndarray  # (N,) the decided class of each sample
     classes: list[str]
@@ -53,29 +70,46 @@ class Decisions:
 
 class Predictor:
     """A finished run's model with its decision rule: `Predictor(run)` loads and checks the run directory
-    (weights against config.json, the fold ensemble of a cross-validated run); `tta` > 1 averages its
-    probabilities over that many label-preserving views of each input (run/tta.py).
+    (weights against config.json); `tta` > 1 averages its probabilities over that many label-preserving views of
+    each input (run/tta.py). A cross-validated run is its members' Predictors (`members`; `model` is None): each
+    member calibrates its own probabilities (with its views, under TTA) by its own temperature, and the run's
+    probabilities are their mean.
 
     `Predictor.of_model(config, model)` wraps a model that is still in memory (training scores its splits
-    through it), so a run's own predictions files and a later `predict` are made by the same code.
+    through it), and `Predictor.of_members(config, members)` an ensemble whose config is not yet written
+    (cross-validation scores its test split through it), so a run's own predictions files and a later `predict`
+    are made by the same code.
     """
 
     def __init__(self, run: Path | str | RunDir, device: str | torch.device = "auto", tta: int = 1):
         self.run = run if isinstance(run, RunDir) else RunDir.open(run)
         self.device = device if isinstance(device, torch.device) else pick_device(device)
         self.config = self.run.config()
-        model = self.run.load_model(self.device, self.config)
-        if tta != 1:
-            from perceiver_med.run.tta import AugmentedViews, check_views
+        self.members = [Predictor(member, self.device, tta) for member in self.run.members(self.config)]
+        self.model: nn.Module | None = None
+        if not self.members:
+            model = self.run.load_model(self.device, self.config)
+            if tta != 1:
+                from perceiver_med.run.tta import AugmentedViews, check_views
 
-            model = AugmentedViews(model, self.config.augment, check_views(tta), self.config.train.seed).eval()
-        self.model: nn.Module = model
+                model = AugmentedViews(model, self.config.augment, check_views(tta), self.config.train.seed).eval()
+            self.model = model
 
     @classmethod
     def of_model(cls, config: RunConfig, model: nn.Module, device: torch.device,
                  run: RunDir | None = None) -> "Predictor":
         predictor = cls.__new__(cls)
         predictor.run, predictor.config, predictor.model, predictor.device = run, config, model, device
+        predictor.members = []
+        return predictor
+
+    @classmethod
+    def of_members(cls, config: RunConfig, members: list["Predictor"], run: RunDir | None = None) -> "Predictor":
+        if not members:
+            raise ValueError("an ensemble needs at least one member")
+        predictor = cls.__new__(cls)
+        predictor.run, predictor.config, predictor.model, predictor.device = run, config, None, members[0].device
+        predictor.members = list(members)
         return predictor
 
     @property
@@ -86,9 +120,17 @@ class Predictor:
     def positive(self) -> int:
         return self.config.classes.index(self.config.positive_class)
 
+    @property
+    def patch_size(self) -> int | None:
+        """The token patch of its model (an ensemble's: its first member's), which occlusion windows follow."""
+        return self.members[0].patch_size if self.members else token_patch(self.model)
+
     def probabilities(self, inputs: torch.Tensor | np.ndarray, processes: Processes | None = None) -> np.ndarray:
-        """(N, K) model probabilities in float64, at the run's precision (bf16 autocast where it trained so)."""
+        """(N, K) in float64, what the run's decision applies to: its model's probabilities at the run's precision
+        (bf16 autocast where it trained so); for a cross-validated run the mean of its members' calibrated ones."""
         inputs = torch.from_numpy(inputs) if isinstance(inputs, np.ndarray) else inputs
+        if self.members:
+            return mean_of_members([member.predict(inputs, processes).probs for member in self.members])
         return predict_probs(self.model.forward, inputs, self.device, processes=processes,
                              precision=self.config.train.precision)
 

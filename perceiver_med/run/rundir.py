@@ -1,13 +1,16 @@
-"""RunDir: one run directory and everything in it — file names, config, weights and their checks, the frozen
-splits, the lock, and loading its model (one model, or the fold ensemble of a cross-validated run).
+"""RunDir: one run directory and everything in it — file names, config and metrics (written and read), weights
+and the checkpoint with their SHA-256 checks, the frozen splits, the lock, whether a folder may be trained into or
+resumed, what an interrupted start leaves, and loading its model (one model, or the members of a cross-validated
+run's fold ensemble).
 
-Training writes a run through these names; every command that uses a finished run opens it here. No other
+Training writes a run through these methods; every command that uses a finished run opens it here. No other
 module spells a run's file names.
 """
 from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import tempfile
 import warnings
@@ -18,10 +21,11 @@ import torch
 from torch import nn
 
 from perceiver_med.errors import UserError
-from perceiver_med.files import FILE_MODE, check_name, expect_new, not_regular, refuse_inside, writing_error
+from perceiver_med.files import (FILE_MODE, atomic_text, check_name, expect_new, file_sha256, not_regular,
+                                 refuse_inside, writing_error)
 from perceiver_med.inputs.cache import INPUT_VERSION
 from perceiver_med.inputs.samples import Sample
-from perceiver_med.inputs.splits import find_problems, read_splits
+from perceiver_med.inputs.splits import read_splits, write_splits
 from perceiver_med.training.config import RunConfig, read_run_config
 from perceiver_med.training.engine import FitFiles
 
@@ -57,6 +61,9 @@ def fold_name(fold: int) -> str:
     return f"fold_{fold}"
 
 
+FOLD_PATTERN = re.compile(r"fold_(\d+)")
+
+
 def load_run_config(run: Path) -> RunConfig:
     """config.json of a run directory, checked whole, and refused when this version prepares inputs differently
     from the run's (every reader of a run goes through here: predict, evaluate, --resume, preview --run)."""
@@ -70,15 +77,6 @@ def load_run_config(run: Path) -> RunConfig:
         raise UserError(f"{run} was trained on inputs prepared by {made}; this perceiver-med prepares them as "
                         f"input version {INPUT_VERSION}, so its predictions would be wrong: train the run again")
     return config
-
-
-def sound_rows(splits: Path) -> list[Sample]:
-    """A splits file's rows, refused (UserError naming every problem) where train would refuse them."""
-    rows = read_splits(splits)
-    problems = find_problems(rows)
-    if problems:
-        raise UserError(f"{splits}: " + "; ".join(problems))
-    return rows
 
 
 def weights_metadata(config: RunConfig) -> dict[str, str]:
@@ -160,8 +158,22 @@ class RunDir:
     def lock_file(self) -> Path:
         return self.path / LOCK_NAME
 
+    @property
+    def history_file(self) -> Path:
+        return self.path / HISTORY
+
+    @property
+    def curves_file(self) -> Path:
+        return self.path / CURVES
+
     def predictions_file(self, split: str) -> Path:
         return self.path / predictions_name(split)
+
+    def confusion_file(self, split: str) -> Path:
+        return self.path / confusion_name(split)
+
+    def reliability_file(self, split: str) -> Path:
+        return self.path / reliability_name(split)
 
     @property
     def fit_files(self) -> FitFiles:
@@ -169,7 +181,16 @@ class RunDir:
         return FitFiles(self.checkpoint_file, self.weights_file)
 
     def fold(self, fold: int) -> "RunDir":
+        """Fold `fold`'s own run inside a cross-validation (fold_<k>)."""
         return RunDir(self.path / fold_name(fold))
+
+    def folds(self) -> list["RunDir"]:
+        """The fold runs a cross-validation has begun here, in the order of their folds; none for a single run."""
+        if not self.path.is_dir():
+            return []
+        found = [(int(match[1]), path) for path in self.path.iterdir()
+                 if (match := FOLD_PATTERN.fullmatch(path.name)) and path.is_dir()]
+        return [RunDir(path) for _, path in sorted(found)]
 
     def lock(self, enabled: bool = True) -> RunLock:
         return RunLock(self.path, enabled=enabled)
@@ -185,15 +206,84 @@ class RunDir:
             return f"perceiver-med train --resume --out {self.path}"
         return None
 
+    # ---------------------------------------------------------------- training writes
+    def check_target(self, resume: bool, cv: bool = False) -> None:
+        """Whether train may write here. A new run or cross-validation needs a folder that holds nothing besides a
+        lock; a resume needs an unfinished run of its kind: for one run its config.json and checkpoint without the
+        metrics.json that marks it finished, for a cross-validation its cv.json without the config.json written
+        last."""
+        if not resume:
+            if holds_files(self.path):
+                raise UserError(f"{self.path} already holds files: choose a new --out, or add --resume to continue "
+                                "that run")
+            return
+        if cv:
+            if self.config_file.is_file():
+                raise UserError(f"{self.path} is complete (every fold and the ensemble): there is nothing to resume; "
+                                "evaluate or predict with it, or train a new cross-validation in another --out")
+            if not self.cv_file.is_file():
+                raise UserError(f"--resume --cv needs a cross-validation run directory, and {self.path} has no "
+                                f"{CV_RECORD}")
+            return
+        if self.cv_file.is_file() and not self.checkpoint_file.is_file():
+            raise UserError(f"{self.path} is a cross-validation: continue it with perceiver-med train --resume --cv "
+                            f"--out {self.path}")
+        if not self.config_file.is_file():
+            raise UserError(f"--resume needs an existing run directory, and {self.path} has no {CONFIG}")
+        if self.metrics_file.is_file():
+            raise UserError(f"{self.path} is complete (training finished and wrote {METRICS}): there is nothing to "
+                            "resume; evaluate or predict with it, or train a new run in another --out")
+        if not self.checkpoint_file.is_file():
+            raise UserError(f"{self.path} has no {CHECKPOINT} to resume from (training stopped before its first "
+                            "epoch ended): start a new run")
+
+    def check_checkpoint(self, config: RunConfig) -> None:
+        """Before a resume: the checkpoint is one config.json recorded (the last, or the one before it: a kill
+        between writing the checkpoint and config.json leaves either), not a damaged or replaced file."""
+        if config.checkpoint_sha256 and file_sha256(self.checkpoint_file) not in config.checkpoint_sha256:
+            raise UserError(f"{self.checkpoint_file} does not match the SHA-256 recorded in {CONFIG}: the file is "
+                            "damaged or was replaced, so the run cannot be resumed")
+
+    def freeze_splits(self, rows: list[Sample]) -> str:
+        """Writes the run's own copy of the splits it trains on and returns its SHA-256, for config.json."""
+        write_splits(rows, self.splits_file)
+        return file_sha256(self.splits_file)
+
+    def write_config(self, config: RunConfig) -> None:
+        """config.json, replaced whole: a reader never sees half of it."""
+        atomic_text(self.config_file, lambda handle: handle.write(config.to_json()))
+
+    def write_metrics(self, metrics: dict) -> None:
+        """metrics.json, replaced whole; for one run its presence marks training finished."""
+        atomic_text(self.metrics_file, lambda handle: json.dump(metrics, handle, indent=2))
+
+    def discard_unfinished(self) -> None:
+        """After a failed start: removes what a start writes first (config.json, splits.csv, a cross-validation's
+        cv.json) where nothing can be resumed, so that a corrected retry starts afresh in the same folder. A run
+        with a checkpoint, or a cross-validation with a fold that has a checkpoint or has finished, is kept whole."""
+        if self.checkpoint_file.exists() or any(fold.checkpoint_file.exists() or fold.metrics_file.exists()
+                                                for fold in self.folds()):
+            return
+        for path in (self.config_file, self.splits_file, self.cv_file):
+            path.unlink(missing_ok=True)
+
     # ---------------------------------------------------------------- contents
     def config(self) -> RunConfig:
         """config.json, checked (load_run_config)."""
         return load_run_config(self.path)
 
+    def metrics(self) -> dict:
+        """metrics.json; a run without one (training has not finished) or with one that cannot be read is a
+        UserError."""
+        if not self.metrics_file.is_file():
+            raise UserError(f"{self.path} has no {METRICS} (training has not finished)")
+        try:
+            return json.loads(self.metrics_file.read_text())
+        except (OSError, ValueError) as exc:
+            raise UserError(f"{self.metrics_file} cannot be read ({exc})") from None
+
     def frozen_rows(self, config: RunConfig) -> list[Sample]:
         """The splits the run was trained on: its own copy, refused if it changed since it was written."""
-        from perceiver_med.files import file_sha256
-
         if not self.splits_file.is_file():
             raise UserError(f"{self.path} has no {FROZEN_SPLITS}: it is not a complete run")
         if config.splits_sha256 and file_sha256(self.splits_file) != config.splits_sha256:
@@ -204,12 +294,12 @@ class RunDir:
         return TrainedOn(self.frozen_rows(config))
 
     def load_model(self, device: torch.device | None = None, config: RunConfig | None = None) -> nn.Module:
-        """The run's best model in eval mode, weights checked against config.json; for a cross-validated run
-        the ensemble of its folds."""
+        """The run's best model in eval mode, weights checked against config.json. A cross-validated run has no
+        model of its own: its members are runs (members)."""
         config = config or self.config()
         device = device or torch.device("cpu")
         if config.ensemble:
-            return self._load_ensemble(config, device)
+            raise ValueError(f"{self.path} is a cross-validated run: load its members")
         from perceiver_med.models import build_model
         from perceiver_med.models.weights import load_weights
 
@@ -246,11 +336,11 @@ class RunDir:
                 raise UserError(f"{self.config_file} describes a model other than {WEIGHTS} holds: {name} is "
                                 f"{shown(expected.get(name))} in config.json, {shown(stored.get(name))} in the weights")
 
-    def _load_ensemble(self, config: RunConfig, device: torch.device) -> nn.Module:
-        """A cross-validated run's members (its own sub-folders), each checked as a run, as one model."""
-        from perceiver_med.models.ensemble import Ensemble
-
-        models, temperatures = [], []
+    def members(self, config: RunConfig) -> list["RunDir"]:
+        """A cross-validated run's members (config.ensemble: its own fold folders), each opened and checked to be a
+        single run with this run's classes and preprocessing; none for a single run. The Predictor averages their
+        calibrated probabilities."""
+        members = []
         for name in config.ensemble:
             if Path(name).name != name or name.startswith("."):
                 raise UserError(f"{self.config_file} names an ensemble member outside the run: {name!r}")
@@ -261,9 +351,8 @@ class RunDir:
                                                 ("it is an ensemble itself", bool(member_config.ensemble))) if wrong]
             if why:
                 raise UserError(f"{member.path} is not a member of this run: {'; '.join(why)}")
-            models.append(member.load_model(device, member_config))
-            temperatures.append(member_config.decision.temperature)
-        return Ensemble(models, temperatures).to(device).eval()
+            members.append(member)
+        return members
 
 
 # ---------------------------------------------------------------- who writes where

@@ -26,7 +26,8 @@ from perceiver_med.inputs.preprocess import PreprocessConfig
 from perceiver_med.results.report.flow import write_flow_record
 from perceiver_med.inputs.windows import parse_window
 from perceiver_med.inputs.splits import (SPLITS, assign_folds, assign_splits, check_ratios, count_table, find_problems,
-                                         fold_notes, read_splits, sample_noun, split_notes, write_splits)
+                                         fold_notes, read_sound_splits, read_splits, sample_noun, split_notes,
+                                         write_splits)
 from perceiver_med.synth.phantoms import synth
 from perceiver_med.training.config import Runtime, applies_runtime
 
@@ -212,10 +213,7 @@ def mask_points(masks: Path, scans: Path, out: Path, mask_labels: str | None = N
 
 def check_splits_file(csv_path: Path) -> SplitCheck:
     """Refuse what `train` would refuse; note what it would accept but measure nothing on."""
-    rows = read_splits(csv_path)
-    problems = find_problems(rows)
-    if problems:
-        raise UserError(f"{printable(csv_path)}: " + "; ".join(problems))
+    rows = read_sound_splits(csv_path)
     return SplitCheck(rows, split_notes(rows) + fold_notes(rows))
 
 

@@ -1,8 +1,7 @@
-"""The library function behind `train`: a splits file -> a complete run directory (written through RunDir's
-file names; its splits scored through the run's Predictor, as `evaluate` and `predict` score them later)."""
+"""The library function behind `train`: a splits file -> a complete run directory (written through its RunDir;
+its splits scored by predict_splits through the run's Predictor, as `evaluate` scores them later)."""
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
@@ -16,24 +15,20 @@ from perceiver_med.inputs.cache import INPUT_VERSION
 from perceiver_med.inputs.loading import describe_scans, load_split_inputs, preprocess_config
 from perceiver_med.inputs.augment import AugmentConfig
 from perceiver_med.training.engine import Processes, Reporter, fit, pick_device
-from perceiver_med.files import file_sha256
 from perceiver_med.csvfiles import write_csv
 from perceiver_med.errors import Interrupted, UserError
-from perceiver_med.files import atomic_text, refuse_inside
-from perceiver_med.run.rundir import holds_files, remove_stale_temporaries
+from perceiver_med.files import refuse_inside
 from perceiver_med.io.discover import Skip
 from perceiver_med.models import DEFAULT_MODEL, build_model, default_config, get_spec, model_stages, option_owners
-from perceiver_med.results.evaluation import score_rows
+from perceiver_med.results.evaluation import predict_splits
 from perceiver_med.stats.metrics import split_metrics
 from perceiver_med.results.predictions import write_predictions
 from perceiver_med.results.scoring import fit_decision
 from perceiver_med.run.predictor import Predictor
 from perceiver_med.inputs.kinds import choose_kind
 from perceiver_med.inputs.samples import Sample
-from perceiver_med.inputs.splits import fold_rows, write_splits
-from perceiver_med.run.rundir import (CHECKPOINT, CONFIG, CURVES, FROZEN_SPLITS, HISTORY, METRICS, WEIGHTS, RunDir,
-                                      load_run_config,
-                                      confusion_name, reliability_name, sound_rows, weights_metadata)
+from perceiver_med.inputs.splits import fold_rows, read_sound_splits
+from perceiver_med.run.rundir import CONFIG, WEIGHTS, RunDir, remove_stale_temporaries, weights_metadata
 
 if TYPE_CHECKING:
     from perceiver_med.workflows.cv import CvResult
@@ -112,21 +107,6 @@ def _row_set(rows: list[Sample]) -> set:
     return {row.identity for row in rows}
 
 
-def _check_output(out: Path, rows, resume: bool) -> None:
-    if resume:
-        if RunDir(out).cv_file.is_file() and not RunDir(out).checkpoint_file.is_file():
-            raise UserError(f"{out} is a cross-validation: continue it with perceiver-med train --resume --cv "
-                            f"--out {out}")
-        if not RunDir(out).config_file.is_file():
-            raise UserError(f"--resume needs an existing run directory, and {out} has no {CONFIG}")
-        if RunDir(out).metrics_file.is_file():
-            raise UserError(f"{out} is complete (training finished and wrote {METRICS}): there is nothing to "
-                            "resume; evaluate or predict with it, or train a new run in another --out")
-    elif holds_files(out):
-        raise UserError(f"{out} already holds files: choose a new --out, or add --resume to continue that run")
-    refuse_inside_scans(out, rows)
-
-
 def refuse_inside_scans(out: Path, rows: list[Sample]) -> None:
     """An output inside a folder of the scans would write into the user's data."""
     for folder in {row.path if row.path.is_dir() else row.path.parent for row in rows}:
@@ -148,10 +128,10 @@ def _stored_options(config: RunConfig) -> dict:
               "fold": config.fold, **asdict(config.train), **spec.option_values(config.model)}
 
 
-def _resume_config(out: Path, asked: dict) -> RunConfig:
+def _resume_config(run: RunDir, asked: dict) -> RunConfig:
     """config.json is the truth on --resume: an option that contradicts it is an error that names it."""
-    config = load_run_config(out)
-    check_resume(out, CONFIG, _stored_options(config), asked)
+    config = run.config()
+    check_resume(run.path, CONFIG, _stored_options(config), asked)
     config.train = replace(config.train, **{k: v for k, v in asked.items() if k in RUNTIME_OPTIONS})
     return config
 
@@ -209,39 +189,34 @@ def train_run(request: TrainRequest, reporter: Reporter | None = None,
     out = Path(out)
     if splits is None and not resume:
         raise UserError("train needs a splits file (or --resume --out RUN to continue a run)")
-    rows = sound_rows(splits) if splits is not None else []
+    rows = read_sound_splits(splits) if splits is not None else []
     if rows and asked.get("fold") is not None:
         rows = fold_rows(rows, asked["fold"])
     main_process = Processes.planned().main  # under torchrun, rank 0 alone owns the run directory
-    with RunDir(out).lock(enabled=main_process):
-        _check_output(out, rows, resume)
+    run = RunDir(out)
+    with run.lock(enabled=main_process):
+        run.check_target(resume)
+        refuse_inside_scans(run.path, rows)
         if main_process:
-            remove_stale_temporaries(out)
+            remove_stale_temporaries(run.path)
         if resume:
-            if not RunDir(out).checkpoint_file.is_file():
-                raise UserError(f"{out} has no {CHECKPOINT} to resume from (training stopped before its first "
-                                "epoch ended): start a new run")
-            config = _resume_config(out, {**asked, **({"model": model_name} if model_name else {})})
-            if config.checkpoint_sha256 and file_sha256(out / CHECKPOINT) not in config.checkpoint_sha256:
-                raise UserError(f"{out / CHECKPOINT} does not match the SHA-256 recorded in config.json: the "
-                                "file is damaged or was replaced, so the run cannot be resumed")
-            frozen = RunDir(out).frozen_rows(config)
+            config = _resume_config(run, {**asked, **({"model": model_name} if model_name else {})})
+            run.check_checkpoint(config)
+            frozen = run.frozen_rows(config)
             if rows and _row_set(rows) != _row_set(frozen):
-                raise UserError(f"{splits} differs from the splits the run was started with ({out / FROZEN_SPLITS}):"
+                raise UserError(f"{splits} differs from the splits the run was started with ({run.splits_file}):"
                                 " leave out the splits file to resume, or start a new run")
             rows = frozen
         else:
             config = _new_config(rows, splits, model_name or DEFAULT_MODEL, asked)
         try:
-            return _train(rows, config, out, resume, reporter, on_prepared)
+            return _train(rows, config, run, resume, reporter, on_prepared)
         except BaseException:
-            if not resume and not (out / CHECKPOINT).exists():  # nothing to resume: leave nothing behind
-                for name in (CONFIG, FROZEN_SPLITS):
-                    (out / name).unlink(missing_ok=True)
+            run.discard_unfinished()  # with nothing to resume, leave nothing behind
             raise
 
 
-def _train(rows, config: RunConfig, out: Path, resume: bool, reporter: Reporter, on_prepared) -> TrainResult:
+def _train(rows, config: RunConfig, run: RunDir, resume: bool, reporter: Reporter, on_prepared) -> TrainResult:
     train = config.train
     device = pick_device(train.device)
     planned = Processes.planned()
@@ -261,10 +236,9 @@ def _train(rows, config: RunConfig, out: Path, resume: bool, reporter: Reporter,
         torch.manual_seed(train.seed)
         model = build_model(config.model)
         if processes.main and not resume:
-            out.mkdir(parents=True, exist_ok=True)
-            write_splits(rows, out / FROZEN_SPLITS)
-            config.splits_sha256 = file_sha256(out / FROZEN_SPLITS)
-            _write_config(out, config)
+            run.path.mkdir(parents=True, exist_ok=True)
+            config.splits_sha256 = run.freeze_splits(rows)
+            run.write_config(config)
         reporter.message(f"{config.model['name']}: {model.num_parameters:,} parameters, input "
                          f"{config.preprocess.input} {config.preprocess.output_shape}, {len(loaded.samples)} "
                          f"{config.preprocess.kind.noun}s, "
@@ -280,53 +254,46 @@ def _train(rows, config: RunConfig, out: Path, resume: bool, reporter: Reporter,
                 config.weights_sha256 = digest
             else:  # the previous digest is kept too: a kill between the two writes leaves a resumable run
                 config.checkpoint_sha256 = [digest, *config.checkpoint_sha256[:1]]
-            _write_config(out, config)
+            run.write_config(config)
 
-        state = fit(model, config.model["name"], data, config.classes, train, config.augment, RunDir(out).fit_files, device,
+        state = fit(model, config.model["name"], data, config.classes, train, config.augment, run.fit_files, device,
                     processes, reporter, resume, weights_metadata(config), on_saved if processes.main else None)
         model.eval()
         predictor = Predictor.of_model(config, model, device)
-        probs = {split: predictor.probabilities(inputs, processes) for split, (inputs, labels) in data.items()
-                 if len(labels)}
-        labels = {split: split_labels.numpy() for split, (_, split_labels) in data.items()}
+        predicted = predict_splits(predictor, loaded, processes, data)
         # fixed from the validation split alone, before any other split is scored
-        seen = [split for split in ("val",) if split in probs]
-        config.decision = fit_decision({s: labels[s] for s in seen}, {s: probs[s] for s in seen},
+        seen = [split for split in ("val",) if split in predicted.raw]
+        config.decision = fit_decision({s: predicted.labels[s] for s in seen}, {s: predicted.raw[s] for s in seen},
                                        config.threshold_rule, config.classes, config.positive_class)
         if processes.main:
-            _write_config(out, config)
-        metrics = score_rows(loaded.samples, labels, probs, config)
+            run.write_config(config)
+        metrics = predicted.metrics(config)
         earlier = model_stages(model, config.model["name"])[:-1]
         for stage in earlier:  # an earlier stage alone, as the model gives it (no calibration)
-            alone = Predictor.of_model(config, stage.module, device)
-            metrics[stage.name] = {split: split_metrics(labels[split], alone.probabilities(inputs, processes),
-                                                        config.classes, predictor.positive)
-                                   for split, (inputs, _) in data.items() if split in probs}
+            alone = predict_splits(Predictor.of_model(config, stage.module, device), loaded, processes, data)
+            metrics[stage.name] = {split: split_metrics(alone.labels[split], raw, config.classes, predictor.positive)
+                                   for split, raw in alone.raw.items()}
         if processes.main:
-            _write_outputs(out, loaded, {split: predictor.decide(raw) for split, raw in probs.items()}, metrics,
-                           config, state.history)
-        return TrainResult(out, metrics, loaded.skipped, model.num_parameters, config,
+            _write_outputs(run, predicted.rows, predicted.decided(predictor), metrics, config, state.history)
+        return TrainResult(run.path, metrics, loaded.skipped, model.num_parameters, config,
                            [stage.name for stage in earlier])
     finally:
         processes.close()
 
 
-def _write_config(out: Path, config: RunConfig) -> None:
-    atomic_text(out / CONFIG, lambda h: h.write(config.to_json()))
-
-
-def _write_outputs(out: Path, loaded, decided: dict, metrics, config: RunConfig, history) -> None:
+def _write_outputs(run: RunDir, rows: dict[str, list[Sample]], decided: dict, metrics, config: RunConfig,
+                   history) -> None:
+    """The finished run's predictions, figures and history, then metrics.json, whose presence marks it finished."""
     from perceiver_med.results.display import save_confusion, save_curves, save_reliability
 
-    atomic_text(out / METRICS, lambda h: json.dump(metrics, h, indent=2))
     for split, split_decided in decided.items():
-        write_predictions(RunDir(out).predictions_file(split), [s for s in loaded.samples if s.split == split],
-                          split_decided, config.preprocess.kind.takes_points)
-        save_confusion(metrics[split]["confusion_matrix"], config.classes, split, out / confusion_name(split))
+        write_predictions(run.predictions_file(split), rows[split], split_decided, config.preprocess.kind.takes_points)
+        save_confusion(metrics[split]["confusion_matrix"], config.classes, split, run.confusion_file(split))
         save_reliability(metrics[split]["calibration"]["reliability"], config.decision.temperature, split,
-                         out / reliability_name(split))
-    write_history(out / HISTORY, history)
-    save_curves(history, out / CURVES)
+                         run.reliability_file(split))
+    write_history(run.history_file, history)
+    save_curves(history, run.curves_file)
+    run.write_metrics(metrics)
 
 
 def write_history(path: Path, history: list[dict]) -> None:

@@ -139,3 +139,38 @@ def test_a_resume_of_a_run_of_another_input_version_is_refused_before_it_trains(
     before = (run / "checkpoint.pt").read_bytes()
     code, _, err = run_installed("train", "--resume", "--out", run)
     assert code == 2 and "input version 1" in err and (run / "checkpoint.pt").read_bytes() == before
+
+
+class Fixed(torch.nn.Module):
+    """Gives the same logits for every input."""
+
+    def __init__(self, logits):
+        super().__init__()
+        self.register_buffer("logits", torch.tensor(logits, dtype=torch.float32))
+
+    def forward(self, x):
+        return self.logits.expand(len(x), -1)
+
+
+def test_an_ensemble_averages_its_members_probabilities_each_calibrated_by_its_own_temperature(tiny_run):
+    """Oracle by hand, p = the positive class's probability: logits (0, ln 3) give 3/4 at T = 1; (0, ln 9) at T = 2
+    give the same; (ln 4, 0) give 1/5 at T = 1. The ensemble's p is the mean, 1.7 / 3 = 0.5667 — not the mean of
+    the members' uncalibrated p, (0.75 + 0.9 + 0.2) / 3 = 0.6167 — and the ensemble's own threshold decides on it."""
+    from dataclasses import replace
+
+    config = Predictor(tiny_run.run, device="cpu").config
+    positive = config.classes.index(config.positive_class)
+
+    def member(other: float, pos: float, temperature: float) -> Predictor:
+        logits = [pos, other] if positive == 0 else [other, pos]
+        return Predictor.of_model(replace(config, decision=Decision(temperature=temperature)), Fixed(logits),
+                                  torch.device("cpu"))
+
+    members = [member(0.0, np.log(3), 1.0), member(0.0, np.log(9), 2.0), member(np.log(4), 0.0, 1.0)]
+    for threshold, called in ((0.56, True), (0.6, False)):  # 0.6 would call the uncalibrated mean, 0.6167
+        ensemble = Predictor.of_members(replace(config, decision=Decision(threshold=threshold)), members)
+        decided = ensemble.predict(torch.zeros(2, 1, 4, 4))
+        np.testing.assert_allclose(decided.raw[:, positive], [1.7 / 3, 1.7 / 3], atol=1e-7)
+        np.testing.assert_allclose(decided.raw.sum(axis=1), 1.0, atol=1e-12)
+        np.testing.assert_array_equal(decided.probs, decided.raw)  # the ensemble's own temperature is 1
+        assert decided.indices.tolist() == [positive if called else 1 - positive] * 2

@@ -10,7 +10,7 @@ from pathlib import Path
 from perceiver_med import __version__
 from perceiver_med.errors import UserError
 from perceiver_med.files import FILE_MODE, atomic_path, refuse_inside
-from perceiver_med.run.rundir import check_new_output
+from perceiver_med.run.rundir import RunDir, check_new_output
 from perceiver_med.results.display import REPORTED_SPLITS
 from perceiver_med.results.report import figures as figs
 from perceiver_med.training.engine import unfitted_note
@@ -122,7 +122,7 @@ def _claim_fills(record: RunRecord, found: Characteristics, flow_known: bool, ga
     folds = record.metrics.get("cross_validation")
     if isinstance(folds, dict):
         fills[27] = ("Metrics", f"{folds.get('folds')} fold models as one: {folds.get('ensemble')}")
-    elif not any(p.name.startswith("fold_") for p in record.run.iterdir()):
+    elif not RunDir(record.run).folds():
         fills[27] = ("Configuration", "one model, no ensemble")
     if bootstrap:
         fills[29] = ("Metrics", f"95% intervals from {bootstrap.get('resamples')} patient-bootstrap resamples, "

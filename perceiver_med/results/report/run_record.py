@@ -2,7 +2,6 @@
 file digests, and the software it was trained with and is reported with."""
 from __future__ import annotations
 
-import json
 import platform
 from dataclasses import dataclass
 from importlib import metadata
@@ -13,7 +12,7 @@ from perceiver_med.csvfiles import read_csv
 from perceiver_med.files import file_sha256
 from perceiver_med.errors import UserError
 from perceiver_med.results.display import REPORTED_SPLITS
-from perceiver_med.run.rundir import CHECKPOINT, FROZEN_SPLITS, HISTORY, METRICS, WEIGHTS, RunDir
+from perceiver_med.run.rundir import CHECKPOINT, FROZEN_SPLITS, WEIGHTS, RunDir
 from perceiver_med.results.predictions import PredictionsFile, read_predictions
 from perceiver_med.inputs.samples import Sample
 
@@ -35,17 +34,14 @@ def read_run(run: Path) -> RunRecord:
     directory = RunDir.open(run)
     run = directory.path
     config = directory.config()
-    metrics_path = directory.metrics_file
-    if not metrics_path.is_file():
-        raise UserError(f"{run} has no {METRICS} (training has not finished): nothing to report")
     try:
-        metrics = json.loads(metrics_path.read_text())
-    except (OSError, ValueError) as exc:
-        raise UserError(f"{metrics_path} cannot be read: {exc}") from None
+        metrics = directory.metrics()
+    except UserError as exc:
+        raise UserError(f"{exc}: nothing to report") from None
     rows = directory.frozen_rows(config)
     predictions = {split: read_predictions(directory.predictions_file(split), config.classes)
                    for split in REPORTED_SPLITS if directory.predictions_file(split).is_file()}
-    return RunRecord(run, config, metrics, rows, predictions, _history(run / HISTORY))
+    return RunRecord(run, config, metrics, rows, predictions, _history(directory.history_file))
 
 
 def _history(path: Path) -> list[dict]:
