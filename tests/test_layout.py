@@ -87,7 +87,7 @@ def test_the_decision_chain_is_composed_in_the_predictor_alone():
 
 
 # The packages in the order data moves; a module imports only from its own layer or those before it.
-LAYERS = (("__init__.py", "errors.py", "files.py", "csvfiles.py"), ("io",), ("inputs", "synth"), ("models",),
+LAYERS = (("__init__.py", "errors.py", "files.py", "csvfiles.py", "configs.py"), ("io",), ("inputs", "synth"), ("models",),
           ("stats",), ("training",), ("run",), ("results",), ("workflows",), ("cli.py", "__main__.py"))
 
 

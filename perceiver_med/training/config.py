@@ -1,9 +1,6 @@
-"""Run settings: dataclasses, stored in every run as config.json, written and read by one generic pair.
-
-`to_dict(config)` gives the JSON form of any config dataclass; `from_dict(cls, data)` rebuilds one and checks it
-on the way: each value's type against the dataclass's annotations (nested dataclasses, lists, dicts, Optional;
-floats finite), unknown keys refused, then the dataclass's own `check()` (ranges, known names). Every refusal is
-one ValueError that starts with the field's dotted path in config.json (`decision.temperature must be ...`).
+"""Run settings: dataclasses, stored in every run as config.json, written and read by the package's one generic
+pair (perceiver_med.configs: `to_dict`, and `from_dict`, which checks every field and names the first it refuses
+by its dotted path in config.json). How this machine does the work (`Runtime`) is kept apart from them.
 """
 from __future__ import annotations
 
@@ -11,13 +8,12 @@ import functools
 import json
 import math
 import platform
-import types
-import typing
 from collections import Counter
-from dataclasses import MISSING, dataclass, field, fields, is_dataclass
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from perceiver_med import __version__
+from perceiver_med.configs import from_dict, shown, to_dict
 from perceiver_med.inputs.augment import AugmentConfig
 from perceiver_med.errors import UserError
 from perceiver_med.inputs.preprocess import PreprocessConfig
@@ -25,99 +21,6 @@ from perceiver_med.io.limits import voxel_budget
 from perceiver_med.models.registry import get_spec, num_classes
 
 LATERALITY_LABELS = {"left", "right", "l", "r"}
-
-
-# ---------------------------------------------------------------- dataclasses <-> JSON
-def to_dict(config):
-    """A config dataclass (or a list or dict of them) as JSON values: fields in declaration order, tuples as lists."""
-    if is_dataclass(config) and not isinstance(config, type):
-        return {f.name: to_dict(getattr(config, f.name)) for f in fields(config)}
-    if isinstance(config, dict):
-        return {key: to_dict(value) for key, value in config.items()}
-    if isinstance(config, (list, tuple)):
-        return [to_dict(value) for value in config]
-    return config
-
-
-def from_dict(cls: type, data, where: str = ""):
-    """The dataclass `cls` from its JSON form, checked: ValueError naming the field (`where` is cls's own path).
-
-    A key the data leaves out takes the field's default; a key the dataclass does not hold is refused, as is a value
-    of another type. The built object's `check()`, where it has one, checks ranges and names.
-    """
-    if not isinstance(data, dict):
-        raise ValueError(f"{where or 'the file'} must be a JSON object, not {_shown(data)}")
-    known = {f.name: f for f in fields(cls) if f.init}
-    unknown = [key for key in data if key not in known]
-    if unknown:
-        raise ValueError(f"{_at(where, unknown[0])} is not a setting this version knows")
-    hints = typing.get_type_hints(cls)
-    values = {}
-    for name, spec in known.items():
-        if name in data:
-            values[name] = _value(hints[name], data[name], _at(where, name))
-        elif spec.default is MISSING and spec.default_factory is MISSING:
-            raise ValueError(f"{_at(where, name)} is missing")
-    try:
-        config = cls(**values)
-    except (TypeError, ValueError, UserError) as exc:  # the dataclass's own parsing (a window's text)
-        raise ValueError(f"{where or cls.__name__}: {exc}") from None
-    if hasattr(config, "check"):
-        try:
-            config.check()
-        except ValueError as exc:  # its message starts with the field's name
-            raise ValueError(_at(where, str(exc))) from None
-    return config
-
-
-def _value(hint, value, where: str):
-    """`value` as the annotation `hint` wants it, or ValueError."""
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        (inner,) = [arg for arg in args if arg is not type(None)]  # the configs' unions are all Optional
-        return _value(inner, value, where)
-    if is_dataclass(hint):
-        return from_dict(hint, value, where)
-    if hint is typing.Any:
-        return value
-    if hint is list or origin is list:
-        if not isinstance(value, list):
-            raise ValueError(f"{where} must be a list, not {_shown(value)}")
-        item = args[0] if args else typing.Any
-        return [_value(item, v, f"{where}[{k}]") for k, v in enumerate(value)]
-    if hint is dict or origin is dict:
-        if not isinstance(value, dict):
-            raise ValueError(f"{where} must be a JSON object, not {_shown(value)}")
-        item = args[1] if args else typing.Any
-        return {key: _value(item, v, f"{where}.{key}") for key, v in value.items()}
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise ValueError(f"{where} must be true or false, not {_shown(value)}")
-        return value
-    if hint is int:
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise ValueError(f"{where} must be a whole number, not {_shown(value)}")
-        return value
-    if hint is float:
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
-            raise ValueError(f"{where} must be a finite number, not {_shown(value)}")
-        return float(value)
-    if hint is str:
-        if not isinstance(value, str):
-            raise ValueError(f"{where} must be text, not {_shown(value)}")
-        return value
-    raise TypeError(f"{where}: a config field of type {hint} has no JSON form")
-
-
-def _at(where: str, name: str) -> str:
-    return f"{where}.{name}" if where else name
-
-
-def _shown(value) -> str:
-    text = json.dumps(value) if not isinstance(value, float) or math.isfinite(value) else repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
 
 
 # ---------------------------------------------------------------- the settings
@@ -304,12 +207,12 @@ class RunConfig:
         from perceiver_med.stats.statistics import parse_threshold_rule
 
         if len(self.classes) < 2 or len(set(self.classes)) != len(self.classes) or "" in self.classes:
-            raise ValueError(f"classes must be two or more distinct names, not {_shown(self.classes)}")
+            raise ValueError(f"classes must be two or more distinct names, not {shown(self.classes)}")
         if self.positive_class not in self.classes:
             raise ValueError(f"positive_class {self.positive_class!r} is not one of the classes: "
                              f"{', '.join(self.classes)}")
         if not set(self.scan_kinds) <= {"image", "volume"}:
-            raise ValueError(f"scan_kinds must hold \"image\" and/or \"volume\", not {_shown(self.scan_kinds)}")
+            raise ValueError(f"scan_kinds must hold \"image\" and/or \"volume\", not {shown(self.scan_kinds)}")
         try:
             if parse_threshold_rule(self.threshold_rule) != self.threshold_rule:
                 raise UserError(f"not {self.threshold_rule!r}")
@@ -323,14 +226,13 @@ class RunConfig:
             raise ValueError(f"augment.tiles must be {tiles} for {self.preprocess.input} inputs, not {self.augment.tiles}")
 
     def _check_model(self) -> None:
-        """The model's name is registered and its settings have their config dataclass's types (its weights file
-        says whether they are its sizes: RunDir.load_model)."""
+        """The model's name is registered, and its settings are keywords its config dataclass declares, of their
+        types (its weights file says whether they are its sizes: RunDir.load_model)."""
         try:
             spec = get_spec(self.model.get("name"))
         except ValueError as exc:
             raise ValueError(f"model.name: {exc}") from None
-        names = {f.name for f in fields(spec.config)}
-        from_dict(spec.config, {k: v for k, v in self.model.items() if k in names}, "model")
+        from_dict(spec.config, {k: v for k, v in self.model.items() if k != "name"}, "model")
         outputs = num_classes(self.model)
         if outputs != len(self.classes):
             raise ValueError(f"classes: {len(self.classes)} names for a model with {outputs} outputs")
