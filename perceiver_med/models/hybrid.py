@@ -115,16 +115,23 @@ class ViTRolloutCNN(nn.Module):
 
 
 @dataclass
+class HybridCNNConfig(CNNStageConfig):
+    """The hybrid's CNN stage as a run stores it: the CNN baseline's layers (CNNStageConfig), with as many outputs as
+    the ViT has (num_classes None: the ViT's, filled in by HybridConfig)."""
+
+    num_classes: int | None = None
+
+
+@dataclass
 @defaults_from(ViTRolloutCNN)
 class HybridConfig:
     """train's ViT + rollout + CNN as a run stores it; defaults: ViTRolloutCNN's. The second stage is the CNN
     baseline (global max pooling, which keeps a small nodule's response); its weights on the rollout channel start at
     zero (zero_rollout), and its logits add to the ViT's (residual), so it corrects the ViT rather than replacing it.
-    `vit` and `cnn` given in part are completed from HybridViTConfig and CNNStageConfig (the CNN's num_classes: the
-    ViT's)."""
+    `vit` and `cnn` given in part are completed from HybridViTConfig and HybridCNNConfig."""
 
     vit: HybridViTConfig | None
-    cnn: CNNStageConfig | None
+    cnn: HybridCNNConfig | None
     head_fusion: str
     discard_ratio: float
     zero_rollout: bool
@@ -132,7 +139,9 @@ class HybridConfig:
 
     def __post_init__(self):
         self.vit = self.vit or HybridViTConfig()
-        self.cnn = self.cnn or CNNStageConfig(num_classes=self.vit.num_classes)
+        self.cnn = self.cnn or HybridCNNConfig()
+        if self.cnn.num_classes is None:
+            self.cnn.num_classes = self.vit.num_classes
 
     def check(self) -> None:
         if self.cnn.num_classes != self.vit.num_classes:

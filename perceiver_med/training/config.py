@@ -11,6 +11,7 @@ import platform
 from collections import Counter
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import ClassVar
 
 from perceiver_med import __version__
 from perceiver_med.configs import from_dict, shown, to_dict
@@ -18,14 +19,13 @@ from perceiver_med.inputs.augment import AugmentConfig
 from perceiver_med.errors import UserError
 from perceiver_med.inputs.preprocess import PreprocessConfig
 from perceiver_med.io.limits import voxel_budget
+from perceiver_med.io.scans import SCAN_KINDS
 from perceiver_med.models.registry import get_spec, num_classes
 
 LATERALITY_LABELS = {"left", "right", "l", "r"}
 
 
 # ---------------------------------------------------------------- the settings
-# Settings of where a run runs, not of what it learns: a resume may change them. They live in "train" in config.json.
-RUNTIME = {"runtime": True}
 # numpy seeds its generators from 32-bit words and torch from 64 bits: a seed is one 32-bit word, in every command.
 SEED_RANGE = (0, 2 ** 32 - 1)
 
@@ -70,7 +70,7 @@ def choose_sampler(train_labels: list[str], asked: str | None, class_weights: st
 
 @dataclass
 class TrainConfig:
-    """Optimisation settings, and (marked RUNTIME, last) where the training runs.
+    """Optimisation settings, and the arithmetic the run trained in.
 
     Args:
         epochs: maximum epochs (per stage for the hybrid); 0 picks enough for about 600 optimiser steps,
@@ -93,10 +93,14 @@ class TrainConfig:
             rare class is seen as often as a common one; train chooses "balanced" where a class is rare
             (choose_sampler). Runs made before it existed shuffled.
         label_smoothing: training loss only; reported losses never use it.
-        num_workers: processes for preprocessing.
-        device: "auto", "cpu", "cuda" or "mps".
-        precision: "auto" (bf16 autocast on CUDA and on CPUs with native bf16 units), "bf16" or "fp32".
+        precision: the arithmetic the run trained in, "bf16" (autocast) or "fp32", resolved from the runtime's
+            choice when training starts (engine.resolve_precision); evaluation and prediction compute in it too, so
+            they give the numbers training gave. "auto" is what runs of earlier versions recorded (the choice, not
+            its outcome): the device that predicts resolves it, as it did then.
     """
+
+    # What runs of earlier versions recorded here and is now the machine's (Runtime): read and dropped.
+    RETIRED: ClassVar[tuple[str, ...]] = ("device", "num_workers")
 
     epochs: int = field(default=0, metadata=ranged(0, 100_000))
     batch_size: int = field(default=16, metadata=ranged(1, 65_536))
@@ -110,13 +114,10 @@ class TrainConfig:
     class_weights: str = "none"
     sampler: str = "shuffle"
     label_smoothing: float = 0.0
-    # more processes than cores only wait for each other: prepare_many starts at most one per core
-    num_workers: int = field(default=0, metadata=ranged(0, 1024, **RUNTIME))
-    device: str = field(default="auto", metadata=RUNTIME)
-    precision: str = field(default="auto", metadata=RUNTIME)
+    precision: str = "fp32"
 
     def check(self) -> None:
-        for name in ("epochs", "patience", "seed", "num_workers"):
+        for name in ("epochs", "patience", "seed"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be 0 or more, not {getattr(self, name)}")
         if self.batch_size < 1:
@@ -130,8 +131,7 @@ class TrainConfig:
         if not 0 <= self.label_smoothing < 1:
             raise ValueError(f"label_smoothing must be in [0, 1), not {self.label_smoothing}")
         for name, choices in (("class_weights", ("none", "auto")), ("sampler", SAMPLERS),
-                              ("device", ("auto", "cpu", "cuda", "mps")),
-                              ("precision", ("auto", "bf16", "fp32"))):
+                              ("precision", ("bf16", "fp32", "auto"))):
             if getattr(self, name) not in choices:
                 raise ValueError(f"{name} must be {' or '.join(choices)}, not {getattr(self, name)!r}")
         check_ranges(self)
@@ -170,7 +170,7 @@ class RunConfig:
 
     Args:
         positive_class: the class sensitivity, specificity and ROC AUC are reported for.
-        scan_kinds: "image" and/or "volume": what the model was trained on; predict skips other kinds.
+        scan_kinds: scan kinds (io/scans.py), what the model was trained on; predict skips other kinds.
         modality_groups: imaging families seen in training (see MODALITY_GROUPS); empty when unknown.
         splits_file: where the splits came from; the run trains and evaluates on its frozen copy, splits.csv.
         splits_sha256, weights_sha256: SHA-256 of the run's splits.csv and model.safetensors.
@@ -211,8 +211,9 @@ class RunConfig:
         if self.positive_class not in self.classes:
             raise ValueError(f"positive_class {self.positive_class!r} is not one of the classes: "
                              f"{', '.join(self.classes)}")
-        if not set(self.scan_kinds) <= {"image", "volume"}:
-            raise ValueError(f"scan_kinds must hold \"image\" and/or \"volume\", not {shown(self.scan_kinds)}")
+        if not set(self.scan_kinds) <= set(SCAN_KINDS):
+            raise ValueError(f"scan_kinds must hold {' and/or '.join(map(shown, SCAN_KINDS))}, not "
+                             f"{shown(self.scan_kinds)}")
         try:
             if parse_threshold_rule(self.threshold_rule) != self.threshold_rule:
                 raise UserError(f"not {self.threshold_rule!r}")
@@ -246,7 +247,9 @@ class RunConfig:
 
 
 # ---------------------------------------------------------------- train's options and --resume
-RUNTIME_OPTIONS = tuple(f.name for f in fields(TrainConfig) if f.metadata.get("runtime"))
+# The runtime settings under the names of train's options (--device, --precision, --num-workers): a Runtime's, never
+# among a run's options; the cv.json records of earlier versions hold them, and are read without them.
+RUNTIME_OPTIONS = ("device", "precision", "num_workers")
 
 
 @dataclass(frozen=True)
@@ -256,19 +259,18 @@ class Runtime:
 
     Args:
         device: "auto" (CUDA, then Apple MPS, then the CPU), "cpu", "cuda" or "mps".
-        precision: "auto", "bf16" or "fp32" (training's arithmetic).
+        precision: training's choice of arithmetic: "auto" (bf16 autocast on CUDA and on CPUs with native bf16
+            units), "bf16" or "fp32". A new run records what it comes to (TrainConfig.precision), which evaluation
+            and prediction then use; a resume continues in the run's own ("auto"), and refuses another.
         workers: preprocessing processes (0: one per core, up to 8).
         max_voxels: the readers' budget per scan (None: the built-in one); worker processes receive it too.
     """
 
     device: str = "auto"
     precision: str = "auto"
-    workers: int = 0
+    # more processes than cores only wait for each other: prepare_many starts at most one per core
+    workers: int = field(default=0, metadata=ranged(0, 1024))
     max_voxels: int | None = None
-
-    def train_options(self) -> dict:
-        """The runtime fields of TrainConfig (RUNTIME_OPTIONS), as a run records them."""
-        return {"device": self.device, "precision": self.precision, "num_workers": self.workers}
 
     def reading(self):
         """A context in which scans are read with this runtime's voxel budget."""
@@ -310,10 +312,10 @@ def trainable_model(name: str | None) -> str | None:
 
 
 def check_resume(run: Path, record: str, stored: dict, asked: dict) -> None:
-    """The one conflict check of --resume (single runs and cross-validations): an asked option other than a runtime
-    one that differs from what the run stored is refused in one line naming each; `record` names the file."""
+    """The one conflict check of --resume (single runs and cross-validations): an asked option that differs from what
+    the run stored is refused in one line naming each; `record` names the file."""
     conflicts = [f"--{key.replace('_', '-')} {value} (run: {stored.get(key, 'not given')})"
-                 for key, value in asked.items() if key not in RUNTIME_OPTIONS and stored.get(key) != value]
+                 for key, value in asked.items() if stored.get(key) != value]
     if conflicts:
         raise UserError(f"--resume continues {run} as its {record} says; drop the options that contradict it: "
                         + ", ".join(conflicts))

@@ -3,7 +3,7 @@ file names; its splits scored through the run's Predictor, as `evaluate` and `pr
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
@@ -15,7 +15,7 @@ from perceiver_med.training.config import (RUNTIME_OPTIONS, RunConfig, Runtime, 
 from perceiver_med.inputs.cache import INPUT_VERSION
 from perceiver_med.inputs.loading import describe_scans, load_split_inputs, preprocess_config
 from perceiver_med.inputs.augment import AugmentConfig
-from perceiver_med.training.engine import Processes, Reporter, fit, pick_device
+from perceiver_med.training.engine import Processes, Reporter, fit, pick_device, resolve_precision
 from perceiver_med.files import file_sha256
 from perceiver_med.csvfiles import write_csv
 from perceiver_med.errors import Interrupted, UserError
@@ -50,8 +50,8 @@ class TrainRequest:
         options: train's run-defining options by name (TrainConfig's optimisation fields, input, size, channels,
             grid_pad, fov_mm, slice_mm, window, flip, positive, threshold, and the model's registry options);
             None means not given.
-        runtime: where and how this machine trains (device, precision, workers, voxel budget); never compared
-            with a resumed run's record.
+        runtime: where and how this machine trains (device, precision, workers, voxel budget). A new run records the
+            arithmetic its precision comes to; a resume compares only an explicit precision with the run's.
         resume: continue the interrupted run in `out` (config.json, or cv.json for a cross-validation, is the truth).
         cv: train every fold of the splits file and make `out` their ensemble (workflows/cv.py).
         fold: train one cross-validation fold: its rows are val, the other folds' rows train.
@@ -72,7 +72,7 @@ class TrainRequest:
         misplaced = set(given) & set(RUNTIME_OPTIONS)
         if misplaced:
             raise TypeError(f"{sorted(misplaced)} are runtime settings: give them in TrainRequest.runtime")
-        unknown = set(given) - set(TrainConfig.__dataclass_fields__) - set(OTHER_OPTIONS) - set(option_owners())
+        unknown = set(given) - {f.name for f in fields(TrainConfig)} - set(OTHER_OPTIONS) - set(option_owners())
         if unknown or "fold" in given:
             raise TypeError(f"TrainRequest got unknown options {sorted(unknown | ({'fold'} & set(given)))}")
         return {**given, **({"fold": self.fold} if self.fold is not None else {})}
@@ -151,7 +151,6 @@ def _resume_config(out: Path, asked: dict) -> RunConfig:
     """config.json is the truth on --resume: an option that contradicts it is an error that names it."""
     config = load_run_config(out)
     check_resume(out, CONFIG, _stored_options(config), asked)
-    config.train = replace(config.train, **{k: v for k, v in asked.items() if k in RUNTIME_OPTIONS})
     return config
 
 
@@ -163,7 +162,7 @@ def _new_config(rows: list[Sample], splits: Path, model_name: str, asked: dict) 
             raise UserError(f"--{key.replace('_', '-')} is an option of {' and '.join(owners[key])}, not {model_name}")
     sampler = choose_sampler([row.label for row in rows if row.split == "train"], asked.get("sampler"),
                              asked.get("class_weights", "none"))
-    train = TrainConfig(**{**{k: v for k, v in asked.items() if k in TrainConfig.__dataclass_fields__},
+    train = TrainConfig(**{**{k: v for k, v in asked.items() if k in {f.name for f in fields(TrainConfig)}},
                            "sampler": sampler})
     try:
         train.check()  # the ranges config.json is read with, before any scan is read or memory is taken
@@ -203,7 +202,8 @@ def train_run(request: TrainRequest, reporter: Reporter | None = None,
     """
     reporter = reporter or Reporter()
     splits, model_name, out, resume = request.splits, request.model, request.out, request.resume
-    asked = {**canonical_options(request.given_options()), **request.runtime.train_options()}
+    asked = canonical_options(request.given_options())
+    runtime = request.runtime
     model_name = trainable_model(model_name)
     out = Path(out)
     if splits is None and not resume:
@@ -220,7 +220,9 @@ def train_run(request: TrainRequest, reporter: Reporter | None = None,
             if not RunDir(out).checkpoint_file.is_file():
                 raise UserError(f"{out} has no {CHECKPOINT} to resume from (training stopped before its first "
                                 "epoch ended): start a new run")
-            config = _resume_config(out, {**asked, **({"model": model_name} if model_name else {})})
+            # the run goes on in its own arithmetic; only a precision asked for in so many words can contradict it
+            explicit = {"precision": runtime.precision} if runtime.precision != "auto" else {}
+            config = _resume_config(out, {**asked, **explicit, **({"model": model_name} if model_name else {})})
             if config.checkpoint_sha256 and file_sha256(out / CHECKPOINT) not in config.checkpoint_sha256:
                 raise UserError(f"{out / CHECKPOINT} does not match the SHA-256 recorded in config.json: the "
                                 "file is damaged or was replaced, so the run cannot be resumed")
@@ -230,9 +232,10 @@ def train_run(request: TrainRequest, reporter: Reporter | None = None,
                                 " leave out the splits file to resume, or start a new run")
             rows = frozen
         else:
-            config = _new_config(rows, splits, model_name or DEFAULT_MODEL, asked)
+            precision = resolve_precision(pick_device(runtime.device), runtime.precision)
+            config = _new_config(rows, splits, model_name or DEFAULT_MODEL, {**asked, "precision": precision})
         try:
-            return _train(rows, config, out, resume, reporter, on_prepared)
+            return _train(rows, config, out, resume, runtime, reporter, on_prepared)
         except BaseException:
             if not resume and not (out / CHECKPOINT).exists():  # nothing to resume: leave nothing behind
                 for name in (CONFIG, FROZEN_SPLITS):
@@ -240,19 +243,20 @@ def train_run(request: TrainRequest, reporter: Reporter | None = None,
             raise
 
 
-def _train(rows, config: RunConfig, out: Path, resume: bool, reporter: Reporter, on_prepared) -> TrainResult:
+def _train(rows, config: RunConfig, out: Path, resume: bool, runtime: Runtime, reporter: Reporter,
+           on_prepared) -> TrainResult:
     train = config.train
-    device = pick_device(train.device)
+    device = pick_device(runtime.device)
     planned = Processes.planned()
     # each process prepares its share of the scans before the process group exists (no fork after threads
     # or CUDA start); after the group's barrier every process reads all of them from the cache
     share = rows[planned.rank::planned.world]
     if planned.world > 1:
-        load_split_inputs(share, config.preprocess, train.num_workers, on_done=on_prepared, must_keep=False)
+        load_split_inputs(share, config.preprocess, runtime.workers, on_done=on_prepared, must_keep=False)
     processes = Processes.start(device)
     try:
         processes.barrier()
-        loaded = load_split_inputs(rows, config.preprocess, train.num_workers,
+        loaded = load_split_inputs(rows, config.preprocess, runtime.workers,
                                    on_done=on_prepared if planned.world == 1 else None)
         data = loaded.by_split(config.classes)
         if len(data["train"][1]) == 0:
