@@ -51,7 +51,7 @@ def _one_line(err: str) -> str:
 # ---------------------------------------------------------------- the generic pair
 # Settings added after the fixture runs were written, with the default that keeps their behaviour; and those the
 # fixtures hold that are now the machine's (Runtime), read and dropped.
-ADDED_SINCE_THE_FIXTURES = {"train": {"stop_loss": 0.0}}
+ADDED_SINCE_THE_FIXTURES = {"train": {"stop_loss": 0.0, "sampler": "shuffle"}}
 RETIRED_SINCE_THE_FIXTURES = {"train": ("device", "num_workers")}
 
 
