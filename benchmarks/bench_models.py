@@ -56,7 +56,8 @@ def build_pair(device):
     return {"perceiver-pytorch": (ReferencePerceiver(input_channels=1, input_axis=2, depth=2, weight_tie_layers=True,
                                                      fourier_encode_data=True, **SAME).to(device), True),
             "perceiver-med": (Perceiver(in_channels=1, image_size=64, num_iterations=2,
-                                        weight_sharing="after_first", **SAME).to(device), False)}
+                                        weight_sharing="after_first", stem_widths=(), deep_supervision=0.0,
+                                        **SAME).to(device), False)}
 
 
 def copy_reference_weights(reference, ours) -> None:
@@ -464,7 +465,7 @@ def _scaling_child(kind, side, batch, queue):  # a fresh process, so one size's 
     torch.manual_seed(0)
     if kind == "perceiver":
         model = Perceiver(in_channels=1, image_size=side, num_latents=64, latent_dim=128, latent_heads=4,
-                          latent_dim_head=32, max_freq=float(side))
+                          latent_dim_head=32, max_freq=float(side), stem_widths=(), deep_supervision=0.0)
     else:
         model = PixelTransformer(side * side)
     optimizer = torch.optim.AdamW(model.parameters())

@@ -15,6 +15,7 @@ The packages follow the data, one direction only (tests/test_layout.py checks th
                 inspect/split/preview, the demo
     cli.py      the command line: parse, call one library function, print
 
-Shared by all: errors (the user's mistakes), files (safe writes, digests), csvfiles (every CSV read or written).
+Shared by all: errors (the user's mistakes), files (safe writes, digests), csvfiles (every CSV read or written),
+configs (every config dataclass to and from JSON, checked).
 """
 __version__ = "0.1.0"

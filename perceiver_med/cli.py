@@ -48,7 +48,7 @@ class LabelFrom(str, Enum):
     laterality = "laterality"
 
 
-InputKind = Enum("InputKind", {name: name for name in (AUTO, *KINDS)}, type=str)  # --input: the kinds, or auto
+InputChoice = Enum("InputChoice", {name: name for name in (AUTO, *KINDS)}, type=str)  # --input: the kinds, or auto
 
 
 class Difficulty(str, Enum):
@@ -355,8 +355,8 @@ def preview(scan: Annotated[Path, typer.Argument(help="a scan file, or a folder 
                                                  metavar="SCAN")],
             out: Annotated[Path, typer.Option(help="output prefix: writes PREFIX.png and PREFIX.npy",
                                               metavar="PREFIX")],
-            input: Annotated[InputKind, _choice("model input (auto: a grid for volumes, else an image), as "
-                                                "train chooses it")] = InputKind.auto,
+            input: Annotated[InputChoice, _choice("model input (auto: a grid for volumes, else an image), as "
+                                                  "train chooses it")] = InputChoice.auto,
             size: Size = None, channels: Channels = None, grid_pad: GridPad = None,
             slice: Annotated[Optional[int], typer.Option(help="centre slice of the grid", metavar="K",
                                                          show_default="the middle slice")] = None,
@@ -380,11 +380,11 @@ def preview(scan: Annotated[Path, typer.Argument(help="a scan file, or a folder 
 
 @app.command(short_help="Preprocess a splits file's scans into the cache (train does it too).")
 def prepare(splits: Annotated[Path, typer.Argument(help="splits CSV", metavar="SPLITS")],
-            input: Annotated[InputKind, _choice("model input (auto: a grid for volumes, else an image)")
-                             ] = InputKind.auto,
+            input: Annotated[InputChoice, _choice("model input (auto: a grid for volumes, else an image)")
+                             ] = InputChoice.auto,
             size: Size = None, channels: Channels = None, grid_pad: GridPad = None, window: WindowOption = None,
             workers: Annotated[int, typer.Option(help="processes (0: one per core, up to 8; never more than the "
-                                                      "cores)", min=0, max=value_range(TrainConfig, "num_workers")[1],
+                                                      "cores)", min=0, max=value_range(Runtime, "workers")[1],
                                                  metavar="N")] = 0,
             max_voxels: MaxVoxels = None):
     """Preprocess every scan of a splits file into the on-disk cache (training does this too)."""
@@ -485,9 +485,11 @@ def train(splits: Annotated[Optional[Path], typer.Argument(help="splits CSV from
                                                       max=SEED_RANGE[1], show_default=str(_D.seed))] = None,
           device: DeviceOption = Device.auto,
           precision: Annotated[Precision, _choice("arithmetic: auto = bf16 autocast on CUDA and on CPUs with "
-                                                  "native bf16 units, else fp32")] = Precision.auto,
-          input: Annotated[Optional[InputKind], _choice("model input (auto: a 3x3 grid of 9 slices for volumes, "
-                                                        "else an image)", show_default="auto")] = None,
+                                                  "native bf16 units, else fp32; the run records it, and evaluate "
+                                                  "and predict compute in it (auto on --resume: the run's)")
+                               ] = Precision.auto,
+          input: Annotated[Optional[InputChoice], _choice("model input (auto: a 3x3 grid of 9 slices for volumes, "
+                                                          "else an image)", show_default="auto")] = None,
           size: Size = None, channels: Channels = None, grid_pad: GridPad = None,
           fov_mm: FovMm = None, slice_mm: SliceMm = None, window: WindowOption = None,
           flip: Annotated[Optional[bool], typer.Option("--flip/--no-flip", metavar="", help="horizontal flip "
@@ -510,7 +512,7 @@ def train(splits: Annotated[Optional[Path], typer.Argument(help="splits CSV from
               "samples and --class-weights is not auto", show_default="auto")] = None,
           num_workers: Annotated[int, typer.Option(help="preprocessing processes (0: one per core, up to 8; never "
                                                         "more than the cores)", min=0,
-                                                   max=value_range(TrainConfig, "num_workers")[1],
+                                                   max=value_range(Runtime, "workers")[1],
                                                    metavar="N")] = 0,
           fold: Annotated[Optional[int], typer.Option(
               help="train one cross-validation fold: its rows are val, the other folds' train (split --folds)",

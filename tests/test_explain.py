@@ -12,6 +12,9 @@ from perceiver_med.workflows.train import TrainRequest, train
 from tests.conftest import CPU
 
 SIZE = 32
+# models of their own, not train's: a ViT on linear patches and a residual CNN stage, as the two stages alone
+LINEAR_VIT = {"stem_widths": [], "deep_supervision": 0.0, "dropout": 0.0}
+RESIDUAL_CNN = {"pool": "mean", "block": "residual", "norm": "none"}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -30,8 +33,8 @@ def _peak(heat: torch.Tensor) -> tuple[int, int]:
 # ---------------------------------------------------------------- geometry, with attention forced by weights
 def test_rollout_map_of_the_hybrid_peaks_on_the_patch_the_attention_was_forced_to():
     dim = 16
-    model = ViTRolloutCNN(vit={"image_size": SIZE, "patch_size": 8, "dim": dim, "depth": 2, "heads": 1},
-                          cnn={"widths": [4]}).eval()
+    model = ViTRolloutCNN(vit={"image_size": SIZE, "patch_size": 8, "dim": dim, "depth": 2, "heads": 1, **LINEAR_VIT},
+                          cnn={"widths": [4], **RESIDUAL_CNN}, zero_rollout=False, residual=False).eval()
     vit = model.vit
     with torch.no_grad():
         vit.pos_embed.zero_()
@@ -238,14 +241,15 @@ def _fit(model: nn.Module, x, y, steps: int = 120) -> None:
 
 def _trained_perceiver(x, y):
     model = Perceiver(image_size=SIZE, patch_size=4, num_latents=8, latent_dim=32, cross_dim_head=32,
-                      latent_heads=2, latent_dim_head=16, self_per_cross_attn=1, num_iterations=2, max_freq=8.0)
+                      latent_heads=2, latent_dim_head=16, self_per_cross_attn=1, num_iterations=2, max_freq=8.0,
+                      stem_widths=(), deep_supervision=0.0)
     _fit(model, x, y)
     return model
 
 
 def _trained_hybrid(x, y):
-    model = ViTRolloutCNN(vit={"image_size": SIZE, "patch_size": 4, "dim": 32, "depth": 1, "heads": 2},
-                          cnn={"widths": [8, 16]})
+    model = ViTRolloutCNN(vit={"image_size": SIZE, "patch_size": 4, "dim": 32, "depth": 1, "heads": 2, **LINEAR_VIT},
+                          cnn={"widths": [8, 16], **RESIDUAL_CNN}, zero_rollout=False, residual=False)
     _fit(model.vit, x, y)
     _fit(model.cnn, torch.cat([x, model.rollout(x)], dim=1), y)  # the CNN on [input, rollout of the ViT]
     return model

@@ -1,5 +1,5 @@
 """The layout keeps one owner per concept (what the redesign issue asks grep to show): model names in the model
-registry, input-kind names in inputs/kinds.py, run file names in run/rundir.py, and the chain probabilities ->
+registry, input-kind names in inputs/kinds.py, scan kinds in io/scans.py, run file names in run/rundir.py, and the chain probabilities ->
 temperature -> threshold in run/predictor.py. Checked on the syntax tree, so docstrings and messages may name them."""
 from __future__ import annotations
 
@@ -37,7 +37,11 @@ def _constants(tree, values: set[str]):
 
 @pytest.mark.parametrize("values,owners", [
     ({"perceiver", "vit-rollout-cnn", "cnn", "vit"}, {"models/registry.py"}),
-    ({"grid", "point"}, {"inputs/kinds.py"}),  # "image" is also a scan kind (beside "volume"), so not checked
+    ({"grid", "point"}, {"inputs/kinds.py"}),
+    # "image" is an input kind and a scan kind (what a file holds: io/scans.py); below inputs, the readers also spell
+    # it for the slice ordering of a single image and for their own name
+    ({"image"}, {"inputs/kinds.py", "io/"}),
+    ({"volume"}, {"io/scans.py"}),
     ({"config.json", "model.safetensors", "checkpoint.pt", "splits.csv", "cv.json", "metrics.json", "history.csv",
       "curves.png"},
      {"run/rundir.py", "workflows/demo.py"}),  # the demo's own splits.csv is not a run's
@@ -126,7 +130,7 @@ def test_probabilities_are_calibrated_and_averaged_in_the_predictor_alone():
 
 
 # The packages in the order data moves; a module imports only from its own layer or those before it.
-LAYERS = (("__init__.py", "errors.py", "files.py", "csvfiles.py"), ("io",), ("inputs", "synth"), ("models",),
+LAYERS = (("__init__.py", "errors.py", "files.py", "csvfiles.py", "configs.py"), ("io",), ("inputs", "synth"), ("models",),
           ("stats",), ("training",), ("run",), ("results",), ("workflows",), ("cli.py", "__main__.py"))
 
 

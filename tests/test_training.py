@@ -10,8 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from perceiver_med.errors import Interrupted
+from perceiver_med.errors import Interrupted, UserError
 from perceiver_med.results.evaluation import evaluate_run
+from perceiver_med.training.config import Runtime
+from perceiver_med.training.engine import resolve_precision
 from perceiver_med.workflows.train import TrainRequest, train
 from tests.conftest import CPU
 
@@ -47,6 +49,9 @@ def test_run_directory_holds_every_artefact(perceiver_run):
                 "sensitivity", "specificity"} <= set(split)
     config = json.loads((run / "config.json").read_text())
     assert config["preprocess"]["size"] == 32 and config["augment"]["flip"] is False  # laterality: no flip
+    # the run records the arithmetic its runtime's "auto" came to on this CPU, and nothing of where it ran
+    assert config["train"]["precision"] == resolve_precision(torch.device("cpu"), "auto")
+    assert not {"device", "num_workers", "workers"} & set(config["train"])
     assert not list(run.glob(".*"))  # no temporary files left
 
 
@@ -92,6 +97,12 @@ def test_resume_after_an_interruption_gives_a_complete_run(knee, tmp_path):
         _train(knee, out, epochs=3, reporter=_StopAfter(2))
     assert not (out / "metrics.json").exists() and (out / "checkpoint.pt").exists()
     assert torch.load(out / "checkpoint.pt", weights_only=True)["state"]["epoch"] == 2
+    # it goes on in the arithmetic it started in: another, asked for in so many words, is refused by name
+    trained_in = json.loads((out / "config.json").read_text())["train"]["precision"]
+    other = "fp32" if trained_in == "bf16" else "bf16"
+    with pytest.raises(UserError, match=f"--precision {other} \\(run: {trained_in}\\)"):
+        train(TrainRequest(knee / "splits.csv", out, "perceiver", resume=True,
+                           runtime=Runtime(device="cpu", precision=other)))
     result = train(TrainRequest(knee / "splits.csv", out, "perceiver", resume=True))
     assert [row["epoch"] for row in result_history(out)] == ["1", "2", "3"]
     assert (out / "metrics.json").is_file() and (out / "predictions_test.csv").is_file()

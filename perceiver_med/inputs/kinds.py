@@ -17,6 +17,7 @@ from perceiver_med.errors import ScanError, UserError
 from perceiver_med.inputs.arrays import (GRID_TILES, grid_of, grid_slices, make_grid, make_image, point_grid, resize,
                                          to_channels, volume_window)
 from perceiver_med.inputs.windows import to_unit
+from perceiver_med.io.scans import VOLUME_SCAN
 
 AUTO = "auto"
 
@@ -57,7 +58,7 @@ class InputKind:
         return array[[held[k] for k in wanted]], value_range
 
     def check_scan(self, scan) -> None:
-        if self.needs_volume and scan.kind != "volume":
+        if self.needs_volume and scan.kind != VOLUME_SCAN:
             raise ScanError("a 3x3 slice grid needs a volume, and this scan is a single 2D image")
 
 
@@ -108,6 +109,7 @@ class PointKind(InputKind):
 
 
 KINDS = {kind.name: kind for kind in (ImageKind(), GridKind(), PointKind())}
+DEFAULT_INPUT = ImageKind.name  # the kind of settings that name none (PreprocessConfig), and of anything 2D
 
 
 def input_kind(name: str) -> InputKind:
@@ -118,13 +120,13 @@ def input_kind(name: str) -> InputKind:
 
 def choose_kind(asked: str | None, with_points: bool, scan_kinds) -> InputKind:
     """The input kind of a run (or a preview): as asked, else a point grid for points, a slice grid for volumes
-    and an image for anything 2D (`scan_kinds`: a set of "image" / "volume")."""
+    and an image for anything 2D (`scan_kinds`: the scan kinds found, io/scans.py)."""
     if asked not in (None, AUTO):
         kind = input_kind(asked)
     elif with_points:
         kind = KINDS["point"]
     else:
-        kind = KINDS["grid"] if set(scan_kinds) == {"volume"} else KINDS["image"]
+        kind = KINDS["grid"] if set(scan_kinds) == {VOLUME_SCAN} else KINDS[DEFAULT_INPUT]
     check_samples(kind, with_points, f"--input {kind.name}",
                   "split --points CSV for a splits file, --point X,Y,Z for preview",
                   f"leave out --input, or give --input {next(k.name for k in KINDS.values() if k.takes_points)}")

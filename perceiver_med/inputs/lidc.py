@@ -36,6 +36,7 @@ from perceiver_med.errors import ScanError, UserError
 from perceiver_med.files import refuse_inside
 from perceiver_med.io import discover
 from perceiver_med.io.discover import Scan, Skip
+from perceiver_med.io.scans import VOLUME_SCAN
 from perceiver_med.io.lidc_xml import LidcReading, NoduleMark, OutlineGrid, outline_grid, read_lidc_xml, reading_kind
 
 LABEL_RULE = "median malignancy rating: above 3 malignant, below 3 benign (exactly 3, or no rating: left out)"
@@ -250,7 +251,7 @@ def points_from_lidc(readings: Path, scans: Path, out: Path) -> LidcPoints:
     if not files:
         raise UserError(f"no LIDC-IDRI CT reading (XML) in {printable(readings)}"
                         + (f" ({skipped[0].reason})" if skipped else ""))
-    found = [scan for scan in discover(scans).scans if scan.kind == "volume" and scan.format == "dicom"]
+    found = [scan for scan in discover(scans).scans if scan.kind == VOLUME_SCAN and scan.format == "dicom"]
     if not found:
         raise UserError(f"no DICOM series in {printable(scans)}")
     series, used = [], {}

@@ -14,7 +14,7 @@ from perceiver_med.inputs.preprocess import PreprocessConfig
 from perceiver_med.inputs.samples import Sample
 from perceiver_med.inputs.splits import SPLITS
 from perceiver_med.io.discover import Discovery, Skip
-from perceiver_med.io.scans import Scan
+from perceiver_med.io.scans import IMAGE_SCAN, VOLUME_SCAN, Scan
 
 # DICOM modalities grouped by what the pictures look like: a model trained on one group says nothing of another.
 MODALITY_GROUPS = {"CT": "CT", "MR": "MR", "PT": "nuclear medicine", "NM": "nuclear medicine",
@@ -45,7 +45,7 @@ def preprocess_config(input: str, size: int | None = None, channels: int | None 
 
 @dataclass
 class ScanSummary:
-    kinds: list[str]  # "image" and/or "volume"
+    kinds: list[str]  # scan kinds (io/scans.py)
     modality_groups: list[str]
 
 
@@ -68,8 +68,8 @@ def describe_scans(samples: list[Sample], at_most: int = 32) -> ScanSummary:
 def scan_mismatch(scan, config) -> str:
     """Why a scan does not suit a run (a CT volume for a radiograph model), or "" when it does."""
     if config.scan_kinds and scan.kind not in config.scan_kinds:
-        trained = " and ".join("2D images" if k == "image" else "volumes" for k in config.scan_kinds)
-        found = "a volume" if scan.kind == "volume" else "a 2D image"
+        trained = " and ".join("2D images" if k == IMAGE_SCAN else "volumes" for k in config.scan_kinds)
+        found = "a volume" if scan.kind == VOLUME_SCAN else "a 2D image"
         return f"{found}{f' ({scan.modality})' if scan.modality else ''}, and this run was trained on {trained}"
     group = modality_group(scan.modality)
     if group and config.modality_groups and group not in config.modality_groups:

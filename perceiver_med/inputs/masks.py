@@ -35,6 +35,7 @@ from perceiver_med.io.discover import Scan, Skip
 from perceiver_med.io.label_maps import is_segmentation, segmented_series
 from perceiver_med.inputs.labels import folder_label
 from perceiver_med.io.nifti import SUFFIXES as NIFTI_SUFFIXES, is_nifti
+from perceiver_med.io.scans import VOLUME_SCAN
 MASK_SUFFIX = re.compile(r"_(seg|segmentation|mask|label|labels)$", re.IGNORECASE)
 CHANNEL_SUFFIX = re.compile(r"_\d{4}$")  # nnU-Net: case_0000.nii.gz is channel 0 of case
 GRID_TOLERANCE = 0.1  # voxels: float32 NIfTI headers and rounded DICOM positions agree far better than this
@@ -236,7 +237,7 @@ def _scan_of(path: Path, masks: Path, scans: list[Scan], scans_root: Path) -> Sc
 
 def _scan_grid(scan: Scan) -> tuple[np.ndarray, tuple[int, int, int]]:
     """The scan's display affine and shape, from its header and one slice."""
-    if scan.kind != "volume":
+    if scan.kind != VOLUME_SCAN:
         raise ScanError("a mask needs a volume, and its scan is a 2D image")
     image = read_scan(scan, lambda num_slices: [0])
     if not image.has_patient_geometry:

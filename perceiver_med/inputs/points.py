@@ -20,6 +20,7 @@ from typing import Callable
 from perceiver_med.csvfiles import printable, read_csv
 from perceiver_med.errors import UserError
 from perceiver_med.io.discover import Discovery, Scan, Skip
+from perceiver_med.io.scans import VOLUME_SCAN
 from perceiver_med.inputs.samples import Sample
 
 COORDINATES = ("coordX", "coordY", "coordZ")
@@ -109,7 +110,7 @@ def match_points(points: PointsFile, discovery: Discovery, mismatch: Callable[[S
             reason = f"{where}: {printable(sample.path)} {NOT_FOUND} {printable(discovery.root)}"
         if scan is None:
             skipped.append(Skip(points.source, reason, int(sample.point_id)))
-        elif scan.kind != "volume":
+        elif scan.kind != VOLUME_SCAN:
             skipped.append(Skip(scan.path, f"{where}: a point needs a volume, and this scan is a 2D image",
                                 int(sample.point_id)))
         elif reason := mismatch(scan):

@@ -13,7 +13,7 @@ import numpy as np
 
 from perceiver_med.errors import ScanError
 from perceiver_med.inputs.arrays import point_lattice
-from perceiver_med.inputs.kinds import KINDS, input_kind
+from perceiver_med.inputs.kinds import DEFAULT_INPUT, KINDS, input_kind
 from perceiver_med.inputs.windows import needs_statistics, parse_window, statistics_slices
 
 # Point-centred grids: chosen on the nodule phantom (4-12 mm nodules), see arrays.point_grid.
@@ -38,7 +38,7 @@ class PreprocessConfig:
         slice_mm: distance between the 9 planes of a point-centred grid, in mm.
     """
 
-    input: str = "image"
+    input: str = DEFAULT_INPUT
     size: int = 64
     channels: int = 1
     window: str = "auto"

@@ -24,7 +24,7 @@ from perceiver_med.io.image import ScanImage, placed
 from perceiver_med.io.limits import check_size
 from perceiver_med.io.orientation import display_shape, display_slices, display_spacing, to_display
 from perceiver_med.io.reader import Pick, Reader
-from perceiver_med.io.scans import Scan, Skip, relative
+from perceiver_med.io.scans import IMAGE_SCAN, VOLUME_SCAN, Scan, Skip, relative
 
 
 class DicomReader(Reader):
@@ -75,7 +75,7 @@ def assemble(headers: list[tuple[Path, DicomHeader]], base: Path) -> tuple[list[
             if info.problem:
                 skipped.append(Skip(file, info.problem))
             else:
-                scans.append(_dicom_scan(base, [file], info, uid, "image", id_=relative(file, base)))
+                scans.append(_dicom_scan(base, [file], info, uid, IMAGE_SCAN, id_=relative(file, base)))
         elif single:
             found, dropped = _series_scans(single, base, uid)
             scans.extend(found)
@@ -123,7 +123,7 @@ def series_folder(files: list[Path]) -> Path:
 
 def _multiframe_scan(base: Path, file: Path, info: DicomHeader, uid: str) -> Scan:
     """A multi-frame file: frames sorted along the normal when every frame has a position, and reoriented."""
-    return _dicom_scan(base, [file], info, uid, "volume", id_=relative(file, base))
+    return _dicom_scan(base, [file], info, uid, VOLUME_SCAN, id_=relative(file, base))
 
 
 def _series_scans(members: list[tuple[Path, DicomHeader]], base: Path, uid: str) -> tuple[list[Scan], list[Skip]]:
@@ -153,7 +153,7 @@ def _series_scans(members: list[tuple[Path, DicomHeader]], base: Path, uid: str)
         if bad and len(bad) > len(good) + len(odd) and len(members) > 2:
             return _series_unread(members, bad, good + odd)
         images = good + odd  # not a volume: each readable file is an image
-        return ([_dicom_scan(base, [f], i, uid, "image", relative(f, base), warnings=_separate_warning(images))
+        return ([_dicom_scan(base, [f], i, uid, IMAGE_SCAN, relative(f, base), warnings=_separate_warning(images))
                  for f, i in images], [Skip(f, reason) for f, reason in bad])
     bad += [(f, f"{i.rows}x{i.columns} pixels, unlike the {size[0]}x{size[1]} of the rest of its series")
             for f, i in odd]
@@ -235,7 +235,7 @@ def _stack(members: list[tuple[Path, DicomHeader]], base: Path, uid: str, series
         affine, assumed = dicom.grid(first, len(files), positions)
         grid_shape = (first.columns, first.rows, len(files))
         warnings = _gap_warning(np.sort(along))
-        return _dicom_scan(base, files, first, uid, "volume", series_id, "position", warnings, window, affine,
+        return _dicom_scan(base, files, first, uid, VOLUME_SCAN, series_id, "position", warnings, window, affine,
                            grid_shape, assumed, [members[k][1].sop_uid for k in order])
     if first.modality in dicom.VOLUME_MODALITIES:
         numbers = [i.instance_number for _, i in members]
@@ -245,8 +245,9 @@ def _stack(members: list[tuple[Path, DicomHeader]], base: Path, uid: str, series
             # the lowest InstanceNumber gives the orientation, spacing and (if it has one) the first position
             affine, assumed = dicom.grid(members[order[0]][1], len(files))
             warning = "no slice positions: slices ordered by InstanceNumber"
-            return _dicom_scan(base, files, first, uid, "volume", series_id, "instance", [warning], window, affine,
-                               (first.columns, first.rows, len(files)), assumed, [members[k][1].sop_uid for k in order])
+            return _dicom_scan(base, files, first, uid, VOLUME_SCAN, series_id, "instance", [warning], window,
+                               affine, (first.columns, first.rows, len(files)), assumed,
+                               [members[k][1].sop_uid for k in order])
     return None
 
 

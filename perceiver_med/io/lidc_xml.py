@@ -27,7 +27,7 @@ from defusedxml.ElementTree import ParseError, parse
 from perceiver_med.csvfiles import printable
 from perceiver_med.errors import ScanError
 from perceiver_med.io.orientation import LPS_FROM_RAS
-from perceiver_med.io.scans import Scan
+from perceiver_med.io.scans import VOLUME_SCAN, Scan
 
 ROOT = "LidcReadMessage"
 CHEST_RADIOGRAPH_ROOT = "IdriReadMessage"  # LIDC-IDRI's radiograph readings: no outlines in a CT
@@ -200,7 +200,7 @@ class OutlineGrid:
 def outline_grid(scan: Scan) -> OutlineGrid:
     """The OutlineGrid of a DICOM series of single-image files; a ScanError when the scan is not one, or does not
     say where it lies in the patient."""
-    if scan.format != "dicom" or scan.kind != "volume" or scan.grid_affine is None:
+    if scan.format != "dicom" or scan.kind != VOLUME_SCAN or scan.grid_affine is None:
         raise ScanError("LIDC outlines are drawn on the images of a DICOM series, and this scan is not one")
     if {"orientation", "position"} & set(scan.assumed):
         raise ScanError("its images do not say where they lie in the patient (no orientation or position)")

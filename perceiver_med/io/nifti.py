@@ -23,7 +23,7 @@ from perceiver_med.io.image import ScanImage, placed
 from perceiver_med.io.limits import check_size, describe, file_access_error
 from perceiver_med.io.orientation import display_shape, display_slices, display_spacing, to_display
 from perceiver_med.io.reader import ImageHeader, Pick, Reader, pick_for
-from perceiver_med.io.scans import Scan
+from perceiver_med.io.scans import IMAGE_SCAN, VOLUME_SCAN, Scan
 
 SUFFIXES = (".nii", ".nii.gz")
 
@@ -145,7 +145,7 @@ def _check_length(path: Path, image, spatial: tuple[int, ...], dtype: np.dtype) 
 
 def header(path: Path) -> ImageHeader:
     volume = _load(path)
-    kind = "volume" if len(volume.shape) == 3 else "image"
+    kind = VOLUME_SCAN if len(volume.shape) == 3 else IMAGE_SCAN
     return ImageHeader("nifti", kind, volume.shape, volume.spacing, tuple(volume.warnings))
 
 

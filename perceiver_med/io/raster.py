@@ -22,7 +22,7 @@ from perceiver_med.io.image import ScanImage, placed
 from perceiver_med.io.limits import check_size, describe, file_access_error
 from perceiver_med.io.orientation import LPS_FROM_RAS
 from perceiver_med.io.reader import ImageHeader, Pick, Reader
-from perceiver_med.io.scans import Scan
+from perceiver_med.io.scans import IMAGE_SCAN, Scan
 
 SUFFIXES = (".png", ".jpg", ".jpeg")
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -106,7 +106,7 @@ def header(path: Path) -> ImageHeader:
     with _open(path) as image:
         width, height = image.size
         name = image.format.lower() if image.format else "raster"
-    return ImageHeader("jpeg" if name == "mpo" else name, "image", (height, width))
+    return ImageHeader("jpeg" if name == "mpo" else name, IMAGE_SCAN, (height, width))
 
 
 def read(path: Path) -> ScanImage:

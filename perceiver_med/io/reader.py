@@ -20,7 +20,7 @@ from pathlib import Path
 
 from perceiver_med.errors import ScanError
 from perceiver_med.io.image import ScanImage
-from perceiver_med.io.scans import Scan, Skip, relative
+from perceiver_med.io.scans import VOLUME_SCAN, Scan, Skip, relative
 
 Pick = Callable[[int], list]  # num_slices -> the display slice indices to read
 
@@ -31,7 +31,7 @@ class ImageHeader:
 
     Args:
         format: the Scan.format it becomes ("nifti", "png", "jpeg").
-        kind: "image" or "volume".
+        kind: a scan kind, IMAGE_SCAN or VOLUME_SCAN (io/scans.py).
         shape: (rows, cols) or (slices, rows, cols), in the display convention, as `read` will return it.
         spacing: mm along each axis of `shape`, or None where the format has no pixel size.
         warnings: sentences for the user about the file (an extra dimension left out...).
@@ -82,7 +82,7 @@ class Reader:
 
 def pick_for(scan: Scan, pick: Pick | None) -> list[int] | None:
     """The display slices `pick` chooses for a volume whose shape discovery found; None for an image."""
-    if pick is None or scan.kind != "volume" or len(scan.shape) != 3:
+    if pick is None or scan.kind != VOLUME_SCAN or len(scan.shape) != 3:
         return None
     return [int(k) for k in pick(scan.shape[0])]
 

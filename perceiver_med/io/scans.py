@@ -4,6 +4,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+# What a file holds (Scan.kind, ImageHeader.kind, a run's scan_kinds): one 2D picture, or a volume of slices. A scan
+# kind says what was read; an input kind (inputs/kinds.py) says what a sample becomes for the model.
+IMAGE_SCAN = "image"
+VOLUME_SCAN = "volume"
+SCAN_KINDS = (IMAGE_SCAN, VOLUME_SCAN)
+
 
 @dataclass
 class Scan:
@@ -13,7 +19,7 @@ class Scan:
     path: Path  # the file, or the folder holding all the files of a DICOM series (their common folder)
     files: list[Path]  # in slice order for a DICOM series volume
     format: str  # a format its reader produces (Reader.formats): "dicom", "nifti", "png", "jpeg"
-    kind: str  # "image" or "volume"
+    kind: str  # a scan kind: IMAGE_SCAN or VOLUME_SCAN
     modality: str = ""
     shape: tuple = ()  # (rows, cols) or (slices, rows, cols), as read_scan returns it
     spacing: tuple | None = None  # in the order of `shape`, millimetres

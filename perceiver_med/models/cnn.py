@@ -1,14 +1,22 @@
-"""A compact ResNet-style 2D CNN."""
+"""The CNN baseline (also the hybrid's second stage), and the conv stem and deep supervision the transformers share."""
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from perceiver_med.configs import defaults_from
 from perceiver_med.models.layers import check_norm, norm_layers
+
+STEM_WIDTHS = (16, 32, 64)  # the conv stem of the Perceiver and the ViT: three conv-BN-ReLU-maxpool stages, 8x smaller
+# Deep supervision of that stem (DeepSupervision) at the weight of the model's own loss: it lets both transformers
+# leave their initial plateau on nodule points, and a larger weight is no surer (benchmarks/README.md, "Learning small
+# lesions", third round).
+DEEP_SUPERVISION = 1.0
 
 
 class ConvStem(nn.Module):
@@ -117,7 +125,8 @@ class ResidualBlock(nn.Module):
 
 
 class ConvNet(nn.Module):
-    """ResNet-style classifier for (B, C, H, W) inputs of any size.
+    """A CNN classifier for (B, C, H, W) inputs of any size; its defaults are the CNN baseline `train --model cnn`
+    trains (three plain conv stages, global max pooling, batch norm), `block="residual"` makes it ResNet-style.
 
     Args:
         in_channels: input channels (image channels, plus one for a rollout map in the hybrid).
@@ -133,9 +142,9 @@ class ConvNet(nn.Module):
             global pooling; 3 keeps which tile of a 3x3 slice grid a feature came from.
     """
 
-    def __init__(self, *, in_channels: int = 1, num_classes: int = 2, widths: tuple[int, ...] = (16, 32, 64, 128),
-                 dropout: float = 0.0, pool: str = "mean", block: str = "residual", pool_grid: int = 1,
-                 norm: str = "none"):
+    def __init__(self, *, in_channels: int = 1, num_classes: int = 2, widths: tuple[int, ...] = (16, 32, 64),
+                 dropout: float = 0.0, pool: str = "max", block: str = "plain", pool_grid: int = 1,
+                 norm: str = "batch"):
         super().__init__()
         if pool not in ("max", "mean"):
             raise ValueError(f"pool must be max or mean, not {pool!r}")
@@ -178,3 +187,30 @@ class ConvNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
+
+
+@dataclass
+@defaults_from(ConvNet)
+class CNNStageConfig:
+    """The CNN baseline's layers as a run stores them, also the hybrid's second stage: global max pooling, so a
+    nodule of a few pixels is not averaged away over a 192x192 grid, and batch norm, which lets it fit small hard sets
+    (benchmarks/README.md, "Learning small lesions", "Defaults now"). Defaults: ConvNet's."""
+
+    num_classes: int
+    widths: list[int]
+    dropout: float
+    pool: str
+    block: str
+    norm: str
+
+
+@dataclass
+@defaults_from(ConvNet)
+class CNNConfig(CNNStageConfig):
+    """train's CNN baseline: the stage on the image's own channels (the hybrid's also reads the rollout map)."""
+
+    in_channels: int
+
+    @classmethod
+    def for_input(cls, input_shape: tuple[int, int, int], num_classes: int) -> "CNNConfig":
+        return cls(in_channels=input_shape[0], num_classes=num_classes)

@@ -8,13 +8,16 @@ the largest saving over a textbook implementation.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from perceiver_med.models.cnn import deep_supervision_head, optional_stem, with_deep_supervision
+from perceiver_med.configs import defaults_from
+from perceiver_med.models.cnn import (DEEP_SUPERVISION, STEM_WIDTHS, deep_supervision_head, optional_stem,
+                                      with_deep_supervision)
 from perceiver_med.models.layers import attend, self_attend
 
 
@@ -147,15 +150,21 @@ class PerceiverLayer(nn.Module):
         return latents, weights
 
 
+def default_max_freq(image_size: int, stem_widths, patch_size: int) -> float:
+    """The highest Fourier frequency when none is given: the elements per side of the byte array."""
+    return float(image_size // 2 ** len(stem_widths) // max(1, patch_size))
+
+
 class Perceiver(nn.Module):
-    """Perceiver classifier for (B, C, H, W) images.
+    """Perceiver classifier for (B, C, H, W) images. Its defaults are the Perceiver `train` trains on a one-channel
+    64x64 image with two classes.
 
     Args:
         in_channels: image channels C.
         image_size: side of the (square) input; used for the position features.
         num_classes: output logits.
         num_freq_bands: Fourier frequency bands per axis.
-        max_freq: highest frequency; defaults to the input resolution.
+        max_freq: highest frequency; None: the elements per side of the byte array (default_max_freq).
         num_latents, latent_dim: the latent array.
         cross_heads, cross_dim_head: cross-attention heads.
         latent_heads, latent_dim_head: latent self-attention heads.
@@ -168,17 +177,19 @@ class Perceiver(nn.Module):
             preprocessing) that turns the image into the byte array; () for none. Each stage halves the side.
         stem_norm: the stem's normalisation, "batch" (default), "group" or "none".
         attn_dropout, ff_dropout: dropout rates.
+        deep_supervision: weight of the loss of an auxiliary classifier on the stem (DeepSupervision) in training; 0
+            for none. It never feeds the predictions.
 
     `patch_size` as an attribute is the side, in input pixels, of the square one element of the byte array covers.
     """
 
     def __init__(self, *, in_channels: int = 1, image_size: int = 64, num_classes: int = 2,
-                 num_freq_bands: int = 6, max_freq: float | None = None, num_latents: int = 128,
-                 latent_dim: int = 256, cross_heads: int = 1, cross_dim_head: int = 64, latent_heads: int = 8,
-                 latent_dim_head: int = 64, self_per_cross_attn: int = 2, num_iterations: int = 2,
-                 weight_sharing: str = "after_first", patch_size: int = 1, stem_widths: tuple[int, ...] = (),
-                 stem_norm: str = "batch", attn_dropout: float = 0.0, ff_dropout: float = 0.0,
-                 deep_supervision: float = 0.0):
+                 num_freq_bands: int = 6, max_freq: float | None = None, num_latents: int = 64,
+                 latent_dim: int = 128, cross_heads: int = 1, cross_dim_head: int = 64, latent_heads: int = 4,
+                 latent_dim_head: int = 32, self_per_cross_attn: int = 2, num_iterations: int = 2,
+                 weight_sharing: str = "after_first", patch_size: int = 1,
+                 stem_widths: tuple[int, ...] = STEM_WIDTHS, stem_norm: str = "batch", attn_dropout: float = 0.0,
+                 ff_dropout: float = 0.0, deep_supervision: float = DEEP_SUPERVISION):
         super().__init__()
         if weight_sharing not in ("after_first", "all", "none"):
             raise ValueError("weight_sharing must be after_first, all or none")
@@ -186,7 +197,8 @@ class Perceiver(nn.Module):
         self.supervision = deep_supervision_head(self.stem, channels, num_classes, deep_supervision)
         self.image_size, self.element_patch, self.patch_size = image_size, patch_size, patch_size * reduction
         self.num_freq_bands = num_freq_bands
-        self.max_freq = float(max_freq if max_freq is not None else image_size)
+        self.max_freq = float(max_freq if max_freq is not None else default_max_freq(image_size, stem_widths,
+                                                                                      patch_size))
         self.num_iterations = num_iterations
         pixel_dim = channels * patch_size * patch_size
         position_dim = 2 * (2 * num_freq_bands + 1)
@@ -249,3 +261,40 @@ class Perceiver(nn.Module):
         if return_attention:
             return logits, attentions
         return with_deep_supervision(self, logits, features, self.supervision)
+
+
+@dataclass
+@defaults_from(Perceiver)
+class PerceiverConfig:
+    """train's Perceiver as a run stores it; defaults: Perceiver's. A conv stem makes the byte array (24x24 elements
+    for a grid, 8x8 for a 64x64 image): its max pooling carries a 3-6 pixel nodule into one element at full
+    strength, where linear 8x8 patches would mix it into 64 pixels of background (benchmarks/README.md, "Learning
+    small lesions"). max_freq is stored as the number it comes to."""
+
+    in_channels: int
+    image_size: int
+    num_classes: int
+    num_freq_bands: int
+    max_freq: float | None
+    num_latents: int
+    latent_dim: int
+    cross_heads: int
+    cross_dim_head: int
+    latent_heads: int
+    latent_dim_head: int
+    self_per_cross_attn: int
+    num_iterations: int
+    weight_sharing: str
+    patch_size: int
+    stem_widths: list[int]
+    attn_dropout: float
+    ff_dropout: float
+    deep_supervision: float
+
+    def __post_init__(self):
+        if self.max_freq is None:
+            self.max_freq = default_max_freq(self.image_size, self.stem_widths, self.patch_size)
+
+    @classmethod
+    def for_input(cls, input_shape: tuple[int, int, int], num_classes: int) -> "PerceiverConfig":
+        return cls(in_channels=input_shape[0], image_size=input_shape[1], num_classes=num_classes)

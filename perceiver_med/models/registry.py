@@ -1,26 +1,29 @@
 """The model registry: each model is one ModelSpec, and nothing outside models/ tests a model's name.
 
-A spec carries the name, the config dataclass (train's defaults, derived for an input shape and class count), the
-command-line options `train` takes for it, how to build it and its training stages. A run stores its model as
-{"name": ..., **keyword arguments} in config.json; `build_model` rebuilds it from that dict, and a key the dict
-leaves out takes train's default, so `build_model({"name": "cnn"})` is the CNN `train --model cnn` trains on a
-one-channel 64x64 input with two classes. Adding a model is one module (its nn.Module and config dataclass) and one
-`register_model(ModelSpec(...))` call (timm's `@register_model` / `create_model(name, **kwargs)`).
+A spec carries the name, the config dataclass (the keyword arguments a run stores, with their types; defaults:
+the constructor's, derived for an input shape and class count), the command-line options `train` takes for it, how
+to build it and its training stages. A run stores its model as {"name": ..., **keyword arguments} in config.json;
+`build_model` rebuilds it from that dict through the config dataclass: a key the dict leaves out takes the default,
+so `build_model({"name": "cnn"})`, like `ConvNet()`, is the CNN `train --model cnn` trains on a one-channel 64x64
+input with two classes, and a key the dataclass does not declare is refused. Adding a model is one module (its
+nn.Module and config dataclass) and one `register_model(ModelSpec(...))` call (timm's `@register_model` /
+`create_model(name, **kwargs)`).
 """
 from __future__ import annotations
 
 import difflib
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
 from torch import nn
 
+from perceiver_med.configs import from_dict, to_dict
 from perceiver_med.io.limits import over_memory
-from perceiver_med.models.cnn import ConvNet
-from perceiver_med.models.hybrid import ViTRolloutCNN
-from perceiver_med.models.perceiver import Perceiver
-from perceiver_med.models.vit import ViT
+from perceiver_med.models.cnn import CNNConfig, ConvNet
+from perceiver_med.models.hybrid import HybridConfig, ViTRolloutCNN
+from perceiver_med.models.perceiver import Perceiver, PerceiverConfig
+from perceiver_med.models.vit import ViT, ViTConfig
 
 
 # ---------------------------------------------------------------- stages and options
@@ -77,8 +80,9 @@ class ModelSpec:
     Args:
         name: what --model and config.json's model["name"] call it.
         model: the nn.Module class, built from the config's keyword arguments.
-        config: the config dataclass: train's defaults, a `for_input(input_shape, num_classes)` classmethod, and
-            derived values (None fields) filled in its __post_init__.
+        config: the config dataclass: the keyword arguments a run stores, at the constructor's defaults, a
+            `for_input(input_shape, num_classes)` classmethod, and derived values (None fields) filled in its
+            __post_init__.
         options: the keyword arguments `train` takes as command-line options.
         stages: the model's training stages, in order (None: one stage, named after the model).
         input_part: the sub-config that holds in_channels, image_size and num_classes, if not the model's own.
@@ -102,7 +106,7 @@ class ModelSpec:
         for key in options:
             if key not in known:
                 raise ValueError(f"{self.name} takes no option {key!r}")
-        config = _json(asdict(self.config.for_input(input_shape, num_classes)))
+        config = to_dict(self.config.for_input(input_shape, num_classes))
         for key, value in options.items():
             (config[known[key].part] if known[key].part else config)[key] = value
         stored = {"name": self.name, **config}
@@ -137,151 +141,9 @@ class ModelSpec:
 
 
 def complete(config_type: type, kwargs: dict) -> dict:
-    """kwargs with the keys it leaves out at the config dataclass's defaults; keys the dataclass does not hold pass
-    through to the model's constructor, which takes them or refuses them."""
-    names = {f.name for f in fields(config_type)}
-    config = config_type(**{k: v for k, v in kwargs.items() if k in names})
-    return {**_json(asdict(config)), **{k: v for k, v in kwargs.items() if k not in names}}
-
-
-def _json(value):
-    """Tuples as lists, as a config comes back from JSON."""
-    if isinstance(value, dict):
-        return {k: _json(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json(v) for v in value]
-    return value
-
-
-def _merged(defaults, given: dict | None) -> dict:
-    """A sub-config: the defaults dataclass as a dict, updated by what was given."""
-    return {**_json(asdict(defaults)), **(given or {})}
-
-
-# ---------------------------------------------------------------- the models' configs (train's defaults)
-STEM_WIDTHS = (16, 32, 64)  # the conv stem of the Perceiver and the ViT: three conv-BN-ReLU-maxpool stages, 8x smaller
-# Deep supervision of that stem (models.cnn.DeepSupervision) at the weight of the model's own loss: it lets both
-# transformers leave their initial plateau on nodule points, and a larger weight is no surer (benchmarks/README.md,
-# "Learning small lesions", third round).
-DEEP_SUPERVISION = 1.0
-
-
-@dataclass
-class PerceiverConfig:
-    """train's Perceiver. A conv stem makes the byte array (24x24 elements for a grid, 8x8 for a 64x64 image): its
-    max pooling carries a 3-6 pixel nodule into one element at full strength, where linear 8x8 patches would mix it
-    into 64 pixels of background (benchmarks/README.md, "Learning small lesions"). max_freq None: the elements per
-    side of the byte array."""
-
-    in_channels: int = 1
-    image_size: int = 64
-    num_classes: int = 2
-    num_freq_bands: int = 6
-    max_freq: float | None = None
-    num_latents: int = 64
-    latent_dim: int = 128
-    cross_heads: int = 1
-    cross_dim_head: int = 64
-    latent_heads: int = 4
-    latent_dim_head: int = 32
-    self_per_cross_attn: int = 2
-    num_iterations: int = 2
-    weight_sharing: str = "after_first"
-    patch_size: int = 1
-    stem_widths: list[int] = field(default_factory=lambda: list(STEM_WIDTHS))
-    attn_dropout: float = 0.0
-    ff_dropout: float = 0.0
-    deep_supervision: float = DEEP_SUPERVISION
-
-    def __post_init__(self):
-        if self.max_freq is None:
-            self.max_freq = float(self.image_size // 2 ** len(self.stem_widths) // max(1, self.patch_size))
-
-    @classmethod
-    def for_input(cls, input_shape: tuple[int, int, int], num_classes: int) -> "PerceiverConfig":
-        return cls(in_channels=input_shape[0], image_size=input_shape[1], num_classes=num_classes)
-
-
-@dataclass
-class CNNStageConfig:
-    """The CNN baseline's layers, also the hybrid's second stage: global max pooling, so a nodule of a few pixels is
-    not averaged away over a 192x192 grid, and batch norm, which lets it fit small hard sets (benchmarks/README.md,
-    "Learning small lesions", "Defaults now")."""
-
-    num_classes: int = 2
-    widths: list[int] = field(default_factory=lambda: [16, 32, 64])
-    dropout: float = 0.0
-    pool: str = "max"
-    block: str = "plain"
-    norm: str = "batch"
-
-
-@dataclass
-class CNNConfig(CNNStageConfig):
-    """train's CNN baseline: the stage on the image's own channels (the hybrid's also reads the rollout map)."""
-
-    in_channels: int = 1
-
-    @classmethod
-    def for_input(cls, input_shape: tuple[int, int, int], num_classes: int) -> "CNNConfig":
-        return cls(in_channels=input_shape[0], num_classes=num_classes)
-
-
-@dataclass
-class HybridViTConfig:
-    """The hybrid's ViT reads the tokens of a conv stem (the hybrid ViT of Dosovitskiy et al.), which carry a 3-6
-    pixel nodule at full strength where linear patches dilute it (benchmarks/README.md, "Learning small lesions").
-    One more stage for sides over 96 (grids) keeps 12x12 tokens (8x8 for a 64x64 image), so the rollout map stays a
-    map (stem_widths None: chosen so)."""
-
-    in_channels: int = 1
-    image_size: int = 64
-    patch_size: int = 1
-    stem_widths: list[int] | None = None
-    num_classes: int = 2
-    dim: int = 128
-    depth: int = 4
-    heads: int = 4
-    dropout: float = 0.1
-    deep_supervision: float = DEEP_SUPERVISION
-
-    def __post_init__(self):
-        if self.stem_widths is None:
-            self.stem_widths = [*STEM_WIDTHS, 128] if self.image_size > 96 else list(STEM_WIDTHS)
-
-
-@dataclass
-class HybridConfig:
-    """train's ViT + rollout + CNN. The second stage is the CNN baseline (global max pooling, which keeps a small
-    nodule's response); its weights on the rollout channel start at zero (zero_rollout), and its logits add to the
-    ViT's (residual), so it corrects the ViT rather than replacing it (ViTRolloutCNN). `vit` and `cnn` given in part
-    are completed from HybridViTConfig and CNNStageConfig."""
-
-    vit: dict | None = None
-    cnn: dict | None = None
-    head_fusion: str = "mean"
-    discard_ratio: float = 0.0
-    zero_rollout: bool = True
-    residual: bool = True
-
-    def __post_init__(self):
-        vit = dict(self.vit or {})
-        known = {f.name for f in fields(HybridViTConfig)}
-        self.vit = _merged(HybridViTConfig(**{k: v for k, v in vit.items() if k in known}), vit)
-        self.cnn = _merged(CNNStageConfig(num_classes=self.vit["num_classes"]), self.cnn)
-
-    @classmethod
-    def for_input(cls, input_shape: tuple[int, int, int], num_classes: int) -> "HybridConfig":
-        return cls(vit={"in_channels": input_shape[0], "image_size": input_shape[1], "num_classes": num_classes})
-
-
-@dataclass
-class ViTConfig:
-    """The ViT alone, a building block (the hybrid's first stage): the constructor's own defaults."""
-
-    @classmethod
-    def for_input(cls, input_shape: tuple[int, int, int], num_classes: int) -> "ViTConfig":
-        return cls()
+    """kwargs read through the config dataclass (configs.from_dict): the keys it leaves out at their defaults, each
+    value checked against its field's type; ValueError naming a key the dataclass does not declare."""
+    return to_dict(from_dict(config_type, kwargs))
 
 
 def _hybrid_stages(model: ViTRolloutCNN) -> list[Stage]:

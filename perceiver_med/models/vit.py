@@ -1,9 +1,12 @@
 """Vision Transformer with an explicit-softmax path that returns every layer's attention weights."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
+from perceiver_med.configs import defaults_from
 from perceiver_med.models.cnn import deep_supervision_head, optional_stem, with_deep_supervision
 from perceiver_med.models.layers import self_attend
 
@@ -136,3 +139,28 @@ class ViT(nn.Module):
         if return_attention:
             return logits, attentions
         return with_deep_supervision(self, logits, features, self.supervision)
+
+
+@dataclass
+@defaults_from(ViT)
+class ViTConfig:
+    """The ViT alone, a building block (the hybrid's first stage, whose own defaults are HybridViTConfig's) as a run
+    stores it: all its keyword arguments, at ViT's defaults."""
+
+    in_channels: int
+    image_size: int
+    patch_size: int
+    num_classes: int
+    dim: int
+    depth: int
+    heads: int
+    mlp_ratio: float
+    dropout: float
+    stem_widths: list[int]
+    stem_norm: str
+    pool: str
+    deep_supervision: float
+
+    @classmethod
+    def for_input(cls, input_shape: tuple[int, int, int], num_classes: int) -> "ViTConfig":
+        return cls(in_channels=input_shape[0], image_size=input_shape[1], num_classes=num_classes)

@@ -1,9 +1,6 @@
-"""Run settings: dataclasses, stored in every run as config.json, written and read by one generic pair.
-
-`to_dict(config)` gives the JSON form of any config dataclass; `from_dict(cls, data)` rebuilds one and checks it
-on the way: each value's type against the dataclass's annotations (nested dataclasses, lists, dicts, Optional;
-floats finite), unknown keys refused, then the dataclass's own `check()` (ranges, known names). Every refusal is
-one ValueError that starts with the field's dotted path in config.json (`decision.temperature must be ...`).
+"""Run settings: dataclasses, stored in every run as config.json, written and read by the package's one generic
+pair (perceiver_med.configs: `to_dict`, and `from_dict`, which checks every field and names the first it refuses
+by its dotted path in config.json). How this machine does the work (`Runtime`) is kept apart from them.
 """
 from __future__ import annotations
 
@@ -11,118 +8,24 @@ import functools
 import json
 import math
 import platform
-import types
-import typing
 from collections import Counter
-from dataclasses import MISSING, dataclass, field, fields, is_dataclass
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import ClassVar
 
 from perceiver_med import __version__
+from perceiver_med.configs import from_dict, shown, to_dict
 from perceiver_med.inputs.augment import AugmentConfig
 from perceiver_med.errors import UserError
 from perceiver_med.inputs.preprocess import PreprocessConfig
 from perceiver_med.io.limits import voxel_budget
+from perceiver_med.io.scans import SCAN_KINDS
 from perceiver_med.models.registry import get_spec, num_classes
 
 LATERALITY_LABELS = {"left", "right", "l", "r"}
 
 
-# ---------------------------------------------------------------- dataclasses <-> JSON
-def to_dict(config):
-    """A config dataclass (or a list or dict of them) as JSON values: fields in declaration order, tuples as lists."""
-    if is_dataclass(config) and not isinstance(config, type):
-        return {f.name: to_dict(getattr(config, f.name)) for f in fields(config)}
-    if isinstance(config, dict):
-        return {key: to_dict(value) for key, value in config.items()}
-    if isinstance(config, (list, tuple)):
-        return [to_dict(value) for value in config]
-    return config
-
-
-def from_dict(cls: type, data, where: str = ""):
-    """The dataclass `cls` from its JSON form, checked: ValueError naming the field (`where` is cls's own path).
-
-    A key the data leaves out takes the field's default; a key the dataclass does not hold is refused, as is a value
-    of another type. The built object's `check()`, where it has one, checks ranges and names.
-    """
-    if not isinstance(data, dict):
-        raise ValueError(f"{where or 'the file'} must be a JSON object, not {_shown(data)}")
-    known = {f.name: f for f in fields(cls) if f.init}
-    unknown = [key for key in data if key not in known]
-    if unknown:
-        raise ValueError(f"{_at(where, unknown[0])} is not a setting this version knows")
-    hints = typing.get_type_hints(cls)
-    values = {}
-    for name, spec in known.items():
-        if name in data:
-            values[name] = _value(hints[name], data[name], _at(where, name))
-        elif spec.default is MISSING and spec.default_factory is MISSING:
-            raise ValueError(f"{_at(where, name)} is missing")
-    try:
-        config = cls(**values)
-    except (TypeError, ValueError, UserError) as exc:  # the dataclass's own parsing (a window's text)
-        raise ValueError(f"{where or cls.__name__}: {exc}") from None
-    if hasattr(config, "check"):
-        try:
-            config.check()
-        except ValueError as exc:  # its message starts with the field's name
-            raise ValueError(_at(where, str(exc))) from None
-    return config
-
-
-def _value(hint, value, where: str):
-    """`value` as the annotation `hint` wants it, or ValueError."""
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        (inner,) = [arg for arg in args if arg is not type(None)]  # the configs' unions are all Optional
-        return _value(inner, value, where)
-    if is_dataclass(hint):
-        return from_dict(hint, value, where)
-    if hint is typing.Any:
-        return value
-    if hint is list or origin is list:
-        if not isinstance(value, list):
-            raise ValueError(f"{where} must be a list, not {_shown(value)}")
-        item = args[0] if args else typing.Any
-        return [_value(item, v, f"{where}[{k}]") for k, v in enumerate(value)]
-    if hint is dict or origin is dict:
-        if not isinstance(value, dict):
-            raise ValueError(f"{where} must be a JSON object, not {_shown(value)}")
-        item = args[1] if args else typing.Any
-        return {key: _value(item, v, f"{where}.{key}") for key, v in value.items()}
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise ValueError(f"{where} must be true or false, not {_shown(value)}")
-        return value
-    if hint is int:
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise ValueError(f"{where} must be a whole number, not {_shown(value)}")
-        return value
-    if hint is float:
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
-            raise ValueError(f"{where} must be a finite number, not {_shown(value)}")
-        return float(value)
-    if hint is str:
-        if not isinstance(value, str):
-            raise ValueError(f"{where} must be text, not {_shown(value)}")
-        return value
-    raise TypeError(f"{where}: a config field of type {hint} has no JSON form")
-
-
-def _at(where: str, name: str) -> str:
-    return f"{where}.{name}" if where else name
-
-
-def _shown(value) -> str:
-    text = json.dumps(value) if not isinstance(value, float) or math.isfinite(value) else repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
 # ---------------------------------------------------------------- the settings
-# Settings of where a run runs, not of what it learns: a resume may change them. They live in "train" in config.json.
-RUNTIME = {"runtime": True}
 # numpy seeds its generators from 32-bit words and torch from 64 bits: a seed is one 32-bit word, in every command.
 SEED_RANGE = (0, 2 ** 32 - 1)
 
@@ -167,7 +70,7 @@ def choose_sampler(train_labels: list[str], asked: str | None, class_weights: st
 
 @dataclass
 class TrainConfig:
-    """Optimisation settings, and (marked RUNTIME, last) where the training runs.
+    """Optimisation settings, and the arithmetic the run trained in.
 
     Args:
         epochs: maximum epochs (per stage for the hybrid); 0 picks enough for about 600 optimiser steps,
@@ -190,10 +93,14 @@ class TrainConfig:
             rare class is seen as often as a common one; train chooses "balanced" where a class is rare
             (choose_sampler). Runs made before it existed shuffled.
         label_smoothing: training loss only; reported losses never use it.
-        num_workers: processes for preprocessing.
-        device: "auto", "cpu", "cuda" or "mps".
-        precision: "auto" (bf16 autocast on CUDA and on CPUs with native bf16 units), "bf16" or "fp32".
+        precision: the arithmetic the run trained in, "bf16" (autocast) or "fp32", resolved from the runtime's
+            choice when training starts (engine.resolve_precision); evaluation and prediction compute in it too, so
+            they give the numbers training gave. "auto" is what runs of earlier versions recorded (the choice, not
+            its outcome): the device that predicts resolves it, as it did then.
     """
+
+    # What runs of earlier versions recorded here and is now the machine's (Runtime): read and dropped.
+    RETIRED: ClassVar[tuple[str, ...]] = ("device", "num_workers")
 
     epochs: int = field(default=0, metadata=ranged(0, 100_000))
     batch_size: int = field(default=16, metadata=ranged(1, 65_536))
@@ -207,17 +114,14 @@ class TrainConfig:
     class_weights: str = "none"
     sampler: str = "shuffle"
     label_smoothing: float = 0.0
-    # more processes than cores only wait for each other: prepare_many starts at most one per core
-    num_workers: int = field(default=0, metadata=ranged(0, 1024, **RUNTIME))
-    device: str = field(default="auto", metadata=RUNTIME)
-    precision: str = field(default="auto", metadata=RUNTIME)
+    precision: str = "fp32"
 
     def check(self) -> None:
         for spec in fields(self):  # inf would pass every bound below and end the first step in NaN
             value = getattr(self, spec.name)
             if isinstance(value, float) and not math.isfinite(value):
                 raise ValueError(f"{spec.name} must be a finite number, not {value}")
-        for name in ("epochs", "patience", "seed", "num_workers"):
+        for name in ("epochs", "patience", "seed"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be 0 or more, not {getattr(self, name)}")
         if self.batch_size < 1:
@@ -231,8 +135,7 @@ class TrainConfig:
         if not 0 <= self.label_smoothing < 1:
             raise ValueError(f"label_smoothing must be in [0, 1), not {self.label_smoothing}")
         for name, choices in (("class_weights", ("none", "auto")), ("sampler", SAMPLERS),
-                              ("device", ("auto", "cpu", "cuda", "mps")),
-                              ("precision", ("auto", "bf16", "fp32"))):
+                              ("precision", ("bf16", "fp32", "auto"))):
             if getattr(self, name) not in choices:
                 raise ValueError(f"{name} must be {' or '.join(choices)}, not {getattr(self, name)!r}")
         check_ranges(self)
@@ -271,7 +174,7 @@ class RunConfig:
 
     Args:
         positive_class: the class sensitivity, specificity and ROC AUC are reported for.
-        scan_kinds: "image" and/or "volume": what the model was trained on; predict skips other kinds.
+        scan_kinds: scan kinds (io/scans.py), what the model was trained on; predict skips other kinds.
         modality_groups: imaging families seen in training (see MODALITY_GROUPS); empty when unknown.
         splits_file: where the splits came from; the run trains and evaluates on its frozen copy, splits.csv.
         splits_sha256, weights_sha256: SHA-256 of the run's splits.csv and model.safetensors.
@@ -308,12 +211,13 @@ class RunConfig:
         from perceiver_med.stats.statistics import parse_threshold_rule
 
         if len(self.classes) < 2 or len(set(self.classes)) != len(self.classes) or "" in self.classes:
-            raise ValueError(f"classes must be two or more distinct names, not {_shown(self.classes)}")
+            raise ValueError(f"classes must be two or more distinct names, not {shown(self.classes)}")
         if self.positive_class not in self.classes:
             raise ValueError(f"positive_class {self.positive_class!r} is not one of the classes: "
                              f"{', '.join(self.classes)}")
-        if not set(self.scan_kinds) <= {"image", "volume"}:
-            raise ValueError(f"scan_kinds must hold \"image\" and/or \"volume\", not {_shown(self.scan_kinds)}")
+        if not set(self.scan_kinds) <= set(SCAN_KINDS):
+            raise ValueError(f"scan_kinds must hold {' and/or '.join(map(shown, SCAN_KINDS))}, not "
+                             f"{shown(self.scan_kinds)}")
         try:
             if parse_threshold_rule(self.threshold_rule) != self.threshold_rule:
                 raise UserError(f"not {self.threshold_rule!r}")
@@ -327,14 +231,13 @@ class RunConfig:
             raise ValueError(f"augment.tiles must be {tiles} for {self.preprocess.input} inputs, not {self.augment.tiles}")
 
     def _check_model(self) -> None:
-        """The model's name is registered and its settings have their config dataclass's types (its weights file
-        says whether they are its sizes: RunDir.load_model)."""
+        """The model's name is registered, and its settings are keywords its config dataclass declares, of their
+        types (its weights file says whether they are its sizes: RunDir.load_model)."""
         try:
             spec = get_spec(self.model.get("name"))
         except ValueError as exc:
             raise ValueError(f"model.name: {exc}") from None
-        names = {f.name for f in fields(spec.config)}
-        from_dict(spec.config, {k: v for k, v in self.model.items() if k in names}, "model")
+        from_dict(spec.config, {k: v for k, v in self.model.items() if k != "name"}, "model")
         outputs = num_classes(self.model)
         if outputs != len(self.classes):
             raise ValueError(f"classes: {len(self.classes)} names for a model with {outputs} outputs")
@@ -348,7 +251,9 @@ class RunConfig:
 
 
 # ---------------------------------------------------------------- train's options and --resume
-RUNTIME_OPTIONS = tuple(f.name for f in fields(TrainConfig) if f.metadata.get("runtime"))
+# The runtime settings under the names of train's options (--device, --precision, --num-workers): a Runtime's, never
+# among a run's options; the cv.json records of earlier versions hold them, and are read without them.
+RUNTIME_OPTIONS = ("device", "precision", "num_workers")
 
 
 @dataclass(frozen=True)
@@ -358,19 +263,18 @@ class Runtime:
 
     Args:
         device: "auto" (CUDA, then Apple MPS, then the CPU), "cpu", "cuda" or "mps".
-        precision: "auto", "bf16" or "fp32" (training's arithmetic).
+        precision: training's choice of arithmetic: "auto" (bf16 autocast on CUDA and on CPUs with native bf16
+            units), "bf16" or "fp32". A new run records what it comes to (TrainConfig.precision), which evaluation
+            and prediction then use; a resume continues in the run's own ("auto"), and refuses another.
         workers: preprocessing processes (0: one per core, up to 8).
         max_voxels: the readers' budget per scan (None: the built-in one); worker processes receive it too.
     """
 
     device: str = "auto"
     precision: str = "auto"
-    workers: int = 0
+    # more processes than cores only wait for each other: prepare_many starts at most one per core
+    workers: int = field(default=0, metadata=ranged(0, 1024))
     max_voxels: int | None = None
-
-    def train_options(self) -> dict:
-        """The runtime fields of TrainConfig (RUNTIME_OPTIONS), as a run records them."""
-        return {"device": self.device, "precision": self.precision, "num_workers": self.workers}
 
     def reading(self):
         """A context in which scans are read with this runtime's voxel budget."""
@@ -412,10 +316,10 @@ def trainable_model(name: str | None) -> str | None:
 
 
 def check_resume(run: Path, record: str, stored: dict, asked: dict) -> None:
-    """The one conflict check of --resume (single runs and cross-validations): an asked option other than a runtime
-    one that differs from what the run stored is refused in one line naming each; `record` names the file."""
+    """The one conflict check of --resume (single runs and cross-validations): an asked option that differs from what
+    the run stored is refused in one line naming each; `record` names the file."""
     conflicts = [f"--{key.replace('_', '-')} {value} (run: {stored.get(key, 'not given')})"
-                 for key, value in asked.items() if key not in RUNTIME_OPTIONS and stored.get(key) != value]
+                 for key, value in asked.items() if stored.get(key) != value]
     if conflicts:
         raise UserError(f"--resume continues {run} as its {record} says; drop the options that contradict it: "
                         + ", ".join(conflicts))

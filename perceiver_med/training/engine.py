@@ -117,16 +117,22 @@ def native_cpu_bf16() -> bool:
     return onednn and units
 
 
-def autocast(device: torch.device, precision: str = "auto"):
-    """bf16 autocast where it is the faster: "auto" on CUDA and on CPUs with bf16 units, "bf16" always, "fp32" never.
+def resolve_precision(device: torch.device, precision: str = "auto") -> str:
+    """The arithmetic a choice comes to on `device`: "bf16" where it is the faster for "auto" (CUDA, and CPUs with
+    bf16 units), "bf16" for "bf16", "fp32" otherwise.
 
-    Without bf16 units torch emulates bf16 matmuls on the CPU, several times slower than fp32. Losses and
-    probabilities are computed from the logits in fp32 and float64 either way.
+    Without bf16 units torch emulates bf16 matmuls on the CPU, several times slower than fp32.
     """
     if precision not in ("auto", "bf16", "fp32"):
         raise ValueError(f"precision must be auto, bf16 or fp32, not {precision!r}")
     native = device.type == "cuda" or (device.type == "cpu" and native_cpu_bf16())
-    enabled = precision == "bf16" or (precision == "auto" and native)
+    return "bf16" if precision == "bf16" or (precision == "auto" and native) else "fp32"
+
+
+def autocast(device: torch.device, precision: str = "auto"):
+    """bf16 autocast where `precision` comes to bf16 (resolve_precision). Losses and probabilities are computed
+    from the logits in fp32 and float64 either way."""
+    enabled = resolve_precision(device, precision) == "bf16"
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
 
 

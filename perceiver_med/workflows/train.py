@@ -2,7 +2,7 @@
 its splits scored by predict_splits through the run's Predictor, as `evaluate` scores them later)."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
@@ -14,7 +14,7 @@ from perceiver_med.training.config import (RUNTIME_OPTIONS, RunConfig, Runtime, 
 from perceiver_med.inputs.cache import INPUT_VERSION
 from perceiver_med.inputs.loading import describe_scans, load_split_inputs, preprocess_config
 from perceiver_med.inputs.augment import AugmentConfig
-from perceiver_med.training.engine import Processes, Reporter, fit, pick_device
+from perceiver_med.training.engine import Processes, Reporter, fit, pick_device, resolve_precision
 from perceiver_med.csvfiles import write_csv
 from perceiver_med.errors import Interrupted, UserError
 from perceiver_med.files import refuse_inside
@@ -45,8 +45,8 @@ class TrainRequest:
         options: train's run-defining options by name (TrainConfig's optimisation fields, input, size, channels,
             grid_pad, fov_mm, slice_mm, window, flip, positive, threshold, and the model's registry options);
             None means not given.
-        runtime: where and how this machine trains (device, precision, workers, voxel budget); never compared
-            with a resumed run's record.
+        runtime: where and how this machine trains (device, precision, workers, voxel budget). A new run records the
+            arithmetic its precision comes to; a resume compares only an explicit precision with the run's.
         resume: continue the interrupted run in `out` (config.json, or cv.json for a cross-validation, is the truth).
         cv: train every fold of the splits file and make `out` their ensemble (workflows/cv.py).
         fold: train one cross-validation fold: its rows are val, the other folds' rows train.
@@ -67,7 +67,7 @@ class TrainRequest:
         misplaced = set(given) & set(RUNTIME_OPTIONS)
         if misplaced:
             raise TypeError(f"{sorted(misplaced)} are runtime settings: give them in TrainRequest.runtime")
-        unknown = set(given) - set(TrainConfig.__dataclass_fields__) - set(OTHER_OPTIONS) - set(option_owners())
+        unknown = set(given) - {f.name for f in fields(TrainConfig)} - set(OTHER_OPTIONS) - set(option_owners())
         if unknown or "fold" in given:
             raise TypeError(f"TrainRequest got unknown options {sorted(unknown | ({'fold'} & set(given)))}")
         return {**given, **({"fold": self.fold} if self.fold is not None else {})}
@@ -132,7 +132,6 @@ def _resume_config(run: RunDir, asked: dict) -> RunConfig:
     """config.json is the truth on --resume: an option that contradicts it is an error that names it."""
     config = run.config()
     check_resume(run.path, CONFIG, _stored_options(config), asked)
-    config.train = replace(config.train, **{k: v for k, v in asked.items() if k in RUNTIME_OPTIONS})
     return config
 
 
@@ -144,7 +143,7 @@ def _new_config(rows: list[Sample], splits: Path, model_name: str, asked: dict) 
             raise UserError(f"--{key.replace('_', '-')} is an option of {' and '.join(owners[key])}, not {model_name}")
     sampler = choose_sampler([row.label for row in rows if row.split == "train"], asked.get("sampler"),
                              asked.get("class_weights", "none"))
-    train = TrainConfig(**{**{k: v for k, v in asked.items() if k in TrainConfig.__dataclass_fields__},
+    train = TrainConfig(**{**{k: v for k, v in asked.items() if k in {f.name for f in fields(TrainConfig)}},
                            "sampler": sampler})
     try:
         train.check()  # the ranges config.json is read with, before any scan is read or memory is taken
@@ -184,7 +183,8 @@ def train_run(request: TrainRequest, reporter: Reporter | None = None,
     """
     reporter = reporter or Reporter()
     splits, model_name, out, resume = request.splits, request.model, request.out, request.resume
-    asked = {**canonical_options(request.given_options()), **request.runtime.train_options()}
+    asked = canonical_options(request.given_options())
+    runtime = request.runtime
     model_name = trainable_model(model_name)
     out = Path(out)
     if splits is None and not resume:
@@ -200,7 +200,9 @@ def train_run(request: TrainRequest, reporter: Reporter | None = None,
         if main_process:
             remove_stale_temporaries(run.path)
         if resume:
-            config = _resume_config(run, {**asked, **({"model": model_name} if model_name else {})})
+            # the run goes on in its own arithmetic; only a precision asked for in so many words can contradict it
+            explicit = {"precision": runtime.precision} if runtime.precision != "auto" else {}
+            config = _resume_config(run, {**asked, **explicit, **({"model": model_name} if model_name else {})})
             run.check_checkpoint(config)
             frozen = run.frozen_rows(config)
             if rows and _row_set(rows) != _row_set(frozen):
@@ -208,27 +210,29 @@ def train_run(request: TrainRequest, reporter: Reporter | None = None,
                                 " leave out the splits file to resume, or start a new run")
             rows = frozen
         else:
-            config = _new_config(rows, splits, model_name or DEFAULT_MODEL, asked)
+            precision = resolve_precision(pick_device(runtime.device), runtime.precision)
+            config = _new_config(rows, splits, model_name or DEFAULT_MODEL, {**asked, "precision": precision})
         try:
-            return _train(rows, config, run, resume, reporter, on_prepared)
+            return _train(rows, config, run, resume, runtime, reporter, on_prepared)
         except BaseException:
             run.discard_unfinished()  # with nothing to resume, leave nothing behind
             raise
 
 
-def _train(rows, config: RunConfig, run: RunDir, resume: bool, reporter: Reporter, on_prepared) -> TrainResult:
+def _train(rows, config: RunConfig, run: RunDir, resume: bool, runtime: Runtime, reporter: Reporter,
+           on_prepared) -> TrainResult:
     train = config.train
-    device = pick_device(train.device)
+    device = pick_device(runtime.device)
     planned = Processes.planned()
     # each process prepares its share of the scans before the process group exists (no fork after threads
     # or CUDA start); after the group's barrier every process reads all of them from the cache
     share = rows[planned.rank::planned.world]
     if planned.world > 1:
-        load_split_inputs(share, config.preprocess, train.num_workers, on_done=on_prepared, must_keep=False)
+        load_split_inputs(share, config.preprocess, runtime.workers, on_done=on_prepared, must_keep=False)
     processes = Processes.start(device)
     try:
         processes.barrier()
-        loaded = load_split_inputs(rows, config.preprocess, train.num_workers,
+        loaded = load_split_inputs(rows, config.preprocess, runtime.workers,
                                    on_done=on_prepared if planned.world == 1 else None)
         data = loaded.by_split(config.classes)
         if len(data["train"][1]) == 0:

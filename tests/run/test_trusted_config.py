@@ -17,8 +17,8 @@ import pytest
 from perceiver_med.errors import UserError
 from perceiver_med.inputs.preprocess import PreprocessConfig
 from perceiver_med.run.rundir import load_run_config
-from perceiver_med.training.config import (Decision, RunConfig, TrainConfig, from_dict,
-                                           to_dict)
+from perceiver_med.configs import from_dict, to_dict
+from perceiver_med.training.config import Decision, RunConfig, TrainConfig
 from tests.conftest import installed_command
 
 FIXTURE_RUNS = Path(__file__).resolve().parents[1] / "fixtures" / "legacy_runs" / "runs"
@@ -49,8 +49,10 @@ def _one_line(err: str) -> str:
 
 
 # ---------------------------------------------------------------- the generic pair
-# Settings added after the fixture runs were written, with the default that keeps their behaviour.
-ADDED_SINCE_THE_FIXTURES = {"train": {"stop_loss": 0.0}}
+# Settings added after the fixture runs were written, with the default that keeps their behaviour; and those the
+# fixtures hold that are now the machine's (Runtime), read and dropped.
+ADDED_SINCE_THE_FIXTURES = {"train": {"stop_loss": 0.0, "sampler": "shuffle"}}
+RETIRED_SINCE_THE_FIXTURES = {"train": ("device", "num_workers")}
 
 
 def test_every_stored_run_reads_back_to_the_same_file_and_the_same_object():
@@ -63,6 +65,9 @@ def test_every_stored_run_reads_back_to_the_same_file_and_the_same_object():
         for section, added in ADDED_SINCE_THE_FIXTURES.items():
             for key, default in added.items():
                 assert key not in data[section] and written[section].pop(key) == default, (path, key)
+        for section, retired in RETIRED_SINCE_THE_FIXTURES.items():
+            for key in retired:
+                assert key not in written[section] and data[section].pop(key) is not None, (path, key)
         assert written == data, path
         assert RunConfig.from_json(config.to_json()) == config
         assert isinstance(config.decision, Decision) and isinstance(config.preprocess, PreprocessConfig)
@@ -76,13 +81,30 @@ def test_from_dict_checks_types_field_by_field_and_names_the_path():
                           ({"lr": "fast"}, "lr must be a finite number"),
                           ({"lr": float("inf")}, "lr must be a finite number"),
                           ({"lr": 0}, "lr must be more than 0"),
-                          ({"device": "tpu"}, "device must be auto or cpu or cuda or mps"),
+                          ({"precision": "fp16"}, "precision must be bf16 or fp32 or auto"),
                           ({"learning_rate": 1}, "learning_rate is not a setting"),
                           ([], "must be a JSON object")]:
         with pytest.raises(ValueError, match=message):
             from_dict(TrainConfig, data)
     with pytest.raises(ValueError, match=r"^decision\.threshold must be null or a probability"):
         from_dict(Decision, {"threshold": 1.5}, "decision")
+    # where and with how many processes an earlier run trained is not what it is: read, whatever it says, and dropped
+    assert from_dict(TrainConfig, {"device": "tpu", "num_workers": -1, "precision": "bf16"}) == TrainConfig(
+        precision="bf16")
+
+
+@pytest.mark.parametrize("part,key", [((), "num_latent"), ((), "stem_norm"), (("vit",), "pool"),
+                                      (("cnn",), "pool_grid")], ids=lambda v: str(v))
+def test_a_model_key_its_config_does_not_declare_is_one_line_naming_it(part, key, tmp_path):
+    """config.json reaches a model's constructor only through its config dataclass: a key it does not declare (a
+    misspelling, or a constructor argument runs do not store) is refused, named by its path."""
+    run = FIXTURE_RUNS / ("knee-hybrid" if part else "knee-perceiver")
+    copy = _edited(run, tmp_path, _set("model", *part, key, value="mean" if key == "pool" else 1))
+    with pytest.raises(UserError) as caught:
+        load_run_config(copy)
+    line = str(caught.value)
+    assert "\n" not in line and "config.json" in line
+    assert f"model.{'.'.join((*part, key))} is not a setting this version knows" in line, line
 
 
 # ---------------------------------------------------------------- the named cases, through the installed command
