@@ -18,7 +18,6 @@ from perceiver_med.inputs.kinds import AUTO, KINDS
 from perceiver_med.models import DEFAULT_MODEL
 from perceiver_med.io.limits import ENV as MAX_VOXELS_VARIABLE
 from perceiver_med.io.limits import parse_max_voxels
-from perceiver_med.io.scans import relative
 from perceiver_med.training.config import POSITIVE_NAMES, SEED_RANGE, Runtime, TrainConfig, value_range
 from perceiver_med.errors import Interrupted, UserError
 from perceiver_med.results.display import (console, counts_table, err_console, froc_table, metrics_table, plain,
@@ -624,10 +623,9 @@ def predict(run: Annotated[Path, typer.Argument(help="run directory", metavar="R
         table.add_column("point (LPS mm)", no_wrap=True)
     for column in ("label", "pred", *(f"p({c})" for c in decided.classes)):
         table.add_column(plain(column), min_width=len(plain(column)) if column.startswith("p(") else None)
-    root = (scans if scans.is_dir() else scans.parent).resolve()
     for sample, pred, probs in zip(samples[:30], decided.names, decided.probs):
         point = [",".join(f"{c:.1f}" for c in sample.point)] if with_points else []
-        table.add_row(plain(relative(sample.path, root)), *point, plain(sample.label), plain(pred),
+        table.add_row(plain(predicted.scan_name(sample)), *point, plain(sample.label), plain(pred),
                       *(f"{v:.4f}" for v in probs))
     if len(samples) > 30:
         table.caption = f"... and {len(samples) - 30} more in {escape(str(out))}"

@@ -17,6 +17,7 @@ from perceiver_med.inputs.samples import Sample
 from perceiver_med.inputs.splits import SPLITS
 from perceiver_med.io import discover
 from perceiver_med.io.discover import Skip
+from perceiver_med.io.scans import relative
 from perceiver_med.run.point_runs import check_point_run, prepare_points
 from perceiver_med.run.predictor import Decisions, Predictor
 from perceiver_med.run.rundir import check_new_output
@@ -103,6 +104,11 @@ class Predicted:
     positive_class: str
     threshold: float | None  # the run's decision threshold on the positive class (None: the most probable class)
     label_source: str
+    root: Path = Path()  # the folder predicted (a file's folder): where the scans' names are shown from
+
+    def scan_name(self, sample: Sample) -> str:
+        """The sample's scan as a path below the folder predicted: IMG00025.dcm is in every patient's folder."""
+        return relative(sample.path, self.root.resolve())
 
     def accuracy(self) -> "LabelledAccuracy | None":
         """Accuracy against the samples' true labels when every sample has one, never mixing in samples the run
@@ -150,7 +156,8 @@ def predict_run(request: PredictRequest, on_done: Callable[[int, int], None] | N
     write_predictions(out, samples, decided, points is not None, scan_column)
     source = ("points file" if points is not None else
               "class folders or laterality" if is_laterality(config.classes) else "class folders")
-    return Predicted(samples, decided, skipped, config.positive_class, config.decision.threshold, source)
+    return Predicted(samples, decided, skipped, config.positive_class, config.decision.threshold, source,
+                     scans if scans.is_dir() else scans.parent)
 
 
 def _prepare_scans(scans: Path, config, workers: int, on_done) -> tuple[list[Sample], np.ndarray, list[Skip]]:
