@@ -553,12 +553,14 @@ def _print_trust(metrics: dict) -> None:
 
 
 @app.command(short_help="Predict every scan in a folder with a run's own preprocessing.")
-def predict(run: Annotated[Path, typer.Argument(help="run directory", metavar="RUN")],
+def predict(run: Annotated[Path, typer.Argument(help="run directory, or a model file from `export`",
+                                                metavar="RUN")],
             scans: Annotated[Path, typer.Argument(help="folder of scans, or one file", metavar="SCANS")],
             out: Annotated[Path, typer.Option(help="predictions CSV to write", metavar="CSV")],
             points: PointsOption = None, tta: TtaOption = 1,
             device: DeviceOption = Device.auto, overwrite: Overwrite = False, max_voxels: MaxVoxels = None):
-    """Predict every scan found in a folder with the run's preprocessing."""
+    """Predict every scan found in a folder with the run's preprocessing (an exported model.onnx carries it, and
+    runs in ONNX Runtime)."""
     from rich.table import Table
 
     from perceiver_med.results.predictions import PredictRequest, predict_run
@@ -582,19 +584,24 @@ def predict(run: Annotated[Path, typer.Argument(help="run directory", metavar="R
         table.caption = f"... and {len(samples) - 30} more in {escape(str(out))}"
     console.print(table)
     if samples and all(sample.label for sample in samples):
-        _print_accuracy(samples, decided.names, predicted.label_source)
+        _print_accuracy(samples, decided.names, predicted.label_source, predicted.splits_known)
     _print_skips(predicted.skipped)
     noun = "point(s)" if points else "scan(s)"
     console.print(summary_line(len(samples), len(predicted.skipped), f"{noun} predicted")
                   + f"; written to [bold]{escape(str(out))}[/]")
 
 
-def _print_accuracy(samples: list, preds: list[str], source: str) -> None:
+def _print_accuracy(samples: list, preds: list[str], source: str, splits_known: bool = True) -> None:
     """Accuracy of labelled predictions, never mixing in samples the run learnt from (its train and val
-    patients): those are counted and left out."""
+    patients): those are counted and left out. An exported model does not say which they are: then so."""
     own = [sample for sample in samples if sample.split in SPLITS[:2]]
     unseen = [(sample, pred) for sample, pred in zip(samples, preds) if sample.split not in SPLITS[:2]]
-    if unseen:
+    if not splits_known:
+        accuracy = sum(pred == sample.label for sample, pred in unseen) / len(unseen)
+        console.print(f"accuracy against the labels of the {source}, on {len(unseen)} sample(s): "
+                      f"[bold]{accuracy:.4f}[/] (an exported model does not say which patients it learnt from: "
+                      "predict the run directory to leave them out)")
+    elif unseen:
         accuracy = sum(pred == sample.label for sample, pred in unseen) / len(unseen)
         console.print(f"accuracy against the labels of the {source}, on {len(unseen)} sample(s) of patients the "
                       f"run did not train on: [bold]{accuracy:.4f}[/]")
@@ -632,6 +639,32 @@ def report(run: Annotated[Path, typer.Argument(help="run directory", metavar="RU
 
     written = write_report(run, out, overwrite)
     console.print(f"wrote [bold]{escape(str(written))}[/] and [bold]{escape(str(written.with_suffix('.md')))}[/]")
+
+
+class ExportFormat(str, Enum):
+    onnx = "onnx"
+
+
+@app.command(short_help="The run's model as one ONNX file with its preprocessing, verified against PyTorch.")
+def export(run: Annotated[Path, typer.Argument(help="run directory", metavar="RUN")],
+           out: Annotated[Path, typer.Option(help="model file to write", metavar="FILE")],
+           format: Annotated[ExportFormat, _choice("file format")] = ExportFormat.onnx,
+           overwrite: Overwrite = False, max_voxels: MaxVoxels = None):
+    """Export a run's model (a fold ensemble as one graph) for ONNX Runtime, TensorRT, OpenVINO...: its metadata
+    holds the preprocessing, classes, temperature and threshold, and `predict FILE SCANS` runs it alone. ONNX
+    Runtime checks it against PyTorch on the run's own val (else test) inputs before it is written."""
+    from perceiver_med.results.onnx_export import ExportRequest, export_run
+
+    with console.status("exporting and verifying"):
+        exported = export_run(ExportRequest(run, out, format.value, overwrite, _runtime(max_voxels)))
+    metadata, check = exported.metadata, exported.verification
+    model = (f"an ensemble of {len(metadata.members)} {metadata.model} models" if metadata.members
+             else f"a {metadata.model}")
+    graph = " -> ".join(f"{part['name']} {part['shape']}" for part in (metadata.input, metadata.output))
+    console.print(f"wrote [bold]{escape(str(exported.path))}[/] ({exported.size_bytes / 1e6:.2f} MB): {model}, "
+                  f"{escape(graph)}")
+    console.print(f"verified with ONNX Runtime on {check.samples} {check.split} input(s): probabilities within "
+                  f"{check.max_abs_difference:.2g} of PyTorch's (fp32; tolerance {check.tolerance:g})")
 
 
 class DemoKind(str, Enum):

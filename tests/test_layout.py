@@ -1,6 +1,6 @@
 """The layout keeps one owner per concept (what the redesign issue asks grep to show): model names in the model
 registry, input-kind names in inputs/kinds.py, run file names in run/rundir.py, and the chain probabilities ->
-temperature -> threshold in run/predictor.py. Checked on the syntax tree, so docstrings and messages may name them."""
+temperature -> threshold in stats/decision.py (shared by the PyTorch and the ONNX predictor). Checked on the syntax tree, so docstrings and messages may name them."""
 from __future__ import annotations
 
 import ast
@@ -73,8 +73,9 @@ def test_no_module_imports_another_modules_private_names():
     assert not private, private
 
 
-def test_the_decision_chain_is_composed_in_the_predictor_alone():
-    """A function that both calibrates (apply_temperature) and thresholds (decisions) is the chain itself."""
+def test_the_decision_chain_is_composed_in_one_place():
+    """A function that both calibrates (apply_temperature) and thresholds (decisions) is the chain itself: written
+    once, below the models, for the PyTorch and the ONNX predictor alike."""
     composers = []
     for name, tree in _modules():
         for node in ast.walk(tree):
@@ -83,7 +84,7 @@ def test_the_decision_chain_is_composed_in_the_predictor_alone():
                           for call in ast.walk(node) if isinstance(call, ast.Call)}
                 if {"apply_temperature", "decisions"} <= called:
                     composers.append(f"{name}:{node.name}")
-    assert composers == ["run/predictor.py:decide"]
+    assert composers == ["stats/decision.py:decide"]
 
 
 # The packages in the order data moves; a module imports only from its own layer or those before it.

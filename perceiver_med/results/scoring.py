@@ -9,6 +9,7 @@ import numpy as np
 
 from perceiver_med.inputs.labels import laterality_in_name
 from perceiver_med.training.config import Decision, RunConfig, is_laterality
+from perceiver_med.stats.decision import decide
 from perceiver_med.stats.metrics import split_metrics, threshold_metrics
 from perceiver_med.inputs.samples import Sample
 from perceiver_med.stats.statistics import (RESAMPLES, aggregate, apply_temperature, bootstrap_ci, brier_score,
@@ -81,8 +82,6 @@ def score_split(labels: np.ndarray, raw_probs: np.ndarray, rows: list[Sample], c
     before and after. `calibrated` gives them where they are not the run's temperature applied to `raw_probs`:
     out-of-fold predictions, each calibrated by its own fold's temperature.
     """
-    from perceiver_med.run.predictor import decide
-
     decision, classes, seed = config.decision, config.classes, config.train.seed
     positive = classes.index(config.positive_class)
     probs = decide(raw_probs, decision, positive)[0] if calibrated is None else calibrated
