@@ -1,7 +1,7 @@
 """Prediction throughput of an exported model in ONNX Runtime against the run's PyTorch Predictor, on the CPU.
 
     python benchmarks/bench_onnx.py [--models perceiver,vit-rollout-cnn,cnn] [--points] [--repeats 5]
-                                    [--json onnx.json]
+                                    [--threads N] [--json onnx.json]
 
 Trains each model for one epoch on a phantom (throughput does not depend on the weights) with train's defaults:
 knee radiographs as 64x64 images (60 patients, the demo's set), and with --points, nodule points of phantom chest
@@ -19,16 +19,17 @@ import json
 import os
 import platform
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 
-def _train(folder: Path, splits: Path, model: str, options: dict) -> Path:
+def _train(folder: Path, splits: Path, name: str, model: str, options: dict) -> Path:
     from perceiver_med.training.config import Runtime
     from perceiver_med.workflows.train import TrainRequest, train
 
-    return train(TrainRequest(splits, folder / f"run-{model}", model, {"epochs": 1, "patience": 0, **options},
+    return train(TrainRequest(splits, folder / f"run-{name}", model, {"epochs": 1, "patience": 0, **options},
                               Runtime(device="cpu"))).run
 
 
@@ -51,7 +52,7 @@ def _lung_points(folder: Path) -> Path:
     return folder / "lung-splits.csv"
 
 
-def measure(run: Path, out: Path, batch: int, repeats: int) -> dict:
+def measure(run: Path, out: Path, batch: int, repeats: int, threads: int = 0) -> dict:
     import numpy as np
 
     from perceiver_med.inputs.loading import load_inputs
@@ -67,7 +68,7 @@ def measure(run: Path, out: Path, batch: int, repeats: int) -> dict:
     config = torch_predictor.config
     rows = torch_predictor.run.frozen_rows(config)[:batch]
     inputs = load_inputs(rows, config.preprocess).inputs
-    onnx_predictor = OnnxPredictor(out, "cpu")
+    onnx_predictor = OnnxPredictor(out, "cpu", threads)
     import torch
 
     tensor = torch.from_numpy(inputs)
@@ -103,10 +104,12 @@ def measure(run: Path, out: Path, batch: int, repeats: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", default="perceiver,vit-rollout-cnn,cnn")
+    parser.add_argument("--models", default="perceiver,vit-rollout-cnn,cnn", help="on knee images ('' for none)")
     parser.add_argument("--points", action="store_true", help="also a Perceiver on nodule point grids")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=0, help="threads of torch and of ONNX Runtime (0: their "
+                        "own defaults, one per core)")
     parser.add_argument("--json", type=Path, help="write the figures here too")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as temp:
@@ -115,17 +118,22 @@ def main() -> None:
         import onnxruntime
         import torch
 
+        if args.threads:
+            torch.set_num_threads(args.threads)
+
         result = {"machine": {"platform": platform.platform(), "processor": platform.processor(),
                               "cores": os.cpu_count(), "torch": torch.__version__, "onnxruntime":
                               onnxruntime.__version__, "torch_threads": torch.get_num_threads(),
+                              "onnxruntime_threads": args.threads or "its default, one per core",
                               "load_average_at_start": os.getloadavg()[0]}, "runs": []}
-        knee = _knee(temp)
-        for model in args.models.split(","):
-            run = _train(temp, knee, model, {})
-            result["runs"].append(measure(run, temp / f"{model}.onnx", args.batch, args.repeats))
+        knee = _knee(temp) if args.models else None
+        for model in filter(None, args.models.split(",")):
+            run = _train(temp, knee, model, model, {})
+            result["runs"].append(measure(run, temp / f"{model}.onnx", args.batch, args.repeats, args.threads))
+            print(json.dumps(result["runs"][-1]), file=sys.stderr, flush=True)  # as it comes: runs take minutes
         if args.points:
-            run = _train(temp, _lung_points(temp), "perceiver", {})
-            result["runs"].append(measure(run, temp / "points.onnx", args.batch, args.repeats))
+            run = _train(temp, _lung_points(temp), "points", "perceiver", {})
+            result["runs"].append(measure(run, temp / "points.onnx", args.batch, args.repeats, args.threads))
         result["machine"]["load_average_at_end"] = os.getloadavg()[0]
     text = json.dumps(result, indent=2)
     print(text)

@@ -596,15 +596,15 @@ def _print_accuracy(samples: list, preds: list[str], source: str, splits_known: 
     patients): those are counted and left out. An exported model does not say which they are: then so."""
     own = [sample for sample in samples if sample.split in SPLITS[:2]]
     unseen = [(sample, pred) for sample, pred in zip(samples, preds) if sample.split not in SPLITS[:2]]
-    if not splits_known:
+    if unseen:
         accuracy = sum(pred == sample.label for sample, pred in unseen) / len(unseen)
-        console.print(f"accuracy against the labels of the {source}, on {len(unseen)} sample(s): "
-                      f"[bold]{accuracy:.4f}[/] (an exported model does not say which patients it learnt from: "
-                      "predict the run directory to leave them out)")
-    elif unseen:
-        accuracy = sum(pred == sample.label for sample, pred in unseen) / len(unseen)
-        console.print(f"accuracy against the labels of the {source}, on {len(unseen)} sample(s) of patients the "
-                      f"run did not train on: [bold]{accuracy:.4f}[/]")
+        if splits_known:
+            console.print(f"accuracy against the labels of the {source}, on {len(unseen)} sample(s) of patients "
+                          f"the run did not train on: [bold]{accuracy:.4f}[/]")
+        else:
+            console.print(f"accuracy against the labels of the {source}, on {len(unseen)} sample(s): "
+                          f"[bold]{accuracy:.4f}[/] (an exported model does not say which patients it learnt from: "
+                          "predict the run directory to leave them out)")
     if own:
         counts = ", ".join(f"{sum(s.split == split for s in own)} of its {split} patients" for split in SPLITS[:2]
                            if any(s.split == split for s in own))

@@ -15,11 +15,13 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+import torch
 
 from perceiver_med.errors import UserError
 from perceiver_med.inputs.loading import load_inputs
 from perceiver_med.run.onnx_model import DIGEST_KEY, METADATA_KEY, TOLERANCE, OnnxPredictor
 from perceiver_med.run.predictor import Predictor
+from perceiver_med.training.engine import predict_probs
 from perceiver_med.workflows.train import TrainRequest, train
 from tests.conftest import CPU_FP32, index_volume, write_series
 
@@ -91,6 +93,23 @@ def test_the_metadata_is_the_runs_decision_rule_and_preprocessing(exported):
     assert metadata.config_sha256 == hashlib.sha256((run / "config.json").read_bytes()).hexdigest()
     assert metadata.input_version == INPUT_VERSION
     assert metadata.members == config.ensemble and (len(metadata.members) == 2) == bool(config.ensemble)
+
+
+def test_a_run_that_predicts_in_bf16_exports_fp32(tiny_run, tmp_path):
+    """tiny_run trained at precision "auto" (bf16 autocast where the CPU has bf16 units): the graph is fp32, and
+    it is checked against PyTorch in fp32."""
+    from perceiver_med.results.onnx_export import ExportRequest, export_run
+
+    result = export_run(ExportRequest(tiny_run.run, tmp_path / "model.onnx"))
+    assert result.metadata.precision == "auto" and result.verification.as_dict()["precision"] == "fp32"
+    graph = onnx.load(str(tmp_path / "model.onnx"))
+    assert {onnx.TensorProto.FLOAT} == {tensor.data_type for tensor in graph.graph.initializer
+                                        if tensor.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.BFLOAT16,
+                                                                onnx.TensorProto.FLOAT16)}
+    inputs = _val_inputs(tiny_run.run)
+    fp32 = predict_probs(Predictor(tiny_run.run, "cpu").model.forward, torch.from_numpy(inputs),
+                         torch.device("cpu"), precision="fp32")
+    assert np.abs(OnnxPredictor(tmp_path / "model.onnx", "cpu").probabilities(inputs) - fp32).max() <= TOLERANCE
 
 
 def _rows(path: Path) -> list[dict]:
