@@ -61,7 +61,7 @@ def read_points(csv_path: Path) -> PointsFile:
                             diameter_mm=diameter, point_id=str(record.line), label=record.text("label"),
                             patient_id=record.text("patient_id", any_bytes=True))
         except UserError as exc:
-            skipped.append(Skip(Path(csv_path), str(exc)))
+            skipped.append(Skip(Path(csv_path), str(exc), record.line))
             continue
         earlier = first.setdefault((reference, point), sample)
         if earlier is sample:
@@ -70,7 +70,7 @@ def read_points(csv_path: Path) -> PointsFile:
         else:  # one reason for every repeat of a row, so the skip summary counts them on one line
             labels = f" (labelled {earlier.label!r} there)" if sample.label != earlier.label else ""
             skipped.append(Skip(Path(csv_path), f"the same point of the same scan as line {earlier.point_id}{labels}, "
-                                                "which is used once"))
+                                                "which is used once", record.line))
     return PointsFile(Path(csv_path), by, table.columns, samples, skipped, scan_cells)
 
 
@@ -108,11 +108,12 @@ def match_points(points: PointsFile, discovery: Discovery, mismatch: Callable[[S
                          if p in by_path), None)
             reason = f"{where}: {printable(sample.path)} {NOT_FOUND} {printable(discovery.root)}"
         if scan is None:
-            skipped.append(Skip(points.source, reason))
+            skipped.append(Skip(points.source, reason, int(sample.point_id)))
         elif scan.kind != "volume":
-            skipped.append(Skip(scan.path, f"{where}: a point needs a volume, and this scan is a 2D image"))
+            skipped.append(Skip(scan.path, f"{where}: a point needs a volume, and this scan is a 2D image",
+                                int(sample.point_id)))
         elif reason := mismatch(scan):
-            skipped.append(Skip(scan.path, f"{where}: {reason}"))
+            skipped.append(Skip(scan.path, f"{where}: {reason}", int(sample.point_id)))
         else:
             samples.append(replace(sample, path=scan.path, series_uid=scan.series_uid,
                                    patient_id=sample.patient_id or scan.patient_id))

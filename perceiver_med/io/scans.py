@@ -28,12 +28,16 @@ class Scan:
     grid_affine: tuple | None = None
     grid_shape: tuple = ()
     assumed: tuple = ()  # what a DICOM file did not say about its geometry (see ScanImage.assumed)
+    sop_uids: tuple = ()  # DICOM: each file's SOPInstanceUID, in the order of `files` (LIDC outlines name them)
 
 
 @dataclass
 class Skip:
+    """What was passed over and why: a file, or with `row` a row of a table (a points file's line)."""
+
     file: Path
     reason: str
+    row: int | None = None
 
 
 def relative(path: Path, root: Path) -> str:

@@ -17,6 +17,7 @@ from perceiver_med.run.rundir import check_new_output, refuse_inside_runs
 from perceiver_med.io import Discovery, discover
 from perceiver_med.io.discover import Skip
 from perceiver_med.inputs.labels import LabelledSet, label_scans
+from perceiver_med.inputs.lidc import LidcPoints, holds_lidc_readings, points_from_lidc
 from perceiver_med.inputs.masks import MaskPoints, points_from_masks
 from perceiver_med.inputs.points import match_points, parse_point, read_points
 from perceiver_med.inputs.samples import Sample
@@ -187,19 +188,26 @@ def label_points(points_csv: Path, discovery: Discovery) -> LabelledSet:
     for sample in samples:
         where = f"{printable(points_csv)}:{sample.point_id}"
         if not sample.label:
-            skipped.append(Skip(sample.path, f"{where}: no label (add a label column to the points file)"))
+            skipped.append(Skip(sample.path, f"{where}: no label (add a label column to the points file)",
+                                int(sample.point_id)))
         elif not sample.patient_id:
             skipped.append(Skip(sample.path, f"{where}: no patient_id in the points file, and the scan has no "
-                                             "DICOM PatientID"))
+                                             "DICOM PatientID", int(sample.point_id)))
         else:
             labelled.append(replace(sample, path=sample.path.resolve()))
     return LabelledSet(labelled, skipped, "the points file", "the points file or DICOM PatientID")
 
 
 def mask_points(masks: Path, scans: Path, out: Path, mask_labels: str | None = None,
-                overwrite: bool = False) -> MaskPoints:
-    """`points`: segmentation masks -> a new points CSV `out` (inputs.masks.points_from_masks)."""
+                overwrite: bool = False) -> MaskPoints | LidcPoints:
+    """`points`: segmentation masks (inputs.masks.points_from_masks), or LIDC-IDRI readers' XML where MASKS holds
+    it (inputs.lidc.points_from_lidc), -> a new points CSV `out`."""
     check_new_output(out, overwrite)
+    if holds_lidc_readings(masks):
+        if mask_labels is not None:
+            raise UserError("--mask-labels names the classes of mask values; LIDC-IDRI readings are labelled by "
+                            "their median malignancy rating: leave it out")
+        return points_from_lidc(masks, scans, out)
     return points_from_masks(masks, scans, out, mask_labels)
 
 
