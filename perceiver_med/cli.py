@@ -597,12 +597,14 @@ def _print_trust(metrics: dict) -> None:
 
 
 @app.command(short_help="Predict every scan in a folder with a run's own preprocessing.")
-def predict(run: Annotated[Path, typer.Argument(help="run directory", metavar="RUN")],
+def predict(run: Annotated[Path, typer.Argument(help="run directory, or a model file from `export`",
+                                                metavar="RUN")],
             scans: Annotated[Path, typer.Argument(help="folder of scans, or one file", metavar="SCANS")],
             out: Annotated[Path, typer.Option(help="predictions CSV to write", metavar="CSV")],
             points: PointsOption = None, tta: TtaOption = 1,
             device: DeviceOption = Device.auto, overwrite: Overwrite = False, max_voxels: MaxVoxels = None):
-    """Predict every scan found in a folder with the run's preprocessing."""
+    """Predict every scan found in a folder with the run's preprocessing (an exported model.onnx carries it, and
+    runs in ONNX Runtime)."""
     from rich.table import Table
 
     from perceiver_med.results.predictions import PredictRequest, predict_run
@@ -632,8 +634,11 @@ def predict(run: Annotated[Path, typer.Argument(help="run directory", metavar="R
     console.print(table)
     scored = predicted.accuracy()
     if scored is not None and scored.accuracy is not None:
+        whose = ("of patients the run did not train on" if predicted.splits_known else
+                 "(an exported model does not say which patients it learnt from: predict the run directory to "
+                 "leave them out)")
         console.print(f"accuracy against the labels of the {predicted.label_source}, on {scored.unseen} sample(s) "
-                      f"of patients the run did not train on: [bold]{scored.accuracy:.4f}[/]")
+                      f"{whose}: [bold]{scored.accuracy:.4f}[/]")
     if scored is not None and scored.own:
         counts = ", ".join(f"{n} of its {split} patients" for split, n in scored.own.items())
         console.print(f"{sum(scored.own.values())} labelled sample(s) were the run's own ({counts}): left out of "
@@ -678,6 +683,32 @@ def report(run: Annotated[Path, typer.Argument(help="run directory", metavar="RU
 
     written = write_report(run, out, overwrite, nodules, excluded)
     console.print(f"wrote [bold]{escape(str(written))}[/] and [bold]{escape(str(written.with_suffix('.md')))}[/]")
+
+
+class ExportFormat(str, Enum):
+    onnx = "onnx"
+
+
+@app.command(short_help="The run's model as one ONNX file with its preprocessing, verified against PyTorch.")
+def export(run: Annotated[Path, typer.Argument(help="run directory", metavar="RUN")],
+           out: Annotated[Path, typer.Option(help="model file to write", metavar="FILE")],
+           format: Annotated[ExportFormat, _choice("file format")] = ExportFormat.onnx,
+           overwrite: Overwrite = False, max_voxels: MaxVoxels = None):
+    """Export a run's model (a fold ensemble as one graph) for ONNX Runtime, TensorRT, OpenVINO...: its metadata
+    holds the preprocessing, classes, temperature and threshold, and `predict FILE SCANS` runs it alone. ONNX
+    Runtime checks it against PyTorch on the run's own val (else test) inputs before it is written."""
+    from perceiver_med.results.onnx_export import ExportRequest, export_run
+
+    with console.status("exporting and verifying"):
+        exported = export_run(ExportRequest(run, out, format.value, overwrite, _runtime(max_voxels)))
+    metadata, check = exported.metadata, exported.verification
+    model = (f"an ensemble of {len(metadata.members)} {metadata.model} models" if metadata.members
+             else f"a {metadata.model}")
+    graph = " -> ".join(f"{part['name']} {part['shape']}" for part in (metadata.input, metadata.output))
+    console.print(f"wrote [bold]{escape(str(exported.path))}[/] ({exported.size_bytes / 1e6:.2f} MB): {model}, "
+                  f"{escape(graph)}")
+    console.print(f"verified with ONNX Runtime on {check.samples} {check.split} input(s): probabilities within "
+                  f"{check.max_abs_difference:.2g} of PyTorch's (fp32; tolerance {check.tolerance:g})")
 
 
 class DemoKind(str, Enum):

@@ -1,6 +1,7 @@
 """The layout keeps one owner per concept (what the redesign issue asks grep to show): model names in the model
-registry, input-kind names in inputs/kinds.py, scan kinds in io/scans.py, run file names in run/rundir.py, and the chain probabilities ->
-temperature -> threshold in run/predictor.py. Checked on the syntax tree, so docstrings and messages may name them."""
+registry, input-kind names in inputs/kinds.py, scan kinds in io/scans.py, run file names in run/rundir.py, and the chain
+probabilities -> temperature -> threshold in stats/decision.py (shared by the PyTorch and the ONNX predictor). Checked on
+the syntax tree, so docstrings and messages may name them."""
 from __future__ import annotations
 
 import ast
@@ -77,9 +78,9 @@ def test_no_module_imports_another_modules_private_names():
     assert not private, private
 
 
-def test_the_decision_chain_is_composed_in_the_predictor_alone():
-    """A function that both calibrates (calibrate, apply_temperature) and thresholds (decisions) is the chain
-    itself."""
+def test_the_decision_chain_is_composed_in_one_place():
+    """A function that both calibrates (calibrate, apply_temperature) and thresholds (decisions) is the chain itself:
+    written once, below the models, for the PyTorch and the ONNX predictor alike."""
     composers = []
     for name, tree in _modules():
         for node in ast.walk(tree):
@@ -88,7 +89,7 @@ def test_the_decision_chain_is_composed_in_the_predictor_alone():
                           for call in ast.walk(node) if isinstance(call, ast.Call)}
                 if "decisions" in called and called & {"calibrate", "apply_temperature"}:
                     composers.append(f"{name}:{node.name}")
-    assert composers == ["run/predictor.py:decide"]
+    assert composers == ["stats/decision.py:decide"]
 
 
 def _called(call: ast.Call) -> str:
@@ -103,12 +104,12 @@ def _names_a_temperature(node) -> bool:
 
 
 def temperature_strays(modules) -> list[str]:
-    """Where a module other than run/predictor.py applies a temperature or averages an ensemble's members: a call
-    of apply_temperature or mean_of_members, or a softmax of something divided by a temperature
-    (softmax(logits / t))."""
+    """Where a module other than the chain's (stats/decision.py: calibrate) and the predictor's (run/predictor.py:
+    ensembles) applies a temperature or averages an ensemble's members: a call of apply_temperature or
+    mean_of_members, or a softmax of something divided by a temperature (softmax(logits / t))."""
     strays = []
     for name, tree in modules:
-        if name == "run/predictor.py":
+        if name in ("run/predictor.py", "stats/decision.py"):
             continue
         for call in (node for node in ast.walk(tree) if isinstance(node, ast.Call)):
             called = _called(call)
@@ -121,8 +122,8 @@ def temperature_strays(modules) -> list[str]:
 
 
 def test_probabilities_are_calibrated_and_averaged_in_the_predictor_alone():
-    """The temperature reaches a run's probabilities in run/predictor.py alone (calibrate), and an ensemble's
-    members are averaged there, each calibrated by its own chain: no model, workflow or result applies one itself.
+    """The temperature reaches a run's probabilities through stats/decision.py alone (calibrate), and an ensemble's
+    members are averaged in run/predictor.py, each calibrated by its own chain: no model, workflow or result applies one itself.
     (An oracle that this can fail: the ensemble model this replaced, softmax(member(x).float() / t).)"""
     before = ast.parse("probs = mean_of_members([torch.softmax(member(x).float() / t, dim=1) for member, t in pairs])")
     assert len(temperature_strays([("models/ensemble.py", before)])) == 2

@@ -30,6 +30,7 @@ class InputKind:
     takes_points = False  # its samples are points in scans (a points CSV), not whole scans
     needs_volume = False
     noun = "scan"  # one sample, in messages
+    layout = ""  # what the input shows, in words, for a reader of an exported model's metadata
 
     def output_shape(self, size: int, channels: int) -> tuple[int, int, int]:
         side = size * self.tiles
@@ -66,6 +67,7 @@ class ImageKind(InputKind):
     """A 2D image, or the middle slice of a volume: S x S."""
 
     name = "image"
+    layout = "one 2D image, or the middle slice of a volume, resized to S x S"
 
     def build(self, image, config, center=None, point=None) -> np.ndarray:
         part = self.shown_part(image, config, center)
@@ -80,6 +82,8 @@ class GridKind(InputKind):
 
     name = "grid"
     tiles = GRID_TILES
+    layout = ("9 consecutive slices of a volume (the middle one centred), each resized to S x S and tiled 3x3 in "
+              "row-major order: the first slice top-left, the last bottom-right")
     needs_volume = True
 
     def shown_slices(self, num_slices, config, center=None) -> list[int]:
@@ -101,6 +105,9 @@ class PointKind(InputKind):
     takes_points = True
     needs_volume = True
     noun = "point"
+    layout = ("9 planes perpendicular to the slice axis, slice_mm apart (the fifth through the point), each an "
+              "fov_mm square sampled S x S in patient mm (rows anterior to posterior, columns right to left), tiled "
+              "3x3 in row-major order: the most inferior plane top-left")
 
     def build(self, image, config, center=None, point=None) -> np.ndarray:
         if point is None:

@@ -93,6 +93,27 @@ def fixed_range(window: str) -> tuple[float, float] | None:
     return float(low), float(high)
 
 
+def window_by_scan(window: str) -> dict[str, str]:
+    """What a window setting does to each kind of scan, in words and numbers: the metadata of an exported model
+    carries it, for a deployment that prepares inputs without perceiver-med."""
+    low, high = PERCENTILES
+    percentiles = (f"the {low:g}th..{high:g}th percentiles of the scan's own values (a volume's over up to "
+                   f"{STATISTICS_SLICES} slices spread over it)")
+    fixed = fixed_range(window)
+    if fixed is not None:
+        every = f"{_number(fixed[0])}..{_number(fixed[1])} in the scan's units (HU for CT)"
+    elif window == "percentile":
+        every = percentiles
+    else:
+        lung = "{0}..{1} HU (lung)".format(*map(_number, PRESETS["lung"]))
+        return {"CT volume": lung,
+                "volume without a modality": f"{lung} where its low percentile is at most {HU_AIR_BELOW:g}, "
+                                             f"else {percentiles}",
+                "other volume (MR, PT, NM...)": percentiles,
+                "2D image": f"its DICOM VOI transform (VOI LUT, or window centre and width), else {percentiles}"}
+    return {"every scan": every}
+
+
 def statistics_slices(num_slices: int) -> list[int]:
     """The slices whose values give a volume's percentiles: up to STATISTICS_SLICES, evenly spread, ends included."""
     count = min(num_slices, STATISTICS_SLICES)

@@ -120,7 +120,7 @@ class ViT(nn.Module):
         return self.encode(tokens, return_attention)
 
     def encode(self, tokens: torch.Tensor, return_attention: bool = False):
-        tokens = torch.cat([self.cls_token.expand(len(tokens), -1, -1), tokens], dim=1) + self.pos_embed
+        tokens = torch.cat([self.cls_token.expand(tokens.shape[0], -1, -1), tokens], dim=1) + self.pos_embed
         attentions = []
         for block in self.blocks:
             tokens, weights = block(tokens, return_attention)

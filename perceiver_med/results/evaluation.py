@@ -20,8 +20,9 @@ from perceiver_med.inputs.loading import LoadedInputs, load_split_inputs
 from perceiver_med.inputs.samples import Sample
 from perceiver_med.results.detection import NoduleReference, check_reference_names_scans, split_froc
 from perceiver_med.results.scoring import run_summary, score_split
-from perceiver_med.run.predictor import Decisions, Predictor
+from perceiver_med.run.predictor import Predictor
 from perceiver_med.run.rundir import TrainedOn, check_new_output
+from perceiver_med.stats.decision import Decisions
 from perceiver_med.training.config import RunConfig, Runtime
 from perceiver_med.training.engine import Processes
 

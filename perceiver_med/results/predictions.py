@@ -1,6 +1,9 @@
 """Predictions CSV files and `predict`: every scan of a folder (or every row of a points file) through a run's
-Predictor, one row per sample: path[,coordX,coordY,coordZ][,label],pred,prob_<class>... Probabilities are the
-run's calibrated ones at full float precision (repr round-trips), `pred` its decision."""
+Predictor, or through an exported ONNX model's OnnxPredictor, one row per sample:
+path[,coordX,coordY,coordZ][,label],pred,prob_<class>... Probabilities are the run's calibrated ones at full float
+precision (repr round-trips), `pred` its decision.
+
+`predict` of an ONNX file imports no model code: the PyTorch Predictor is imported only for a run directory."""
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -18,9 +21,10 @@ from perceiver_med.inputs.splits import SPLITS
 from perceiver_med.io import discover
 from perceiver_med.io.discover import Skip
 from perceiver_med.io.scans import relative
+from perceiver_med.errors import UserError
 from perceiver_med.run.point_runs import check_point_run, prepare_points
-from perceiver_med.run.predictor import Decisions, Predictor
 from perceiver_med.run.rundir import check_new_output
+from perceiver_med.stats.decision import Decisions
 from perceiver_med.training.config import Runtime, applies_runtime, is_laterality
 
 
@@ -80,8 +84,9 @@ def read_predictions(path: Path, classes: list[str]) -> PredictionsFile:
 @dataclass(frozen=True)
 class PredictRequest:
     """Every scan under `scans` (a folder or one file), or for a run trained on points every row of the points
-    CSV `points`, through the run in `run`; `out` is the predictions CSV to write (a new file unless
-    `overwrite`); `tta` > 1 averages that many label-preserving views of each sample."""
+    CSV `points`, through `run`: a run directory, or a model file `export` wrote (model.onnx); `out` is the
+    predictions CSV to write (a new file unless `overwrite`); `tta` > 1 averages that many label-preserving views
+    of each sample (a run directory only)."""
 
     run: Path
     scans: Path
@@ -104,6 +109,7 @@ class Predicted:
     positive_class: str
     threshold: float | None  # the run's decision threshold on the positive class (None: the most probable class)
     label_source: str
+    splits_known: bool = True  # False for an exported model, which does not say which patients it learnt from
     root: Path = Path()  # the folder predicted (a file's folder): where the scans' names are shown from
 
     def scan_name(self, sample: Sample) -> str:
@@ -134,15 +140,14 @@ class LabelledAccuracy:
 
 @applies_runtime
 def predict_run(request: PredictRequest, on_done: Callable[[int, int], None] | None = None) -> Predicted:
-    """Predict every scan in a folder (or one file), or for a run trained on points every row of `points`;
-    writes `out` and returns the samples with the run's decisions, and the files or rows skipped with their
-    reasons."""
+    """Predict every scan in a folder (or one file), or for a run trained on points every row of `points`, with a
+    run directory or an exported ONNX model (a file); writes `out` and returns the samples with the decisions, and
+    the files or rows skipped with their reasons."""
     scans, out, points, workers = Path(request.scans), request.out, request.points, request.runtime.workers
-    predictor = Predictor(request.run, request.runtime.device, request.tta)
+    predictor, split_of = _open_predictor(request)
     config = predictor.config
     check_new_output(out, request.overwrite, inputs=(scans,))
     check_point_run(config, points)
-    trained_on = predictor.run.trained_on(config)
     if points is not None:
         prepared = prepare_points(Path(points), scans, config, workers, on_done)
         samples, inputs, skipped = prepared.samples, prepared.inputs, prepared.skipped
@@ -150,14 +155,30 @@ def predict_run(request: PredictRequest, on_done: Callable[[int, int], None] | N
     else:
         samples, inputs, skipped = _prepare_scans(scans, config, workers, on_done)
         scan_column = None
-    samples = [replace(sample, label=_known(sample.label, config.classes), split=trained_on.split_of(sample))
+    samples = [replace(sample, label=_known(sample.label, config.classes), split=split_of(sample))
                for sample in samples]
     decided = predictor.predict(inputs)
     write_predictions(out, samples, decided, points is not None, scan_column)
     source = ("points file" if points is not None else
               "class folders or laterality" if is_laterality(config.classes) else "class folders")
     return Predicted(samples, decided, skipped, config.positive_class, config.decision.threshold, source,
-                     scans if scans.is_dir() else scans.parent)
+                     splits_known=not Path(request.run).is_file(), root=scans if scans.is_dir() else scans.parent)
+
+
+def _open_predictor(request: PredictRequest):
+    """The predictor of a run directory, or of an exported model (a file); with a function giving the split of the
+    run that holds each sample or its patient ("" for an exported model, which carries no patient list)."""
+    if Path(request.run).is_file():
+        from perceiver_med.run.onnx_model import OnnxPredictor
+
+        if request.tta != 1:
+            raise UserError(f"--tta needs the run directory: {request.run} holds the model alone, without the "
+                            "augmentation its views come from")
+        return OnnxPredictor(request.run, request.runtime.device), lambda sample: ""
+    from perceiver_med.run.predictor import Predictor
+
+    predictor = Predictor(request.run, request.runtime.device, request.tta)
+    return predictor, predictor.run.trained_on(predictor.config).split_of
 
 
 def _prepare_scans(scans: Path, config, workers: int, on_done) -> tuple[list[Sample], np.ndarray, list[Skip]]:

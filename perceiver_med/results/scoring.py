@@ -11,7 +11,7 @@ from perceiver_med.inputs.labels import laterality_in_name
 from perceiver_med.training.config import Decision, RunConfig, is_laterality
 from perceiver_med.stats.metrics import split_metrics, threshold_metrics
 from perceiver_med.inputs.samples import Sample
-from perceiver_med.run.predictor import calibrate as with_temperature, decide  # fit_decision has a `calibrate` flag
+from perceiver_med.stats.decision import calibrate as with_temperature, decide  # fit_decision has a `calibrate` flag
 from perceiver_med.stats.statistics import (RESAMPLES, aggregate, bootstrap_ci, brier_score, calibration_temperature,
                                               choose_threshold, expected_calibration_error, reliability_bins)
 

@@ -1,15 +1,15 @@
 """Predictor: a run's inputs -> probabilities -> temperature -> threshold -> decision; for a cross-validated run,
 the mean of its members' calibrated probabilities, then the ensemble's own threshold.
 
-This is the one place that turns a model's output into what a run reports. `evaluate`, `predict`, `explain`,
-`report`, training's own final scoring and the demo go through it, and cross-validation decides its members'
-and its ensemble's probabilities with it, so they cannot disagree about a sample (as nnU-Net's nnUNetPredictor
-serves its command line and its Python API alike).
+This is the one place that turns a PyTorch model's output into what a run reports. `evaluate`, `predict`,
+`explain`, `report`, training's own final scoring and the demo go through it, and cross-validation decides its
+members' and its ensemble's probabilities with it, so they cannot disagree about a sample (as nnU-Net's
+nnUNetPredictor serves its command line and its Python API alike). Its decision rule is stats/decision.py's, which
+the predictor of an exported ONNX model (run/onnx_model.py) shares.
 """
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -17,24 +17,10 @@ import torch
 from torch import nn
 
 from perceiver_med.models import token_patch
-from perceiver_med.stats.metrics import decisions
-from perceiver_med.stats.statistics import apply_temperature
 from perceiver_med.run.rundir import RunDir
-from perceiver_med.training.config import Decision, RunConfig
+from perceiver_med.stats.decision import Decisions
+from perceiver_med.training.config import RunConfig
 from perceiver_med.training.engine import Processes, pick_device, predict_probs
-
-
-def calibrate(raw: np.ndarray, temperature: float) -> np.ndarray:
-    """(N, K) model probabilities -> calibrated ones, softmax(log(raw) / T) in float64 (statistics.apply_temperature).
-    Every temperature a run reports by, fitted or applied, goes through here."""
-    return apply_temperature(raw, temperature)
-
-
-def decide(raw: np.ndarray, decision: Decision, positive: int) -> tuple[np.ndarray, np.ndarray]:
-    """The chain itself: (N, K) model probabilities -> the run's calibrated probabilities and its predicted class
-    indices (the threshold on the positive class for two classes, else the most probable class)."""
-    probs = calibrate(raw, decision.temperature)
-    return probs, decisions(probs, positive, decision.threshold)
 
 
 def mean_of_members(member_probs: Sequence[np.ndarray]) -> np.ndarray:
@@ -42,30 +28,6 @@ def mean_of_members(member_probs: Sequence[np.ndarray]) -> np.ndarray:
     if not member_probs:
         raise ValueError("an ensemble needs at least one member")
     return sum(member_probs[1:], member_probs[0]) / len(member_probs)
-
-
-@dataclass
-class Decisions:
-    """What a run says of N samples."""
-
-    raw: np.ndarray  # (N, K) the model's probabilities (for TTA the mean over views; for an ensemble the mean of
-    # its members' calibrated probabilities)
-    probs: np.ndarray  # (N, K) calibrated with the run's temperature: what every output reports
-    indices: np.ndarray  # (N,) the decided class of each sample
-    classes: list[str]
-
-    @property
-    def names(self) -> list[str]:
-        return [self.classes[int(k)] for k in self.indices]
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    @classmethod
-    def of(cls, raw: np.ndarray, config: RunConfig) -> "Decisions":
-        """What a run with this config decides for model probabilities `raw` (its temperature and threshold)."""
-        probs, indices = decide(raw, config.decision, config.classes.index(config.positive_class))
-        return cls(raw, probs, indices, config.classes)
 
 
 class Predictor:

@@ -16,6 +16,7 @@ import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -27,7 +28,9 @@ from perceiver_med.inputs.cache import INPUT_VERSION
 from perceiver_med.inputs.samples import Sample
 from perceiver_med.inputs.splits import read_splits, write_splits
 from perceiver_med.training.config import RunConfig, read_run_config
-from perceiver_med.training.engine import FitFiles
+
+if TYPE_CHECKING:
+    from perceiver_med.training.engine import FitFiles
 
 CONFIG = "config.json"
 WEIGHTS = "model.safetensors"  # the best weights
@@ -178,6 +181,10 @@ class RunDir:
     @property
     def fit_files(self) -> FitFiles:
         """Where training writes its checkpoint and best weights."""
+        # imported here: the fit loop's module imports the models, and `predict` of an exported ONNX model, which
+        # checks its output with check_new_output, runs without them
+        from perceiver_med.training.engine import FitFiles
+
         return FitFiles(self.checkpoint_file, self.weights_file)
 
     def fold(self, fold: int) -> "RunDir":

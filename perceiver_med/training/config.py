@@ -20,7 +20,7 @@ from perceiver_med.errors import UserError
 from perceiver_med.inputs.preprocess import PreprocessConfig
 from perceiver_med.io.limits import voxel_budget
 from perceiver_med.io.scans import SCAN_KINDS
-from perceiver_med.models.registry import get_spec, num_classes
+from perceiver_med.stats.decision import Decision
 
 LATERALITY_LABELS = {"left", "right", "l", "r"}
 
@@ -142,33 +142,6 @@ class TrainConfig:
 
 
 @dataclass
-class Decision:
-    """How a run turns the model's probabilities into its outputs, fitted on the validation split after training.
-
-    Args:
-        temperature: softmax temperature applied to every probability the run reports (1: none).
-        temperature_fitted_on: "val", or why the temperature is the default.
-        threshold: for two classes, the positive class is called when its calibrated probability is at least
-            this; None (more than two classes): the most probable class.
-        rule: the --threshold rule that chose it, or why it is the default.
-        chosen_on: "val" when a rule chose it from the validation split, "fixed" for 0.5, "" for a default.
-    """
-
-    temperature: float = 1.0
-    temperature_fitted_on: str = ""
-    threshold: float | None = None
-    rule: str = "argmax"
-    chosen_on: str = ""
-
-    def check(self) -> None:
-        if not (math.isfinite(self.temperature) and self.temperature > 0):
-            raise ValueError(f"temperature must be a finite number more than 0, not {self.temperature}")
-        # choose_threshold puts its top candidate just above the highest score, a hair above 1 when that is 1
-        if self.threshold is not None and not 0 <= self.threshold <= math.nextafter(1.0, 2.0):
-            raise ValueError(f"threshold must be null or a probability in [0, 1], not {self.threshold}")
-
-
-@dataclass
 class RunConfig:
     """Everything needed to rebuild a run's model and its exact preprocessing, and to check its files.
 
@@ -233,6 +206,10 @@ class RunConfig:
     def _check_model(self) -> None:
         """The model's name is registered, and its settings are keywords its config dataclass declares, of their
         types (its weights file says whether they are its sizes: RunDir.load_model)."""
+        # imported here: the run settings module stays free of model code, so that `predict` of an exported
+        # ONNX model (which reads a PredictRequest, never a RunConfig) runs without it
+        from perceiver_med.models.registry import get_spec, num_classes
+
         try:
             spec = get_spec(self.model.get("name"))
         except ValueError as exc:
@@ -307,6 +284,8 @@ def canonical_options(options: dict) -> dict:
 
 def trainable_model(name: str | None) -> str | None:
     """--model as given (any case) -> the registry's name; None stays None (the run's own, or the default)."""
+    from perceiver_med.models.registry import get_spec
+
     if name is None:
         return None
     try:
