@@ -74,7 +74,7 @@ def measure(run: Path, out: Path, batch: int, repeats: int, threads: int = 0) ->
     tensor = torch.from_numpy(inputs)
     paths = {
         "pytorch_run_precision": lambda: torch_predictor.probabilities(inputs),
-        "pytorch_fp32": lambda: predict_probs(torch_predictor.model.forward, tensor, torch.device("cpu"),
+        "pytorch_fp32": lambda: predict_probs(torch_predictor.network().forward, tensor, torch.device("cpu"),
                                               precision="fp32"),
         "onnxruntime": lambda: onnx_predictor.probabilities(inputs),
     }

@@ -16,7 +16,7 @@ from perceiver_med.io import discover
 from perceiver_med.inputs.labels import label_scans
 from perceiver_med.inputs.samples import Sample
 from perceiver_med.results.predictions import write_predictions
-from perceiver_med.run.predictor import Decisions
+from perceiver_med.stats.decision import Decisions
 
 
 def _png(path):

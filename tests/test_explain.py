@@ -120,7 +120,7 @@ def _colour_at(rendered, row: float, col: float) -> np.ndarray:
 
 
 def _evidence(heat: np.ndarray, predicted: str = "dot") -> Evidence:
-    from perceiver_med.run.predictor import Decisions
+    from perceiver_med.stats.decision import Decisions
 
     probs = np.array([[0.1, 0.9]]) if predicted == "dot" else np.array([[0.9, 0.1]])
     return Evidence(Decisions(probs, probs, np.array([1 if predicted == "dot" else 0]), ["none", "dot"]), 4, heat)

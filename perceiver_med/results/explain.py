@@ -29,7 +29,8 @@ from perceiver_med.inputs.loading import load_inputs, suited_samples
 from perceiver_med.io.discover import Skip, discover_each
 from perceiver_med.models import token_patch
 from perceiver_med.results.predictions import known_label
-from perceiver_med.run.predictor import Decisions, Predictor
+from perceiver_med.run.predictor import Predictor
+from perceiver_med.stats.decision import Decisions
 from perceiver_med.run.rundir import check_new_output
 from perceiver_med.training.config import Runtime, applies_runtime
 

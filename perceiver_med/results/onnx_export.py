@@ -91,9 +91,9 @@ def export_run(request: ExportRequest) -> Exported:
     check_new_output(request.out, request.overwrite)
     config = predictor.config
     split, inputs = verification_inputs(predictor, request.runtime.workers)
-    expected = predict_probs(predictor.model.forward, torch.from_numpy(inputs), torch.device("cpu"),
-                             precision="fp32")
-    graph = onnx_graph(Probabilities(predictor.model).eval(), inputs)
+    network = predictor.network()
+    expected = predict_probs(network.forward, torch.from_numpy(inputs), torch.device("cpu"), precision="fp32")
+    graph = onnx_graph(Probabilities(network).eval(), inputs)
     metadata = ExportedRun(classes=config.classes, positive_class=config.positive_class, decision=config.decision,
                            preprocess=config.preprocess, input_version=config.input_version,
                            config_sha256=file_sha256(predictor.run.config_file), model=config.model["name"],

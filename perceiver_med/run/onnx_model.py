@@ -27,6 +27,7 @@ from perceiver_med.errors import UserError
 from perceiver_med.inputs.cache import INPUT_VERSION
 from perceiver_med.inputs.preprocess import PreprocessConfig
 from perceiver_med.inputs.windows import window_by_scan
+from perceiver_med.io.scans import SCAN_KINDS
 from perceiver_med.stats.decision import Decision, Decisions
 from perceiver_med.training.config import from_dict, to_dict
 
@@ -107,8 +108,8 @@ class ExportedRun:
             raise ValueError(f"classes must be two or more distinct names, not {self.classes}")
         if self.positive_class not in self.classes:
             raise ValueError(f"positive_class {self.positive_class!r} is not one of the classes")
-        if not set(self.scan_kinds) <= {"image", "volume"}:
-            raise ValueError(f"scan_kinds must hold \"image\" and/or \"volume\", not {self.scan_kinds}")
+        if not set(self.scan_kinds) <= set(SCAN_KINDS):
+            raise ValueError(f"scan_kinds must hold {' and/or '.join(map(repr, SCAN_KINDS))}, not {self.scan_kinds}")
         self.preprocess.check()
         # json round trip: the stored description has lists where a fresh one has tuples
         if self.input != json.loads(json.dumps(describe_input(self.preprocess))):

@@ -82,6 +82,14 @@ class Predictor:
     def positive(self) -> int:
         return self.config.classes.index(self.config.positive_class)
 
+    def network(self) -> nn.Module:
+        """The run as one PyTorch network whose softmax is `probabilities` (fp32, without TTA): its model, or for
+        a cross-validated run its members averaged as `probabilities` averages them (ONNX export traces this)."""
+        if not self.members:
+            return self.model
+        return _MemberMean([member.network() for member in self.members],
+                           [member.config.decision.temperature for member in self.members]).eval()
+
     @property
     def patch_size(self) -> int | None:
         """The token patch of its model (an ensemble's: its first member's), which occlusion windows follow."""
@@ -101,3 +109,18 @@ class Predictor:
 
     def predict(self, inputs: torch.Tensor | np.ndarray, processes: Processes | None = None) -> Decisions:
         return self.decide(self.probabilities(inputs, processes))
+
+
+class _MemberMean(nn.Module):
+    """A fold ensemble as one network: the log of the mean of its members' calibrated probabilities, so that a
+    softmax of its output is that mean, as Predictor.probabilities gives it."""
+
+    def __init__(self, members: list[nn.Module], temperatures: list[float]):
+        super().__init__()
+        self.members = nn.ModuleList(members)
+        self.temperatures = [float(t) for t in temperatures]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        probs = mean_of_members([torch.softmax(member(x).float() / t, dim=1)
+                                 for member, t in zip(self.members, self.temperatures)])
+        return probs.clamp_min(torch.finfo(probs.dtype).tiny).log()

@@ -21,6 +21,7 @@ from perceiver_med.errors import UserError
 from perceiver_med.inputs.loading import load_inputs
 from perceiver_med.run.onnx_model import DIGEST_KEY, METADATA_KEY, TOLERANCE, OnnxPredictor
 from perceiver_med.run.predictor import Predictor
+from perceiver_med.run.rundir import RunDir
 from perceiver_med.training.engine import predict_probs
 from perceiver_med.workflows.train import TrainRequest, train
 from tests.conftest import CPU_FP32, index_volume, write_series
@@ -96,18 +97,20 @@ def test_the_metadata_is_the_runs_decision_rule_and_preprocessing(exported):
 
 
 def test_a_run_that_predicts_in_bf16_exports_fp32(tiny_run, tmp_path):
-    """tiny_run trained at precision "auto" (bf16 autocast where the CPU has bf16 units): the graph is fp32, and
-    it is checked against PyTorch in fp32."""
+    """tiny_run trained at precision "auto", recorded as the arithmetic used (bf16 autocast where the CPU has bf16
+    units): the graph is fp32 whatever the run's, and it is checked against PyTorch in fp32."""
     from perceiver_med.results.onnx_export import ExportRequest, export_run
 
     result = export_run(ExportRequest(tiny_run.run, tmp_path / "model.onnx"))
-    assert result.metadata.precision == "auto" and result.verification.as_dict()["precision"] == "fp32"
+    recorded = RunDir.open(tiny_run.run).config().train.precision
+    assert recorded in ("bf16", "fp32") and result.metadata.precision == recorded
+    assert result.verification.as_dict()["precision"] == "fp32"
     graph = onnx.load(str(tmp_path / "model.onnx"))
     assert {onnx.TensorProto.FLOAT} == {tensor.data_type for tensor in graph.graph.initializer
                                         if tensor.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.BFLOAT16,
                                                                 onnx.TensorProto.FLOAT16)}
     inputs = _val_inputs(tiny_run.run)
-    fp32 = predict_probs(Predictor(tiny_run.run, "cpu").model.forward, torch.from_numpy(inputs),
+    fp32 = predict_probs(Predictor(tiny_run.run, "cpu").network().forward, torch.from_numpy(inputs),
                          torch.device("cpu"), precision="fp32")
     assert np.abs(OnnxPredictor(tmp_path / "model.onnx", "cpu").probabilities(inputs) - fp32).max() <= TOLERANCE
 

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from perceiver_med.errors import UserError
-from perceiver_med.run.predictor import Predictor, decide
+from perceiver_med.run.predictor import Predictor
+from perceiver_med.stats.decision import decide
 from perceiver_med.run.rundir import RunDir
 from perceiver_med.training.config import Decision
 
