@@ -70,6 +70,14 @@ class MetaImageReader(Reader):
     def read(self, scan: Scan, pick: Pick | None = None) -> ScanImage:
         return read(scan.files[0], pick_for(scan, pick))
 
+    def files_of(self, path: Path) -> list[Path]:
+        """A header and the data files it names (from its text, no voxels read); the file alone if it is no header."""
+        try:
+            fields, listed, _ = _fields(path)
+            return [path, *_data_files(path, fields, listed)]
+        except (ScanError, OSError):
+            return [path]
+
 
 def _unnamed(data: Path) -> str:
     """Why a data file is no scan's: its header (of the same name) was skipped, or no header names it."""

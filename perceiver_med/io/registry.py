@@ -30,6 +30,11 @@ def reader_of(format: str) -> Reader:
     raise ScanError(f"no reader for scans of format {format!r}")
 
 
+def files_of(path: Path) -> list[Path]:
+    """The files reading the scan file `path` opens: itself, and for a MetaImage header its data files."""
+    return reader_for(path).files_of(path)
+
+
 def formats_read() -> str:
     """What perceiver-med reads, for a message: "DICOM, MetaImage, NIfTI, PNG or JPEG"."""
     return ", ".join(sorted(reader.formats_read for reader in READERS))

@@ -168,3 +168,18 @@ def test_the_modality_a_header_gives_is_the_scans(tmp_path):
     scans = {scan.id: scan for scan in discover(tmp_path).scans}
     assert (scans["ct.mhd"].modality, scans["plain.mha"].modality) == ("CT", "")
     assert read_scan(scans["ct.mhd"]).modality == "CT"
+
+
+def test_a_cached_input_of_a_mhd_scan_follows_its_data_file(tmp_path):
+    """The cache key covers the data file a header names: new voxels in the .raw are never served from the cache."""
+    from perceiver_med.inputs.cache import cache_key
+    from perceiver_med.inputs.preprocess import PreprocessConfig
+    from perceiver_med.inputs.samples import Sample
+
+    write_by_hand(tmp_path / "v.mhd", STORAGE["display-order"])
+    sample, config = Sample(tmp_path / "v.mhd"), PreprocessConfig(input="grid", size=8)
+    before = cache_key(sample, config)
+    raw = bytearray((tmp_path / "v.raw").read_bytes())
+    raw[:2] = b"\x00\x10"  # the same size, another first voxel
+    (tmp_path / "v.raw").write_bytes(bytes(raw))
+    assert cache_key(sample, config) != before
