@@ -6,6 +6,7 @@ and test. Here the unit of assignment is the patient: every scan of a patient go
 from __future__ import annotations
 
 import os
+import re
 import warnings
 from collections import Counter, defaultdict
 from dataclasses import replace
@@ -108,6 +109,24 @@ def assign_folds(rows: list[Sample], folds: int, seed: int = 0) -> list[Sample]:
         fold_of = {pool[k]: fold for fold, (_, held) in enumerate(assigned) for k in held}
     return [replace(row, fold=fold_of[k], split="val" if fold_of[k] == 0 else "train") if k in fold_of else row
             for k, row in enumerate(rows)]
+
+
+def given_folds(rows: list[Sample], values: list[str], source: str) -> tuple[list[Sample], list[str]]:
+    """The rows in the cross-validation folds a data set gives (LUNA16's subset0..subset9), one value per row:
+    every row is in a fold, none in test (the folds are the evaluation); the folds are the values in natural order
+    (subset2 before subset10), fold 0 is the val split. Also returns the values, fold k's at k. A patient whose rows
+    sit in two folds is refused afterwards, by find_problems, as a leak. `source` names the values in messages."""
+    missing = sum(not value for value in values)
+    if missing:
+        raise UserError(f"{missing} of the {len(values)} samples have no fold in {source}: a given fold assignment "
+                        "must place every sample")
+    names = sorted(set(values), key=lambda value: [int(part) if part.isdigit() else part
+                                                   for part in re.split(r"(\d+)", value)])
+    if len(names) < 2:
+        raise UserError(f"{source} gives one fold ({names[0]!r}): cross-validation needs at least two")
+    fold_of = {name: k for k, name in enumerate(names)}
+    return [replace(row, fold=fold_of[value], split="val" if fold_of[value] == 0 else "train")
+            for row, value in zip(rows, values)], names
 
 
 def sample_noun(rows: list[Sample]) -> str:

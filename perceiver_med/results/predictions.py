@@ -1,6 +1,7 @@
 """Predictions CSV files and `predict`: every scan of a folder (or every row of a points file) through a run's
 Predictor, one row per sample: path[,coordX,coordY,coordZ][,label],pred,prob_<class>... Probabilities are the
-run's calibrated ones at full float precision (repr round-trips), `pred` its decision."""
+run's calibrated ones at full float precision (repr round-trips), `pred` its decision. The predictions of a points
+file are that file's table, its columns named as it names them, with the run's columns added (label, pred, prob_*)."""
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -9,11 +10,12 @@ from pathlib import Path
 
 import numpy as np
 
-from perceiver_med.csvfiles import read_csv, write_csv
+from perceiver_med.csvfiles import as_written, read_csv, write_csv
 from perceiver_med.files import refuse_inside
+from perceiver_med.errors import UserError
 from perceiver_med.inputs.labels import folder_label, known_patient, laterality_of
 from perceiver_med.inputs.loading import load_inputs, suited_samples
-from perceiver_med.inputs.points import COORDINATES
+from perceiver_med.inputs.points import COORDINATES, Echo, parse_classes
 from perceiver_med.inputs.samples import Sample
 from perceiver_med.io import discover
 from perceiver_med.io.discover import Skip
@@ -24,14 +26,21 @@ from perceiver_med.training.config import Runtime, applies_runtime, is_lateralit
 
 
 def write_predictions(path: Path, samples: list[Sample], decided: Decisions, with_points: bool = False,
-                      scan_column: tuple[str, list[str]] | None = None) -> None:
+                      echo: Echo | None = None) -> None:
     """One row per sample: path[,coordX,coordY,coordZ][,label],pred,prob_<class>... `with_points` writes each
     sample's point (LPS mm), which tells the samples of a run trained on points apart; the label column is there
-    when every sample's label is one of the run's classes. `scan_column` (a name and one cell per sample) names
-    the scans as a points file did, instead of by their paths."""
-    name, scans = scan_column or ("path", [str(sample.path) for sample in samples])
+    when every sample's label is one of the run's classes. `echo` (the samples' points file's own columns) names
+    the scan and the coordinates as the file does, and repeats every other column of the file after the label
+    (a `label` column of the file only where no label is written in its place)."""
     with_label = all(sample.label in decided.classes for sample in samples)
-    columns = [name] + (list(COORDINATES) if with_points else []) + (["label"] if with_label else []) + [
+    if echo is None:
+        scan_column, scans, coordinates = "path", [str(sample.path) for sample in samples], list(COORDINATES)
+        carried, cells = [], [[] for _ in samples]
+    else:
+        scan_column, scans, coordinates = echo.scan_column, echo.scan_cells, echo.coordinates
+        kept = [k for k, column in enumerate(echo.columns) if not (with_label and column == "label")]
+        carried, cells = [echo.columns[k] for k in kept], [[row[k] for k in kept] for row in echo.cells]
+    columns = [scan_column] + (coordinates if with_points else []) + (["label"] if with_label else []) + carried + [
         "pred"] + [f"prob_{c}" for c in decided.classes]
     names = decided.names
 
@@ -39,7 +48,7 @@ def write_predictions(path: Path, samples: list[Sample], decided: Decisions, wit
         # floats, not text: the csv module writes their repr (a point's is the value given), and a number is
         # never formula-escaped
         return ([scans[k]] + (list(sample.point) if with_points else []) + ([sample.label] if with_label else [])
-                + [names[k]] + [float(v) for v in decided.probs[k]])
+                + [as_written(cell) for cell in cells[k]] + [names[k]] + [float(v) for v in decided.probs[k]])
 
     write_csv(path, columns, (row(k, sample) for k, sample in enumerate(samples)))
 
@@ -80,7 +89,8 @@ def read_predictions(path: Path, classes: list[str]) -> PredictionsFile:
 class PredictRequest:
     """Every scan under `scans` (a folder or one file), or for a run trained on points every row of the points
     CSV `points`, through the run in `run`; `out` is the predictions CSV to write (a new file unless
-    `overwrite`); `tta` > 1 averages that many label-preserving views of each sample."""
+    `overwrite`); `tta` > 1 averages that many label-preserving views of each sample; `classes`
+    ("0=benign,1=malignant") names the class of each label value of the points file."""
 
     run: Path
     scans: Path
@@ -89,6 +99,7 @@ class PredictRequest:
     tta: int = 1
     overwrite: bool = False
     runtime: Runtime = field(default_factory=Runtime)
+    classes: str | None = None
 
 
 @dataclass
@@ -111,6 +122,9 @@ def predict_run(request: PredictRequest, on_done: Callable[[int, int], None] | N
     writes `out` and returns the samples with the run's decisions, and the files or rows skipped with their
     reasons."""
     scans, out, points, workers = Path(request.scans), request.out, request.points, request.runtime.workers
+    classes = parse_classes(request.classes)
+    if classes and points is None:
+        raise UserError("--classes names the label values of a points file: give it with --points CSV")
     predictor = Predictor(request.run, request.runtime.device, request.tta)
     config = predictor.config
     refuse_inside(out, scans)
@@ -118,16 +132,16 @@ def predict_run(request: PredictRequest, on_done: Callable[[int, int], None] | N
     check_point_run(config, points)
     trained_on = predictor.run.trained_on(config)
     if points is not None:
-        prepared = prepare_points(Path(points), scans, config, workers, on_done)
+        prepared = prepare_points(Path(points), scans, config, workers, on_done, classes)
         samples, inputs, skipped = prepared.samples, prepared.inputs, prepared.skipped
-        scan_column = prepared.scan_column
+        echo = prepared.echo
     else:
         samples, inputs, skipped = _prepare_scans(scans, config, workers, on_done)
-        scan_column = None
+        echo = None
     samples = [replace(sample, label=_known(sample.label, config.classes), split=trained_on.split_of(sample))
                for sample in samples]
     decided = predictor.predict(inputs)
-    write_predictions(out, samples, decided, points is not None, scan_column)
+    write_predictions(out, samples, decided, points is not None, echo)
     source = ("points file" if points is not None else
               "class folders or laterality" if is_laterality(config.classes) else "class folders")
     return Predicted(samples, decided, skipped, config.positive_class, config.decision.threshold, source)
