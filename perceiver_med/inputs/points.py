@@ -7,7 +7,7 @@ A row names its scan by `seriesuid` (the DICOM SeriesInstanceUID; a MetaImage na
 `diameter_mm`, `label` and `patient_id` are optional. Each column is found under the spellings of COLUMNS, the one
 place that knows them: LUNA25 writes `SeriesInstanceUID, CoordX, CoordY, CoordZ, PatientID`, LUNA16's candidates
 `class`. Every other column (LUNA25's `AnnotationID, NoduleID, StudyDate`...) is carried, as written, to the outputs
-that echo the file (`predict`). A NIfTI scan stores RAS, and its reader converts its affine to LPS, so the same
+that echo the file (`predict` writes the file's table with its own columns added). A NIfTI scan stores RAS, and its reader converts its affine to LPS, so the same
 coordinates work for every format.
 
 Labels are used as written ("0" and "1" are two classes), or renamed by `--classes 0=benign,1=malignant`.
@@ -47,27 +47,24 @@ class PointsFile:
     columns: list[str]
     samples: list[Sample]
     skipped: list[Skip]
-    scan_cells: dict[str, str]  # point_id -> the `by` cell as written, for outputs that echo the file
     names: dict[str, str]  # a column of COLUMNS -> its name in this file, for the columns the file has
-    carried_columns: list[str]  # every column but the scan's and the coordinates, in the file's order
-    carried: dict[str, list[str]]  # point_id -> its cells of `carried_columns`, as written
+    cells: dict[str, dict[str, str]]  # point_id -> its row's cells as written, for outputs that echo the file
 
     def echo(self, samples: list[Sample]) -> "Echo":
-        """The file's own columns for these samples (of this file), as an output repeats them."""
-        return Echo(self.names[self.by], [self.names[c] for c in COORDINATES], self.carried_columns,
-                    [self.scan_cells[s.point_id] for s in samples], [self.carried[s.point_id] for s in samples])
+        """The file's own columns and cells for these samples (of this file), as an output repeats them."""
+        return Echo([column for column in self.columns if column], [self.names[c] for c in COORDINATES],
+                    self.names.get("label", ""), [self.cells[sample.point_id] for sample in samples])
 
 
 @dataclass
 class Echo:
-    """A points file's columns as an output repeats them: the scan column's name and cells, the coordinate columns'
-    names, and every other column (the label column among them) with each sample's cells, as written."""
+    """A points file's table as an output repeats it: its columns in its order, which of them hold the coordinates
+    and the label ("" where it has none), and each sample's row of cells as written."""
 
-    scan_column: str
-    coordinates: list[str]
     columns: list[str]
-    scan_cells: list[str]
-    cells: list[list[str]]
+    coordinates: list[str]
+    label_column: str
+    rows: list[dict[str, str]]
 
 
 def column_names(header: list[str], csv_path: Path) -> dict[str, str]:
@@ -116,9 +113,8 @@ def read_points(csv_path: Path, classes: dict[str, str] | None = None) -> Points
         raise UserError(f"{printable(csv_path)} is not a points file: it needs a seriesuid (or SeriesInstanceUID) or "
                         "a path column to name each point's scan")
     named = {column: names.get(column, "") for column in COLUMNS}
-    samples, skipped, scan_cells, carried = [], [], {}, {}
+    samples, skipped, cells = [], [], {}
     first: dict[tuple, Sample] = {}
-    carried_columns = [c for c in table.columns if c and c not in {names[by], *(names[k] for k in COORDINATES)}]
     for record in table.rows:
         try:
             reference = record.path(named[by]) if by == "path" else record.text(named[by], required=True)
@@ -135,13 +131,12 @@ def read_points(csv_path: Path, classes: dict[str, str] | None = None) -> Points
         earlier = first.setdefault((reference, point), sample)
         if earlier is sample:
             samples.append(sample)
-            scan_cells[str(record.line)] = record.cells.get(named[by], "")
-            carried[str(record.line)] = [record.cells.get(column, "") for column in carried_columns]
+            cells[str(record.line)] = record.cells
         else:  # one reason for every repeat of a row, so the skip summary counts them on one line
             labels = f" (labelled {earlier.label!r} there)" if sample.label != earlier.label else ""
             skipped.append(Skip(Path(csv_path), f"the same point of the same scan as line {earlier.point_id}{labels}, "
                                                 "which is used once"))
-    return PointsFile(Path(csv_path), by, table.columns, samples, skipped, scan_cells, names, carried_columns, carried)
+    return PointsFile(Path(csv_path), by, table.columns, samples, skipped, names, cells)
 
 
 def _label(record, column: str, classes: dict[str, str]) -> str:

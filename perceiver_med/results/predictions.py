@@ -29,28 +29,30 @@ def write_predictions(path: Path, samples: list[Sample], decided: Decisions, wit
                       echo: Echo | None = None) -> None:
     """One row per sample: path[,coordX,coordY,coordZ][,label],pred,prob_<class>... `with_points` writes each
     sample's point (LPS mm), which tells the samples of a run trained on points apart; the label column is there
-    when every sample's label is one of the run's classes. `echo` (the samples' points file's own columns) names
-    the scan and the coordinates as the file does, and repeats every other column of the file after the label
-    (a `label` column of the file only where no label is written in its place)."""
+    when every sample's label is one of the run's classes. With `echo` (the samples' points file), a row is instead
+    the file's own row, every cell as written (its label, where known, the run's class of it), then pred and
+    prob_<class>...: the user's table with the run's columns added."""
     with_label = all(sample.label in decided.classes for sample in samples)
-    if echo is None:
-        scan_column, scans, coordinates = "path", [str(sample.path) for sample in samples], list(COORDINATES)
-        carried, cells = [], [[] for _ in samples]
+    if echo is not None:
+        columns = echo.columns + ["pred"] + [f"prob_{c}" for c in decided.classes]
+        label_column = echo.label_column if with_label else ""
     else:
-        scan_column, scans, coordinates = echo.scan_column, echo.scan_cells, echo.coordinates
-        kept = [k for k, column in enumerate(echo.columns) if not (with_label and column == "label")]
-        carried, cells = [echo.columns[k] for k in kept], [[row[k] for k in kept] for row in echo.cells]
-    columns = [scan_column] + (coordinates if with_points else []) + (["label"] if with_label else []) + carried + [
-        "pred"] + [f"prob_{c}" for c in decided.classes]
+        columns = ["path"] + (list(COORDINATES) if with_points else []) + (["label"] if with_label else []) + [
+            "pred"] + [f"prob_{c}" for c in decided.classes]
     names = decided.names
 
-    def row(k: int, sample: Sample) -> list:
-        # floats, not text: the csv module writes their repr (a point's is the value given), and a number is
-        # never formula-escaped
-        return ([scans[k]] + (list(sample.point) if with_points else []) + ([sample.label] if with_label else [])
-                + [as_written(cell) for cell in cells[k]] + [names[k]] + [float(v) for v in decided.probs[k]])
+    def cells(k: int, sample: Sample) -> list:
+        if echo is None:
+            return [str(sample.path)] + (list(sample.point) if with_points else []) + (
+                [sample.label] if with_label else [])
+        point = dict(zip(echo.coordinates, sample.point))
+        return [point[c] if c in point else sample.label if c == label_column else as_written(echo.rows[k].get(c, ""))
+                for c in echo.columns]
 
-    write_csv(path, columns, (row(k, sample) for k, sample in enumerate(samples)))
+    # floats, not text: the csv module writes their repr (a point's is the value given), and a number is never
+    # formula-escaped
+    write_csv(path, columns, (cells(k, sample) + [names[k]] + [float(v) for v in decided.probs[k]]
+                              for k, sample in enumerate(samples)))
 
 
 @dataclass

@@ -95,7 +95,7 @@ def write_luna25(out: Path, patients: int, seed: int, layout: ChestLayout = LAYO
     return scans
 
 
-def write_luna16(out: Path, patients: int, seed: int, subsets: int = 3, layout: ChestLayout = LAYOUT) -> int:
+def write_luna16(out: Path, patients: int, seed: int, subsets: int = 10, layout: ChestLayout = LAYOUT) -> int:
     """Write the LUNA16-shaped set into `out` (see the module): patient n in subset n % `subsets`; returns the
     number of scans."""
     annotations, candidates = [], []

@@ -208,7 +208,7 @@ FOLDER = "folder"  # --folds-from folder: the folder under DATA that holds each 
 def fold_values(samples: list[Sample], folds_from: str, table: PointsFile | None, root: Path) -> tuple[list[str], str]:
     """Each sample's fold as the data set gives it, and where it came from (for messages): the cell of a column of
     the points file, or the first folder of the scan's path under `root`."""
-    columns = table.carried_columns if table is not None else []
+    columns = [c for c in table.columns if c] if table is not None else []
     if folds_from == FOLDER and FOLDER in columns:
         raise UserError("--folds-from folder: the points file has a column called folder too; rename it, so that "
                         "which one gives the folds is plain")
@@ -220,10 +220,8 @@ def fold_values(samples: list[Sample], folds_from: str, table: PointsFile | None
                         "folder for the folders that hold the scans")
     if folds_from not in columns:
         raise UserError(f"--folds-from {printable(folds_from)} is not a column of {printable(table.source)} "
-                        f"(its columns: {', '.join(printable(c) for c in columns) or 'none besides the point'}), "
-                        "nor folder")
-    index = columns.index(folds_from)
-    return [table.carried[sample.point_id][index].strip() for sample in samples], \
+                        f"(its columns: {', '.join(printable(c) for c in columns)}), nor folder")
+    return [table.cells[sample.point_id].get(folds_from, "").strip() for sample in samples], \
         f"column {printable(folds_from)} of {printable(table.source.name)}"
 
 
