@@ -160,6 +160,30 @@ def test_classes_that_do_not_fit_the_table_are_one_line_errors_or_skips(luna25, 
     assert code == 2 and "leave out --ratios" in err
 
 
+def test_the_benchmarks_spellings_are_read_as_ours_and_a_doubled_column_is_refused(luna25, tmp_path, run_cli):
+    from perceiver_med.errors import UserError
+
+    _, rows = _table(luna25 / LUNA25_TABLE)
+    points = read_points(luna25 / LUNA25_TABLE, CLASSES)
+    assert [s.label for s in points.samples] == [CLASSES[r["label"]] for r in rows]
+    assert [s.point for s in points.samples] == [tuple(float(r[c]) for c in ("CoordX", "CoordY", "CoordZ"))
+                                                 for r in rows]
+    assert [(s.series_uid, s.patient_id) for s in points.samples] == [(r["SeriesInstanceUID"], r["PatientID"])
+                                                                      for r in rows]
+    uid = rows[0]["SeriesInstanceUID"]
+    (tmp_path / "both.csv").write_text(f"seriesuid,coordX,coordY,coordZ,label,class\n{uid},1,2,3,0,0\n")
+    with pytest.raises(UserError, match="has both label and class columns"):
+        read_points(tmp_path / "both.csv")
+    (tmp_path / "two.csv").write_text(f"seriesuid,coordX,coordY,coordZ,class\n{uid},1,2,3,2\n{uid},1,2,4,1\n")
+    two = read_points(tmp_path / "two.csv", CLASSES)
+    assert [s.label for s in two.samples] == ["malignant"]
+    assert "two.csv:2: class '2' is not one of the values --classes names (0, 1)" in two.skipped[0].reason
+    # folds given by a column that splits a patient (StudyDate: a patient's studies differ) are a leak, refused
+    code, out, err = run_cli("split", luna25 / LUNA25_IMAGES, "--points", luna25 / LUNA25_TABLE, "--folds-from",
+                             "StudyDate", "--out", tmp_path / "s.csv")
+    assert code == 2 and "without one fold" in err and not (tmp_path / "s.csv").exists()
+
+
 # ---------------------------------------------------------------- LUNA16: subsets as folds, a candidates table
 @pytest.fixture(scope="module")
 def luna16(tmp_path_factory):

@@ -110,8 +110,8 @@ def read_points(csv_path: Path, classes: dict[str, str] | None = None) -> Points
                         f"(or {','.join(COLUMNS[c][1] for c in COORDINATES)}; found: {found})")
     by = next((name for name in ("seriesuid", "path") if name in names), None)
     if by is None:
-        raise UserError(f"{printable(csv_path)} is not a points file: it needs a seriesuid (or SeriesInstanceUID) or "
-                        "a path column to name each point's scan")
+        raise UserError(f"{printable(csv_path)} is not a points file: it needs a seriesuid or a path column "
+                        "(LUNA25: SeriesInstanceUID) to name each point's scan")
     named = {column: names.get(column, "") for column in COLUMNS}
     samples, skipped, cells = [], [], {}
     first: dict[tuple, Sample] = {}
