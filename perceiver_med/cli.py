@@ -15,14 +15,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from perceiver_med import __version__
 from perceiver_med.inputs.kinds import AUTO, KINDS
-from perceiver_med.inputs.splits import SPLITS
 from perceiver_med.models import DEFAULT_MODEL
 from perceiver_med.io.limits import ENV as MAX_VOXELS_VARIABLE
 from perceiver_med.io.limits import parse_max_voxels
 from perceiver_med.training.config import POSITIVE_NAMES, SEED_RANGE, Runtime, TrainConfig, value_range
 from perceiver_med.errors import Interrupted, UserError
-from perceiver_med.results.display import (console, counts_table, err_console, metrics_table, plain, scans_table,
-                                  skipped_table, summary_line, trust_table)
+from perceiver_med.results.display import (console, counts_table, err_console, froc_table, metrics_table, plain,
+                                           scans_table, skipped_table, summary_line, trust_table)
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
                   context_settings={"max_content_width": 100},
@@ -75,6 +74,12 @@ class Precision(str, Enum):
 class ClassWeights(str, Enum):
     none = "none"
     auto = "auto"
+
+
+class Sampler(str, Enum):
+    auto = "auto"
+    shuffle = "shuffle"
+    balanced = "balanced"
 
 
 class SplitName(str, Enum):
@@ -314,10 +319,12 @@ def split(data: Annotated[Optional[Path], typer.Argument(help="folder of scans",
     console.print(f"splits written to [bold]{escape(str(out))}[/]")
 
 
-@app.command(short_help="Segmentation masks -> a points CSV: one point per connected component.")
+@app.command(short_help="Segmentation masks or LIDC-IDRI readings -> a points CSV: one point per lesion.")
 def points(masks: Annotated[Path, typer.Argument(help="folder of masks (NIfTI label maps named as their scans, "
-                                                      "or DICOM SEG), or one mask", metavar="MASKS")],
-           scans: Annotated[Path, typer.Option(help="folder of the scans the masks segment", metavar="DIR")],
+                                                      "or DICOM SEG), or one mask; or LIDC-IDRI readers' XML (a TCIA "
+                                                      "download: the scans folder itself)", metavar="MASKS")],
+           scans: Annotated[Path, typer.Option(help="folder of the scans the masks segment (or the readings read)",
+                                               metavar="DIR")],
            out: Annotated[Path, typer.Option(help="points CSV to write", metavar="CSV")],
            mask_labels: Annotated[Optional[str], typer.Option(
                help="class of each label value (SEG: segment number), e.g. 1=benign,2=malignant; other values are "
@@ -325,23 +332,34 @@ def points(masks: Annotated[Path, typer.Argument(help="folder of masks (NIfTI la
                metavar="VALUE=CLASS,...")] = None,
            overwrite: Overwrite = False):
     """Each connected component of a mask becomes one row: its centroid in patient mm (LPS), the diameter of a
-    sphere of its volume, its label; `split DATA --points CSV` takes the file."""
+    sphere of its volume, its label. LIDC-IDRI XML: the readers' outlines of one nodule (3 mm or more) become one
+    row, labelled by their median malignancy rating. `split DATA --points CSV` takes the file."""
     from rich.table import Table
 
+    from perceiver_med.inputs.lidc import LidcPoints
     from perceiver_med.workflows.folders import mask_points
 
     result = mask_points(masks, scans, out, mask_labels, overwrite)
-    table = Table(title=f"components per scan ({len(result.scans)} mask(s) used)")
-    for column in ("mask", "scan", "components"):
-        table.add_column(column, justify="right" if column == "components" else "left")
-    for item in result.scans:
-        table.add_row(plain(item.mask.name), plain(item.scan.id), str(len(item.components)))
+    if isinstance(result, LidcPoints):
+        table = Table(title=f"nodules of 3 mm or more per series ({len(result.series)} reading(s) used)")
+        for column in ("reading", "series", "nodules", "labelled", "marks under 3 mm", "non-nodules"):
+            table.add_column(column, justify="left" if column in ("reading", "series") else "right")
+        for item in result.series:
+            table.add_row(plain(item.reading.name), plain(item.scan.id), str(len(item.nodules)),
+                          str(len(item.labelled)), str(item.small_marks), str(item.non_nodules))
+        what, skipped_title = "nodule point(s)", "skipped (readings and other XML files)"
+    else:
+        table = Table(title=f"components per scan ({len(result.scans)} mask(s) used)")
+        for column in ("mask", "scan", "components"):
+            table.add_column(column, justify="right" if column == "components" else "left")
+        for item in result.scans:
+            table.add_row(plain(item.mask.name), plain(item.scan.id), str(len(item.components)))
+        what, skipped_title = "point(s) from masks", "skipped (masks and other files)"
     console.print(table)
-    _print_skips(result.skipped, "skipped (masks and other files)")
+    _print_skips(result.skipped, skipped_title)
     for note in result.notes:
         console.print(f"[yellow]note[/]: {escape(note)}")
-    console.print(f"labels from {escape(result.label_source)}; "
-                  + summary_line(result.rows, len(result.skipped), "point(s) from masks"))
+    console.print(f"labels from {escape(result.label_source)}; " + summary_line(result.rows, len(result.skipped), what))
     console.print(f"points written to [bold]{escape(str(out))}[/]")
 
 
@@ -398,7 +416,9 @@ def prepare(splits: Annotated[Path, typer.Argument(help="splits CSV", metavar="S
 
 
 def _is_main_process() -> bool:
-    return os.environ.get("RANK", "0") == "0"
+    from perceiver_med.training.engine import Processes
+
+    return Processes.planned().main
 
 
 _D = TrainConfig()
@@ -497,6 +517,10 @@ def train(splits: Annotated[Optional[Path], typer.Argument(help="splits CSV from
               show_default="0.5")] = None,
           class_weights: Annotated[Optional[ClassWeights], _choice("auto: inverse class frequency in the loss",
                                                                    show_default="none")] = None,
+          sampler: Annotated[Optional[Sampler], _choice(
+              "how an epoch draws training samples: shuffle (each once) or balanced (with replacement, each class "
+              "equally often); auto: balanced where a class has under 1/4 of the commonest class's training "
+              "samples and --class-weights is not auto", show_default="auto")] = None,
           num_workers: Annotated[int, typer.Option(help="preprocessing processes (0: one per core, up to 8; never "
                                                         "more than the cores)", min=0,
                                                    max=value_range(TrainConfig, "num_workers")[1],
@@ -515,7 +539,9 @@ def train(splits: Annotated[Optional[Path], typer.Argument(help="splits CSV from
     from perceiver_med.workflows.train import train as train_model
 
     options = dict(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, patience=patience,
-                   stop_loss=stop_loss, seed=seed, class_weights=_value(class_weights), input=_value(input), size=size, channels=channels,
+                   stop_loss=stop_loss, seed=seed, class_weights=_value(class_weights),
+                   sampler=None if sampler in (None, Sampler.auto) else sampler.value, input=_value(input),
+                   size=size, channels=channels,
                    grid_pad=grid_pad, fov_mm=fov_mm, slice_mm=slice_mm, window=window, flip=flip, positive=positive,
                    threshold=threshold, **model_options)
     request = TrainRequest(splits, out, model, options, _runtime(max_voxels, device, precision, num_workers),
@@ -549,15 +575,31 @@ def evaluate(run: Annotated[Path, typer.Argument(help="run directory", metavar="
                                                             "are refused", metavar="CSV",
                                                             show_default="the run's frozen copy")] = None,
              split: Annotated[SplitName, _choice("which split")] = SplitName.all,
+             nodules: Annotated[Optional[Path], typer.Option(
+                 help="a point run's nodule reference for FROC and CPM, as LUNA16 counts them: seriesuid (or "
+                      "path),coordX,coordY,coordZ,diameter_mm in LPS mm (LUNA16's annotations.csv)",
+                 metavar="CSV")] = None,
+             excluded: Annotated[Optional[Path], typer.Option(
+                 help="findings whose hits FROC ignores, in the same columns (annotations_excluded.csv)",
+                 metavar="CSV")] = None,
+             out: Annotated[Optional[Path], typer.Option(help="also write the metrics as JSON (metrics.json's "
+                                                             "form)", metavar="JSON")] = None,
+             overwrite: Overwrite = False,
              tta: TtaOption = 1, device: DeviceOption = Device.auto, max_voxels: MaxVoxels = None):
-    """Metrics of a trained run on the chosen splits."""
+    """Metrics of a trained run on the chosen splits; FROC and CPM of a point run with --nodules."""
     from perceiver_med.results.evaluation import evaluate_run
 
-    metrics = evaluate_run(run, splits, split.value, tta, _runtime(max_voxels, device))
+    metrics = evaluate_run(run, splits, split.value, tta, _runtime(max_voxels, device), nodules, excluded, out,
+                           overwrite)
     views = f", mean of {tta} test-time views" if tta > 1 else ""
     console.print(metrics_table(metrics, f"{escape(str(run))} (positive class: "
                                          f"{escape(metrics['positive_class'])}{views})"))
     _print_trust(metrics)
+    table = froc_table(metrics)
+    if table is not None:
+        console.print(table)
+    if out is not None:
+        console.print(f"wrote [bold]{escape(str(out))}[/]")
 
 
 def _print_trust(metrics: dict) -> None:
@@ -595,27 +637,18 @@ def predict(run: Annotated[Path, typer.Argument(help="run directory", metavar="R
     if len(samples) > 30:
         table.caption = f"... and {len(samples) - 30} more in {escape(str(out))}"
     console.print(table)
-    if samples and all(sample.label for sample in samples):
-        _print_accuracy(samples, decided.names, predicted.label_source)
+    scored = predicted.accuracy()
+    if scored is not None and scored.accuracy is not None:
+        console.print(f"accuracy against the labels of the {predicted.label_source}, on {scored.unseen} sample(s) "
+                      f"of patients the run did not train on: [bold]{scored.accuracy:.4f}[/]")
+    if scored is not None and scored.own:
+        counts = ", ".join(f"{n} of its {split} patients" for split, n in scored.own.items())
+        console.print(f"{sum(scored.own.values())} labelled sample(s) were the run's own ({counts}): left out of "
+                      "the accuracy")
     _print_skips(predicted.skipped)
     noun = "point(s)" if points else "scan(s)"
     console.print(summary_line(len(samples), len(predicted.skipped), f"{noun} predicted")
                   + f"; written to [bold]{escape(str(out))}[/]")
-
-
-def _print_accuracy(samples: list, preds: list[str], source: str) -> None:
-    """Accuracy of labelled predictions, never mixing in samples the run learnt from (its train and val
-    patients): those are counted and left out."""
-    own = [sample for sample in samples if sample.split in SPLITS[:2]]
-    unseen = [(sample, pred) for sample, pred in zip(samples, preds) if sample.split not in SPLITS[:2]]
-    if unseen:
-        accuracy = sum(pred == sample.label for sample, pred in unseen) / len(unseen)
-        console.print(f"accuracy against the labels of the {source}, on {len(unseen)} sample(s) of patients the "
-                      f"run did not train on: [bold]{accuracy:.4f}[/]")
-    if own:
-        counts = ", ".join(f"{sum(s.split == split for s in own)} of its {split} patients" for split in SPLITS[:2]
-                           if any(s.split == split for s in own))
-        console.print(f"{len(own)} labelled sample(s) were the run's own ({counts}): left out of the accuracy")
 
 
 @app.command(short_help="Overlays of what each prediction rests on (occlusion evidence).")
@@ -639,12 +672,18 @@ def explain(run: Annotated[Path, typer.Argument(help="run directory", metavar="R
 def report(run: Annotated[Path, typer.Argument(help="run directory", metavar="RUN")],
            out: Annotated[Path, typer.Option(help="HTML file to write; OUT.md and OUT_files/ go beside it",
                                              metavar="HTML")],
+           nodules: Annotated[Optional[Path], typer.Option(
+               help="a point run's nodule reference: adds FROC and CPM of its predictions (as evaluate --nodules)",
+               metavar="CSV")] = None,
+           excluded: Annotated[Optional[Path], typer.Option(help="findings whose hits FROC ignores "
+                                                                 "(annotations_excluded.csv)", metavar="CSV")] = None,
            overwrite: Overwrite = False):
     """A model card of a trained run: flow of patients, per-split characteristics, configuration and file hashes,
-    metrics with 95% intervals, calibration, the most confident errors, and a CLAIM 2024 checklist."""
+    metrics with 95% intervals, calibration, the most confident errors, and a CLAIM 2024 checklist; FROC and CPM of
+    a point run with --nodules."""
     from perceiver_med.results.report import write_report
 
-    written = write_report(run, out, overwrite)
+    written = write_report(run, out, overwrite, nodules, excluded)
     console.print(f"wrote [bold]{escape(str(written))}[/] and [bold]{escape(str(written.with_suffix('.md')))}[/]")
 
 
@@ -702,8 +741,30 @@ def main() -> None:
             print(exc.ctx.get_help())
         else:
             context = getattr(exc, "ctx", None)
+            exc.message = _plain_validation(exc)
             _error_line(f"{exc.format_message()} (see {context.command_path if context else 'perceiver-med'} --help)")
         sys.exit(getattr(exc, "exit_code", 2))
+
+
+# Typer checks option values with pydantic; its messages ("Input should be greater than or equal to 0") are
+# said here as a person would, with the value given, so `--lr nan` reads "must be at least 0, not nan".
+_VALIDATION_PHRASES = {"greater_than_equal": "at least {ge}", "greater_than": "more than {gt}",
+                       "less_than_equal": "at most {le}", "less_than": "less than {lt}",
+                       "int_parsing": "a whole number", "int_from_float": "a whole number",
+                       "float_parsing": "a number", "finite_number": "a finite number"}
+
+
+def _plain_validation(exc) -> str:
+    """A usage error's message, in plain words where pydantic phrased it."""
+    cause = exc.__cause__
+    errors = cause.errors() if type(cause).__name__ == "ValidationError" else []
+    phrase = _VALIDATION_PHRASES.get(errors[0]["type"]) if errors else None
+    if phrase is None:
+        return exc.message
+    given = errors[0].get("input")
+    bounds = {name: f"{value:g}" if isinstance(value, float) else value
+              for name, value in errors[0].get("ctx", {}).items()}
+    return f"must be {phrase.format(**bounds)}, not {plain(str(given))}"
 
 
 def _error_line(text: str) -> None:

@@ -1,15 +1,19 @@
-"""Every CSV the tool reads or writes: one encoding, one escaping rule, one-line errors.
+r"""Every CSV the tool reads or writes: one encoding, one escaping rule, one-line errors.
 
-- Written as UTF-8 with `surrogateescape`: a file name that is not valid UTF-8 (Linux allows any
-  bytes) is written as its own bytes, and read back as the same name, so `train` finds the file.
-- Read as UTF-8 with an optional byte-order mark (Excel's "CSV UTF-8"), with `surrogateescape` too:
-  path cells and patient ids keep a file name's bytes; other text (labels) must be UTF-8.
+- Written as valid UTF-8, always: a byte of a file name that is not UTF-8 (Linux allows any bytes; shared
+  drives hold such names) is written as the four characters \xNN, as the tool prints it, so pandas and
+  spreadsheets open every file. Path cells and patient ids read \xNN (NN from 80 to FF) back as that byte, so
+  `train` finds the file again; a name holding a literal backslash, x and two such hex digits would be misread
+  (no real file name seen holds one).
+- Read as UTF-8 with an optional byte-order mark (Excel's "CSV UTF-8"), with `surrogateescape`: a path cell
+  or patient id written as raw bytes by another tool keeps them; other text (labels) must be UTF-8.
 - Cells that a spreadsheet would run as a formula (starting with = + - @, tab or CR) are written
   with a leading single quote, the OWASP advice, and the quote is removed again on reading.
 """
 from __future__ import annotations
 
 import csv
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
@@ -35,9 +39,14 @@ def _looks_like_formula(text: str) -> bool:
 
 
 def escape_cell(value: object) -> object:
-    """A cell as written: text a spreadsheet would run as a formula gets a leading quote."""
-    if isinstance(value, str) and _looks_like_formula(value):
-        return "'" + value
+    """A cell as written: bytes that are not UTF-8 as \\xNN; text a spreadsheet would run as a formula gets a
+    leading quote."""
+    if isinstance(value, Path):
+        value = str(value)
+    if isinstance(value, str):
+        value = printable(value)
+        if _looks_like_formula(value):
+            return "'" + value
     return value
 
 
@@ -51,6 +60,14 @@ def as_written(text: str) -> str | int | float:
             continue
         return number if repr(number) == text else text
     return text
+
+
+_BYTE_ESCAPE = re.compile(r"\\x([89a-fA-F][0-9a-fA-F])")
+
+
+def _file_name_bytes(text: str) -> str:
+    """The inverse of printable for the bytes of a file name: \\xNN (80 to FF) back to the byte it stands for."""
+    return _BYTE_ESCAPE.sub(lambda match: chr(0xDC00 + int(match.group(1), 16)), text)
 
 
 def unescape_cell(text: str) -> str:
@@ -87,18 +104,23 @@ class CsvRow:
         """A stripped text cell; refused when empty and required, or not UTF-8 (unless `any_bytes`:
         an identifier taken from a file name, such as a patient id, keeps the name's bytes)."""
         value = self.cells.get(column, "").strip()
-        if not any_bytes and value != printable(value):
+        if any_bytes:
+            return self._required(column, _file_name_bytes(value), required)
+        if value != printable(value):
             raise self.error(f"the {column} '{printable(value)}' is not UTF-8 text: save the file as UTF-8")
+        return self._required(column, value, required)
+
+    def _required(self, column: str, value: str, required: bool) -> str:
         if required and not value:
             raise self.error(f"empty {column}")
         return value
 
     def path(self, column: str = "path") -> str:
-        """A path cell as written, bytes that are not UTF-8 kept (they are the file's name)."""
+        """A path cell as written, with the bytes of a name that is not UTF-8 (written \\xNN, or raw)."""
         value = self.cells.get(column, "")
         if not value.strip():
             raise self.error(f"empty {column}")
-        return value
+        return _file_name_bytes(value)
 
     def integer(self, column: str) -> int | None:
         """A non-negative whole number (4 or 4.0), or None for an empty or absent cell."""
@@ -140,8 +162,11 @@ def read_csv(path: Path | str, kind: str, required: Iterable[str]) -> CsvTable:
                 missing = [name for name in required if name not in header]
                 if missing:
                     found = ",".join(printable(name) for name in header) or "nothing"
+                    separator = next((sep for sep in ";\t|" if len(header) == 1 and sep in header[0]), None)
+                    hint = (f"; its columns are separated by {separator!r}: save it as comma-separated values"
+                            if separator else "")
                     raise UserError(f"{printable(path)} is not a {kind}: it needs the columns {','.join(required)} "
-                                    f"(found: {found})")
+                                    f"(found: {found}){hint}")
                 rows = []
                 for record in reader:
                     if not any(cell.strip() for cell in record):

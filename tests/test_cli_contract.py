@@ -41,9 +41,10 @@ def copy_run(run, tmp_path):
 @pytest.mark.parametrize("args, expected", [
     (["train", "--no-such-option"], "No such option"),
     (["train"], "Missing"),
-    (["train", "s.csv", "--out", "r", "--epochs", "abc"], "--epochs"),
-    (["train", "s.csv", "--out", "r", "--epochs", "-1"], "--epochs"),
-    (["train", "s.csv", "--out", "r", "--batch-size", "0"], "--batch-size"),
+    (["train", "s.csv", "--out", "r", "--epochs", "abc"], "'--epochs': must be a whole number, not abc"),
+    (["train", "s.csv", "--out", "r", "--epochs", "-1"], "'--epochs': must be at least 0, not -1"),
+    (["train", "s.csv", "--out", "r", "--batch-size", "0"], "'--batch-size': must be at least 1, not 0"),
+    (["train", "s.csv", "--out", "r", "--lr", "nan"], "'--lr': must be at least 0, not nan"),
     (["train", "s.csv", "--out", "r", "--model", "resnet"], "--model"),
     (["-V"], "No such option"),
     (["predict"], "Missing"),
@@ -97,7 +98,15 @@ def test_choices_accept_any_case(run_installed, knee, tmp_path):
 def test_bad_paths_get_a_sentence_that_says_what_is_wrong(run_installed, tmp_path, knee, run):
     assert "does not exist" in one_line(run_installed("inspect", tmp_path / "missing"))
     assert "folder" in one_line(run_installed("split", "--check", knee / "data"))
-    assert "folder" in one_line(run_installed("train", knee / "data", "--out", tmp_path / "r"))
+    err = one_line(run_installed("train", knee / "data", "--out", tmp_path / "r"))
+    assert "is a folder" in err and f"perceiver-med split {knee / 'data'} --out splits.csv" in err
+    points = tmp_path / "points.csv"
+    points.write_text("seriesuid,coordX,coordY,coordZ,label,patient_id\n1.2.3,0,0,0,benign,P1\n")
+    err = one_line(run_installed("train", points, "--out", tmp_path / "r"))
+    assert "is a points file" in err and f"--points {points}" in err
+    semicolons = tmp_path / "semicolons.csv"
+    semicolons.write_text((knee / "splits.csv").read_text().replace(",", ";"))
+    assert "separated by ';'" in one_line(run_installed("train", semicolons, "--out", tmp_path / "r"))
     err = one_line(run_installed("predict", run, knee / "data", "--out", run / "config.json"))
     assert "run directory" in err
     json.loads((run / "config.json").read_text())  # untouched

@@ -279,6 +279,22 @@ def test_figures_draw_names_as_plain_text(tmp_path):
     assert all(Image.open(tmp_path / name).size[0] > 100 for name in ("confusion.png", "curves.png"))
 
 
+def test_curves_of_a_short_run_have_whole_epoch_ticks_and_a_legend_over_no_curve():
+    from perceiver_med.results.display import curves_figure
+
+    history = [{"stage": "perceiver", "epoch": e, "train_loss": 1 / e, "val_loss": 1.2 / e,
+                "train_accuracy": 0.5 + e / 10, "val_accuracy": 0.4 + e / 10} for e in (1, 2, 3, 4)]
+    figure = curves_figure(history)
+    figure.canvas.draw()
+    for axis in figure.axes:
+        ticks = [t for t in axis.get_xticks() if axis.get_xlim()[0] <= t <= axis.get_xlim()[1]]
+        assert ticks and all(float(t).is_integer() for t in ticks), ticks
+        assert axis.get_legend() is None  # no legend inside a plot, where it would cover points
+    legend = figure.legends[0].get_window_extent()
+    assert all(not legend.overlaps(axis.get_window_extent()) for axis in figure.axes)
+    assert [t.get_text() for t in figure.legends[0].get_texts()] == ["train (running, augmented)", "val"]
+
+
 # ---------------------------------------------------------------- the overlays explain_run writes
 @pytest.fixture(scope="module")
 def spot_run(tmp_path_factory):

@@ -190,11 +190,31 @@ def _path_cell(path: Path, folder: Path) -> str:
 
 def read_splits(csv_path: Path) -> list[Sample]:
     """Read a splits CSV; paths resolved against the CSV's folder. Raises UserError on a malformed file."""
-    table = read_csv(csv_path, "splits file", ("path", "label", "patient_id", "split"))
+    csv_path = Path(csv_path)
+    if csv_path.is_dir():
+        raise UserError(f"{printable(csv_path)} is a folder, not a splits file: make one from a folder of scans with "
+                        f"`perceiver-med split {printable(csv_path)} --out splits.csv`")
+    try:
+        table = read_csv(csv_path, "splits file", ("path", "label", "patient_id", "split"))
+    except UserError as exc:
+        if not _is_points_file(csv_path):
+            raise
+        raise UserError(f"{printable(csv_path)} is a points file, not a splits file: make a splits file with "
+                        f"`perceiver-med split SCANS --points {printable(csv_path)} --out splits.csv`") from exc
     rows = [_split_row(record) for record in table.rows]
     if not rows:
         raise UserError(f"{printable(csv_path)} lists no scans")
     return rows
+
+
+def _is_points_file(path: Path) -> bool:
+    from perceiver_med.inputs.points import COORDINATES
+
+    try:
+        columns = read_csv(path, "points file", ()).columns
+    except UserError:
+        return False
+    return set(COORDINATES) <= set(columns) and "split" not in columns
 
 
 def _split_row(record: CsvRow) -> Sample:

@@ -99,7 +99,7 @@ def _unique_images(members: list[tuple[Path, DicomHeader]]) -> tuple[list[tuple[
 
 
 def _dicom_scan(base, files, info, uid, kind, id_, ordering="", warnings=None, window=None, affine=None,
-                grid_shape=(), assumed=()) -> Scan:
+                grid_shape=(), assumed=(), sop_uids=()) -> Scan:
     """One DICOM scan: a file (its frames in the display convention, as `read_scan` gives them), or a series
     of files in stack order whose grid `affine` (column, row, slice -> RAS) and `grid_shape` are given."""
     series = affine is not None
@@ -112,7 +112,8 @@ def _dicom_scan(base, files, info, uid, kind, id_, ordering="", warnings=None, w
                 kind=kind, modality=info.modality, shape=tuple(shape), spacing=spacing, series_uid=uid,
                 patient_id=info.patient_id, laterality=info.laterality, ordering=ordering,
                 warnings=list(warnings or []), window=window, grid_shape=tuple(grid_shape) if series else (),
-                grid_affine=tuple(map(tuple, np.asarray(affine, float))) if series else None, assumed=tuple(assumed))
+                grid_affine=tuple(map(tuple, np.asarray(affine, float))) if series else None, assumed=tuple(assumed),
+                sop_uids=tuple(sop_uids) if series else (info.sop_uid,))
 
 
 def series_folder(files: list[Path]) -> Path:
@@ -235,7 +236,7 @@ def _stack(members: list[tuple[Path, DicomHeader]], base: Path, uid: str, series
         grid_shape = (first.columns, first.rows, len(files))
         warnings = _gap_warning(np.sort(along))
         return _dicom_scan(base, files, first, uid, "volume", series_id, "position", warnings, window, affine,
-                           grid_shape, assumed)
+                           grid_shape, assumed, [members[k][1].sop_uid for k in order])
     if first.modality in dicom.VOLUME_MODALITIES:
         numbers = [i.instance_number for _, i in members]
         if None not in numbers and len(set(numbers)) == len(numbers):
@@ -245,7 +246,7 @@ def _stack(members: list[tuple[Path, DicomHeader]], base: Path, uid: str, series
             affine, assumed = dicom.grid(members[order[0]][1], len(files))
             warning = "no slice positions: slices ordered by InstanceNumber"
             return _dicom_scan(base, files, first, uid, "volume", series_id, "instance", [warning], window, affine,
-                               (first.columns, first.rows, len(files)), assumed)
+                               (first.columns, first.rows, len(files)), assumed, [members[k][1].sop_uid for k in order])
     return None
 
 

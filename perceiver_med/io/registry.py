@@ -10,7 +10,7 @@ import warnings
 from pathlib import Path
 
 from perceiver_med.errors import ScanError
-from perceiver_med.io import dicom_series, metaimage, nifti, raster
+from perceiver_med.io import dicom_series, lidc_xml, metaimage, nifti, raster
 from perceiver_med.io.limits import os_reason, unexpected
 from perceiver_med.io.reader import NotThisFormat, Reader
 
@@ -49,6 +49,9 @@ def read_header(file: Path) -> tuple[Reader, object]:
             warnings.simplefilter("ignore")
             return reader, reader.header(file)
     except NotThisFormat:
+        if lidc_xml.reading_kind(file) == "lidc":  # beside its series in a TCIA download
+            raise ScanError("an LIDC-IDRI reading (XML), not an image: `perceiver-med points` turns it into points") \
+                from None
         raise ScanError(f"not a {formats_read()} file ({file.suffix or 'no extension'})") from None
     except ScanError:
         raise

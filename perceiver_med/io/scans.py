@@ -28,6 +28,7 @@ class Scan:
     grid_affine: tuple | None = None
     grid_shape: tuple = ()
     assumed: tuple = ()  # what a DICOM file did not say about its geometry (see ScanImage.assumed)
+    sop_uids: tuple = ()  # DICOM: each file's SOPInstanceUID, in the order of `files` (LIDC outlines name them)
 
 
 @dataclass

@@ -96,9 +96,18 @@ def save_figure(figure, path, metadata: dict[str, str] | None = None) -> None:
 
 def save_curves(history: list[dict], path) -> None:
     """Loss and accuracy per split per epoch, one column of plots per stage."""
+    save_figure(curves_figure(history), path)
+
+
+def curves_figure(history: list[dict]):
+    """The figure of save_curves: whole-number epoch ticks, and one legend below the plots, where it hides no
+    curve (inside an axis it covers the points of a short run wherever it goes)."""
+    from matplotlib.ticker import MaxNLocator
+
     plt = _pyplot()
     stages = list(dict.fromkeys(row["stage"] for row in history)) or ["(none)"]
-    figure, axes = plt.subplots(2, len(stages), figsize=(4.5 * len(stages), 6), squeeze=False)
+    figure, axes = plt.subplots(2, len(stages), figsize=(4.5 * len(stages), 6.4), squeeze=False)
+    legend = {}
     for column, stage in enumerate(stages):
         rows = [row for row in history if row["stage"] == stage]
         epochs = [row["epoch"] for row in rows]
@@ -107,14 +116,19 @@ def save_curves(history: list[dict], path) -> None:
             for split, style, name in (("train", "-", "train (running, augmented)"), ("val", "--", "val")):
                 values = [row.get(f"{split}_{metric}") for row in rows]
                 if values and all(v is not None for v in values):
-                    axis.plot(epochs, values, style, marker="o", markersize=3, label=name)
+                    color = f"C{0 if split == 'train' else 1}"
+                    legend[name], = axis.plot(epochs, values, style, color=color, marker="o", markersize=3)
             axis.set_title(f"{stage}: {metric}", **PLAIN)
             axis.set_xlabel("epoch")
+            axis.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole: no tick at 2.5
             axis.grid(alpha=0.3)
-            for text in axis.legend().get_texts():
-                text.set_parse_math(False)
-    figure.tight_layout()
-    save_figure(figure, path)
+    if legend:
+        shown = figure.legend(list(legend.values()), list(legend), loc="lower center", ncol=len(legend),
+                              frameon=False)
+        for text in shown.get_texts():
+            text.set_parse_math(False)
+    figure.tight_layout(rect=(0, 0.05, 1, 1))
+    return figure
 
 
 def save_confusion(matrix: list[list[int]], classes: list[str], split: str, path) -> None:
@@ -225,7 +239,8 @@ def _with_interval(value, interval) -> str:
 
 
 def trust_table(metrics: dict) -> Table | None:
-    """One column per split, one row per result: ROC AUC and accuracy with 95% patient-bootstrap intervals, the
+    """One column per split, one row per result: ROC AUC, accuracy, average precision and the sensitivity at 95%
+    specificity with 95% patient-bootstrap intervals, the
     decision at the run's threshold, calibration before -> after temperature scaling, and the patient-level ROC
     AUC and accuracy. Splits are columns so that it fits an 80-column terminal."""
     threshold = metrics.get("threshold") or {}
@@ -251,6 +266,11 @@ def trust_table(metrics: dict) -> Table | None:
 
     row("ROC AUC", lambda v: _with_interval(v["roc_auc"], v["ci95"].get("roc_auc")))
     row("accuracy", lambda v: _with_interval(v["accuracy"], v["ci95"].get("accuracy")))
+    if all("average_precision" in metrics[split] for split in splits):  # runs scored before these were added lack them
+        row("average precision",
+            lambda v: _with_interval(v["average_precision"], v["ci95"].get("average_precision")))
+        row("sens. at 95% spec.", lambda v: _with_interval(v["sensitivity_at_95_specificity"],
+                                                           v["ci95"].get("sensitivity_at_95_specificity")))
     if all(v.get("threshold") for v in map(metrics.get, splits)):
         row("sensitivity", lambda v: number(v["threshold"]["sensitivity"]))
         row("specificity", lambda v: number(v["threshold"]["specificity"]))
@@ -265,4 +285,25 @@ def trust_table(metrics: dict) -> Table | None:
             f"({v['patient_level'][unit]['mixed_label_units']})")
         row(f"per {unit}: ROC AUC", lambda v: number(v["patient_level"][unit].get("roc_auc")))
         row(f"per {unit}: accuracy", lambda v: number(v["patient_level"][unit].get("accuracy")))
+    return table
+
+
+def froc_table(metrics: dict) -> Table | None:
+    """One column per split: the CPM and the sensitivity at each false-positive rate of the FROC, with 95%
+    patient-bootstrap intervals, and how the candidates were counted; None without FROC results."""
+    splits = [s for s in REPORTED_SPLITS if isinstance(metrics.get(s), dict) and "froc" in metrics[s]]
+    if not splits:
+        return None
+    table = Table(title="FROC against the nodule reference (LUNA16's counting); 95% patient-bootstrap intervals")
+    table.add_column("")
+    for split in splits:
+        table.add_column(split.replace("_", " "), justify="right")
+    entries = [metrics[split]["froc"] for split in splits]
+    table.add_row("CPM", *(_with_interval(e["cpm"], e["ci95"]["cpm"]) for e in entries))
+    for k, rate in enumerate(entries[0]["fp_rates"]):
+        table.add_row(f"sens. at {rate:g} FP/scan",
+                      *(_with_interval(e["sensitivity"][k], e["ci95"]["sensitivity"][k]) for e in entries))
+    for key, name in (("scans", "scans"), ("nodules", "nodules"), ("found", "nodules hit"),
+                      ("false_positives", "false-positive marks"), ("on_excluded", "marks on excluded findings")):
+        table.add_row(name, *(str(e[key]) for e in entries))
     return table

@@ -1,19 +1,24 @@
 """`evaluate`: a run's metrics on chosen splits, scored by the same functions (score_rows, score_split) that
-write a run's own metrics.json, so a run's own metrics and a later evaluate agree."""
+write a run's own metrics.json, so a run's own metrics and a later evaluate agree; for a point run given a nodule
+reference, also FROC and CPM (results/detection.py). Nothing is written inside the run: `out` is elsewhere."""
 from __future__ import annotations
 
 from pathlib import Path
 
+import json
+
 import numpy as np
 
 from perceiver_med.errors import UserError
+from perceiver_med.files import atomic_text
 from perceiver_med.inputs.kinds import check_samples
 from perceiver_med.inputs.splits import SPLITS
 from perceiver_med.inputs.loading import load_split_inputs
 from perceiver_med.inputs.samples import Sample
+from perceiver_med.results.detection import NoduleReference, check_reference_names_scans, split_froc
 from perceiver_med.results.scoring import run_summary, score_split
-from perceiver_med.run.predictor import Predictor
-from perceiver_med.run.rundir import TrainedOn, sound_rows
+from perceiver_med.run.predictor import Predictor, decide
+from perceiver_med.run.rundir import TrainedOn, check_new_output, sound_rows
 from perceiver_med.training.config import RunConfig, Runtime
 
 
@@ -27,18 +32,33 @@ def score_rows(rows: list[Sample], labels: dict[str, np.ndarray], raw: dict[str,
 
 
 def evaluate_run(run: Path, splits: Path | None = None, split: str = "all", tta: int = 1,
-                 runtime: Runtime = Runtime()) -> dict:
+                 runtime: Runtime = Runtime(), nodules: Path | None = None, excluded: Path | None = None,
+                 out: Path | None = None, overwrite: bool = False) -> dict:
     """Metrics of a saved run on the chosen splits (the run's frozen copy of its splits by default), with the
     run's own temperature and threshold, as metrics.json has them; with `tta` > 1, of the mean probabilities
     over that many label-preserving views of each scan.
 
     Another splits file may be given; scans or patients the run trained on are refused in its val/test rows.
     A cross-validated run (an ensemble) is scored on its test split unless a split is named.
+
+    With a `nodules` reference (and optionally the `excluded` findings), a point run's splits also get "froc"
+    (CPM, sensitivity at 1/8..8 false positives per scan, intervals, the curve) and the top level "froc_reference"
+    (the files, by name and SHA-256, and the rule). With `out`, the metrics are also written there as JSON (a new
+    file unless `overwrite`; never inside a run directory).
     """
     if split not in (*SPLITS, "all"):
         raise UserError("--split must be train, val, test or all")
+    if excluded is not None and nodules is None:
+        raise UserError("--excluded needs --nodules: the excluded findings only qualify a nodule reference")
     predictor = Predictor(run, runtime.device, tta)
     config = predictor.config
+    if nodules is not None and not config.preprocess.kind.takes_points:
+        raise UserError("--nodules scores candidate points, and this run classifies whole scans: give a run "
+                        "trained on points (split --points CSV)")
+    if out is not None:
+        check_new_output(out, overwrite)
+    reference = None if nodules is None else NoduleReference.read(Path(nodules),
+                                                                  None if excluded is None else Path(excluded))
     rows = predictor.run.frozen_rows(config) if splits is None else sound_rows(Path(splits))
     if config.ensemble and split == "all" and splits is None:
         split = "test"  # the folds' own scans trained most of the ensemble: only the held-out test scores it
@@ -58,7 +78,19 @@ def evaluate_run(run: Path, splits: Path | None = None, split: str = "all", tta:
         loaded = load_split_inputs(rows, config.preprocess, runtime.workers)
     data = loaded.by_split(config.classes)
     raw = {name: predictor.probabilities(inputs) for name, (inputs, labels) in data.items() if len(labels)}
-    return score_rows(loaded.samples, {name: labels.numpy() for name, (_, labels) in data.items()}, raw, config)
+    metrics = score_rows(loaded.samples, {name: labels.numpy() for name, (_, labels) in data.items()}, raw, config)
+    if reference is not None:
+        positive = config.classes.index(config.positive_class)
+        froc = {name: split_froc([s for s in loaded.samples if s.split == name],
+                                 decide(probs, config.decision, positive)[0][:, positive], reference,
+                                 seed=config.train.seed) for name, probs in raw.items()}
+        check_reference_names_scans(froc, reference)
+        for name, entry in froc.items():
+            metrics[name]["froc"] = entry
+        metrics["froc_reference"] = reference.record()
+    if out is not None:
+        atomic_text(out, lambda handle: json.dump(metrics, handle, indent=2))
+    return metrics
 
 
 def refuse_training_scans(rows: list[Sample], trained_on: TrainedOn) -> None:

@@ -17,6 +17,7 @@ from perceiver_med.inputs.labels import folder_label, known_patient, laterality_
 from perceiver_med.inputs.loading import load_inputs, suited_samples
 from perceiver_med.inputs.points import COORDINATES, Echo, parse_classes
 from perceiver_med.inputs.samples import Sample
+from perceiver_med.inputs.splits import SPLITS
 from perceiver_med.io import discover
 from perceiver_med.io.discover import Skip
 from perceiver_med.run.point_runs import check_point_run, prepare_points
@@ -116,6 +117,27 @@ class Predicted:
     positive_class: str
     threshold: float | None  # the run's decision threshold on the positive class (None: the most probable class)
     label_source: str
+
+    def accuracy(self) -> "LabelledAccuracy | None":
+        """Accuracy against the samples' true labels when every sample has one, never mixing in samples the run
+        learnt from (its train and val patients): those are counted apart. None when a label is missing."""
+        if not self.samples or not all(sample.label for sample in self.samples):
+            return None
+        learnt = SPLITS[:2]
+        unseen = [pred == sample.label for sample, pred in zip(self.samples, self.decided.names)
+                  if sample.split not in learnt]
+        own = {split: sum(sample.split == split for sample in self.samples) for split in learnt}
+        return LabelledAccuracy(sum(unseen) / len(unseen) if unseen else None, len(unseen),
+                                {split: n for split, n in own.items() if n})
+
+
+@dataclass
+class LabelledAccuracy:
+    """`predict`'s accuracy on the labelled samples of patients the run did not learn from."""
+
+    accuracy: float | None  # None when every labelled sample was the run's own
+    unseen: int  # samples scored
+    own: dict[str, int]  # {"train" or "val": samples of the run's own patients left out}
 
 
 @applies_runtime

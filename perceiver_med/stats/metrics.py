@@ -5,12 +5,15 @@ from __future__ import annotations
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
-from perceiver_med.stats.statistics import confusion_counts, confusion_scores, decisions, sample_losses
+from perceiver_med.stats.statistics import (confusion_counts, confusion_scores, decisions, sample_losses,
+                                            weighted_average_precision, weighted_sensitivity_at_specificity)
 
 
 def split_metrics(labels: np.ndarray, probs: np.ndarray, classes: list[str], positive: int | None = None,
                   threshold: float | None = None) -> dict:
-    """labels (N,) ints, probs (N, K) -> loss, accuracy, balanced accuracy, ROC AUC, macro F1, confusion, n.
+    """labels (N,) ints, probs (N, K) -> loss, accuracy, balanced accuracy, ROC AUC, macro F1, confusion, n; of the
+    positive class against the rest also sensitivity, specificity, average precision and the sensitivity at 95%
+    specificity (statistics.FIXED_SPECIFICITY).
 
     The decisions behind accuracy, F1, sensitivity, specificity and the confusion matrix are the run's: with two
     classes and a `threshold`, class `positive` where its probability reaches it; otherwise the most probable class.
@@ -40,7 +43,16 @@ def split_metrics(labels: np.ndarray, probs: np.ndarray, classes: list[str], pos
     }
     if len(classes) == 2 or positive is not None:  # the named class against all others
         result.update(sensitivity=scores["sensitivity"], specificity=scores["specificity"])
+        is_positive, ones = labels == (1 if positive is None else positive), np.ones((1, n))
+        scored = probs[:, 1 if positive is None else positive]
+        result.update(average_precision=_number(weighted_average_precision(ones, is_positive, scored)[0]),
+                      sensitivity_at_95_specificity=_number(
+                          weighted_sensitivity_at_specificity(ones, is_positive, scored)[0]))
     return result
+
+
+def _number(value: float) -> float | None:
+    return None if np.isnan(value) else float(value)
 
 
 def _point(scores: dict[str, np.ndarray]) -> dict[str, float | None]:

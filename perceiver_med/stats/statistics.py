@@ -331,12 +331,50 @@ def _weighted_auc(weights: np.ndarray, is_positive: np.ndarray, scores: np.ndarr
     return _ratio((positive_weights * beaten).sum(1), pairs)
 
 
+# ---------------------------------------------------------------- ranking metrics that mean something under imbalance
+FIXED_SPECIFICITY = 0.95  # where sensitivity is read off the ROC curve (the key sensitivity_at_95_specificity)
+
+
+def _ranked_counts(weights: np.ndarray, is_positive: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Weighted true and false positives (B, T) when every sample scoring at least each of the T distinct scores,
+    from the highest down, is called positive; one row per row of sample weights (B, N)."""
+    order = np.argsort(-scores, kind="stable")
+    ranked, positive = scores[order], is_positive[order]
+    last = np.r_[ranked[1:] != ranked[:-1], True] if len(ranked) else np.zeros(0, bool)  # each tie group's end
+    ordered = weights[:, order]
+    return np.cumsum(ordered * positive, axis=1)[:, last], np.cumsum(ordered * ~positive, axis=1)[:, last]
+
+
+def weighted_average_precision(weights: np.ndarray, is_positive: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """Average precision (scikit-learn's average_precision_score) for each row of sample weights (B, N): the sum
+    over distinct thresholds, from the highest down, of the rise in recall times the precision there; nan without
+    positives."""
+    tp, fp = _ranked_counts(np.asarray(weights, dtype=np.float64), np.asarray(is_positive, bool),
+                            np.asarray(scores, dtype=np.float64))
+    called = tp + fp
+    precision = np.where(called > 0, tp / np.where(called > 0, called, 1), 0.0)
+    recall = _ratio(tp, tp[:, -1:])
+    rise = np.diff(recall, axis=1, prepend=0.0)
+    return (rise * precision).sum(axis=1)
+
+
+def weighted_sensitivity_at_specificity(weights: np.ndarray, is_positive: np.ndarray, scores: np.ndarray,
+                                        specificity: float = FIXED_SPECIFICITY) -> np.ndarray:
+    """The highest sensitivity of a threshold whose specificity is at least `specificity` (calling nothing
+    positive counts, at sensitivity 0), for each row of sample weights (B, N); nan without both classes."""
+    tp, fp = _ranked_counts(np.asarray(weights, dtype=np.float64), np.asarray(is_positive, bool),
+                            np.asarray(scores, dtype=np.float64))
+    sensitivity, kept = _ratio(tp, tp[:, -1:]), 1 - _ratio(fp, fp[:, -1:])
+    best = np.where(kept >= specificity - 1e-12, sensitivity, 0.0).max(axis=1, initial=0.0)
+    return np.where(np.isfinite(sensitivity[:, -1]) & np.isfinite(kept[:, -1]), best, np.nan)
+
+
 def weighted_metrics(weights: np.ndarray, labels: np.ndarray, probs: np.ndarray, positive: int,
                      threshold: float | None = None, bins: int = BINS, calibration_only: bool = False) -> dict:
     """Every metric for each row of sample weights (B, N); weights of ones give the ordinary (point) metrics.
 
     Keys: loss, ece, brier, and unless `calibration_only` accuracy, balanced_accuracy, roc_auc, f1_macro,
-    sensitivity, specificity, and with a threshold threshold.{accuracy, balanced_accuracy, sensitivity,
+    sensitivity, specificity, average_precision, sensitivity_at_95_specificity, and with a threshold threshold.{accuracy, balanced_accuracy, sensitivity,
     specificity, ppv, npv}. Values (B,), nan where undefined (one class drawn, an empty denominator).
     """
     labels, probs = np.asarray(labels, dtype=np.int64), np.asarray(probs, dtype=np.float64)
@@ -360,6 +398,11 @@ def weighted_metrics(weights: np.ndarray, labels: np.ndarray, probs: np.ndarray,
     if threshold is not None and k == 2:  # the decisions above are these already; the threshold block adds PPV, NPV
         result.update({f"threshold.{name}": scores[name] for name in ("accuracy", "balanced_accuracy",
                                                                       "sensitivity", "specificity", "ppv", "npv")})
+    # of the positive class against the rest: they do not depend on the threshold, and mean something when a class
+    # is rare (accuracy does not)
+    result["average_precision"] = weighted_average_precision(weights, labels == positive, probs[:, positive])
+    result["sensitivity_at_95_specificity"] = weighted_sensitivity_at_specificity(weights, labels == positive,
+                                                                                   probs[:, positive])
     if k == 2:
         result["roc_auc"] = _weighted_auc(weights, labels == positive, probs[:, positive])
     else:  # macro one-vs-rest, undefined unless every class is present (as split_metrics)

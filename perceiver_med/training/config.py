@@ -13,6 +13,7 @@ import math
 import platform
 import types
 import typing
+from collections import Counter
 from dataclasses import MISSING, dataclass, field, fields, is_dataclass
 from pathlib import Path
 
@@ -147,6 +148,23 @@ def check_ranges(config) -> None:
                 raise ValueError(f"{spec.name} must be from {low:,} to {high:,}, not {value}")
 
 
+SAMPLERS = ("shuffle", "balanced")
+RARE_CLASS_RATIO = 4  # a class is rare when the most frequent one has more than this many times its samples
+
+
+def choose_sampler(train_labels: list[str], asked: str | None, class_weights: str = "none") -> str:
+    """The sampler a new run records: as asked; else "balanced" where the rarest class of the training split has
+    fewer than 1/RARE_CLASS_RATIO of the most frequent one's samples (LUNA25's 1:10, LUNA16's candidates' 1:500)
+    and the loss is not class-weighted already; else "shuffle"."""
+    if asked is not None:
+        if asked == "balanced" and class_weights == "auto":
+            raise UserError("--sampler balanced and --class-weights auto both correct for rare classes: choose one")
+        return asked
+    counts = Counter(train_labels).values()
+    rare = bool(counts) and min(counts) * RARE_CLASS_RATIO < max(counts)
+    return "balanced" if rare and class_weights != "auto" else "shuffle"
+
+
 @dataclass
 class TrainConfig:
     """Optimisation settings, and (marked RUNTIME, last) where the training runs.
@@ -167,6 +185,10 @@ class TrainConfig:
         grad_clip: maximum gradient norm.
         seed: seed of weights, shuffling and augmentation.
         class_weights: "none" or "auto" (inverse class frequency in the training loss only).
+        sampler: how an epoch draws the training samples: "shuffle" (each once, in a new order) or "balanced" (as
+            many draws as the training split has samples, with replacement, each class equally likely), so that a
+            rare class is seen as often as a common one; train chooses "balanced" where a class is rare
+            (choose_sampler). Runs made before it existed shuffled.
         label_smoothing: training loss only; reported losses never use it.
         num_workers: processes for preprocessing.
         device: "auto", "cpu", "cuda" or "mps".
@@ -183,6 +205,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     seed: int = field(default=0, metadata=ranged(*SEED_RANGE))
     class_weights: str = "none"
+    sampler: str = "shuffle"
     label_smoothing: float = 0.0
     # more processes than cores only wait for each other: prepare_many starts at most one per core
     num_workers: int = field(default=0, metadata=ranged(0, 1024, **RUNTIME))
@@ -203,7 +226,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be 0 or more, not {getattr(self, name)}")
         if not 0 <= self.label_smoothing < 1:
             raise ValueError(f"label_smoothing must be in [0, 1), not {self.label_smoothing}")
-        for name, choices in (("class_weights", ("none", "auto")), ("device", ("auto", "cpu", "cuda", "mps")),
+        for name, choices in (("class_weights", ("none", "auto")), ("sampler", SAMPLERS),
+                              ("device", ("auto", "cpu", "cuda", "mps")),
                               ("precision", ("auto", "bf16", "fp32"))):
             if getattr(self, name) not in choices:
                 raise ValueError(f"{name} must be {' or '.join(choices)}, not {getattr(self, name)!r}")

@@ -360,9 +360,9 @@ def fit(model: nn.Module, model_name: str, data: dict, classes: list[str], train
             reporter.message(f"stage {stage.name} starts as the trained model: val loss {state.best_loss:.4f}")
         while state.epoch < epochs and not stage_done(state, train_cfg, stage.name, epochs):
             started = time.perf_counter()
-            # one shuffle for all processes, each takes its share; augmentation differs per process
-            shuffle = torch.Generator().manual_seed(derived_seed(train_cfg.seed, stage_index, state.epoch))
-            order = torch.randperm(len(train_labels), generator=shuffle)[processes.rank::processes.world]
+            # one draw for all processes, each takes its share; augmentation differs per process
+            order = epoch_order(train_labels, train_cfg.sampler, len(classes),
+                                derived_seed(train_cfg.seed, stage_index, state.epoch))[processes.rank::processes.world]
             generator = torch.Generator().manual_seed(
                 derived_seed(train_cfg.seed, stage_index, state.epoch, processes.rank, 1))
             stage.module.train()
@@ -432,6 +432,18 @@ def fit(model: nn.Module, model_name: str, data: dict, classes: list[str], train
         if processes.main:
             saved_file(on_saved, checkpoint_path, _save_checkpoint(checkpoint_path, model, None, None, state))
     return state
+
+
+def epoch_order(labels: torch.Tensor, sampler: str, num_classes: int, seed: int) -> torch.Tensor:
+    """The training samples one epoch visits, in order (TrainConfig.sampler): "shuffle" visits each once;
+    "balanced" draws as many, with replacement, each sample with probability 1 / (classes present x its class's
+    count), so that every class present is drawn equally often on average (torch's WeightedRandomSampler)."""
+    generator = torch.Generator().manual_seed(seed)
+    if sampler == "shuffle":
+        return torch.randperm(len(labels), generator=generator)
+    counts = torch.bincount(labels, minlength=num_classes).double()
+    chances = 1 / counts[labels] / int((counts > 0).sum())
+    return torch.multinomial(chances, len(labels), replacement=True, generator=generator)
 
 
 BATCH_NORM_SAMPLES = 512  # training inputs per epoch that batch norm's statistics are recomputed from

@@ -18,6 +18,7 @@ from perceiver_med.io import Discovery, discover
 from perceiver_med.io.discover import Skip
 from perceiver_med.io.scans import relative
 from perceiver_med.inputs.labels import LabelledSet, label_scans
+from perceiver_med.inputs.lidc import LidcPoints, holds_lidc_readings, points_from_lidc
 from perceiver_med.inputs.masks import MaskPoints, points_from_masks
 from perceiver_med.inputs.points import PointsFile, match_points, parse_classes, parse_point, read_points
 from perceiver_med.inputs.samples import Sample
@@ -246,9 +247,15 @@ def label_points(table: PointsFile, discovery: Discovery) -> LabelledSet:
 
 
 def mask_points(masks: Path, scans: Path, out: Path, mask_labels: str | None = None,
-                overwrite: bool = False) -> MaskPoints:
-    """`points`: segmentation masks -> a new points CSV `out` (inputs.masks.points_from_masks)."""
+                overwrite: bool = False) -> MaskPoints | LidcPoints:
+    """`points`: segmentation masks (inputs.masks.points_from_masks), or LIDC-IDRI readers' XML where MASKS holds
+    it (inputs.lidc.points_from_lidc), -> a new points CSV `out`."""
     check_new_output(out, overwrite)
+    if holds_lidc_readings(masks):
+        if mask_labels is not None:
+            raise UserError("--mask-labels names the classes of mask values; LIDC-IDRI readings are labelled by "
+                            "their median malignancy rating: leave it out")
+        return points_from_lidc(masks, scans, out)
     return points_from_masks(masks, scans, out, mask_labels)
 
 

@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING, Callable
 import torch
 
 from perceiver_med.training.config import (RUNTIME_OPTIONS, RunConfig, Runtime, TrainConfig, canonical_options,
-                                           check_resume, is_laterality, pick_positive, trainable_model, versions)
+                                           check_resume, choose_sampler, is_laterality, pick_positive,
+                                           trainable_model, versions)
 from perceiver_med.inputs.cache import INPUT_VERSION
 from perceiver_med.inputs.loading import describe_scans, load_split_inputs, preprocess_config
 from perceiver_med.inputs.augment import AugmentConfig
@@ -160,7 +161,10 @@ def _new_config(rows: list[Sample], splits: Path, model_name: str, asked: dict) 
     for key in model_options:
         if model_name not in owners[key]:
             raise UserError(f"--{key.replace('_', '-')} is an option of {' and '.join(owners[key])}, not {model_name}")
-    train = TrainConfig(**{k: v for k, v in asked.items() if k in TrainConfig.__dataclass_fields__})
+    sampler = choose_sampler([row.label for row in rows if row.split == "train"], asked.get("sampler"),
+                             asked.get("class_weights", "none"))
+    train = TrainConfig(**{**{k: v for k, v in asked.items() if k in TrainConfig.__dataclass_fields__},
+                           "sampler": sampler})
     try:
         train.check()  # the ranges config.json is read with, before any scan is read or memory is taken
     except ValueError as exc:
@@ -265,6 +269,10 @@ def _train(rows, config: RunConfig, out: Path, resume: bool, reporter: Reporter,
                          f"{config.preprocess.kind.noun}s, "
                          f"device {device}" + (f" x {processes.world} processes" if processes.world > 1 else "")
                          + ("" if config.augment.flip else ", no horizontal flip"))
+        if train.sampler == "balanced":
+            counts = torch.bincount(data["train"][1], minlength=len(config.classes)).tolist()
+            reporter.message("balanced sampler: each class drawn equally often (training split: " + ", ".join(
+                f"{n} {name}" for name, n in zip(config.classes, counts)) + ")")
 
         def on_saved(name: str, digest: str) -> None:
             if name == WEIGHTS:

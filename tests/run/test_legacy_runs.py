@@ -29,6 +29,8 @@ TOLERANCE = 1e-6  # probabilities: the old explain took its softmax in float32, 
 # into the weights. A changed random-number order or initialisation differs by orders of magnitude more (0.01-0.1).
 EVIDENCE_TOLERANCE = 1e-5  # nats
 WEIGHT_TOLERANCE = 1e-4
+# metrics added since those runs were made (issue 24: imbalance): present now, absent from the old expectations
+ADDED_METRICS = {"average_precision", "sensitivity_at_95_specificity"}
 
 
 @pytest.fixture(scope="module")
@@ -40,9 +42,10 @@ def legacy(tmp_path_factory) -> Path:
 
 
 def _assert_same(got, expected, where="") -> None:
-    """Equal structure and text, numbers within TOLERANCE (NaN equal to NaN)."""
+    """Equal structure and text, numbers within TOLERANCE (NaN equal to NaN); of ADDED_METRICS, only those."""
     if isinstance(expected, dict):
-        assert isinstance(got, dict) and set(got) == set(expected), (where, sorted(set(got) ^ set(expected)))
+        assert isinstance(got, dict) and set(got) - ADDED_METRICS == set(expected), (
+            where, sorted((set(got) - ADDED_METRICS) ^ set(expected)))
         for key in expected:
             _assert_same(got[key], expected[key], f"{where}.{key}")
     elif isinstance(expected, list):

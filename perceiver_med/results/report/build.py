@@ -21,7 +21,7 @@ from perceiver_med.results.report.headers import NOT_RECORDED, PATIENT_FIELDS, C
 from perceiver_med.results.report.run_record import (RunRecord, file_digests, read_run,
                                                 software_versions)
 from perceiver_med.results.report.sections import (characteristics_section, configuration_section, decision_section,
-                                              flow_section, metrics_section, number, software_section)
+                                              flow_section, froc_section, metrics_section, number, software_section)
 
 
 def report_paths(out: Path) -> tuple[Path, Path, Path]:
@@ -143,17 +143,27 @@ def _claim_fills(record: RunRecord, found: Characteristics, flow_known: bool, ga
     return fills
 
 
-def write_report(run: Path, out: Path, overwrite: bool = False) -> Path:
+def write_report(run: Path, out: Path, overwrite: bool = False, nodules: Path | None = None,
+                 excluded: Path | None = None) -> Path:
     """Write the report of a run: OUT.html (one self-contained page), OUT.md and OUT_files/ beside it.
 
     Everything comes from the run directory (config.json, metrics.json, predictions, its frozen splits.csv)
-    and from the DICOM headers of the splits' scans; patient ids and scan paths are never written.
+    and from the DICOM headers of the splits' scans; patient ids and scan paths are never written. With a
+    `nodules` reference (and its `excluded` findings), a point run's report adds FROC and CPM of its predictions.
     Returns the HTML's path.
     """
     from perceiver_med.models import build_model
+    from perceiver_med.results.detection import NoduleReference, check_reference_names_scans
 
+    if excluded is not None and nodules is None:
+        raise UserError("--excluded needs --nodules: the excluded findings only qualify a nodule reference")
     html_path, markdown_path, images = report_paths(out)
     record = read_run(run)
+    if nodules is not None and not record.config.preprocess.kind.takes_points:
+        raise UserError("--nodules scores candidate points, and this run classifies whole scans: give a run "
+                        "trained on points (split --points CSV)")
+    reference = None if nodules is None else NoduleReference.read(Path(nodules),
+                                                                  None if excluded is None else Path(excluded))
     _check_outputs(record, html_path, markdown_path, images, overwrite)
     found = characteristics(record.rows)
     flow_known = read_flow_record(record.config.splits_file, record.rows)[0] is not None
@@ -166,15 +176,20 @@ def write_report(run: Path, out: Path, overwrite: bool = False) -> Path:
     os.chmod(built, FILE_MODE | (FILE_MODE & 0o444) >> 2)  # searchable wherever readable, as mkdir would make it
     try:
         roc = figs.roc_figure(record, built)
+        froc = {} if reference is None else figs.froc_results(record, reference)
+        if reference is not None:
+            check_reference_names_scans(froc, reference)
+        froc_plot = figs.froc_figure(froc, built)
         per_split = figs.split_figures(record, built)
         curves = figs.curves_figure(record, built)
         gallery, gallery_sentence = figs.gallery(record, built)
-        figure_blocks = [Image(f.file, f.caption) for f in [roc, *[f for s in per_split.values() for f in s], curves]
-                         if f is not None]
+        figure_blocks = [Image(f.file, f.caption) for f in [roc, froc_plot, *[f for s in per_split.values()
+                                                                              for f in s], curves] if f is not None]
         sections = [_summary(record), flow_section(record), characteristics_section(record, found),
                     configuration_section(record, num_parameters),
                     software_section(software_versions(record.config), file_digests(record.run, record.config)),
                     decision_section(record), metrics_section(record),
+                    *([froc_section(froc, reference.record(), record.config.positive_class)] if froc else []),
                     Section("figures", "Figures", figure_blocks),
                     Section("errors", "Failure analysis",
                             [Paragraph(gallery_sentence), *[Image(f.file, f.caption) for f in gallery]]),

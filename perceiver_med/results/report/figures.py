@@ -1,5 +1,6 @@
-"""The report's figures as PNG files in one folder: ROC curves, confusion matrices, reliability diagrams, the
-training curves, and occlusion-evidence overlays of the most confident test errors.
+"""The report's figures as PNG files in one folder: ROC curves, FROC curves of a point run given a nodule
+reference, confusion matrices, reliability diagrams, the training curves, and occlusion-evidence overlays of the
+most confident test errors.
 
 Confusion matrices and reliability diagrams are drawn by perceiver_med.results.display from metrics.json, so the
 figures show exactly the numbers the tables do. No figure title names a file: paths may hold patient ids.
@@ -149,6 +150,63 @@ def _rows_of_predictions(record: RunRecord, split: str) -> list:
         paired.append(None if found is None else rows[found])
         start = start if found is None else found + 1
     return paired
+
+
+def froc_results(record: RunRecord, reference) -> dict[str, dict]:
+    """{split: FROC entry} of a point run's predictions_<split>.csv (calibrated probabilities of the positive
+    class) against a nodule reference (results.detection.NoduleReference), as evaluate --nodules counts them."""
+    from perceiver_med.results.detection import split_froc
+
+    results = {}
+    for split, predictions in record.predictions.items():
+        paired = [(row, k) for k, row in enumerate(_rows_of_predictions(record, split)) if row is not None]
+        if not paired or paired[0][0].point is None:
+            continue
+        scores = predictions.probs[[k for _, k in paired], predictions.classes.index(record.config.positive_class)]
+        results[split] = split_froc([row for row, _ in paired], scores, reference, seed=record.config.train.seed)
+    return results
+
+
+def froc_figure(froc: dict[str, dict], folder: Path) -> Figure | None:
+    """FROC curves (sensitivity against false positives per scan, log scale from 1/8 to 8) of each split, with
+    their 95% bands and dots at the rates the CPM averages."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from perceiver_med.results.display import PLAIN, save_figure
+
+    drawn = {split: entry for split, entry in froc.items() if entry["cpm"] is not None}
+    if not drawn:
+        return None
+    figure, axis = plt.subplots(figsize=(5.6, 4.6))
+    for split, entry in drawn.items():
+        curve = entry["curve"]
+        line, = axis.plot(curve["fp_per_scan"], curve["sensitivity"], "--" if split == "val" else "-",
+                          linewidth=2.2 if split == "test" else 1.2,
+                          label=f"{split} (CPM {entry['cpm']:.3f}, {entry['nodules']} nodules, {entry['scans']} scans)")
+        band = [(x, *interval) for x, interval in zip(curve["fp_per_scan"], curve["ci95"]) if interval]
+        if band:
+            xs, lows, highs = zip(*band)
+            axis.fill_between(xs, lows, highs, color=line.get_color(), alpha=0.12)
+        axis.plot(entry["fp_rates"], entry["sensitivity"], "o", color=line.get_color(), markersize=4)
+    axis.set_xscale("log", base=2)
+    rates = next(iter(drawn.values()))["fp_rates"]
+    axis.set_xticks(rates, [f"{rate:g}" for rate in rates])
+    axis.set_xlim(rates[0], rates[-1])
+    axis.set_ylim(0, 1.02)
+    axis.set_xlabel("average false positives per scan")
+    axis.set_ylabel("sensitivity (nodules hit)")
+    axis.set_title("FROC; bands: 95% patient-bootstrap intervals", **PLAIN)
+    axis.grid(alpha=0.3, which="both")
+    for text in axis.legend(loc="lower right", fontsize=8).get_texts():
+        text.set_parse_math(False)
+    figure.tight_layout()
+    save_figure(figure, folder / "froc.png")
+    return Figure("froc.png", "FROC curves of the candidates of each split against the nodule reference, from the "
+                              "run's predictions_<split>.csv; dots at 1/8, 1/4, 1/2, 1, 2, 4 and 8 false positives "
+                              "per scan, whose mean sensitivity is the CPM.")
 
 
 def gallery(record: RunRecord, folder: Path, split: str = "test") -> tuple[list[Figure], str]:

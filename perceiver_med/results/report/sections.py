@@ -11,7 +11,8 @@ from perceiver_med.results.report.headers import NOT_RECORDED, Characteristics
 from perceiver_med.results.report.run_record import FileDigest, RunRecord
 from perceiver_med.run.rundir import CONFIG
 
-SAMPLE_METRICS = (("n", "samples scored"), ("roc_auc", "ROC AUC"), ("accuracy", "accuracy"),
+SAMPLE_METRICS = (("n", "samples scored"), ("roc_auc", "ROC AUC"), ("average_precision", "average precision"),
+                  ("sensitivity_at_95_specificity", "sensitivity at 95% specificity"), ("accuracy", "accuracy"),
                   ("balanced_accuracy", "balanced accuracy"), ("f1_macro", "F1 (macro)"),
                   ("sensitivity", "sensitivity (run's decisions)"),
                   ("specificity", "specificity (run's decisions)"), ("loss", "cross-entropy (calibrated)"))
@@ -203,9 +204,12 @@ def scored_splits(metrics: dict) -> list[str]:
 
 def _metric_table(by_split: dict, spec, pick, caption: str, prefix: str) -> Table:
     """Rows of metrics, a column per split. `pick` finds the metrics in a split's entry; an interval comes from
-    the picked dict's ci95, or from the split's ci95 under the spec's third element when it has one."""
+    the picked dict's ci95, or from the split's ci95 under the spec's third element when it has one. A metric no
+    split has (one a later version added) has no row."""
     rows, splits = [], scored_splits(by_split)
     for key, name, *interval_key in spec:
+        if not any(key in (pick(by_split.get(split) or {}) or {}) for split in splits):
+            continue  # a metric added after this run was scored
         cells = [name]
         for split in splits:
             entry = by_split.get(split) or {}
@@ -264,3 +268,26 @@ def _folds_blocks(cross_validation: dict) -> list:
     return [Paragraph(f"{cross_validation.get('folds', len(per_fold))}-fold cross-validation; the folds' models as "
                       f"one: {cross_validation.get('ensemble', 'not recorded')}."),
             Table(["fold", *splits], rows, "each fold's own model on its splits")]
+
+
+def froc_section(froc: dict[str, dict], reference: dict, positive_class: str) -> Section:
+    """FROC of a point run's candidates against a nodule reference: CPM and the sensitivity at each rate with
+    95% intervals, and how the candidates were counted; the reference files by name and SHA-256."""
+    splits = list(froc)
+    rows = [["CPM", *(Cell(number(froc[s]["cpm"], froc[s]["ci95"]["cpm"]), f"froc-{s}-cpm") for s in splits)]]
+    for k, rate in enumerate(froc[splits[0]]["fp_rates"]):
+        rows.append([f"sensitivity at {rate:g} false positives per scan",
+                     *(number(froc[s]["sensitivity"][k], froc[s]["ci95"]["sensitivity"][k]) for s in splits)])
+    for key, name in (("scans", "scans"), ("nodules", "nodules"), ("found", "nodules hit"),
+                      ("false_positives", "false-positive marks"), ("on_excluded", "marks on excluded findings"),
+                      ("double_hits", "further hits on a nodule already hit (not counted)"),
+                      ("candidates", "candidates"), ("scored", f"candidates scored (at most "
+                                                               f"{froc[splits[0]]['max_marks_per_scan']} a scan)")):
+        rows.append([name, *(str(froc[s][key]) for s in splits)])
+    files = "; ".join(f"{name}: {entry['file']} (SHA-256 {entry['sha256'][:16]}\u2026)"
+                      for name, entry in reference.items() if name != "rule")
+    return Section("froc", "Detection: FROC", [
+        Paragraph(f"Candidates scored by the run's calibrated probability of {positive_class}, counted against the "
+                  f"nodule reference as {reference['rule']}. Reference files: {files}. Intervals: 95% percentile "
+                  "intervals of patient-bootstrap resamples."),
+        Table(["", *splits], rows, "FROC per split")])
