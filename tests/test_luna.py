@@ -217,8 +217,10 @@ def test_luna16_split_by_its_subsets_then_cross_validation_and_predict(luna16, t
     code, out, err = run_cli("evaluate", tmp_path / "run")  # no test split: the out-of-fold scores are the result
     assert code == 2 and "out-of-fold scores are in its metrics.json" in err
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["out_of_fold"]["n"] == len(rows)
-    code, out, err = run_cli("evaluate", tmp_path / "run" / "fold_1", "--split", "val")  # the fold subset1 scores
+    code, out, err = run_cli("evaluate", tmp_path / "run" / "fold_1", "--split", "val", "--nodules",
+                             luna16 / "annotations.csv")  # the fold of subset1, with LUNA16's FROC and CPM
     assert code == 0, err
+    assert "CPM" in out
     code, out, err = run_cli("predict", tmp_path / "run", luna16, "--points", candidates,
                              "--out", tmp_path / "predictions.csv")
     assert code == 0, err
