@@ -263,7 +263,7 @@ def inspect(data: Annotated[Path, typer.Argument(help="folder of scans, or one f
     for scan in discovery.scans:
         for warning in scan.warnings:
             console.print("[yellow]warning[/]", plain(scan.id), plain(warning))
-    console.print(summary_line(len(discovery.scans), len(discovery.skipped)))
+    console.print(summary_line(len(discovery.scans), discovery.skipped))
     if out:
         console.print(f"file list written to [bold]{escape(str(out))}[/]")
 
@@ -315,7 +315,7 @@ def split(data: Annotated[Optional[Path], typer.Argument(help="folder of scans",
     for note in result.notes:
         console.print(f"[yellow]note[/]: {escape(note)}")
     console.print(f"labels from {result.labelled.label_source}, patients from {result.labelled.patient_source}; "
-                  + summary_line(len(result.rows), len(result.skipped), f"{result.noun} split"))
+                  + summary_line(len(result.rows), result.skipped, f"{result.noun} split"))
     console.print(f"splits written to [bold]{escape(str(out))}[/]")
 
 
@@ -359,7 +359,7 @@ def points(masks: Annotated[Path, typer.Argument(help="folder of masks (NIfTI la
     _print_skips(result.skipped, skipped_title)
     for note in result.notes:
         console.print(f"[yellow]note[/]: {escape(note)}")
-    console.print(f"labels from {escape(result.label_source)}; " + summary_line(result.rows, len(result.skipped), what))
+    console.print(f"labels from {escape(result.label_source)}; " + summary_line(result.rows, result.skipped, what))
     console.print(f"points written to [bold]{escape(str(out))}[/]")
 
 
@@ -410,7 +410,7 @@ def prepare(splits: Annotated[Path, typer.Argument(help="splits CSV", metavar="S
     loaded, config, root = prepared.loaded, prepared.config, prepared.cache
     _print_skips(loaded.skipped)
     noun = f"{config.kind.noun}(s)"
-    console.print(summary_line(len(loaded.samples), len(loaded.skipped), f"{noun} ready as {config.input} "
+    console.print(summary_line(len(loaded.samples), loaded.skipped, f"{noun} ready as {config.input} "
                                f"{config.output_shape}") + (f"; cache in {escape(str(root))}" if root else
                                                             "; [yellow]the cache folder is not writable[/]"))
 
@@ -647,7 +647,7 @@ def predict(run: Annotated[Path, typer.Argument(help="run directory", metavar="R
                       "the accuracy")
     _print_skips(predicted.skipped)
     noun = "point(s)" if points else "scan(s)"
-    console.print(summary_line(len(samples), len(predicted.skipped), f"{noun} predicted")
+    console.print(summary_line(len(samples), predicted.skipped, f"{noun} predicted")
                   + f"; written to [bold]{escape(str(out))}[/]")
 
 
@@ -759,6 +759,8 @@ def _plain_validation(exc) -> str:
     cause = exc.__cause__
     errors = cause.errors() if type(cause).__name__ == "ValidationError" else []
     phrase = _VALIDATION_PHRASES.get(errors[0]["type"]) if errors else None
+    if errors and errors[0]["type"] == "value_error":  # our own checks' sentence, without "Value error, "
+        return str(errors[0]["msg"]).removeprefix("Value error, ")
     if phrase is None:
         return exc.message
     given = errors[0].get("input")

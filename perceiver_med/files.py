@@ -126,14 +126,20 @@ def atomic_text(target: Path | str, write: Callable) -> None:
 
 
 def refuse_inside(output: Path | str, *inputs: Path | str) -> None:
-    """Outputs never go inside an input folder: a second run would read them as data."""
+    """Outputs never go inside an input folder: a second run would read them as data. An input that is one file
+    is only never replaced: the folder holding it was not given as data (`predict RUN scan.png --out p.csv` in
+    the scan's folder is fine)."""
+    from perceiver_med.csvfiles import printable
+
     out = Path(output).resolve()
-    for folder in inputs:
-        folder = Path(folder).resolve()
-        if folder.is_file():
-            folder = folder.parent
-        if out == folder or folder in out.parents:
-            raise UserError(f"{output} is inside the input folder {folder}: write outputs elsewhere")
+    for given in inputs:
+        given = Path(given).resolve()
+        if given.is_file():
+            if out == given:
+                raise UserError(f"{printable(output)} is the input scan itself: write outputs elsewhere")
+        elif out == given or given in out.parents:
+            raise UserError(f"{printable(output)} is inside the input folder {printable(given)}: write outputs "
+                            "elsewhere")
 
 
 def file_sha256(path: Path) -> str:

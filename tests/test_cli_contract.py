@@ -104,12 +104,29 @@ def test_bad_paths_get_a_sentence_that_says_what_is_wrong(run_installed, tmp_pat
     points.write_text("seriesuid,coordX,coordY,coordZ,label,patient_id\n1.2.3,0,0,0,benign,P1\n")
     err = one_line(run_installed("train", points, "--out", tmp_path / "r"))
     assert "is a points file" in err and f"--points {points}" in err
+    err = one_line(run_installed("train", knee / "splits.csv", "--out", tmp_path / "r", "--lr", "inf"))
+    assert "--lr must be a finite number, not inf" in err and not (tmp_path / "r").exists()
+    err = one_line(run_installed("evaluate", run, "--split", "testing"))
+    assert "'testing' is not one of 'all', 'train', 'val', 'test'" in err and "Value error" not in err
     semicolons = tmp_path / "semicolons.csv"
     semicolons.write_text((knee / "splits.csv").read_text().replace(",", ";"))
     assert "separated by ';'" in one_line(run_installed("train", semicolons, "--out", tmp_path / "r"))
     err = one_line(run_installed("predict", run, knee / "data", "--out", run / "config.json"))
     assert "run directory" in err
     json.loads((run / "config.json").read_text())  # untouched
+
+
+def test_a_refused_output_touches_no_input_and_one_scan_is_not_a_folder(run_installed, tmp_path, knee, run):
+    data = tmp_path / "data"
+    shutil.copytree(knee / "data", data)
+    before = (sorted(data.rglob("*")), data.stat().st_mtime_ns)
+    assert "inside the input folder" in one_line(run_installed("inspect", data, "--out", data / "f.csv"))
+    assert "inside the input folder" in one_line(run_installed("split", data, "--out", data / "s.csv"))
+    assert (sorted(data.rglob("*")), data.stat().st_mtime_ns) == before  # not even a temporary file came and went
+    scan = next(data.glob("*.png"))  # one scan given: its folder is not an input folder
+    code, out, err = run_installed("predict", run, scan, "--out", data / "one.csv")
+    assert code == 0 and (data / "one.csv").is_file(), err
+    assert "the input scan itself" in one_line(run_installed("predict", run, scan, "--out", scan, "--overwrite"))
 
 
 def test_outputs_are_not_replaced_unasked(run_installed, tmp_path, knee, run):

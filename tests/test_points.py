@@ -106,9 +106,12 @@ def test_samples_outside_the_volume_are_air_and_a_point_outside_is_refused():
     assert grid[4][0].max() == 0.0  # the top row of the middle tile: 20 mm anterior, outside the 14 mm half-width
     with pytest.raises(ScanError, match="outside this scan"):
         point_grid(image, POINT + [0, 0, 30], CONFIG)
-    ras = POINT * [-1, -1, 1]  # LPS given as RAS
-    with pytest.raises(ScanError, match="outside this scan"):
+    ras = POINT * [-1, -1, 1]  # LPS given as RAS: outside, and the message says the mirrored point fits
+    with pytest.raises(ScanError, match=r"outside this scan .*x and y negated, lies inside: are the coordinates RAS"):
         point_grid(image, ras, CONFIG)
+    with pytest.raises(ScanError, match=r"voxel \d+, \d+, 1\.43e\+30 of") as far:  # not a 30-digit number
+        point_grid(image, POINT + [1e30, 0, 0], CONFIG)
+    assert "RAS" not in str(far.value)  # its mirror is outside too
 
 
 @pytest.fixture(scope="module", params=["dicom", "nifti"])
@@ -310,6 +313,7 @@ def test_bad_points_are_skipped_with_a_reason_and_nothing_usable_is_exit_2(point
     assert code == 0, stderr
     assert len(_points(tmp_path / "p.csv")) == 1
     assert "1.2.3.999 not found" in stdout.replace("\n", " ") or "1.2.3.999" in stdout
+    assert "1 point(s) predicted, 2 point row(s) skipped" in " ".join(stdout.split())  # rows, not "files"
     # LPS given as RAS: no point inside any scan, and the message says what may be wrong
     ras = tmp_path / "ras.csv"
     ras.write_text(",".join(keys) + "\n" + "\n".join(

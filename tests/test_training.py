@@ -87,7 +87,7 @@ class _StopAfter:
 def test_resume_after_an_interruption_gives_a_complete_run(knee, tmp_path):
     out = tmp_path / "run"
     # Ctrl-C says what continues the run, and that command does
-    with pytest.raises(Interrupted, match=re.escape(f"the last completed epoch is kept: continue with "
+    with pytest.raises(Interrupted, match=re.escape(f"the last completed epoch is kept. Continue with:\n    "
                                                     f"perceiver-med train --resume --out {out}")):
         _train(knee, out, epochs=3, reporter=_StopAfter(2))
     assert not (out / "metrics.json").exists() and (out / "checkpoint.pt").exists()

@@ -129,13 +129,25 @@ def point_voxel(image, point_lps) -> np.ndarray:
     if guessed:  # 1 mm stands in for it: the grid would show another field of view, off-centre
         raise ScanError(f"the file does not give its {' or '.join(guessed)} (1 mm would be assumed), so a point in "
                         "patient millimetres cannot be placed in it")
-    index = image.to_voxel(point_lps)
     shape = (image.num_slices if image.slices is not None else image.voxels.shape[0], *image.voxels.shape[1:])
-    if any(not -0.5 <= k <= n - 0.5 for k, n in zip(index, shape)):
+
+    def inside(index) -> bool:
+        return all(-0.5 <= k <= n - 0.5 for k, n in zip(index, shape))
+
+    index = image.to_voxel(point_lps)
+    if not inside(index):
         x, y, z = (float(v) for v in point_lps)
+        # The usual mistake: NIfTI/ITK world coordinates (RAS) given as DICOM LPS, x and y negated.
+        mirrored = inside(image.to_voxel((-x, -y, z)))
         raise ScanError(f"point ({x:g}, {y:g}, {z:g}) mm lies outside this scan (voxel "
-                        f"{', '.join(f'{k:.0f}' for k in index)} of {'x'.join(map(str, shape))})")
+                        f"{', '.join(_voxel_number(k) for k in index)} of {'x'.join(map(str, shape))})"
+                        + (f"; ({-x:g}, {-y:g}, {z:g}), x and y negated, lies inside: are the coordinates RAS "
+                           "instead of LPS?" if mirrored else ""))
     return index
+
+
+def _voxel_number(k: float) -> str:
+    return f"{k:.0f}" if abs(k) < 1e6 else f"{k:.3g}"  # a point far off is not printed 30 digits long
 
 
 def point_grid(image, point_lps, config) -> np.ndarray:

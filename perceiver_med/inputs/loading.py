@@ -136,7 +136,8 @@ def load_inputs(samples: list[Sample], config: PreprocessConfig, workers: int = 
     kept, inputs, skipped = [], [], list(skipped)
     for sample, array, reason in zip(samples, arrays, reasons):
         if array is None:
-            skipped.append(Skip(sample.path, f"{where(sample)}: {reason}" if where else reason))
+            skipped.append(Skip(sample.path, f"{where(sample)}: {reason}" if where else reason,
+                                int(sample.point_id) if where and sample.point_id else None))
         else:
             kept.append(sample)
             inputs.append(array)

@@ -7,8 +7,8 @@ A row names its scan by `seriesuid` (the DICOM SeriesInstanceUID; a MetaImage na
 `diameter_mm`, `label` and `patient_id` are optional. Each column is found under the spellings of COLUMNS, the one
 place that knows them: LUNA25 writes `SeriesInstanceUID, CoordX, CoordY, CoordZ, PatientID`, LUNA16's candidates
 `class`. Every other column (LUNA25's `AnnotationID, NoduleID, StudyDate`...) is carried, as written, to the outputs
-that echo the file (`predict` writes the file's table with its own columns added). A NIfTI scan stores RAS, and its reader converts its affine to LPS, so the same
-coordinates work for every format.
+that echo the file (`predict` writes the file's table with its own columns added). A NIfTI scan stores RAS, and its
+reader converts its affine to LPS, so the same coordinates work for every format.
 
 Labels are used as written ("0" and "1" are two classes), or renamed by `--classes 0=benign,1=malignant`.
 A row that cannot be used (a cell that is not a number, a series not found, a label --classes does not name) is
@@ -126,7 +126,7 @@ def read_points(csv_path: Path, classes: dict[str, str] | None = None) -> Points
                             diameter_mm=diameter, point_id=str(record.line), label=label,
                             patient_id=record.text(named["patient_id"], any_bytes=True))
         except UserError as exc:
-            skipped.append(Skip(Path(csv_path), str(exc)))
+            skipped.append(Skip(Path(csv_path), str(exc), record.line))
             continue
         earlier = first.setdefault((reference, point), sample)
         if earlier is sample:
@@ -135,7 +135,7 @@ def read_points(csv_path: Path, classes: dict[str, str] | None = None) -> Points
         else:  # one reason for every repeat of a row, so the skip summary counts them on one line
             labels = f" (labelled {earlier.label!r} there)" if sample.label != earlier.label else ""
             skipped.append(Skip(Path(csv_path), f"the same point of the same scan as line {earlier.point_id}{labels}, "
-                                                "which is used once"))
+                                                "which is used once", record.line))
     return PointsFile(Path(csv_path), by, table.columns, samples, skipped, names, cells)
 
 
@@ -184,11 +184,12 @@ def match_points(points: PointsFile, discovery: Discovery, mismatch: Callable[[S
                          if p in by_path), None)
             reason = f"{where}: {printable(sample.path)} {NOT_FOUND} {printable(discovery.root)}"
         if scan is None:
-            skipped.append(Skip(points.source, reason))
+            skipped.append(Skip(points.source, reason, int(sample.point_id)))
         elif scan.kind != "volume":
-            skipped.append(Skip(scan.path, f"{where}: a point needs a volume, and this scan is a 2D image"))
+            skipped.append(Skip(scan.path, f"{where}: a point needs a volume, and this scan is a 2D image",
+                                int(sample.point_id)))
         elif reason := mismatch(scan):
-            skipped.append(Skip(scan.path, f"{where}: {reason}"))
+            skipped.append(Skip(scan.path, f"{where}: {reason}", int(sample.point_id)))
         else:
             samples.append(replace(sample, path=scan.path, series_uid=scan.series_uid,
                                    patient_id=sample.patient_id or scan.patient_id))

@@ -33,8 +33,11 @@ class Scan:
 
 @dataclass
 class Skip:
+    """What was passed over and why: a file, or with `row` a row of a table (a points file's line)."""
+
     file: Path
     reason: str
+    row: int | None = None
 
 
 def relative(path: Path, root: Path) -> str:

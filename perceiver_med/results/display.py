@@ -53,8 +53,12 @@ def skipped_table(skipped: list[Skip], title: str = "skipped") -> Table | None:
     return table
 
 
-def summary_line(read: int, skipped: int, what: str = "scan(s) read") -> str:
-    return f"[bold]{read}[/] {what}, [bold]{skipped}[/] file(s) skipped"
+def summary_line(read: int, skipped: list, what: str = "scan(s) read") -> str:
+    """"N <what>, M file(s) skipped", counting a points file's rows as rows, not files."""
+    rows = sum(skip.row is not None for skip in skipped)
+    counts = [f"[bold]{len(skipped) - rows}[/] file(s)"] if len(skipped) > rows or not rows else []
+    counts += [f"[bold]{rows}[/] point row(s)"] if rows else []
+    return f"[bold]{read}[/] {what}, {' and '.join(counts)} skipped"
 
 
 def counts_table(counts: dict[str, dict[str, tuple[int, int]]], unit: str = "split", samples: str = "scans"

@@ -24,7 +24,6 @@ import torch
 
 from perceiver_med.csvfiles import printable
 from perceiver_med.errors import UserError
-from perceiver_med.files import refuse_inside
 from perceiver_med.inputs.samples import Sample
 from perceiver_med.inputs.loading import load_inputs, suited_samples
 from perceiver_med.io.discover import Skip, discover_each
@@ -182,9 +181,8 @@ def explain_run(request: ExplainRequest) -> tuple[list[Path], list[Skip]]:
 
     predictor = Predictor(run, device="cpu")
     config = predictor.config
-    for scan in scans:
-        refuse_inside(out / "x.png", scan)
-    check_new_output(out / "x.png", overwrite=True)  # not inside a run directory, and writable
+    # the folder of overlays: not inside an input folder or a run directory, and writable
+    check_new_output(out / "overlay.png", overwrite=True, inputs=tuple(scans))
     check_point_run(config, points)
     if points is not None:
         return _explain_points(predictor, scans, Path(points), out, overwrite)
@@ -241,12 +239,8 @@ def _explain_points(predictor: Predictor, scans: list[Path], points: Path, out: 
         target = out / f"{_stem(sample.path)}_line{sample.point_id}_explain.png"
         _overlay(predictor, array, name, sample.label or None, target, overwrite)
         written.append(target)
-    # explain is given a few scans: rows of other scans were not asked for, and are counted, not listed
-    others = [skip for skip in prepared.skipped if NOT_FOUND in skip.reason]
-    skipped = [skip for skip in prepared.skipped if NOT_FOUND not in skip.reason]
-    if others:
-        skipped.append(Skip(points, f"{len(others)} row(s) of the points file name scans not among those given"))
-    return written, skipped
+    # explain is given a few scans: rows of other scans were not asked for, so they are not skips
+    return written, [skip for skip in prepared.skipped if NOT_FOUND not in skip.reason]
 
 
 def _stem(scan: Path) -> str:

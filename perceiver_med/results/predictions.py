@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 
 from perceiver_med.csvfiles import as_written, read_csv, write_csv
-from perceiver_med.files import refuse_inside
 from perceiver_med.errors import UserError
 from perceiver_med.inputs.labels import folder_label, known_patient, laterality_of
 from perceiver_med.inputs.loading import load_inputs, suited_samples
@@ -151,8 +150,7 @@ def predict_run(request: PredictRequest, on_done: Callable[[int, int], None] | N
         raise UserError("--classes names the label values of a points file: give it with --points CSV")
     predictor = Predictor(request.run, request.runtime.device, request.tta)
     config = predictor.config
-    refuse_inside(out, scans)
-    check_new_output(out, request.overwrite)
+    check_new_output(out, request.overwrite, inputs=(scans,))
     check_point_run(config, points)
     trained_on = predictor.run.trained_on(config)
     if points is not None:

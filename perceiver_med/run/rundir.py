@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from perceiver_med.errors import UserError
-from perceiver_med.files import FILE_MODE, check_name, expect_new, not_regular, writing_error
+from perceiver_med.files import FILE_MODE, check_name, expect_new, not_regular, refuse_inside, writing_error
 from perceiver_med.inputs.cache import INPUT_VERSION
 from perceiver_med.inputs.samples import Sample
 from perceiver_med.inputs.splits import find_problems, read_splits
@@ -275,11 +275,13 @@ def refuse_inside_runs(output: Path | str) -> None:
             raise UserError(f"{output} is inside the run directory {folder}: write outputs elsewhere")
 
 
-def check_new_output(path: Path | str, overwrite: bool = False) -> None:
-    """Before any work: refuse to replace an existing output unasked, anything but a regular file even when asked,
-    to write inside a run directory or under a name the file system refuses, and make sure the output's folder is
-    writable. An output absent now is then created only if it is still absent (files.expect_new)."""
+def check_new_output(path: Path | str, overwrite: bool = False, inputs: tuple = ()) -> None:
+    """Before any work: refuse to write inside an input folder (`inputs`) or a run directory, to replace an existing
+    output unasked, anything but a regular file even when asked, or under a name the file system refuses; then
+    make sure the output's folder is writable (a refused output touches nothing). An output absent now is then
+    created only if it is still absent (files.expect_new)."""
     path = Path(path)
+    refuse_inside(path, *inputs)
     check_name(path)
     try:
         refuse_inside_runs(path)

@@ -213,6 +213,10 @@ class TrainConfig:
     precision: str = field(default="auto", metadata=RUNTIME)
 
     def check(self) -> None:
+        for spec in fields(self):  # inf would pass every bound below and end the first step in NaN
+            value = getattr(self, spec.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"{spec.name} must be a finite number, not {value}")
         for name in ("epochs", "patience", "seed", "num_workers"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be 0 or more, not {getattr(self, name)}")

@@ -65,7 +65,7 @@ def inspect_folder(data: Path, out: Path | None = None, *, overwrite: bool = Fal
     `discovery.patients` ({scan id: label or patient id}).
     """
     if out is not None:
-        check_new_output(out, overwrite)
+        check_new_output(out, overwrite, inputs=(data,))
     with runtime.reading():
         discovery = discover(data)
         try:
@@ -78,7 +78,6 @@ def inspect_folder(data: Path, out: Path | None = None, *, overwrite: bool = Fal
         except UserError:  # no label source: inspect still lists the scans
             discovery.labels = {}
     if out is not None:
-        refuse_inside(out, data)
         write_csv(out, INSPECT_COLUMNS, ([record[c] for c in INSPECT_COLUMNS] for record in discovery.records()))
     return discovery
 
@@ -155,7 +154,7 @@ def split_data(request: SplitRequest) -> SplitResult | SplitCheck:
             ratios = tuple(float(r) for r in ratios.split(","))
         except ValueError:
             raise UserError(f"--ratios must be three numbers like 0.6,0.2,0.2, got {request.ratios!r}") from None
-    check_new_output(request.out, request.overwrite)
+    check_new_output(request.out, request.overwrite, inputs=(request.data,))
     with request.runtime.reading():
         return split_folder(request.data, request.out, ratios, request.seed, request.label_from, request.labels,
                             request.patient_regex, request.points, request.folds, parse_classes(request.classes),
@@ -235,7 +234,8 @@ def label_points(table: PointsFile, discovery: Discovery) -> LabelledSet:
     for sample in samples:
         where = f"{printable(table.source)}:{sample.point_id}"
         if not sample.label:
-            skipped.append(Skip(sample.path, f"{where}: no label (add a label column to the points file)"))
+            skipped.append(Skip(sample.path, f"{where}: no label (add a label column to the points file)",
+                                int(sample.point_id)))
             continue
         patient = sample.patient_id or sample.series_uid or relative(sample.path, discovery.root)
         own += not sample.patient_id
@@ -250,7 +250,7 @@ def mask_points(masks: Path, scans: Path, out: Path, mask_labels: str | None = N
                 overwrite: bool = False) -> MaskPoints | LidcPoints:
     """`points`: segmentation masks (inputs.masks.points_from_masks), or LIDC-IDRI readers' XML where MASKS holds
     it (inputs.lidc.points_from_lidc), -> a new points CSV `out`."""
-    check_new_output(out, overwrite)
+    check_new_output(out, overwrite, inputs=(masks, scans))
     if holds_lidc_readings(masks):
         if mask_labels is not None:
             raise UserError("--mask-labels names the classes of mask values; LIDC-IDRI readings are labelled by "
@@ -318,8 +318,7 @@ def preview_scan(request: PreviewRequest) -> np.ndarray:
     if not scan.exists():
         raise UserError(f"{scan} does not exist")
     for suffix in (".npy", ".png"):
-        refuse_inside(prefix.parent / (prefix.name + suffix), scan)
-        check_new_output(prefix.parent / (prefix.name + suffix), overwrite)
+        check_new_output(prefix.parent / (prefix.name + suffix), overwrite, inputs=(scan,))
     try:
         if run is not None:
             config = _run_preprocess(run, point, input=None if input == AUTO else input, size=size,

@@ -94,7 +94,8 @@ def train(request: TrainRequest, reporter: Reporter | None = None,
             raise Interrupted("interrupted before the first epoch ended: nothing to resume") from None
         kept = "finished folds and the last completed epoch are kept" if request.cv else \
             "the last completed epoch is kept"
-        raise Interrupted(f"interrupted; {kept}: continue with {command}") from None
+        # the command on a line of its own, so a narrow terminal does not break it where it is copied from
+        raise Interrupted(f"interrupted; {kept}. Continue with:\n    {command}") from None
 
 
 @dataclass
