@@ -235,3 +235,8 @@ def test_luna16_split_by_its_subsets_then_cross_validation_and_predict(luna16, t
     assert nodule_columns == ["seriesuid", "coordX", "coordY", "coordZ", "diameter_mm", "pred", "prob_0", "prob_1"]
     assert len(nodules) == len(_table(luna16 / "annotations.csv")[1])
     assert _files(luna16) == before
+
+
+def test_synth_of_a_benchmark_takes_no_format_of_its_own(tmp_path, run_cli):
+    code, out, err = run_cli("synth", "luna16", tmp_path / "L16", "--format", "nifti")
+    assert code == 2 and "leave out --format" in err and not (tmp_path / "L16").exists()
