@@ -2,7 +2,7 @@
 
 The packages follow the data, one direction only (tests/test_layout.py checks that every import points down):
 
-    io/         files -> ScanImage (readers: DICOM, NIfTI, PNG; a new reader goes here)
+    io/         files -> ScanImage (readers: DICOM, NIfTI, MetaImage, PNG; a new reader goes here)
     inputs/     samples, splits, points, windows, input kinds, cache, augmentation (a new input kind goes here)
     synth/      phantom data sets (beside inputs: it writes files that io/ reads)
     models/     layers, the model families and their registry, weights files (a new model goes here)

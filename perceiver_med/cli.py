@@ -32,6 +32,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 class Kind(str, Enum):
     knee = "knee"
     lung = "lung"
+    luna16 = "luna16"
+    luna25 = "luna25"
 
 
 class Format(str, Enum):
@@ -115,7 +117,12 @@ TtaOption = Annotated[int, typer.Option(
     metavar="N")]
 PointsOption = Annotated[Optional[Path], typer.Option(
     help="CSV of points, one sample each: seriesuid or path, coordX,coordY,coordZ in DICOM patient mm (LPS), "
-         "optionally diameter_mm, label, patient_id (LUNA16's annotations.csv)", metavar="CSV")]
+         "optionally diameter_mm, label, patient_id (LUNA16's annotations.csv and candidates_V2.csv, LUNA25's "
+         "table with its SeriesInstanceUID, CoordX.., PatientID spellings); other columns are carried to predictions",
+    metavar="CSV")]
+ClassesOption = Annotated[Optional[str], typer.Option(
+    help="the class of each label value of the points file, e.g. 0=benign,1=malignant (LUNA25, LUNA16); other "
+         "values are skipped (default: the values as written are the classes)", metavar="VALUE=CLASS,...")]
 FovMm = Annotated[Optional[float], typer.Option(help="side of a point grid's square, in mm", metavar="MM",
                                                 show_default="40")]
 SliceMm = Annotated[Optional[float], typer.Option(help="distance between a point grid's 9 planes, in mm",
@@ -215,7 +222,9 @@ class RichReporter:
 
 
 @app.command()
-def synth(kind: Annotated[Kind, typer.Argument(help="knee or lung", case_sensitive=False, metavar="KIND")],
+def synth(kind: Annotated[Kind, typer.Argument(help="knee, lung, or a benchmark's layout: luna16 (subsetK/*.mhd + "
+                                                   ".raw, annotations.csv, candidates_V2.csv) or luna25 (*.mha and its "
+                                                   "table)", case_sensitive=False, metavar="KIND")],
           out: Annotated[Path, typer.Argument(help="new folder to write", metavar="OUT")],
           patients: Annotated[int, typer.Option(help="number of patients", min=1, metavar="N")] = 100,
           format: Annotated[Optional[Format], _choice("file format", show_default="png for knee, dicom for lung")
@@ -231,7 +240,7 @@ def synth(kind: Annotated[Kind, typer.Argument(help="knee or lung", case_sensiti
           masks: Annotated[bool, typer.Option(
               "--masks", help="with --points: a NIfTI label map per scan in OUT/masks (value 1: a benign nodule, "
               "2: a malignant one)", metavar="")] = False):
-    """Write a phantom data set as real DICOM / NIfTI / PNG files."""
+    """Write a phantom data set as real DICOM / NIfTI / MetaImage / PNG files."""
     from perceiver_med.workflows.folders import SynthRequest, synth_folder
 
     request = SynthRequest(kind.value, out, patients, _value(format), seed, difficulty.value, points, masks)
@@ -270,7 +279,8 @@ def split(data: Annotated[Optional[Path], typer.Argument(help="folder of scans",
           out: Annotated[Optional[Path], typer.Option(help="splits CSV to write", metavar="CSV")] = None,
           check: Annotated[Optional[Path], typer.Option(help="verify an existing splits CSV instead",
                                                         metavar="CSV")] = None,
-          ratios: Annotated[str, typer.Option(help="train,val,test fractions", metavar="T,V,T")] = "0.6,0.2,0.2",
+          ratios: Annotated[Optional[str], typer.Option(help="train,val,test fractions", metavar="T,V,T",
+                                                        show_default="0.6,0.2,0.2")] = None,
           seed: Annotated[int, typer.Option(help="random seed", min=SEED_RANGE[0], max=SEED_RANGE[1], metavar="N")] = 0,
           labels: Annotated[Optional[Path], typer.Option(help="CSV path,label[,patient_id][,slice]",
                                                          metavar="CSV")] = None,
@@ -278,16 +288,20 @@ def split(data: Annotated[Optional[Path], typer.Argument(help="folder of scans",
                                                    "folders, else laterality)")] = LabelFrom.auto,
           patient_regex: Annotated[Optional[str], typer.Option(help="regex for patient ids in paths",
                                                                metavar="REGEX")] = None,
-          points: PointsOption = None,
+          points: PointsOption = None, classes: ClassesOption = None,
           folds: Annotated[Optional[int], typer.Option(
               help="also deal the train and val patients into K cross-validation folds (a fold column; fold 0 "
                    "is the val split; test patients stay held out)", metavar="K", min=2)] = None,
+          folds_from: Annotated[Optional[str], typer.Option(
+              help="use the folds the data set gives instead of drawing them: a column of the points file, or "
+                   "folder for the folder under DATA holding each scan (LUNA16: subset0..subset9); every sample "
+                   "is in a fold, fold 0 the val split, no test split", metavar="COLUMN")] = None,
           overwrite: Overwrite = False, max_voxels: MaxVoxels = None):
     """Stratified, patient-grouped train/val/test split (or --check an existing one)."""
     from perceiver_med.workflows.folders import SplitRequest, SplitResult, split_data
 
     result = split_data(SplitRequest(data, out, ratios, seed, label_from.value, labels, patient_regex, points, folds,
-                                     overwrite, check, _runtime(max_voxels)))
+                                     overwrite, check, _runtime(max_voxels), classes=classes, folds_from=folds_from))
     console.print(counts_table(result.counts(), samples=result.noun))
     if result.has_folds:
         console.print(counts_table(result.counts(by_fold=True), "fold", result.noun))
@@ -601,7 +615,7 @@ def predict(run: Annotated[Path, typer.Argument(help="run directory, or a model 
                                                 metavar="RUN")],
             scans: Annotated[Path, typer.Argument(help="folder of scans, or one file", metavar="SCANS")],
             out: Annotated[Path, typer.Option(help="predictions CSV to write", metavar="CSV")],
-            points: PointsOption = None, tta: TtaOption = 1,
+            points: PointsOption = None, classes: ClassesOption = None, tta: TtaOption = 1,
             device: DeviceOption = Device.auto, overwrite: Overwrite = False, max_voxels: MaxVoxels = None):
     """Predict every scan found in a folder with the run's preprocessing (an exported model.onnx carries it, and
     runs in ONNX Runtime)."""
@@ -609,7 +623,7 @@ def predict(run: Annotated[Path, typer.Argument(help="run directory, or a model 
 
     from perceiver_med.results.predictions import PredictRequest, predict_run
 
-    request = PredictRequest(run, scans, out, points, tta, overwrite, _runtime(max_voxels, device))
+    request = PredictRequest(run, scans, out, points, tta, overwrite, _runtime(max_voxels, device), classes)
     with RichReporter() as reporter:
         predicted = predict_run(request, reporter.preparing)
     samples, decided = predicted.samples, predicted.decided

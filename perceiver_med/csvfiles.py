@@ -50,6 +50,18 @@ def escape_cell(value: object) -> object:
     return value
 
 
+def as_written(text: str) -> str | int | float:
+    """A cell read from one file, to write into another unchanged: text that is a number as Python writes it
+    ("-45.3", "-2") goes out as that number, so that it is not formula-escaped; any other text as it is."""
+    for kind in (int, float):
+        try:
+            number = kind(text)
+        except ValueError:
+            continue
+        return number if repr(number) == text else text
+    return text
+
+
 _BYTE_ESCAPE = re.compile(r"\\x([89a-fA-F][0-9a-fA-F])")
 
 

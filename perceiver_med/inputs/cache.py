@@ -28,6 +28,7 @@ from perceiver_med.errors import ScanError, UserError
 from perceiver_med.files import atomic_path
 from perceiver_med.io import discover
 from perceiver_med.io.limits import describe, max_voxels, over_memory, set_max_voxels
+from perceiver_med.io.registry import files_of
 from perceiver_med.inputs.preprocess import PreprocessConfig, point_inputs, scan_input
 from perceiver_med.inputs.samples import Sample
 
@@ -67,7 +68,7 @@ def _file_identity(path: Path) -> tuple:
 
 
 def _identity(path: Path, series_uid: str) -> list:
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else files_of(path)
     return [series_uid] + [_file_identity(p) for p in files]
 
 

@@ -6,6 +6,7 @@ and test. Here the unit of assignment is the patient: every scan of a patient go
 from __future__ import annotations
 
 import os
+import re
 import warnings
 from collections import Counter, defaultdict
 from dataclasses import replace
@@ -110,6 +111,24 @@ def assign_folds(rows: list[Sample], folds: int, seed: int = 0) -> list[Sample]:
             for k, row in enumerate(rows)]
 
 
+def given_folds(rows: list[Sample], values: list[str], source: str) -> tuple[list[Sample], list[str]]:
+    """The rows in the cross-validation folds a data set gives (LUNA16's subset0..subset9), one value per row:
+    every row is in a fold, none in test (the folds are the evaluation); the folds are the values in natural order
+    (subset2 before subset10), fold 0 is the val split. Also returns the values, fold k's at k. A patient whose rows
+    sit in two folds is refused afterwards, by find_problems, as a leak. `source` names the values in messages."""
+    missing = sum(not value for value in values)
+    if missing:
+        raise UserError(f"{missing} of the {len(values)} samples have no fold in {source}: a given fold assignment "
+                        "must place every sample")
+    names = sorted(set(values), key=lambda value: [int(part) if part.isdigit() else part
+                                                   for part in re.split(r"(\d+)", value)])
+    if len(names) < 2:
+        raise UserError(f"{source} gives one fold ({names[0]!r}): cross-validation needs at least two")
+    fold_of = {name: k for k, name in enumerate(names)}
+    return [replace(row, fold=fold_of[value], split="val" if fold_of[value] == 0 else "train")
+            for row, value in zip(rows, values)], names
+
+
 def sample_noun(rows: list[Sample]) -> str:
     """What a splits file's rows are, for messages: "points" (point-centred grids, one or more a scan) or "scans"."""
     return "points" if any(row.point is not None for row in rows) else "scans"
@@ -189,13 +208,13 @@ def read_splits(csv_path: Path) -> list[Sample]:
 
 
 def _is_points_file(path: Path) -> bool:
-    from perceiver_med.inputs.points import COORDINATES
+    from perceiver_med.inputs.points import COLUMNS, COORDINATES
 
     try:
-        columns = read_csv(path, "points file", ()).columns
+        columns = set(read_csv(path, "points file", ()).columns)
     except UserError:
         return False
-    return set(COORDINATES) <= set(columns) and "split" not in columns
+    return all(columns & set(COLUMNS[name]) for name in COORDINATES) and "split" not in columns
 
 
 def _split_row(record: CsvRow) -> Sample:

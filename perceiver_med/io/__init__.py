@@ -2,9 +2,9 @@
 
 Every format is read by one `Reader` (reader.py) registered in registry.py, the one place that tells formats
 apart: `discover` asks it which reader each file belongs to and lets that reader make the scans (one per
-NIfTI or picture; DICOM series are assembled by the DICOM reader, dicom_series.py), and `read_scan` asks it
-which reader reads a scan. Adding a format (MetaImage, say) is one module with a Reader subclass and one entry
-in `registry.READERS`; nothing else changes. Segmentation masks are read by `read_label_map` (label_maps.py).
+NIfTI, MetaImage or picture; DICOM series are assembled by the DICOM reader, dicom_series.py), and `read_scan`
+asks it which reader reads a scan. Adding a format is one module with a Reader subclass (metaimage.py is one) and
+one entry in `registry.READERS`; nothing else changes. Segmentation masks are read by `read_label_map` (label_maps.py).
 
 Images are (rows, cols); volumes (slices, rows, cols); see io/image.py for the affine and io/orientation.py
 for the display convention, the same for every format. Nothing outside io/ opens an image file.

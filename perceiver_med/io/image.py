@@ -5,7 +5,8 @@ Voxels are in the one display convention of orientation.py, whatever the file fo
 
 `affine` maps a voxel index in the array's own axis order, (slice, row, col, 1), to DICOM patient
 coordinates: LPS millimetres (x towards the patient's left, y posterior, z superior). NIfTI's RAS is
-converted (x and y negated). Index (k, r, c) is the centre of voxel `voxels[k, r, c]`.
+converted (x and y negated); MetaImage's world coordinates are LPS already. Index (k, r, c) is the centre of
+voxel `voxels[k, r, c]`.
 
 - A 2D image is one plane at slice index 0: its index is (0, row, col), and the affine's first column is the
   plane's normal, one slice thickness (or 1 mm) long. `to_voxel` of a point off the plane gives a non-zero
@@ -30,6 +31,7 @@ ORDERINGS = {
     "instance": "DICOM slices without positions, in InstanceNumber order, assumed to follow the normal",
     "frames": "a DICOM multi-frame file without per-frame positions, frames in stored order along the normal",
     "nifti": "a NIfTI volume or slice, reoriented by its affine",
+    "metaimage": "a MetaImage volume or slice, reoriented by its direction matrix",
     "image": "a single 2D image (one DICOM frame, PNG or JPEG)",
 }
 NO_GEOMETRY = ("orientation", "position")
@@ -46,7 +48,7 @@ class ScanImage:
         modality: DICOM Modality ("" when the format has none).
         window: the DICOM VOI window (center, width), or None.
         ordering: how the slices were ordered, a key of ORDERINGS.
-        format: "dicom", "nifti", "png" or "jpeg".
+        format: "dicom", "nifti", "metaimage", "png" or "jpeg".
         assumed: what the file did not say and was assumed (see the module docstring).
         warnings: sentences for the user: what was assumed, left out or guessed while reading.
         slices: the whole-volume slice indices `voxels` holds when only some were read, else None.

@@ -79,6 +79,10 @@ class Reader:
     def read(self, scan: Scan, pick: Pick | None = None) -> ScanImage:
         raise NotImplementedError
 
+    def files_of(self, path: Path) -> list[Path]:
+        """The files reading the scan file `path` opens (a cache entry is valid while none of them changes)."""
+        return [path]
+
 
 def pick_for(scan: Scan, pick: Pick | None) -> list[int] | None:
     """The display slices `pick` chooses for a volume whose shape discovery found; None for an image."""

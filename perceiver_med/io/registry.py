@@ -1,6 +1,6 @@
 """The registry of readers: the one place that decides which reader reads a file, and which reads a scan.
 
-Readers are asked in order and the first that claims a file reads it: NIfTI and pictures by their names,
+Readers are asked in order and the first that claims a file reads it: NIfTI, MetaImage and pictures by their names,
 then DICOM, which claims every other file (DICOM files often have no extension) and says from its header
 whether it is one. Adding a format is one module with a `Reader` and one entry here, before DICOM.
 """
@@ -10,11 +10,11 @@ import warnings
 from pathlib import Path
 
 from perceiver_med.errors import ScanError
-from perceiver_med.io import dicom_series, lidc_xml, nifti, raster
+from perceiver_med.io import dicom_series, lidc_xml, metaimage, nifti, raster
 from perceiver_med.io.limits import os_reason, unexpected
 from perceiver_med.io.reader import NotThisFormat, Reader
 
-READERS: tuple[Reader, ...] = (nifti.READER, raster.READER, dicom_series.READER)
+READERS: tuple[Reader, ...] = (nifti.READER, metaimage.READER, raster.READER, dicom_series.READER)
 
 
 def reader_for(path: Path) -> Reader:
@@ -30,8 +30,13 @@ def reader_of(format: str) -> Reader:
     raise ScanError(f"no reader for scans of format {format!r}")
 
 
+def files_of(path: Path) -> list[Path]:
+    """The files reading the scan file `path` opens: itself, and for a MetaImage header its data files."""
+    return reader_for(path).files_of(path)
+
+
 def formats_read() -> str:
-    """What perceiver-med reads, for a message: "DICOM, NIfTI, PNG or JPEG"."""
+    """What perceiver-med reads, for a message: "DICOM, MetaImage, NIfTI, PNG or JPEG"."""
     return ", ".join(sorted(reader.formats_read for reader in READERS))
 
 

@@ -17,8 +17,8 @@ class Scan:
 
     id: str
     path: Path  # the file, or the folder holding all the files of a DICOM series (their common folder)
-    files: list[Path]  # in slice order for a DICOM series volume
-    format: str  # a format its reader produces (Reader.formats): "dicom", "nifti", "png", "jpeg"
+    files: list[Path]  # in slice order for a DICOM series volume; a MetaImage header, then its data files
+    format: str  # a format its reader produces (Reader.formats): "dicom", "nifti", "metaimage", "png", "jpeg"
     kind: str  # a scan kind: IMAGE_SCAN or VOLUME_SCAN
     modality: str = ""
     shape: tuple = ()  # (rows, cols) or (slices, rows, cols), as read_scan returns it

@@ -92,6 +92,10 @@ def evaluate_run(run: Path, splits: Path | None = None, split: str = "all", tta:
     rows = [row for row in rows if split == "all" or row.split == split]
     if splits is not None:  # only the rows scored: a cross-validation's own splits file scores its test split
         refuse_training_scans(rows, predictor.run.trained_on(config))
+    if not rows and config.ensemble and splits is None and split == "test":  # split --folds-from: no test split
+        raise UserError(f"{run} is a cross-validation whose folds hold every sample, so nothing is held out for it: "
+                        f"its out-of-fold scores are in its metrics.json; score a fold with evaluate {run}/fold_<k> "
+                        "--split val, or unseen scans with --splits")
     if not rows:
         raise UserError(f"{splits or predictor.run.splits_file} has no {split} scans")
     check_samples(config.preprocess.kind, any(row.point is not None for row in rows), "this run",

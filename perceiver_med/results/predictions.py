@@ -1,7 +1,8 @@
 """Predictions CSV files and `predict`: every scan of a folder (or every row of a points file) through a run's
 Predictor, or through an exported ONNX model's OnnxPredictor, one row per sample:
 path[,coordX,coordY,coordZ][,label],pred,prob_<class>... Probabilities are the run's calibrated ones at full float
-precision (repr round-trips), `pred` its decision.
+precision (repr round-trips), `pred` its decision. The predictions of a points file are that file's table, its
+columns named as it names them, with the run's columns added (label, pred, prob_*).
 
 `predict` of an ONNX file imports no model code: the PyTorch Predictor is imported only for a run directory."""
 from __future__ import annotations
@@ -12,16 +13,16 @@ from pathlib import Path
 
 import numpy as np
 
-from perceiver_med.csvfiles import read_csv, write_csv
+from perceiver_med.csvfiles import as_written, read_csv, write_csv
+from perceiver_med.errors import UserError
 from perceiver_med.inputs.labels import folder_label, known_patient, laterality_of
 from perceiver_med.inputs.loading import load_inputs, suited_samples
-from perceiver_med.inputs.points import COORDINATES
+from perceiver_med.inputs.points import COORDINATES, Echo, parse_classes
 from perceiver_med.inputs.samples import Sample
 from perceiver_med.inputs.splits import SPLITS
 from perceiver_med.io import discover
 from perceiver_med.io.discover import Skip
 from perceiver_med.io.scans import relative
-from perceiver_med.errors import UserError
 from perceiver_med.run.point_runs import check_point_run, prepare_points
 from perceiver_med.run.rundir import check_new_output
 from perceiver_med.stats.decision import Decisions
@@ -29,24 +30,33 @@ from perceiver_med.training.config import Runtime, applies_runtime, is_lateralit
 
 
 def write_predictions(path: Path, samples: list[Sample], decided: Decisions, with_points: bool = False,
-                      scan_column: tuple[str, list[str]] | None = None) -> None:
+                      echo: Echo | None = None) -> None:
     """One row per sample: path[,coordX,coordY,coordZ][,label],pred,prob_<class>... `with_points` writes each
     sample's point (LPS mm), which tells the samples of a run trained on points apart; the label column is there
-    when every sample's label is one of the run's classes. `scan_column` (a name and one cell per sample) names
-    the scans as a points file did, instead of by their paths."""
-    name, scans = scan_column or ("path", [str(sample.path) for sample in samples])
+    when every sample's label is one of the run's classes. With `echo` (the samples' points file), a row is instead
+    the file's own row, every cell as written (its label, where known, the run's class of it), then pred and
+    prob_<class>...: the user's table with the run's columns added."""
     with_label = all(sample.label in decided.classes for sample in samples)
-    columns = [name] + (list(COORDINATES) if with_points else []) + (["label"] if with_label else []) + [
-        "pred"] + [f"prob_{c}" for c in decided.classes]
+    if echo is not None:
+        columns = echo.columns + ["pred"] + [f"prob_{c}" for c in decided.classes]
+        label_column = echo.label_column if with_label else ""
+    else:
+        columns = ["path"] + (list(COORDINATES) if with_points else []) + (["label"] if with_label else []) + [
+            "pred"] + [f"prob_{c}" for c in decided.classes]
     names = decided.names
 
-    def row(k: int, sample: Sample) -> list:
-        # floats, not text: the csv module writes their repr (a point's is the value given), and a number is
-        # never formula-escaped
-        return ([scans[k]] + (list(sample.point) if with_points else []) + ([sample.label] if with_label else [])
-                + [names[k]] + [float(v) for v in decided.probs[k]])
+    def cells(k: int, sample: Sample) -> list:
+        if echo is None:
+            return [str(sample.path)] + (list(sample.point) if with_points else []) + (
+                [sample.label] if with_label else [])
+        point = dict(zip(echo.coordinates, sample.point))
+        return [point[c] if c in point else sample.label if c == label_column else as_written(echo.rows[k].get(c, ""))
+                for c in echo.columns]
 
-    write_csv(path, columns, (row(k, sample) for k, sample in enumerate(samples)))
+    # floats, not text: the csv module writes their repr (a point's is the value given), and a number is never
+    # formula-escaped
+    write_csv(path, columns, (cells(k, sample) + [names[k]] + [float(v) for v in decided.probs[k]]
+                              for k, sample in enumerate(samples)))
 
 
 @dataclass
@@ -86,7 +96,8 @@ class PredictRequest:
     """Every scan under `scans` (a folder or one file), or for a run trained on points every row of the points
     CSV `points`, through `run`: a run directory, or a model file `export` wrote (model.onnx); `out` is the
     predictions CSV to write (a new file unless `overwrite`); `tta` > 1 averages that many label-preserving views
-    of each sample (a run directory only)."""
+    of each sample (a run directory only); `classes` ("0=benign,1=malignant") names the class of each label value
+    of the points file."""
 
     run: Path
     scans: Path
@@ -95,6 +106,7 @@ class PredictRequest:
     tta: int = 1
     overwrite: bool = False
     runtime: Runtime = field(default_factory=Runtime)
+    classes: str | None = None
 
 
 @dataclass
@@ -144,21 +156,24 @@ def predict_run(request: PredictRequest, on_done: Callable[[int, int], None] | N
     run directory or an exported ONNX model (a file); writes `out` and returns the samples with the decisions, and
     the files or rows skipped with their reasons."""
     scans, out, points, workers = Path(request.scans), request.out, request.points, request.runtime.workers
+    classes = parse_classes(request.classes)
+    if classes and points is None:
+        raise UserError("--classes names the label values of a points file: give it with --points CSV")
     predictor, split_of = _open_predictor(request)
     config = predictor.config
     check_new_output(out, request.overwrite, inputs=(scans,))
     check_point_run(config, points)
     if points is not None:
-        prepared = prepare_points(Path(points), scans, config, workers, on_done)
+        prepared = prepare_points(Path(points), scans, config, workers, on_done, classes)
         samples, inputs, skipped = prepared.samples, prepared.inputs, prepared.skipped
-        scan_column = prepared.scan_column
+        echo = prepared.echo
     else:
         samples, inputs, skipped = _prepare_scans(scans, config, workers, on_done)
-        scan_column = None
+        echo = None
     samples = [replace(sample, label=_known(sample.label, config.classes), split=split_of(sample))
                for sample in samples]
     decided = predictor.predict(inputs)
-    write_predictions(out, samples, decided, points is not None, scan_column)
+    write_predictions(out, samples, decided, points is not None, echo)
     source = ("points file" if points is not None else
               "class folders or laterality" if is_laterality(config.classes) else "class folders")
     return Predicted(samples, decided, skipped, config.positive_class, config.decision.threshold, source,

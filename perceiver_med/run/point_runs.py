@@ -10,7 +10,7 @@ import numpy as np
 from perceiver_med.csvfiles import printable
 from perceiver_med.inputs.kinds import check_samples
 from perceiver_med.inputs.loading import load_inputs, scan_mismatch
-from perceiver_med.inputs.points import PointsFile, match_points, read_points
+from perceiver_med.inputs.points import Echo, PointsFile, match_points, read_points
 from perceiver_med.inputs.samples import Sample
 from perceiver_med.io.discover import Skip, discover_each
 
@@ -29,16 +29,18 @@ class PreparedPoints:
     skipped: list[Skip]
 
     @property
-    def scan_column(self) -> tuple[str, list[str]]:
-        """The points file's column naming each sample's scan (seriesuid or path), and its cells as written."""
-        return self.points.by, [self.points.scan_cells[sample.point_id] for sample in self.samples]
+    def echo(self) -> Echo:
+        """The points file's own columns for the prepared samples, as predictions repeat them."""
+        return self.points.echo(self.samples)
 
 
 def prepare_points(points: Path, scans: Path | list[Path], config, workers: int = 0,
-                   on_done: Callable[[int, int], None] | None = None) -> PreparedPoints:
-    """The model input of every usable row of a points file; the others skipped with their reason."""
+                   on_done: Callable[[int, int], None] | None = None,
+                   classes: dict[str, str] | None = None) -> PreparedPoints:
+    """The model input of every usable row of a points file (its labels renamed by `classes`, see read_points);
+    the others skipped with their reason."""
     folders = [Path(scans)] if isinstance(scans, (str, Path)) else [Path(p) for p in scans]
-    table = read_points(points)
+    table = read_points(points, classes)
     found = discover_each(folders)  # explain takes several scans or folders: their points are matched together
     usable, skipped = match_points(table, found, lambda scan: scan_mismatch(scan, config))
     loaded = load_inputs(usable, config.preprocess, workers, on_done, skipped=list(found.skipped) + skipped,

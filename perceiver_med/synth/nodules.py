@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import nibabel as nib
 import numpy as np
@@ -153,8 +154,10 @@ class Chest:
         return volume, lungs
 
 
-def place_nodules(chest: Chest, geometry: Geometry, rng: np.random.Generator, layout: ChestLayout) -> list[Nodule]:
-    """1-4 nodules, each wholly inside a lung, spicules included, and apart from the others.
+def place_nodules(chest: Chest, geometry: Geometry, rng: np.random.Generator, layout: ChestLayout,
+                  label_of: Callable[[int], str] | None = None) -> list[Nodule]:
+    """1-4 nodules, each wholly inside a lung, spicules included, and apart from the others; `label_of(n)` is the
+    class of the n-th nodule placed (None: each draws benign or malignant at even odds).
 
     Both classes keep the same distance from the lung's edge (that of spicules), so that the place of a nodule
     tells nothing of its class, and no nodule is joined to the chest wall (the tests find nodules by
@@ -167,7 +170,8 @@ def place_nodules(chest: Chest, geometry: Geometry, rng: np.random.Generator, la
         if len(nodules) == wanted:
             break
         diameter = round(float(np.exp(rng.uniform(low, high if attempt < 200 else low + 0.3))), 2)
-        nodule = Nodule(np.zeros(3), diameter, ("benign", "malignant")[int(rng.integers(0, 2))])
+        label = label_of(len(nodules)) if label_of else ("benign", "malignant")[int(rng.integers(0, 2))]
+        nodule = Nodule(np.zeros(3), diameter, label)
         reach = nodule.reach_mm
         clear_z = reach + geometry.thickness_mm
         z = rng.uniform(chest.z_range[0] + clear_z, chest.z_range[1] - clear_z)
@@ -246,12 +250,14 @@ def _add_vessels(chest: Chest, geometry: Geometry, rng: np.random.Generator, con
         volume[tube & lungs & ~clear] = LUNG_HU + contrast * rng.uniform(0.6, 0.9)
 
 
-def chest_volume(rng: np.random.Generator, layout: ChestLayout = ChestLayout()):
-    """One patient: (HU volume (slices, rows, cols), label map (0 or nodule number), Geometry, nodules)."""
+def chest_volume(rng: np.random.Generator, layout: ChestLayout = ChestLayout(),
+                 label_of: Callable[[int], str] | None = None):
+    """One patient: (HU volume (slices, rows, cols), label map (0 or nodule number), Geometry, nodules); `label_of`
+    as place_nodules takes it."""
     geometry = draw_geometry(rng, layout)
     chest = Chest(geometry, rng)
     volume, lungs = chest.render(geometry)
-    nodules = place_nodules(chest, geometry, rng, layout)
+    nodules = place_nodules(chest, geometry, rng, layout, label_of)
     contrast = float(rng.uniform(*layout.contrast_hu))
     _add_vessels(chest, geometry, rng, contrast, nodules, volume, lungs)
     labels = np.zeros(geometry.shape, np.uint8)

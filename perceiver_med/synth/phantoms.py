@@ -6,7 +6,8 @@ image's left, and the left knee's on the image's right. The medial femoral condy
 Lung: CT volumes in Hounsfield units with a nodule that is either benign or malignant. The "easy"
 phantom gives them away by size and a calcified core; the harder ones (`LungDifficulty`) draw both
 classes at the same size and contrast, and only the shape tells them apart: smooth, or lobulated
-with spicules. `synth lung --points` (synth_points.py) writes several nodules per patient, and their centres.
+with spicules. `synth lung --points` (nodules.py) writes several nodules per patient, and their centres;
+`synth luna25` and `synth luna16` (luna.py) write such chests in those benchmarks' own files and tables.
 """
 from __future__ import annotations
 
@@ -23,8 +24,10 @@ from scipy.ndimage import gaussian_filter
 
 from perceiver_med.errors import UserError
 from perceiver_med.io.orientation import from_display
+from perceiver_med.synth.luna import write_luna16, write_luna25
 
 FORMATS = ("dicom", "nifti", "png")
+BENCHMARKS = {"luna16": write_luna16, "luna25": write_luna25}  # sets in a benchmark's own layout (luna.py)
 KNEE_SIZE = 128
 LUNG_SHAPE = (20, 80, 80)  # slices, rows, cols
 LUNG_SPACING = (2.5, 2.0, 2.0)  # mm: slice, row, col (a 160 mm field of view: the phantom is small)
@@ -341,15 +344,19 @@ def _set_pixels(ds: Dataset, pixels: np.ndarray, bits: int) -> None:
 def synth(kind: str, out: Path, patients: int, fmt: str | None, seed: int,
           difficulty: str | LungDifficulty = "easy", points: bool = False, masks: bool = False, first: int = 0
           ) -> tuple[Path, int]:
-    """Write a phantom set into a new folder `out` (written beside it, then renamed into place).
+    """Write a phantom set into a new folder `out` (written beside it, then renamed into place): `kind` "knee",
+    "lung", or a benchmark's layout, "luna16" or "luna25" (luna.py).
 
     `difficulty` (lung only): a name of DIFFICULTIES, or a LungDifficulty.
     `points` (lung only): several nodules per patient, labelled in OUT/points.csv (see synth_points);
     `masks` adds their label maps. Patients are numbered from `first`: a set of unseen patients takes numbers
     after the training set's, and another `seed` (`first` changes the ids, not the anatomy the seed draws).
     """
-    if kind not in ("knee", "lung"):
-        raise UserError("synth writes 'knee' or 'lung'")
+    if kind not in ("knee", "lung", *BENCHMARKS):
+        raise UserError("synth writes 'knee', 'lung', 'luna16' or 'luna25'")
+    if kind in BENCHMARKS and (fmt is not None or points or masks or difficulty != "easy"):
+        raise UserError(f"synth {kind} writes the benchmark's own files and tables: leave out --format, --points, "
+                        "--masks and --difficulty")
     if kind == "knee" and difficulty != "easy":
         raise UserError("--difficulty is an option of synth lung")
     if kind == "knee" and points:
@@ -363,7 +370,7 @@ def synth(kind: str, out: Path, patients: int, fmt: str | None, seed: int,
     if isinstance(difficulty, str) and difficulty not in DIFFICULTIES:
         raise UserError(f"--difficulty must be one of {', '.join(DIFFICULTIES)}")
     fmt = fmt or ("png" if kind == "knee" else "dicom")
-    if fmt not in FORMATS:
+    if fmt not in FORMATS and kind not in BENCHMARKS:
         raise UserError(f"--format must be one of {', '.join(FORMATS)}")
     if patients < 1:
         raise UserError("--patients must be at least 1")
@@ -374,7 +381,9 @@ def synth(kind: str, out: Path, patients: int, fmt: str | None, seed: int,
     shutil.rmtree(temp, ignore_errors=True)
     temp.mkdir(parents=True)
     try:
-        if kind == "knee":
+        if kind in BENCHMARKS:
+            count = BENCHMARKS[kind](temp, patients, seed)
+        elif kind == "knee":
             count = write_knee(temp, patients, fmt, seed, first)
         elif points:
             from perceiver_med.synth.nodules import write_points

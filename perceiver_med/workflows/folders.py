@@ -16,18 +16,19 @@ from perceiver_med.files import atomic_path, refuse_inside
 from perceiver_med.run.rundir import check_new_output, refuse_inside_runs
 from perceiver_med.io import Discovery, discover
 from perceiver_med.io.discover import Skip
+from perceiver_med.io.scans import relative
 from perceiver_med.inputs.labels import LabelledSet, label_scans
 from perceiver_med.inputs.lidc import LidcPoints, holds_lidc_readings, points_from_lidc
 from perceiver_med.inputs.masks import MaskPoints, points_from_masks
-from perceiver_med.inputs.points import match_points, parse_point, read_points
+from perceiver_med.inputs.points import PointsFile, match_points, parse_classes, parse_point, read_points
 from perceiver_med.inputs.samples import Sample
 from perceiver_med.inputs.kinds import AUTO, check_samples, choose_kind
 from perceiver_med.inputs.preprocess import PreprocessConfig
 from perceiver_med.results.report.flow import write_flow_record
 from perceiver_med.inputs.windows import parse_window
 from perceiver_med.inputs.splits import (SPLITS, assign_folds, assign_splits, check_ratios, count_table, find_problems,
-                                         fold_notes, read_sound_splits, read_splits, sample_noun, split_notes,
-                                         write_splits)
+                                         fold_notes, given_folds, read_sound_splits, read_splits, sample_noun,
+                                         split_notes, write_splits)
 from perceiver_med.synth.phantoms import synth
 from perceiver_med.training.config import Runtime, applies_runtime
 
@@ -122,7 +123,7 @@ class SplitRequest:
 
     data: Path | None = None
     out: Path | None = None
-    ratios: tuple[float, float, float] | str = (0.6, 0.2, 0.2)  # or "T,V,T", as --ratios takes them
+    ratios: tuple[float, float, float] | str | None = None  # or "T,V,T", as --ratios takes them; None: 0.6,0.2,0.2
     seed: int = 0
     label_from: str = "auto"
     labels: Path | None = None
@@ -132,6 +133,8 @@ class SplitRequest:
     overwrite: bool = False
     check: Path | None = None
     runtime: Runtime = field(default_factory=Runtime)
+    classes: str | None = None  # "0=benign,1=malignant": the class of each label value of the points file
+    folds_from: str | None = None  # a column of the points file, or "folder": the folds the data set gives
 
 
 def split_data(request: SplitRequest) -> SplitResult | SplitCheck:
@@ -142,6 +145,11 @@ def split_data(request: SplitRequest) -> SplitResult | SplitCheck:
     if request.data is None or request.out is None:
         raise UserError("split needs DATA and --out splits.csv (or --check splits.csv)")
     ratios = request.ratios
+    if request.folds_from is not None and (request.folds is not None or ratios is not None):
+        raise UserError("--folds-from takes the folds the data set gives, every sample in one: leave out "
+                        + ("--folds" if request.folds is not None else "--ratios (there is no test split to draw)"))
+    if ratios is None:
+        ratios = (0.6, 0.2, 0.2)
     if isinstance(ratios, str):
         try:
             ratios = tuple(float(r) for r in ratios.split(","))
@@ -150,52 +158,93 @@ def split_data(request: SplitRequest) -> SplitResult | SplitCheck:
     check_new_output(request.out, request.overwrite, inputs=(request.data,))
     with request.runtime.reading():
         return split_folder(request.data, request.out, ratios, request.seed, request.label_from, request.labels,
-                            request.patient_regex, request.points, request.folds)
+                            request.patient_regex, request.points, request.folds, parse_classes(request.classes),
+                            request.folds_from)
 
 
 def split_folder(data: Path, out: Path, ratios=(0.6, 0.2, 0.2), seed: int = 0, label_from: str = "auto",
                  labels_csv: Path | None = None, patient_regex: str | None = None,
-                 points_csv: Path | None = None, folds: int | None = None) -> SplitResult:
+                 points_csv: Path | None = None, folds: int | None = None, classes: dict[str, str] | None = None,
+                 folds_from: str | None = None) -> SplitResult:
     """Discover, label and split a folder of scans; write splits.csv. With `points_csv`, one row per point,
-    labelled by the points file, its patient from the file or else the scan's DICOM PatientID. With `folds`,
-    the train and val patients together are dealt into that many cross-validation folds (see assign_folds)."""
+    labelled by the points file (its label values renamed by `classes`), its patient from the file, else the scan's
+    DICOM PatientID, else the scan itself. With `folds`, the train and val patients together are dealt into that
+    many cross-validation folds (see assign_folds); with `folds_from`, the folds are those the data set gives, in a
+    column of the points file or ("folder") in the folders under `data` that hold the scans (see given_folds)."""
     check_ratios(tuple(ratios))
     refuse_inside(out, data)
     discovery = discover(data)
-    if points_csv is not None:
-        labelled = label_points(points_csv, discovery)
+    table = read_points(points_csv, classes) if points_csv is not None else None
+    if classes and table is None:
+        raise UserError("--classes names the label values of a points file: give it with --points CSV")
+    if table is not None:
+        labelled = label_points(table, discovery)
     else:
         labelled = label_scans(discovery, label_from, labels_csv, patient_regex)
     if not labelled.samples:
         raise UserError(f"no labelled scans in {data}" + (f" ({labelled.skipped[0].reason})"
                                                           if labelled.skipped else ""))
-    rows = assign_splits(labelled.samples, ratios, seed)
-    if folds is not None:
-        rows = assign_folds(rows, folds, seed)
+    notes = []
+    if folds_from is not None:
+        values, source = fold_values(labelled.samples, folds_from, table, discovery.root)
+        rows, names = given_folds(labelled.samples, values, source)
+        notes.append(f"folds from {source}: " + ", ".join(f"{k} = {printable(name)}" for k, name in enumerate(names)))
+    else:
+        rows = assign_splits(labelled.samples, ratios, seed)
+        if folds is not None:
+            rows = assign_folds(rows, folds, seed)
     problems = find_problems(rows)  # what `split --check` and `train` would refuse is never written
     if problems:
         raise UserError(f"{printable(data)}: " + "; ".join(problems))
     write_splits(rows, out)
     write_flow_record(out, discovery, labelled)  # files found and skipped, for the report's flow diagram
-    asked = [split for split, ratio in zip(SPLITS, ratios) if split != "train" and ratio > 0]
-    return SplitResult(rows, labelled.notes + split_notes(rows, asked) + fold_notes(rows), discovery, labelled)
+    asked = [split for split, ratio in zip(SPLITS, ratios) if split != "train" and ratio > 0 and folds_from is None]
+    return SplitResult(rows, labelled.notes + notes + split_notes(rows, asked) + fold_notes(rows), discovery,
+                       labelled)
 
 
-def label_points(points_csv: Path, discovery: Discovery) -> LabelledSet:
-    """The labelled samples of a points file (one per usable row, in its order) and the rows skipped."""
-    samples, skipped = match_points(read_points(points_csv), discovery)
-    labelled = []
+FOLDER = "folder"  # --folds-from folder: the folder under DATA that holds each scan (LUNA16's subset0..subset9)
+
+
+def fold_values(samples: list[Sample], folds_from: str, table: PointsFile | None, root: Path) -> tuple[list[str], str]:
+    """Each sample's fold as the data set gives it, and where it came from (for messages): the cell of a column of
+    the points file, or the first folder of the scan's path under `root`."""
+    columns = [c for c in table.columns if c] if table is not None else []
+    if folds_from == FOLDER and FOLDER in columns:
+        raise UserError("--folds-from folder: the points file has a column called folder too; rename it, so that "
+                        "which one gives the folds is plain")
+    if folds_from == FOLDER:
+        parts = [Path(relative(sample.path.resolve(), root.resolve())).parts for sample in samples]
+        return [part[0] if len(part) > 1 else "" for part in parts], f"the folders under {printable(root)}"
+    if table is None:
+        raise UserError(f"--folds-from {printable(folds_from)}: a column of the points file (--points CSV), or "
+                        "folder for the folders that hold the scans")
+    if folds_from not in columns:
+        raise UserError(f"--folds-from {printable(folds_from)} is not a column of {printable(table.source)} "
+                        f"(its columns: {', '.join(printable(c) for c in columns)}), nor folder")
+    return [table.cells[sample.point_id].get(folds_from, "").strip() for sample in samples], \
+        f"column {printable(folds_from)} of {printable(table.source.name)}"
+
+
+def label_points(table: PointsFile, discovery: Discovery) -> LabelledSet:
+    """The labelled samples of a points file (one per usable row, in its order) and the rows skipped. A row whose
+    patient neither the file nor the scan's DICOM PatientID gives (LUNA16's tables, MetaImage scans) takes its
+    scan as its patient, and a note says so."""
+    samples, skipped = match_points(table, discovery)
+    labelled, own = [], 0
     for sample in samples:
-        where = f"{printable(points_csv)}:{sample.point_id}"
+        where = f"{printable(table.source)}:{sample.point_id}"
         if not sample.label:
             skipped.append(Skip(sample.path, f"{where}: no label (add a label column to the points file)",
                                 int(sample.point_id)))
-        elif not sample.patient_id:
-            skipped.append(Skip(sample.path, f"{where}: no patient_id in the points file, and the scan has no "
-                                             "DICOM PatientID", int(sample.point_id)))
-        else:
-            labelled.append(replace(sample, path=sample.path.resolve()))
-    return LabelledSet(labelled, skipped, "the points file", "the points file or DICOM PatientID")
+            continue
+        patient = sample.patient_id or sample.series_uid or relative(sample.path, discovery.root)
+        own += not sample.patient_id
+        labelled.append(replace(sample, path=sample.path.resolve(), patient_id=patient))
+    notes = [f"no patient id for {own} point(s) (no PatientID or patient_id column, no DICOM PatientID): each of "
+             "their scans is its own patient"] if own else []
+    return LabelledSet(labelled, skipped, "the points file", "the points file or DICOM PatientID"
+                       + (", else the scan" if own else ""), notes)
 
 
 def mask_points(masks: Path, scans: Path, out: Path, mask_labels: str | None = None,

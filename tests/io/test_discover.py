@@ -69,7 +69,7 @@ def test_bad_files_are_skipped_with_reasons_and_good_ones_kept(tmp_path):
     assert len(found.scans) == 1
     reasons = {s.file.name: s.reason for s in found.skipped}
     assert set(reasons) == {"notes.txt", "broken.png", "broken.nii.gz"}
-    assert "not a DICOM, NIfTI, PNG or JPEG" in reasons["notes.txt"]
+    assert "not a DICOM, MetaImage, NIfTI, PNG or JPEG" in reasons["notes.txt"]
     rows = found.records()
     assert {r["status"] for r in rows} == {"ok", "skipped"} and len(rows) == 12
 

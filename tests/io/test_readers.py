@@ -50,9 +50,9 @@ def test_a_file_no_reader_reads_is_skipped_with_the_formats_that_are_read(tmp_pa
     Image.fromarray(np.zeros((4, 4), np.uint8)).save(tmp_path / "picture", format="PNG")  # a PNG without its name
     ct_slice(np.zeros((8, 8)), 0.0, "1.2.3").save_as(tmp_path / "a.dcm", enforce_file_format=True)
     reasons = {skip.file.name: skip.reason for skip in discover(tmp_path).skipped}
-    assert reasons == {"notes.txt": "not a DICOM, NIfTI, PNG or JPEG file (.txt)",
-                       "picture": "not a DICOM, NIfTI, PNG or JPEG file (no extension)"}
-    assert registry.formats_read() == "DICOM, NIfTI, PNG or JPEG"
+    assert reasons == {"notes.txt": "not a DICOM, MetaImage, NIfTI, PNG or JPEG file (.txt)",
+                       "picture": "not a DICOM, MetaImage, NIfTI, PNG or JPEG file (no extension)"}
+    assert registry.formats_read() == "DICOM, MetaImage, NIfTI, PNG or JPEG"
 
 
 class NumpyReader(Reader):
@@ -80,7 +80,7 @@ def test_a_reader_added_to_the_registry_is_used_by_discovery_reading_and_skip_re
     found = discover(tmp_path)
     assert [(s.id, s.format, s.shape) for s in found.scans] == [("picture.npy", "npy", (3, 4))]
     np.testing.assert_array_equal(read_scan(found.scans[0]).voxels, picture)
-    assert found.skipped[0].reason == "not a DICOM, NIfTI, NumPy, PNG or JPEG file (.txt)"
+    assert found.skipped[0].reason == "not a DICOM, MetaImage, NIfTI, NumPy, PNG or JPEG file (.txt)"
 
 
 # ---------------------------------------------------------------- typed DICOM headers
