@@ -123,7 +123,7 @@ def test_check_notes_an_empty_test_split_and_accepts_absolute_paths(tmp_path):
 
 
 def test_a_folder_is_not_a_splits_file(tmp_path):
-    with pytest.raises(UserError, match="is a folder, not a CSV file"):
+    with pytest.raises(UserError, match="is a folder, not a splits file: make one from a folder of scans with"):
         check_splits_file(tmp_path)
 
 

@@ -27,7 +27,7 @@ from perceiver_med.io.image import ScanImage, placed
 from perceiver_med.io.limits import check_size, describe, file_access_error
 from perceiver_med.io.orientation import LPS_FROM_RAS, display_shape, display_slices, display_spacing, to_display
 from perceiver_med.io.reader import ImageHeader, NotThisFormat, Pick, Reader, pick_for
-from perceiver_med.io.scans import Scan, Skip
+from perceiver_med.io.scans import IMAGE_SCAN, VOLUME_SCAN, Scan, Skip
 
 HEADER_SUFFIXES = (".mha", ".mhd")
 DATA_SUFFIXES = (".raw", ".zraw")
@@ -304,7 +304,7 @@ def _inflated(volume: _Volume, index: tuple[int, ...], extent: tuple[int, ...]) 
 
 def header(path: Path) -> MetaHeader:
     volume = _load(path)
-    kind = "volume" if len(volume.shape) == 3 else "image"
+    kind = VOLUME_SCAN if len(volume.shape) == 3 else IMAGE_SCAN
     return MetaHeader("metaimage", kind, volume.shape, volume.spacing, data_files=volume.data_files,
                       modality=volume.modality)
 
