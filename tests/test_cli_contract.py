@@ -258,6 +258,10 @@ def test_ctrl_c_during_train_exits_130_and_says_how_to_resume(run_installed, kne
     # config.json is the truth on --resume: an option that contradicts it is refused, by name
     err = one_line(run_installed("train", "--resume", "--out", out, "--lr", "0.1"))
     assert "contradict" in err and "--lr 0.1" in err
+    # a stopped run is not used as if finished
+    err = one_line(run_installed("predict", out, knee / "data", "--out", tmp_path / "p.csv"))
+    assert "stopped before training finished" in err and f"perceiver-med train --resume --out {out}" in err
+    assert not (tmp_path / "p.csv").exists()
 
 
 def test_a_second_train_into_the_same_run_is_refused_at_once(run_installed, knee, tmp_path):

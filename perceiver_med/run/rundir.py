@@ -130,6 +130,10 @@ class RunDir:
         if owner:
             raise UserError(f"{run.path} is still being trained ({owner}): its weights are intermediate; wait "
                             "for train to finish")
+        unfinished = run.resume_command()
+        if unfinished:  # stopped by Ctrl-C or a crash: no fitted temperature, threshold or test scores yet
+            raise UserError(f"{run.path} was stopped before training finished: its weights are intermediate; "
+                            f"finish it with `{unfinished}`")
         return run
 
     # ---------------------------------------------------------------- files
