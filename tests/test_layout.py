@@ -266,3 +266,12 @@ def test_no_setting_travels_through_the_environment():
                 writes.append(f"{name}:{node.lineno}")
     assert not writes, writes
     assert reads <= ENVIRONMENT_READS, reads - ENVIRONMENT_READS
+
+
+def test_no_module_is_named_like_another():
+    """One name, one module: `from perceiver_med.x import registry` never leaves a reader guessing which."""
+    from collections import Counter
+
+    package = Path(__file__).resolve().parents[1] / "perceiver_med"
+    names = Counter(path.name for path in package.rglob("*.py") if path.name not in ("__init__.py", "__main__.py"))
+    assert [name for name, count in names.items() if count > 1] == []

@@ -28,7 +28,7 @@ from perceiver_med.errors import ScanError, UserError
 from perceiver_med.files import atomic_path
 from perceiver_med.io import discover
 from perceiver_med.io.limits import describe, max_voxels, over_memory, set_max_voxels
-from perceiver_med.io.registry import files_of
+from perceiver_med.io.formats import files_of
 from perceiver_med.inputs.preprocess import PreprocessConfig, point_inputs, scan_input
 from perceiver_med.inputs.samples import Sample
 

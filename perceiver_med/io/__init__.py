@@ -1,10 +1,10 @@
 """Readers: a scan's files -> ScanImage (voxels in the display convention, affine to patient LPS mm).
 
-Every format is read by one `Reader` (reader.py) registered in registry.py, the one place that tells formats
+Every format is read by one `Reader` (reader.py) registered in formats.py, the one place that tells formats
 apart: `discover` asks it which reader each file belongs to and lets that reader make the scans (one per
 NIfTI, MetaImage or picture; DICOM series are assembled by the DICOM reader, dicom_series.py), and `read_scan`
 asks it which reader reads a scan. Adding a format is one module with a Reader subclass (metaimage.py is one) and
-one entry in `registry.READERS`; nothing else changes. Segmentation masks are read by `read_label_map` (label_maps.py).
+one entry in `formats.READERS`; nothing else changes. Segmentation masks are read by `read_label_map` (label_maps.py).
 
 Images are (rows, cols); volumes (slices, rows, cols); see io/image.py for the affine and io/orientation.py
 for the display convention, the same for every format. Nothing outside io/ opens an image file.
@@ -23,7 +23,7 @@ from perceiver_med.io.image import ScanImage
 from perceiver_med.io.label_maps import LabelMap, read_label_map
 from perceiver_med.io.limits import os_reason, unexpected
 from perceiver_med.io.reader import Pick, Reader
-from perceiver_med.io.registry import READERS, reader_for, reader_of
+from perceiver_med.io.formats import READERS, reader_for, reader_of
 from perceiver_med.io.scans import Scan, Skip
 
 __all__ = ["Discovery", "LabelMap", "Pick", "READERS", "Reader", "Scan", "ScanImage", "Skip", "discover",

@@ -1,6 +1,6 @@
 """A folder (or one file) -> scans, plus every file that was skipped and why.
 
-Reads headers only. The registry (registry.py) says which reader each file belongs to; each reader then makes
+Reads headers only. The registry of readers (formats.py) says which reader each file belongs to; each reader then makes
 its scans from its files' headers (one per NIfTI or picture; DICOM series are assembled in dicom_series.py).
 Only regular files are opened (a named pipe would block); an unreadable folder, a symbolic link
 to a folder (not followed), a broken link or a file that vanishes is reported as skipped. Whatever
@@ -16,7 +16,7 @@ from pathlib import Path
 
 from perceiver_med.csvfiles import printable
 from perceiver_med.errors import ScanError, UserError
-from perceiver_med.io import registry
+from perceiver_med.io import formats
 from perceiver_med.io.limits import os_reason
 from perceiver_med.io.reader import Reader
 from perceiver_med.io.scans import Scan, Skip, relative
@@ -102,10 +102,10 @@ def discover(root: Path | str) -> Discovery:
     root = Path(root)
     files, skipped = list_files(root)
     base = root if root.is_dir() else root.parent
-    headers: dict[Reader, list[tuple[Path, object]]] = {reader: [] for reader in registry.READERS}
+    headers: dict[Reader, list[tuple[Path, object]]] = {reader: [] for reader in formats.READERS}
     for file in files:
         try:
-            reader, header = registry.read_header(file)
+            reader, header = formats.read_header(file)
         except ScanError as exc:
             skipped.append(Skip(file, str(exc) or "unreadable"))
             continue

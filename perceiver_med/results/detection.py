@@ -1,5 +1,5 @@
 """FROC and CPM of a point run's candidates: the glue between a split's samples (points in scans, scored by the
-run's calibrated probability of its positive class) and a nodule reference (inputs/nodules.py), counted by
+run's calibrated probability of its positive class) and a nodule reference (inputs/references.py), counted by
 stats/froc.py as the LUNA16 evaluation counts them.
 
 The scans of a split are those of its samples; reference rows naming other scans are not read. The bootstrap
@@ -15,7 +15,7 @@ import numpy as np
 from perceiver_med.csvfiles import printable
 from perceiver_med.errors import UserError
 from perceiver_med.files import file_sha256
-from perceiver_med.inputs.nodules import NoduleTable, read_nodules
+from perceiver_med.inputs.references import NoduleTable, read_nodules
 from perceiver_med.inputs.samples import Sample
 from perceiver_med.stats.froc import Reference, froc_list, froc_summary
 from perceiver_med.stats.statistics import RESAMPLES

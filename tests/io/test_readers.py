@@ -11,7 +11,7 @@ from PIL import Image
 from pydicom.data import get_testdata_file
 
 from perceiver_med.errors import ScanError
-from perceiver_med.io import discover, dicom, dicom_series, nifti, raster, read_label_map, read_scan, registry
+from perceiver_med.io import discover, dicom, dicom_series, nifti, raster, formats, read_label_map, read_scan
 from perceiver_med.io.descriptions import describe_scan
 from perceiver_med.io.image import placed
 from perceiver_med.io.orientation import LPS_FROM_RAS
@@ -35,11 +35,11 @@ def _one_of_each(folder: Path) -> dict[str, Reader]:
 
 def test_the_registry_picks_each_files_reader_and_reads_each_scan_with_it(tmp_path):
     expected = _one_of_each(tmp_path)
-    assert {name: registry.reader_for(tmp_path / name) for name in expected} == expected
+    assert {name: formats.reader_for(tmp_path / name) for name in expected} == expected
     found = discover(tmp_path)
     assert not found.skipped and len(found.scans) == len(expected)
     for scan in found.scans:
-        reader = registry.reader_of(scan.format)
+        reader = formats.reader_of(scan.format)
         assert reader is expected[scan.files[0].name]
         image = read_scan(scan)
         assert image.voxels.shape == scan.shape and image.format == scan.format
@@ -52,7 +52,7 @@ def test_a_file_no_reader_reads_is_skipped_with_the_formats_that_are_read(tmp_pa
     reasons = {skip.file.name: skip.reason for skip in discover(tmp_path).skipped}
     assert reasons == {"notes.txt": "not a DICOM, MetaImage, NIfTI, PNG or JPEG file (.txt)",
                        "picture": "not a DICOM, MetaImage, NIfTI, PNG or JPEG file (no extension)"}
-    assert registry.formats_read() == "DICOM, MetaImage, NIfTI, PNG or JPEG"
+    assert formats.formats_read() == "DICOM, MetaImage, NIfTI, PNG or JPEG"
 
 
 class NumpyReader(Reader):
@@ -73,7 +73,7 @@ class NumpyReader(Reader):
 
 
 def test_a_reader_added_to_the_registry_is_used_by_discovery_reading_and_skip_reasons(tmp_path, monkeypatch):
-    monkeypatch.setattr(registry, "READERS", (NumpyReader(),) + registry.READERS)
+    monkeypatch.setattr(formats, "READERS", (NumpyReader(),) + formats.READERS)
     picture = np.arange(12, dtype=np.float32).reshape(3, 4)
     np.save(tmp_path / "picture.npy", picture)
     (tmp_path / "notes.txt").write_text("hello")

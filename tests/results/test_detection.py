@@ -9,7 +9,7 @@ import pytest
 from sklearn.metrics import roc_curve
 
 from perceiver_med.errors import UserError
-from perceiver_med.inputs.nodules import read_nodules
+from perceiver_med.inputs.references import read_nodules
 from perceiver_med.inputs.splits import read_splits
 from perceiver_med.results.evaluation import evaluate_run
 from perceiver_med.results.predictions import read_predictions
