@@ -54,6 +54,7 @@ def test_without_a_val_split_the_best_weights_have_the_lowest_training_loss_as_e
     assert len(losses) == 4 and result.metrics["train"]["loss"] == pytest.approx(min(losses), rel=1e-6)
 
 
+@pytest.mark.slow
 def test_cnn_baseline_learns_knee_laterality_and_is_explained(tmp_path):
     """--model cnn goes through the same engine, metrics and explain as the transformers; global max pooling
     must not cost it laterality (a mirrored knee is the other class)."""
@@ -78,6 +79,7 @@ def tiny_hard_lung(tmp_path_factory):
     return root / "splits.csv"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", ["cnn", "perceiver", "vit-rollout-cnn"])
 def test_each_family_fits_a_small_hard_nodule_set(model, tiny_hard_lung, tmp_path):
     """The failure of issue 10: with 8x8 linear patch tokens the Perceiver's training loss never left log 2 on

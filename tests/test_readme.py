@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
@@ -13,6 +15,7 @@ def _library_example() -> str:
     return re.search(r"```python\n(.*?)```", section, re.S).group(1)
 
 
+@pytest.mark.slow
 def test_the_library_example_runs_as_printed(tmp_path, run_installed):
     # What the example expects in its working folder: a splits file, and new scans to predict.
     assert run_installed("synth", "knee", tmp_path / "knee", "--patients", 12)[0] == 0
