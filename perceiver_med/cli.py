@@ -213,7 +213,10 @@ class RichReporter:
 
     def message(self, text):
         self._drop_bar()
-        self.say(escape(text))
+        if text.startswith("note"):  # --quiet leaves out the epochs, never what is wrong with the run
+            self.progress.console.print(escape(text), highlight=False)
+        else:
+            self.say(escape(text))
 
     def _drop_bar(self):
         if self.task is not None:

@@ -131,6 +131,10 @@ def test_predict_and_evaluate_on_a_cross_validated_run_use_the_ensemble(cv_run, 
     metrics = json.loads((cv_run.run / "metrics.json").read_text())
     assert again["test"]["accuracy"] == metrics["test"]["accuracy"]
     assert again["test"]["loss"] == pytest.approx(metrics["test"]["loss"], abs=1e-6)
+    # nothing is written inside the cross-validation, beside its folds either
+    with pytest.raises(UserError, match="is inside the run directory"):
+        predict_run(PredictRequest(cv_run.run / "fold_0", knee / "data", cv_run.run / "p.csv", runtime=CPU))
+    assert not (cv_run.run / "p.csv").exists()
 
 
 def test_a_stopped_cross_validation_resumes_with_its_own_options(cv_run, tmp_path):

@@ -5,7 +5,7 @@ as rich markup ("[/]" in a label), and printable whatever bytes a file name hold
 """
 from __future__ import annotations
 
-from collections import Counter
+import re
 
 import numpy as np
 from rich.console import Console
@@ -56,15 +56,23 @@ def scans_table(discovery: Discovery, limit: int = 40) -> Table:
 def skipped_table(skipped: list[Skip], title: str = "skipped") -> Table | None:
     if not skipped:
         return None
-    reasons = Counter(skip.reason for skip in skipped)
+    # Reasons that differ only in their numbers (a points file's line, a point's coordinates) are one reason:
+    # 128 points outside their scans are one row with a count, not 128 rows.
+    groups: dict[str, list[Skip]] = {}
+    for skip in skipped:
+        groups.setdefault(_NUMBER.sub("…", skip.reason), []).append(skip)
     table = Table(title=f"{skip_count(skipped)} {title}")
     table.add_column("reason")
     table.add_column("count", justify="right")
     table.add_column("example", **FOLDED)
-    for reason, count in reasons.most_common():
-        example = next(skip.file.name for skip in skipped if skip.reason == reason)
-        table.add_row(plain(reason), str(count), plain(example))
+    for shape, members in sorted(groups.items(), key=lambda item: -len(item[1])):
+        first = members[0]
+        example = first.file.name + (f", line {first.row}" if first.row is not None and len(members) > 1 else "")
+        table.add_row(plain(first.reason if len(members) == 1 else shape), str(len(members)), plain(example))
     return table
+
+
+_NUMBER = re.compile(r"(?<![\w.])[-+]?\d+(?:\.\d+)?(?:e[-+]?\d+)?(?:x\d+)*(?![\w.])")
 
 
 def skip_count(skipped: list[Skip]) -> str:

@@ -367,11 +367,12 @@ class RunDir:
 
 
 # ---------------------------------------------------------------- who writes where
-def refuse_inside_runs(output: Path | str) -> None:
-    """Nothing is written inside a run directory (is_run_directory): a run holds only what training
-    wrote, so its digests and its frozen splits stay true."""
+def refuse_inside_runs(output: Path | str, folds: bool = False) -> None:
+    """Nothing is written inside a run directory (is_run_directory) or a cross-validation (its cv.json): a run
+    holds only what training wrote, so its digests and its frozen splits stay true. `folds`: the output is a
+    fold that cross-validation itself trains inside its folder."""
     for folder in Path(output).resolve().parents:
-        if is_run_directory(folder):
+        if is_run_directory(folder) or (not folds and (folder / CV_RECORD).is_file()):
             raise UserError(f"{output} is inside the run directory {folder}: write outputs elsewhere")
 
 
@@ -414,7 +415,7 @@ class RunLock:
     def __enter__(self) -> "RunLock":
         if not self.enabled:
             return self
-        refuse_inside_runs(self.run)
+        refuse_inside_runs(self.run, folds=True)
         self.created = not self.run.exists()
         try:
             self.run.mkdir(parents=True, exist_ok=True)
