@@ -119,5 +119,5 @@ def test_a_repeated_point_is_prepared_and_predicted_once(tmp_path, run_installed
     assert len(got) == 2
     for row, want in zip(got, expected):
         assert abs(float(row["prob_malignant"]) - float(want["prob_malignant"])) < 1e-6
-    assert "500 file(s) skipped" in " ".join(out.split())
+    assert "500 point row(s) skipped" in " ".join(out.split())
     assert "the same point of the same scan as line 2" in " ".join(out.split())

@@ -68,7 +68,8 @@ def skipped_table(skipped: list[Skip], title: str = "skipped") -> Table | None:
     for shape, members in sorted(groups.items(), key=lambda item: -len(item[1])):
         first = members[0]
         example = first.file.name + (f", line {first.row}" if first.row is not None and len(members) > 1 else "")
-        table.add_row(plain(first.reason if len(members) == 1 else shape), str(len(members)), plain(example))
+        same = all(member.reason == first.reason for member in members)
+        table.add_row(plain(first.reason if same else shape), str(len(members)), plain(example))
     return table
 
 
