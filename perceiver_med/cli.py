@@ -558,13 +558,14 @@ def train(splits: Annotated[Optional[Path], typer.Argument(help="splits CSV from
         return
     _print_skips(result.skipped)
     if cv:
+        tested = "test" in result.metrics  # folds from a column or folders (LUNA16's subsets) leave no test split
         console.print(metrics_table(result.metrics, f"{len(result.config.ensemble)}-fold cross-validation of "
-                                                    f"{result.config.model['name']}: out of fold, and the folds' "
-                                                    f"ensemble on test (positive class: "
-                                                    f"{escape(result.config.positive_class)})"))
+                                                    f"{result.config.model['name']}: out of fold"
+                                                    + (", and the folds' ensemble on test" if tested else "")
+                                                    + f" (positive class: {escape(result.config.positive_class)})"))
         _print_trust(result.metrics)
         console.print(f"run written to [bold]{escape(str(out))}[/] (fold_<k>/, metrics.json, "
-                      "predictions_out_of_fold.csv, predictions_test.csv)")
+                      "predictions_out_of_fold.csv" + (", predictions_test.csv)" if tested else ")"))
         return
     for number, stage in enumerate(result.earlier_stages, 1):
         console.print(metrics_table(result.metrics[stage], f"stage {number}: {stage} alone"))

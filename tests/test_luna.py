@@ -212,6 +212,8 @@ def test_luna16_split_by_its_subsets_then_cross_validation_and_predict(luna16, t
         assert row.label == given["class"] and row.split == ("val" if row.fold == 0 else "train")
     code, out, err = run_cli("train", tmp_path / "splits.csv", "--cv", "--out", tmp_path / "run", *TRAIN)
     assert code == 0, err
+    assert "predictions_test.csv" not in out and "ensemble on test" not in " ".join(out.split())  # none written
+    assert not (tmp_path / "run" / "predictions_test.csv").exists()
     _, out_of_fold = _table(tmp_path / "run" / "predictions_out_of_fold.csv")
     assert len(out_of_fold) == len(rows)  # every candidate scored by the fold that did not train on it
     code, out, err = run_cli("evaluate", tmp_path / "run")  # no test split: the out-of-fold scores are the result
