@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -192,6 +193,8 @@ def open_session(model: Path | str | bytes, device: str = "cpu", threads: int = 
     except Exception as exc:  # onnxruntime raises its own types for files it cannot read
         what = "the exported graph" if isinstance(model, bytes) else model
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        # "[ONNXRuntimeError] : 7 : INVALID_PROTOBUF : Load model from X failed:Protobuf parsing failed." -> the end
+        reason = re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : (Load model from .* failed:)?", "", reason).strip()
         raise UserError(f"{what} is not an ONNX model ONNX Runtime can load: {reason}") from None
 
 
