@@ -56,11 +56,12 @@ def scans_table(discovery: Discovery, limit: int = 40) -> Table:
 def skipped_table(skipped: list[Skip], title: str = "skipped") -> Table | None:
     if not skipped:
         return None
-    # Reasons that differ only in their numbers (a points file's line, a point's coordinates) are one reason:
-    # 128 points outside their scans are one row with a count, not 128 rows.
+    # A points file's rows whose reasons differ only in their numbers (the line, the point's coordinates) are one
+    # reason: 128 points outside their scans are one row with a count, not 128 rows. Files keep their own reasons
+    # (PixelSpacing 0\0 and -1\1 are two findings).
     groups: dict[str, list[Skip]] = {}
     for skip in skipped:
-        groups.setdefault(_NUMBER.sub("…", skip.reason), []).append(skip)
+        groups.setdefault(_NUMBER.sub("…", skip.reason) if skip.row is not None else skip.reason, []).append(skip)
     table = Table(title=f"{skip_count(skipped)} {title}")
     table.add_column("reason")
     table.add_column("count", justify="right")
