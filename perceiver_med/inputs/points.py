@@ -119,8 +119,8 @@ def read_points(csv_path: Path, classes: dict[str, str] | None = None) -> Points
     for record in table.rows:
         try:
             reference = record.path(named[by]) if by == "path" else record.text(named[by], required=True)
-            point = tuple(_number(record, named[name]) for name in COORDINATES)
-            diameter = _number(record, named["diameter_mm"]) if record.text(named["diameter_mm"]) else None
+            point = tuple(millimetres_cell(record, named[name]) for name in COORDINATES)
+            diameter = millimetres_cell(record, named["diameter_mm"]) if record.text(named["diameter_mm"]) else None
             label = _label(record, named["label"], classes or {})
             sample = Sample(Path(reference if by == "path" else ""),
                             series_uid=reference if by == "seriesuid" else "", point=point,
@@ -151,7 +151,8 @@ def _label(record, column: str, classes: dict[str, str]) -> str:
     return classes[text]
 
 
-def _number(record, column: str) -> float:
+def millimetres_cell(record, column: str) -> float:
+    """A finite number of millimetres from a CSV cell (a coordinate, a diameter); a one-line error naming the row."""
     text = record.text(column) if column else ""
     try:
         value = float(text)

@@ -8,7 +8,6 @@ row, so a row that cannot be read refuses the whole file rather than being skipp
 """
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +16,7 @@ import numpy as np
 
 from perceiver_med.csvfiles import printable, read_csv
 from perceiver_med.errors import UserError
-from perceiver_med.inputs.points import COORDINATES
+from perceiver_med.inputs.points import COORDINATES, millimetres_cell
 from perceiver_med.inputs.samples import Sample
 
 # a scan file named by its SeriesInstanceUID (LUNA16's <seriesuid>.mhd): the name less these endings is the uid
@@ -60,14 +59,7 @@ def read_nodules(csv_path: Path, kind: str = "nodules file") -> NoduleTable:
                              Path(os.path.normpath(Path(csv_path).parent / cell)).resolve()))
         row = []
         for column in (*COORDINATES, "diameter_mm"):
-            text = record.text(column)
-            try:
-                value = float(text)
-            except ValueError:
-                value = math.nan
-            if not math.isfinite(value):
-                raise record.error(f"{column} must be a number in mm, not {printable(text)!r}")
-            row.append(value)
+            row.append(millimetres_cell(record, column))
         numbers.append(row)
     values = np.array(numbers, dtype=np.float64).reshape(-1, 4)
     return NoduleTable(Path(csv_path), by, scans, values[:, :3], values[:, 3])
